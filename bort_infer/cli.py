@@ -1,0 +1,67 @@
+"""`bort-infer` command line: create-random, export.
+
+Build-time subcommands import their (heavy) modules only when they run.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+
+from . import __version__
+from .registry import known_models
+
+
+def _create_random(args: argparse.Namespace) -> int:
+    from .build.random_checkpoint import create_random_checkpoint
+
+    out = create_random_checkpoint(args.model, args.out, seed=args.seed)
+    print(f"wrote random-init {args.model} checkpoint to {out}")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .build.export import export_model
+
+    meta = export_model(args.src, args.out, quantize=args.quantize, custom_ops=not args.no_custom_ops,
+                        overwrite=args.overwrite)
+    ops = ", ".join(meta.custom_ops) or "none"
+    print(f"exported {args.src} → {args.out} ({meta.precision}, pooling {meta.pooling}, custom ops: {ops})")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bort-infer", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"bort-infer {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log each step")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("create-random", help="write a random-init HF checkpoint of a known model config")
+    p.add_argument("model", choices=known_models())
+    p.add_argument("out", help="output directory")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_create_random)
+
+    p = sub.add_parser("export", help="export a HF checkpoint to a bort-infer model directory")
+    p.add_argument("src", help="local Hugging Face checkpoint directory, or a hub id where online")
+    p.add_argument("out", help="output model directory")
+    p.add_argument("--quantize", choices=["int8"], default=None, help="quantize weights to int8")
+    p.add_argument("--no-custom-ops", action="store_true",
+                   help="keep the plain onnxruntime graph (no bort-infer fused kernels)")
+    p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.set_defaults(func=_export)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.func(args)
+    except (ValueError, RuntimeError, OSError) as exc:
+        print(f"bort-infer {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

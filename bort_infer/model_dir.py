@@ -1,0 +1,146 @@
+"""The exported model directory: its metadata file, read and validated with run-time dependencies only.
+
+A model directory holds ``model.onnx``, ``tokenizer.json`` and ``bort_infer.json`` (this module's schema).
+Every problem with it is reported as a ModelDirectoryError naming the path and what is wrong.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+METADATA_FILE = "bort_infer.json"
+FORMAT_NAME = "bort-infer-model"
+FORMAT_VERSION = 1
+POOLINGS = ("cls", "mean")
+PRECISIONS = ("fp32", "int8")
+
+
+class ModelDirectoryError(ValueError):
+    """A model directory is missing, incomplete, corrupt or of an unsupported version."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    architecture: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    max_length: int
+    pooling: str
+    normalize: bool
+    precision: str
+    pad_token_id: int
+    onnx_file: str = "model.onnx"
+    tokenizer_file: str = "tokenizer.json"
+    inputs: tuple[str, ...] = ("input_ids", "attention_mask")
+    output: str = "last_hidden_state"
+    custom_ops: tuple[str, ...] = ()
+    versions: dict[str, str] = field(default_factory=dict)
+    source: dict[str, Any] = field(default_factory=dict)
+    fidelity: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_NAME,
+            "format_version": FORMAT_VERSION,
+            "architecture": self.architecture,
+            "hidden_size": self.hidden_size,
+            "num_layers": self.num_layers,
+            "num_heads": self.num_heads,
+            "max_length": self.max_length,
+            "pooling": self.pooling,
+            "normalize": self.normalize,
+            "precision": self.precision,
+            "pad_token_id": self.pad_token_id,
+            "onnx_file": self.onnx_file,
+            "tokenizer_file": self.tokenizer_file,
+            "inputs": list(self.inputs),
+            "output": self.output,
+            "custom_ops": list(self.custom_ops),
+            "versions": dict(self.versions),
+            "source": dict(self.source),
+            "fidelity": self.fidelity,
+        }
+
+    def write(self, directory: str | Path) -> Path:
+        path = Path(directory) / METADATA_FILE
+        path.write_text(json.dumps(self.to_json(), indent=2) + "\n")
+        return path
+
+
+_REQUIRED_INT = ("hidden_size", "num_layers", "num_heads", "max_length", "pad_token_id")
+
+
+def read_metadata(directory: str | Path) -> ModelMetadata:
+    """Validate a model directory's layout and metadata; raise ModelDirectoryError naming the problem."""
+    d = Path(directory)
+    if not d.exists():
+        raise ModelDirectoryError(f"model directory {d} does not exist")
+    if not d.is_dir():
+        raise ModelDirectoryError(f"model path {d} is not a directory")
+    meta_path = d / METADATA_FILE
+    if not meta_path.is_file():
+        present = sorted(p.name for p in d.iterdir())
+        hint = " (the directory is empty)" if not present else f" (found: {', '.join(present[:8])})"
+        raise ModelDirectoryError(
+            f"{d} is not a bort-infer model directory: {METADATA_FILE} is missing{hint}; "
+            "create one with `bort-infer export SRC OUT`")
+    try:
+        raw = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelDirectoryError(f"{meta_path} is not valid JSON: {exc}") from None
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
+        raise ModelDirectoryError(f"{meta_path} is not bort-infer metadata (expected \"format\": \"{FORMAT_NAME}\")")
+    version = raw.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ModelDirectoryError(
+            f"{meta_path} has format_version {version!r}; this bort-infer reads version {FORMAT_VERSION}: "
+            "re-export the model with this version of bort-infer")
+    for key in _REQUIRED_INT:
+        if not isinstance(raw.get(key), int) or isinstance(raw.get(key), bool) or raw[key] < 0:
+            raise ModelDirectoryError(f"{meta_path}: field {key!r} must be a non-negative integer, got {raw.get(key)!r}")
+    if raw["hidden_size"] < 1 or raw["max_length"] < 2:
+        raise ModelDirectoryError(f"{meta_path}: hidden_size must be >= 1 and max_length >= 2")
+    if raw.get("pooling") not in POOLINGS:
+        raise ModelDirectoryError(f"{meta_path}: pooling must be one of {POOLINGS}, got {raw.get('pooling')!r}")
+    if raw.get("precision") not in PRECISIONS:
+        raise ModelDirectoryError(f"{meta_path}: precision must be one of {PRECISIONS}, got {raw.get('precision')!r}")
+    for key in ("onnx_file", "tokenizer_file", "output", "architecture"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise ModelDirectoryError(f"{meta_path}: field {key!r} must be a non-empty string")
+    for key in ("onnx_file", "tokenizer_file"):
+        target = d / raw[key]
+        if Path(raw[key]).name != raw[key]:
+            raise ModelDirectoryError(f"{meta_path}: {key} must be a file name inside the directory, got {raw[key]!r}")
+        if not target.is_file():
+            raise ModelDirectoryError(f"{d}: {raw[key]} is missing (named by {METADATA_FILE} as {key})")
+        if target.stat().st_size == 0:
+            raise ModelDirectoryError(f"{target} is empty")
+    inputs = raw.get("inputs")
+    if (not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs)
+            or "input_ids" not in inputs or "attention_mask" not in inputs):
+        raise ModelDirectoryError(f"{meta_path}: inputs must list input_ids and attention_mask, got {inputs!r}")
+    custom_ops = raw.get("custom_ops", [])
+    if not isinstance(custom_ops, list) or not all(isinstance(o, str) for o in custom_ops):
+        raise ModelDirectoryError(f"{meta_path}: custom_ops must be a list of op names")
+    return ModelMetadata(
+        architecture=raw["architecture"],
+        hidden_size=raw["hidden_size"],
+        num_layers=raw["num_layers"],
+        num_heads=raw["num_heads"],
+        max_length=raw["max_length"],
+        pooling=raw["pooling"],
+        normalize=bool(raw.get("normalize", False)),
+        precision=raw["precision"],
+        pad_token_id=raw["pad_token_id"],
+        onnx_file=raw["onnx_file"],
+        tokenizer_file=raw["tokenizer_file"],
+        inputs=tuple(inputs),
+        output=raw["output"],
+        custom_ops=tuple(custom_ops),
+        versions=dict(raw.get("versions") or {}),
+        source=dict(raw.get("source") or {}),
+        fidelity=raw.get("fidelity"),
+    )
