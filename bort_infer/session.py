@@ -1,8 +1,11 @@
 """Session: an exported model directory served by onnxruntime (run-time world: no torch, no transformers)."""
 from __future__ import annotations
 
+import itertools
+import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +60,7 @@ class Session:
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=meta.max_length)
         self.truncated_count = 0
+        self._lock = threading.Lock()
 
     @property
     def hidden_size(self) -> int:
@@ -71,44 +75,103 @@ class Session:
         return meta
 
     def encode(self, texts: str | Iterable[str], batch_size: int = 32, pooling: str | None = None,
-               normalize: bool | None = None, show_progress_bar: bool | None = None) -> np.ndarray:
+               normalize: bool | None = None, show_progress_bar: bool | None = None,
+               max_tokens: int | None = None) -> np.ndarray:
         """Embed texts: float32 (n, hidden) in input order; a single str gives shape (hidden,).
 
         pooling: None uses the model's default ("cls" or "mean", from export); normalize: None uses the
         model's default (True when the sentence-transformers pipeline ends in Normalize), else as given.
+        batch_size bounds the rows of a batch; max_tokens (optional) bounds rows x padded length.
         """
         single = isinstance(texts, str)
         items = self._check_texts(texts)
-        if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-            raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
+        parts = list(self.encode_iter(items, batch_size=batch_size, pooling=pooling, normalize=normalize,
+                                      show_progress_bar=show_progress_bar, max_tokens=max_tokens,
+                                      chunk_size=max(len(items), 1)))
+        out = np.concatenate(parts) if parts else np.empty((0, self.hidden_size), dtype=np.float32)
+        return out[0] if single else out
+
+    def encode_iter(self, texts: Iterable[str], batch_size: int = 32, pooling: str | None = None,
+                    normalize: bool | None = None, show_progress_bar: bool | None = None,
+                    max_tokens: int | None = None, chunk_size: int = 4096) -> Iterator[np.ndarray]:
+        """Embed any iterable of texts (a generator over a huge file is fine), yielding float32 arrays of
+        up to `chunk_size` rows in input order. Memory is bounded by the chunk, not the corpus; the next
+        chunk is tokenized on a second thread while the current one runs."""
+        if isinstance(texts, str):
+            raise TypeError("encode_iter takes an iterable of str; use encode() for a single text")
+        if texts is None or not isinstance(texts, Iterable):
+            raise TypeError(f"texts must be an iterable of str, got {type(texts).__name__}")
+        for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size), ("max_tokens", max_tokens)):
+            if value is None and name == "max_tokens":
+                continue
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name} must be a positive integer, got {value!r}")
         how = self.metadata.pooling if pooling is None else pooling
         if how not in POOLINGS:
             raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)} (or None)")
         do_normalize = self.metadata.normalize if normalize is None else bool(normalize)
+        return self._encode_chunks(texts, batch_size, how, do_normalize, bool(show_progress_bar), max_tokens,
+                                   chunk_size)
 
-        out = np.empty((len(items), self.hidden_size), dtype=np.float32)
-        if items:
-            encodings = self._tokenizer.encode_batch(items)
-            truncated = sum(1 for e in encodings if e.overflowing)
-            if truncated:
+    def _encode_chunks(self, texts: Iterable[str], batch_size: int, how: str, do_normalize: bool,
+                       show_progress: bool, max_tokens: int | None, chunk_size: int) -> Iterator[np.ndarray]:
+        bar = None
+        if show_progress:
+            from tqdm.auto import tqdm
+
+            bar = tqdm(desc="encode", unit="text")
+        chunks = _chunked(texts, chunk_size)
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bort-tokenize") as pool_:
+            pending = None
+            first = next(chunks, None)
+            if first is not None:
+                pending = pool_.submit(self._tokenize, *first)
+            while pending is not None:
+                encodings = pending.result()
+                following = next(chunks, None)
+                pending = pool_.submit(self._tokenize, *following) if following is not None else None
+                out = self._embed_encodings(encodings, batch_size, how, max_tokens)
+                if do_normalize and len(out):
+                    out = l2_normalize(out)
+                if bar is not None:
+                    bar.update(len(out))
+                yield out
+        if bar is not None:
+            bar.close()
+
+    def _tokenize(self, offset: int, chunk: list[str]) -> list:
+        for i, t in enumerate(chunk):
+            if not isinstance(t, str):
+                raise TypeError(f"texts[{offset + i}] is {type(t).__name__}, expected str")
+        try:
+            encodings = self._tokenizer.encode_batch(chunk)
+        except TypeError:
+            # tokenizers rejects str holding lone surrogates (not encodable as UTF-8): such code points
+            # become U+FFFD, as any UTF-8 decoder would render them; well-formed pairs are joined.
+            chunk = [_replace_lone_surrogates(t) for t in chunk]
+            encodings = self._tokenizer.encode_batch(chunk)
+        truncated = sum(1 for e in encodings if e.overflowing)
+        if truncated:
+            with self._lock:
                 self.truncated_count += truncated
-                warnings.warn(f"{truncated} of {len(items)} texts exceed {self.metadata.max_length} tokens "
-                              "and were truncated", stacklevel=2)
-            lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-            # Longest first, so each batch pads to a length close to its own members'.
-            order = np.argsort(-lengths, kind="stable")
-            starts = range(0, len(order), batch_size)
-            if show_progress_bar:
-                from tqdm.auto import tqdm
+            warnings.warn(f"{truncated} of {len(chunk)} texts exceed {self.metadata.max_length} tokens "
+                          "and were truncated", stacklevel=4)
+        return encodings
 
-                starts = tqdm(starts, desc="encode", unit="batch")
-            for start in starts:
-                idx = order[start:start + batch_size]
-                hidden, mask = self._run([encodings[i] for i in idx])
-                out[idx] = pool(hidden, mask, how)
-        if do_normalize and len(out):
-            out = l2_normalize(out)
-        return out[0] if single else out
+    def _embed_encodings(self, encodings: list, batch_size: int, how: str, max_tokens: int | None) -> np.ndarray:
+        out = np.empty((len(encodings), self.hidden_size), dtype=np.float32)
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        # Longest first, so each batch pads to a length close to its own members'.
+        order = np.argsort(-lengths, kind="stable")
+        start = 0
+        while start < len(order):
+            longest = int(lengths[order[start]])
+            rows = batch_size if max_tokens is None else max(1, min(batch_size, max_tokens // max(longest, 1)))
+            idx = order[start:start + rows]
+            hidden, mask = self._run([encodings[i] for i in idx])
+            out[idx] = pool(hidden, mask, how)
+            start += rows
+        return out
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                 token_type_ids: np.ndarray | None = None) -> np.ndarray:
@@ -147,3 +210,19 @@ class Session:
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
         return items
+
+
+def _chunked(texts: Iterable[str], size: int) -> Iterator[tuple[int, list[str]]]:
+    """(offset, list of up to `size` texts) from any iterable, without materialising it."""
+    it = iter(texts)
+    offset = 0
+    while True:
+        chunk = list(itertools.islice(it, size))
+        if not chunk:
+            return
+        yield offset, chunk
+        offset += len(chunk)
+
+
+def _replace_lone_surrogates(text: str) -> str:
+    return text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")

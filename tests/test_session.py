@@ -197,3 +197,77 @@ class TestBadModelDirectories:
         (d / "bort_infer.json").write_text(json.dumps(meta))
         with pytest.raises(ValueError, match="do not match the metadata"):
             Session(d)
+
+
+def test_encode_iter_streams_in_order_from_a_generator(tiny):
+    texts = [("tok " * (i % 37)).strip() for i in range(250)]
+    chunks = list(tiny.encode_iter((t for t in texts), chunk_size=64, batch_size=16))
+    assert [len(c) for c in chunks] == [64, 64, 64, 58]
+    np.testing.assert_allclose(np.concatenate(chunks), tiny.encode(texts), atol=1e-5)
+
+
+def test_token_budget_batches_match_row_batches(tiny):
+    texts = [("word " * n).strip() for n in (3, 50, 7, 120, 1, 64, 9, 2)]
+    by_rows = tiny.encode(texts, batch_size=3)
+    by_tokens = tiny.encode(texts, batch_size=64, max_tokens=130)
+    np.testing.assert_allclose(by_tokens, by_rows, atol=1e-5)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"max_tokens": 0}, "max_tokens"), ({"max_tokens": -5}, "max_tokens"), ({"chunk_size": 0}, "chunk_size"),
+])
+def test_bad_budgets_are_value_errors(tiny, kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        tiny.encode_iter(["a"], **kwargs)
+
+
+def test_encode_iter_rejects_a_single_string(tiny):
+    with pytest.raises(TypeError, match="use encode"):
+        tiny.encode_iter("one text")
+
+
+def test_encode_iter_names_the_global_index_of_a_bad_item(tiny):
+    texts = ["ok"] * 10 + [None]
+    with pytest.raises(TypeError, match=r"texts\[10\]"):
+        list(tiny.encode_iter(iter(texts), chunk_size=4))
+
+
+def test_hard_inputs_each_get_one_valid_row(tiny):
+    texts = ["", "\x00\x01\x07 control \x1b[31m", "lone \ud800 surrogate", "pair \ud83d\ude00 joined",
+             "x" * 100_000, "mixed 漢字 ελληνικά עברית 😀", " ", "\u200b\u200d"]
+    with pytest.warns(UserWarning, match="truncated"):
+        out = tiny.encode(texts)
+    assert out.shape == (len(texts), tiny.hidden_size) and np.isfinite(out).all()
+    # A lone surrogate reads as U+FFFD; a well-formed pair as the character it encodes.
+    np.testing.assert_allclose(out[2], tiny.encode("lone \ufffd surrogate"), atol=1e-5)
+    np.testing.assert_allclose(out[3], tiny.encode("pair 😀 joined"), atol=1e-5)
+
+
+def test_large_list_keeps_every_row(tiny):
+    texts = [f"item {i}" for i in range(100_000)]
+    out = tiny.encode(texts, batch_size=512)
+    assert out.shape == (100_000, tiny.hidden_size)
+    for i in (0, 1, 4_999, 77_777, 99_999):
+        np.testing.assert_allclose(out[i], tiny.encode(texts[i]), atol=1e-5)
+
+
+def test_one_session_from_eight_threads_matches_serial(tiny):
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [f"thread test sentence number {i} " * (1 + i % 5) for i in range(64)]
+    serial = tiny.encode(texts, batch_size=8)
+    with ThreadPoolExecutor(8) as ex:
+        results = list(ex.map(lambda k: tiny.encode(texts[k::8], batch_size=3), range(8)))
+    for k, part in enumerate(results):
+        np.testing.assert_allclose(part, serial[k::8], atol=1e-5)
+
+
+def test_same_text_alone_or_in_any_batch(tiny):
+    target = "The same sentence, wherever it goes."
+    alone = tiny.encode(target)
+    fillers = ["x", "a much longer filler sentence " * 12, "", "mid length filler text here"]
+    for k in range(1, len(fillers) + 1):
+        batch = fillers[:k] + [target]
+        v = tiny.encode(batch, batch_size=8)[-1]
+        cos = float(v @ alone / (np.linalg.norm(v) * np.linalg.norm(alone)))
+        assert cos >= 0.99999
