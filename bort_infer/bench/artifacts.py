@@ -37,18 +37,54 @@ def checkpoint(model: str, seed: int = 0) -> Path:
     return out
 
 
-def export(model: str, variant: str) -> Path:
-    """A bort-infer model directory for `variant`: "plain-fp32" (torch export only, what an onnxruntime
-    user gets), or "bort-infer-fp32" (our default export)."""
+EXPORT_VARIANTS = {
+    "plain-fp32": dict(custom_ops=False),  # torch export only: what an onnxruntime user starts from
+    "bort-infer-fp32": dict(custom_ops=True),
+    "bort-infer-int8": dict(custom_ops=True, quantize="int8"),
+}
+
+
+def _derived(model: str, name: str) -> tuple[Path, dict, bool]:
+    """(output dir, stamp, fresh?) for an artifact derived from the model's checkpoint."""
     from .. import __version__
-    from ..build.export import export_model
 
     src = checkpoint(model)
-    out = cache_root() / model / variant
-    options = {"plain-fp32": dict(custom_ops=False), "bort-infer-fp32": dict(custom_ops=True)}[variant]
-    stamp = {"bort_infer": __version__, "variant": variant,
+    out = cache_root() / model / name
+    stamp = {"bort_infer": __version__, "artifact": name,
              "source": json.loads((src / ".bort-bench-stamp.json").read_text())}
-    if not _stamp_ok(out, stamp):
-        export_model(str(src), out, overwrite=True, **options)
+    return out, stamp, _stamp_ok(out, stamp)
+
+
+def export(model: str, variant: str) -> Path:
+    """A bort-infer model directory of one of EXPORT_VARIANTS."""
+    from ..build.export import export_model
+
+    out, stamp, fresh = _derived(model, variant)
+    if not fresh:
+        export_model(str(checkpoint(model)), out, overwrite=True, **EXPORT_VARIANTS[variant])
+        _write_stamp(out, stamp)
+    return out
+
+
+def ort_dynamic_int8(model: str) -> Path:
+    """The plain export quantized as onnxruntime documents it: quantize_dynamic, QInt8 weights."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    out, stamp, fresh = _derived(model, "ort-int8")
+    target = out / "model.onnx"
+    if not fresh:
+        out.mkdir(parents=True, exist_ok=True)
+        quantize_dynamic(str(export(model, "plain-fp32") / "model.onnx"), str(target), weight_type=QuantType.QInt8)
+        _write_stamp(out, stamp)
+    return target
+
+
+def ctranslate2_int8(model: str) -> Path:
+    """The checkpoint converted by CTranslate2's own converter with int8 weights."""
+    from ctranslate2.converters import TransformersConverter
+
+    out, stamp, fresh = _derived(model, "ctranslate2-int8")
+    if not fresh:
+        TransformersConverter(str(checkpoint(model))).convert(str(out), quantization="int8", force=True)
         _write_stamp(out, stamp)
     return out

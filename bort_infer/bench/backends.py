@@ -16,12 +16,13 @@ class BackendUnavailable(RuntimeError):
     """The backend's library is not installed (or cannot run here); the bench skips it with this note."""
 
 
-def _require(module: str, extra: str) -> None:
+def _require(module: str, install: str) -> None:
     if importlib.util.find_spec(module) is None:
-        raise BackendUnavailable(f"{module} is not installed ({extra})")
+        raise BackendUnavailable(f"{module} is not installed ({install})")
 
 
 def torch_fp32(model: str, threads: int) -> Forward:
+    """transformers BertModel under torch.inference_mode, its default attention implementation."""
     _require("torch", "pip install 'bort-infer[export]'")
     _require("transformers", "pip install 'bort-infer[export]'")
     import torch
@@ -37,18 +38,13 @@ def torch_fp32(model: str, threads: int) -> Forward:
     return forward
 
 
-def _ort_session(path, threads: int):
+def _ort_forward(onnx_path, threads: int) -> Forward:
     import onnxruntime as ort
 
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
-
-
-def ort_fp32(model: str, threads: int) -> Forward:
-    """A plain torch.onnx export run by onnxruntime with default optimizations: what its users get."""
-    sess = _ort_session(artifacts.export(model, "plain-fp32") / "model.onnx", threads)
+    sess = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
     names = [i.name for i in sess.get_inputs()]
 
     def forward(ids: np.ndarray, mask: np.ndarray):
@@ -57,15 +53,66 @@ def ort_fp32(model: str, threads: int) -> Forward:
     return forward
 
 
-def bort_infer_fp32(model: str, threads: int) -> Forward:
+def ort_fp32(model: str, threads: int) -> Forward:
+    """A plain torch.onnx export run by onnxruntime with its default optimizations: what its users get."""
+    return _ort_forward(artifacts.export(model, "plain-fp32") / "model.onnx", threads)
+
+
+def ort_int8(model: str, threads: int) -> Forward:
+    """The plain export through onnxruntime.quantization.quantize_dynamic with its documented defaults."""
+    return _ort_forward(artifacts.ort_dynamic_int8(model), threads)
+
+
+def _session_forward(model: str, variant: str, threads: int) -> Forward:
     from ..session import Session
 
-    sess = Session(artifacts.export(model, "bort-infer-fp32"), threads=threads)
+    sess = Session(artifacts.export(model, variant), threads=threads)
     return sess.forward
+
+
+def bort_infer_fp32(model: str, threads: int) -> Forward:
+    return _session_forward(model, "bort-infer-fp32", threads)
+
+
+def bort_infer_int8(model: str, threads: int) -> Forward:
+    return _session_forward(model, "bort-infer-int8", threads)
+
+
+def ctranslate2_int8(model: str, threads: int) -> Forward:
+    _require("ctranslate2", "pip install ctranslate2, or 'bort-infer[bench]'")
+    import ctranslate2
+
+    encoder = ctranslate2.Encoder(str(artifacts.ctranslate2_int8(model)), device="cpu", compute_type="int8",
+                                  intra_threads=threads, inter_threads=1)
+
+    def forward(ids: np.ndarray, mask: np.ndarray):
+        lengths = mask.sum(axis=1)
+        rows = [row[:n].tolist() for row, n in zip(ids, lengths)]
+        return encoder.forward_batch(rows).last_hidden_state
+    return forward
+
+
+def openvino_fp32(model: str, threads: int) -> Forward:
+    _require("openvino", "pip install openvino, or 'bort-infer[bench]'")
+    import openvino as ov
+
+    compiled = ov.Core().compile_model(str(artifacts.export(model, "plain-fp32") / "model.onnx"), "CPU", {
+        "INFERENCE_NUM_THREADS": threads, "INFERENCE_PRECISION_HINT": "f32", "PERFORMANCE_HINT": "LATENCY"})
+    request = compiled.create_infer_request()
+    names = {p.get_any_name() for p in compiled.inputs}
+
+    def forward(ids: np.ndarray, mask: np.ndarray):
+        feeds = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
+        return request.infer({n: feeds[n] for n in names})
+    return forward
 
 
 BACKENDS: dict[str, Callable[[str, int], Forward]] = {
     "torch-fp32": torch_fp32,
     "ort-fp32": ort_fp32,
+    "ort-int8": ort_int8,
     "bort-infer-fp32": bort_infer_fp32,
+    "bort-infer-int8": bort_infer_int8,
+    "ctranslate2-int8": ctranslate2_int8,
+    "openvino-fp32": openvino_fp32,
 }
