@@ -119,9 +119,11 @@ def read_metadata(directory: str | Path) -> ModelMetadata:
         if target.stat().st_size == 0:
             raise ModelDirectoryError(f"{target} is empty")
     inputs = raw.get("inputs")
-    if (not isinstance(inputs, list) or not all(isinstance(i, str) for i in inputs)
-            or "input_ids" not in inputs or "attention_mask" not in inputs):
-        raise ModelDirectoryError(f"{meta_path}: inputs must list input_ids and attention_mask, got {inputs!r}")
+    padded = isinstance(inputs, list) and {"input_ids", "attention_mask"} <= set(inputs)
+    packed = isinstance(inputs, list) and {"input_ids", "position_ids", "cu_seqlens", "query_rows"} <= set(inputs)
+    if not all(isinstance(i, str) for i in inputs or [None]) or not (padded or packed):
+        raise ModelDirectoryError(f"{meta_path}: inputs must list input_ids and attention_mask (padded graph) or "
+                                  f"input_ids, position_ids, cu_seqlens and query_rows (packed graph), got {inputs!r}")
     custom_ops = raw.get("custom_ops", [])
     if not isinstance(custom_ops, list) or not all(isinstance(o, str) for o in custom_ops):
         raise ModelDirectoryError(f"{meta_path}: custom_ops must be a list of op names")

@@ -59,6 +59,7 @@ class Session:
             raise ModelDirectoryError(f"{tok_path}: not a valid tokenizers file: {exc}") from None
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=meta.max_length)
+        self.packed = "cu_seqlens" in graph_inputs  # padding-free graph (bort-infer ops), see build/packing.py
         self.truncated_count = 0
         self._lock = threading.Lock()
 
@@ -161,21 +162,28 @@ class Session:
     def _embed_encodings(self, encodings: list, batch_size: int, how: str, max_tokens: int | None) -> np.ndarray:
         out = np.empty((len(encodings), self.hidden_size), dtype=np.float32)
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        # Longest first, so each batch pads to a length close to its own members'.
+        # Longest first: a padded batch pads to a length close to its members'; a packed batch fills its
+        # token budget with few, similar texts.
         order = np.argsort(-lengths, kind="stable")
         start = 0
         while start < len(order):
-            longest = int(lengths[order[start]])
-            rows = batch_size if max_tokens is None else max(1, min(batch_size, max_tokens // max(longest, 1)))
-            idx = order[start:start + rows]
-            hidden, mask = self._run([encodings[i] for i in idx])
-            out[idx] = pool(hidden, mask, how)
-            start += rows
+            if self.packed:
+                # A packed batch holds up to batch_size texts and max_tokens real tokens (no padding).
+                budget = max_tokens if max_tokens is not None else 1 << 62
+                rows = int(np.searchsorted(np.cumsum(lengths[order[start:start + batch_size]]), budget, "right"))
+            else:
+                longest = int(lengths[order[start]])
+                rows = batch_size if max_tokens is None else min(batch_size, max_tokens // max(longest, 1))
+            idx = order[start:start + max(rows, 1)]
+            batch = [encodings[i] for i in idx]
+            out[idx] = self._embed_packed(batch, how) if self.packed else self._embed_padded(batch, how)
+            start += len(idx)
         return out
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray,
                 token_type_ids: np.ndarray | None = None) -> np.ndarray:
-        """Token ids [B, S] → last hidden states [B, S, hidden] (no tokenization, no pooling)."""
+        """Token ids [B, S] with a right-padded 0/1 mask → last hidden states [B, S, hidden] (no
+        tokenization, no pooling; a packed model leaves padding positions at zero)."""
         ids = np.asarray(input_ids, dtype=np.int64)
         mask = np.asarray(attention_mask, dtype=np.int64)
         if ids.ndim != 2 or mask.shape != ids.shape:
@@ -183,11 +191,41 @@ class Session:
         if ids.shape[1] > self.metadata.max_length:
             raise ValueError(f"sequence length {ids.shape[1]} exceeds the model's limit {self.metadata.max_length}")
         types = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids, dtype=np.int64)
-        available = {"input_ids": ids, "attention_mask": mask, "token_type_ids": types}
+        if not self.packed:
+            return self._run({"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+        lengths = mask.sum(axis=1)
+        valid = np.arange(ids.shape[1])[None, :] < lengths[:, None]
+        if not np.array_equal(valid, mask.astype(bool)):
+            raise ValueError("attention_mask rows must be right-padded (ones, then zeros) for a packed model")
+        hidden = np.zeros(ids.shape + (self.hidden_size,), dtype=np.float32)
+        if lengths.sum():
+            cu = _offsets(lengths)
+            hidden[valid] = self._run_packed(ids[valid], types[valid], lengths, cu, np.arange(cu[-1]))
+        return hidden
+
+    def _run(self, available: dict[str, np.ndarray]) -> np.ndarray:
         feeds = {name: available[name] for name in self.metadata.inputs}
         return self._ort.run([self.metadata.output], feeds)[0]
 
-    def _run(self, encodings: list) -> tuple[np.ndarray, np.ndarray]:
+    def _run_packed(self, ids: np.ndarray, types: np.ndarray, lengths: np.ndarray, cu: np.ndarray,
+                    query_rows: np.ndarray) -> np.ndarray:
+        """Concatenated tokens of len(lengths) texts → the last layer's states at query_rows [Q, H]."""
+        positions = np.arange(cu[-1], dtype=np.int64) - np.repeat(cu[:-1], lengths)
+        return self._run({"input_ids": ids[None, :], "token_type_ids": types[None, :],
+                          "position_ids": positions[None, :], "cu_seqlens": cu,
+                          "query_rows": query_rows.astype(np.int64)})[0]
+
+    def _embed_packed(self, encodings: list, how: str) -> np.ndarray:
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
+        types = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64)
+        cu = _offsets(lengths)
+        if how == "cls":  # the last layer computes only each text's first row
+            return self._run_packed(ids, types, lengths, cu, cu[:-1])
+        states = self._run_packed(ids, types, lengths, cu, np.arange(cu[-1]))
+        return (np.add.reduceat(states, cu[:-1], axis=0) / lengths[:, None]).astype(np.float32)
+
+    def _embed_padded(self, encodings: list, how: str) -> np.ndarray:
         batch, seq = len(encodings), max(len(e.ids) for e in encodings)
         ids = np.full((batch, seq), self.metadata.pad_token_id, dtype=np.int64)
         mask = np.zeros((batch, seq), dtype=np.int64)
@@ -197,7 +235,8 @@ class Session:
             ids[row, :n] = e.ids
             mask[row, :n] = 1
             types[row, :n] = e.type_ids
-        return self.forward(ids, mask, types), mask
+        hidden = self._run({"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+        return pool(hidden, mask, how)
 
     @staticmethod
     def _check_texts(texts: Any) -> list[str]:
@@ -210,6 +249,13 @@ class Session:
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
         return items
+
+
+def _offsets(lengths: np.ndarray) -> np.ndarray:
+    """[0, l0, l0+l1, ...]: where each text starts in the concatenated tokens (cu_seqlens)."""
+    cu = np.zeros(len(lengths) + 1, dtype=np.int64)
+    np.cumsum(lengths, out=cu[1:])
+    return cu
 
 
 def _chunked(texts: Iterable[str], size: int) -> Iterator[tuple[int, list[str]]]:
