@@ -203,6 +203,25 @@ class Session:
             hidden[valid] = self._run_packed(ids[valid], types[valid], lengths, cu, np.arange(cu[-1]))
         return hidden
 
+    def embed_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray, pooling: str | None = None,
+                     token_type_ids: np.ndarray | None = None) -> np.ndarray:
+        """Pooled vectors [B, hidden] from token ids [B, S] and a right-padded mask, with no tokenization.
+        On a packed model CLS pooling runs the last layer on the CLS rows only."""
+        how = self.metadata.pooling if pooling is None else pooling
+        if how not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)} (or None)")
+        ids = np.asarray(input_ids, dtype=np.int64)
+        mask = np.asarray(attention_mask, dtype=np.int64)
+        if not self.packed or how == "mean":
+            return pool(self.forward(ids, mask, token_type_ids), mask, how)
+        hidden_rows = mask.sum(axis=1)
+        if ids.ndim != 2 or mask.shape != ids.shape or hidden_rows.min(initial=1) < 1:
+            raise ValueError("input_ids and attention_mask must be [batch, seq] with at least one token per row")
+        valid = np.arange(ids.shape[1])[None, :] < hidden_rows[:, None]
+        types = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids, dtype=np.int64)
+        cu = _offsets(hidden_rows)
+        return self._run_packed(ids[valid], types[valid], hidden_rows, cu, cu[:-1])
+
     def _run(self, available: dict[str, np.ndarray]) -> np.ndarray:
         feeds = {name: available[name] for name in self.metadata.inputs}
         return self._ort.run([self.metadata.output], feeds)[0]

@@ -88,3 +88,19 @@ def ctranslate2_int8(model: str) -> Path:
         TransformersConverter(str(checkpoint(model))).convert(str(out), quantization="int8", force=True)
         _write_stamp(out, stamp)
     return out
+
+
+def ort_fused_fp32(model: str) -> Path:
+    """The plain export after onnxruntime's transformers optimizer (its fused Attention, SkipLayerNormalization,
+    BiasGelu, EmbedLayerNormalization): onnxruntime's own best fp32 graph for BERT."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    out, stamp, fresh = _derived(model, "ort-fused-fp32")
+    target = out / "model.onnx"
+    if not fresh:
+        cfg = model_spec(model)["hf_config"]
+        out.mkdir(parents=True, exist_ok=True)
+        optimize_model(str(export(model, "plain-fp32") / "model.onnx"), model_type="bert",
+                       num_heads=cfg["num_attention_heads"], hidden_size=cfg["hidden_size"]).save_model_to_file(str(target))
+        _write_stamp(out, stamp)
+    return target

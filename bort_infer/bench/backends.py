@@ -58,6 +58,11 @@ def ort_fp32(model: str, threads: int) -> Forward:
     return _ort_forward(artifacts.export(model, "plain-fp32") / "model.onnx", threads)
 
 
+def ort_fused_fp32(model: str, threads: int) -> Forward:
+    """onnxruntime's transformers optimizer applied to the plain export (fused contrib ops)."""
+    return _ort_forward(artifacts.ort_fused_fp32(model), threads)
+
+
 def ort_int8(model: str, threads: int) -> Forward:
     """The plain export through onnxruntime.quantization.quantize_dynamic with its documented defaults."""
     return _ort_forward(artifacts.ort_dynamic_int8(model), threads)
@@ -110,6 +115,7 @@ def openvino_fp32(model: str, threads: int) -> Forward:
 BACKENDS: dict[str, Callable[[str, int], Forward]] = {
     "torch-fp32": torch_fp32,
     "ort-fp32": ort_fp32,
+    "ort-fused-fp32": ort_fused_fp32,
     "ort-int8": ort_int8,
     "bort-infer-fp32": bort_infer_fp32,
     "bort-infer-int8": bort_infer_int8,
