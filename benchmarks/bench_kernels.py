@@ -1,0 +1,102 @@
+"""Fused kernels vs the onnxruntime com.microsoft contrib ops they replace, at Bort shapes.
+
+Both sides are one-node onnxruntime graphs run with the same session options (intra_op_num_threads =
+BORT_BENCH_THREADS, default 2), so the numbers include the same per-run overhead:
+- FusedAttention (ai.bort_infer; qkv [B, S, 3H] + bias + int64 key mask) vs com.microsoft MultiHeadAttention
+  fed separate q, k, v [B, S, H] + bias [3H] + int32 key_padding_mask: the pure attention core, no projections.
+- BiasGelu (ai.bort_infer) vs com.microsoft BiasGelu, x [B, S, 768] (Bort's FFN width).
+- SkipLayerNorm (ai.bort_infer) vs com.microsoft SkipLayerNormalization, [B, S, 1024] with beta and bias.
+Bort: hidden 1024, 8 heads x 128. Targets (peer median / ours): >= 1.0x, SkipLayerNorm >= 3x.
+Run: pytest benchmarks/bench_kernels.py --benchmark-group-by=group
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from .conftest import register_target
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper  # noqa: E402
+
+HIDDEN, HEADS, FFN = 1024, 8, 768
+SHAPES = [(1, 32), (1, 128), (1, 512), (8, 32), (8, 128), (8, 512)]
+OURS, PEER = "bort-infer", "ort-contrib"
+TARGETS = {"attention": 1.0, "bias_gelu": 1.0, "skip_layernorm": 3.0}
+for kernel, target in TARGETS.items():
+    for b, s in SHAPES:
+        register_target(f"{kernel} b{b} s{s}", OURS, PEER, target)
+
+ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32,
+        np.dtype(np.int64): TensorProto.INT64}
+
+
+def session(op: str, domain: str, feeds: dict, threads: int, **attrs):
+    inputs = [helper.make_tensor_value_info(n, ELEM[v.dtype], list(v.shape)) for n, v in feeds.items()]
+    node = helper.make_node(op, list(feeds), ["out"], domain=domain, **attrs)
+    graph = helper.make_graph([node], op, inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)])
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    if domain == "ai.bort_infer":
+        from bort_infer import _C
+
+        so.register_custom_ops_library(_C.__file__)
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def attention_sessions(b: int, s: int, threads: int):
+    rng = np.random.default_rng(0)
+    qkv = rng.standard_normal((b, s, 3 * HIDDEN)).astype(np.float32)
+    bias = (rng.standard_normal(3 * HIDDEN) * 0.1).astype(np.float32)
+    mask = np.ones((b, s), np.int64)
+    ours = (session("FusedAttention", "ai.bort_infer", {"qkv": qkv, "bias": bias, "mask": mask}, threads,
+                    num_heads=HEADS), {"qkv": qkv, "bias": bias, "mask": mask})
+    q, k, v = (np.ascontiguousarray(qkv[..., i * HIDDEN:(i + 1) * HIDDEN]) for i in range(3))
+    peer_feeds = {"query": q, "key": k, "value": v, "bias": bias, "key_padding_mask": mask.astype(np.int32)}
+    peer = (session("MultiHeadAttention", "com.microsoft", peer_feeds, threads, num_heads=HEADS), peer_feeds)
+    return ours, peer
+
+
+def bias_gelu_sessions(b: int, s: int, threads: int):
+    rng = np.random.default_rng(1)
+    feeds = {"x": rng.standard_normal((b, s, FFN)).astype(np.float32),
+             "bias": rng.standard_normal(FFN).astype(np.float32)}
+    return (session("BiasGelu", "ai.bort_infer", feeds, threads), feeds), \
+           (session("BiasGelu", "com.microsoft", feeds, threads), feeds)
+
+
+def skip_layernorm_sessions(b: int, s: int, threads: int):
+    rng = np.random.default_rng(2)
+    feeds = {"x": rng.standard_normal((b, s, HIDDEN)).astype(np.float32),
+             "skip": rng.standard_normal((b, s, HIDDEN)).astype(np.float32),
+             "gamma": rng.standard_normal(HIDDEN).astype(np.float32),
+             "beta": rng.standard_normal(HIDDEN).astype(np.float32),
+             "bias": rng.standard_normal(HIDDEN).astype(np.float32)}
+    return (session("SkipLayerNorm", "ai.bort_infer", feeds, threads, epsilon=1e-5), feeds), \
+           (session("SkipLayerNormalization", "com.microsoft", feeds, threads, epsilon=1e-5), feeds)
+
+
+MAKERS = {"attention": attention_sessions, "bias_gelu": bias_gelu_sessions, "skip_layernorm": skip_layernorm_sessions}
+_cache: dict = {}
+
+
+@pytest.mark.parametrize("backend", [OURS, PEER])
+@pytest.mark.parametrize("b,s", SHAPES, ids=[f"b{b}s{s}" for b, s in SHAPES])
+@pytest.mark.parametrize("kernel", list(MAKERS))
+def test_kernel_speed(benchmark, threads, kernel, b, s, backend):
+    key = (kernel, b, s, threads)
+    if key not in _cache:
+        _cache[key] = MAKERS[kernel](b, s, threads)
+    ours, peer = _cache[key]
+    sess, feeds = ours if backend == OURS else peer
+    if backend == OURS:  # same numbers as the peer (to float tolerance), or the timing would be meaningless
+        expected = peer[0].run(None, peer[1])[0]
+        got = sess.run(None, feeds)[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-3, atol=1e-3)
+    benchmark.group = f"{kernel} b{b} s{s}"
+    benchmark.extra_info["backend"] = backend
+    benchmark.pedantic(sess.run, args=(None, feeds), rounds=60 if b * s <= 1024 else 20, iterations=1,
+                       warmup_rounds=3)

@@ -1,0 +1,432 @@
+#include "attention.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#include "cpu_dispatch.h"
+#include "simd_math.h"
+
+namespace bort {
+namespace {
+
+// Which keys of one sequence attend. Keys at or after key_end never attend; inside [0, key_end)
+// `valid` (if not null) says which do. key_end == 0 means no key attends: HF then adds finfo.min to
+// every score, which makes softmax uniform over all `len` keys, so we return the mean of V.
+struct SeqKeys {
+  int64_t key_end = 0;
+  const uint8_t* valid = nullptr;
+};
+
+// One sequence: `len` consecutive rows of qkv (stride 3H) and of out (stride H).
+// Padded batches and packed batches both reduce to this, so they share the per-sequence core.
+struct SeqView {
+  const float* qkv = nullptr;
+  float* out = nullptr;
+  int64_t len = 0;
+  SeqKeys keys;
+};
+
+// A unit of parallel work: query rows [q_begin, q_end) of one head of one sequence.
+struct WorkItem {
+  int64_t seq;
+  int64_t head;
+  int64_t q_begin;
+  int64_t q_end;
+};
+
+// All queries of a sequence in which no key attends get the mean of V (+ V bias) over every key, as in HF.
+void uniform_rows(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head, int64_t q0,
+                  int64_t q1) {
+  const int64_t D = sh.head_dim, H = sh.hidden();
+  for (int64_t d = 0; d < D; ++d) {
+    double acc = 0.0;
+    for (int64_t j = 0; j < s.len; ++j) acc += s.qkv[j * 3 * H + 2 * H + head * D + d];
+    float mean = s.len > 0 ? static_cast<float>(acc / s.len) : 0.0f;
+    if (bias) mean += bias[2 * H + head * D + d];
+    for (int64_t i = q0; i < q1; ++i) s.out[i * H + head * D + d] = mean;
+  }
+}
+
+// Plain reference path: every step exactly as written in BertSelfAttention.
+void attend_rows_scalar(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head, int64_t q0,
+                        int64_t q1) {
+  const SeqKeys& keys = s.keys;
+  if (keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
+  const int64_t D = sh.head_dim, H = sh.hidden(), stride = 3 * H;
+  const float* bq = bias ? bias + head * D : nullptr;
+  const float* bk = bias ? bias + H + head * D : nullptr;
+  const float* bv = bias ? bias + 2 * H + head * D : nullptr;
+  thread_local std::vector<float> probs;
+  probs.assign(static_cast<size_t>(keys.key_end), 0.0f);
+  for (int64_t i = q0; i < q1; ++i) {
+    const float* q = s.qkv + i * stride + head * D;
+    float max_score = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < keys.key_end; ++j) {
+      if (keys.valid && !keys.valid[j]) continue;
+      const float* k = s.qkv + j * stride + H + head * D;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < D; ++d) dot += (q[d] + (bq ? bq[d] : 0.0f)) * (k[d] + (bk ? bk[d] : 0.0f));
+      probs[j] = dot * sh.scale;
+      max_score = std::max(max_score, probs[j]);
+    }
+    float sum = 0.0f;
+    for (int64_t j = 0; j < keys.key_end; ++j) {
+      if (keys.valid && !keys.valid[j]) {
+        probs[j] = 0.0f;
+        continue;
+      }
+      probs[j] = std::exp(probs[j] - max_score);
+      sum += probs[j];
+    }
+    float* o = s.out + i * H + head * D;
+    std::fill(o, o + D, 0.0f);
+    for (int64_t j = 0; j < keys.key_end; ++j) {  // key-major so V rows are read contiguously
+      const float* v = s.qkv + j * stride + 2 * H + head * D;
+      for (int64_t d = 0; d < D; ++d) o[d] += probs[j] * (v[d] + (bv ? bv[d] : 0.0f));
+    }
+    for (int64_t d = 0; d < D; ++d) o[d] /= sum;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX2 + FMA path.
+//
+// Algebra that removes work without changing the result:
+//  * K bias adds q.bk to every score of a query row: a per-row constant, which softmax ignores.
+//  * V bias: softmax rows sum to 1, so sum_j p_j (v_j + bv) = sum_j p_j v_j + bv.
+//  * Q bias and the scale are folded into a small copy of the query tile.
+// Per work item K is packed once, transposed in blocks of 16 keys ([block][d][16]), so the QK^T
+// micro-kernel (6 queries x 16 keys, 12 accumulators) is two loads + six broadcasts per 12 FMAs.
+// PV uses the same 6 x 16 shape over (queries x head-dim) on V packed per item in 16-wide column blocks.
+// Scores of one 6-row query tile against all keys (6 x S floats) are the only score storage.
+
+constexpr int kTileRows = 6;
+constexpr int kKeyBlock = 16;
+
+struct Avx2Scratch {
+  std::vector<float> kpack, vpack, scores, keep, penalty, qtile;
+};
+
+// 8x8 transpose of r[0..7] in registers.
+BORT_AVX2_INLINE void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// K of one head -> kpack[block of 16 keys][d][16], zero keys past num_keys (8x8 register transposes).
+BORT_AVX2 void pack_keys(const float* k_base, int64_t stride, int64_t D, int64_t num_keys, int64_t padded_keys,
+                         float* kpack) {
+  for (int64_t j0 = 0; j0 < padded_keys; j0 += 8) {
+    float* dst = kpack + (j0 / kKeyBlock) * D * kKeyBlock + (j0 % kKeyBlock);
+    for (int64_t d = 0; d < D; d += 8) {
+      __m256 r[8];
+      for (int i = 0; i < 8; ++i)
+        r[i] = j0 + i < num_keys ? _mm256_loadu_ps(k_base + (j0 + i) * stride + d) : _mm256_setzero_ps();
+      transpose8(r);
+      for (int i = 0; i < 8; ++i) _mm256_storeu_ps(dst + (d + i) * kKeyBlock, r[i]);
+    }
+  }
+}
+
+// V of one head -> vpack[block of 16 dims][key][16] (the last block is 8 wide when D % 16 == 8), so
+// each PV pass over the keys reads one contiguous stream instead of one 64-byte piece per 12 KB row.
+BORT_AVX2 void pack_values(const float* v_base, int64_t stride, int64_t D, int64_t num_keys, float* vpack) {
+  for (int64_t j = 0; j < num_keys; ++j) {
+    const float* v = v_base + j * stride;
+    int64_t d0 = 0;
+    for (; d0 + 16 <= D; d0 += 16) {
+      float* dst = vpack + d0 * num_keys + j * 16;
+      _mm256_storeu_ps(dst, _mm256_loadu_ps(v + d0));
+      _mm256_storeu_ps(dst + 8, _mm256_loadu_ps(v + d0 + 8));
+    }
+    if (d0 < D) _mm256_storeu_ps(vpack + d0 * num_keys + j * 8, _mm256_loadu_ps(v + d0));
+  }
+}
+
+// scores[r][kb*16 .. +16] = qtile[r] . K[kb*16 .. +16] for all 6 rows.
+BORT_AVX2 void qk_tile(const float* qtile, const float* kpack, int64_t D, int64_t padded_keys, float* scores) {
+  for (int64_t kb = 0; kb < padded_keys / kKeyBlock; ++kb) {
+    const float* kblk = kpack + kb * D * kKeyBlock;
+    __m256 acc[kTileRows][2];
+#pragma GCC unroll 6
+    for (int r = 0; r < kTileRows; ++r) acc[r][0] = acc[r][1] = _mm256_setzero_ps();
+    for (int64_t d = 0; d < D; ++d) {
+      const __m256 k0 = _mm256_loadu_ps(kblk + d * kKeyBlock);
+      const __m256 k1 = _mm256_loadu_ps(kblk + d * kKeyBlock + 8);
+#pragma GCC unroll 6
+      for (int r = 0; r < kTileRows; ++r) {
+        const __m256 q = _mm256_broadcast_ss(qtile + r * D + d);
+        acc[r][0] = _mm256_fmadd_ps(q, k0, acc[r][0]);
+        acc[r][1] = _mm256_fmadd_ps(q, k1, acc[r][1]);
+      }
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < kTileRows; ++r) {
+      _mm256_storeu_ps(scores + r * padded_keys + kb * kKeyBlock, acc[r][0]);
+      _mm256_storeu_ps(scores + r * padded_keys + kb * kKeyBlock + 8, acc[r][1]);
+    }
+  }
+}
+
+// In place: row[j] <- exp(row[j] - max) for the keys that attend, 0 for masked keys; returns the sum.
+// Entries at or past num_keys are scratch (PV never reads them).
+// With holes in the mask, penalty is -inf and keep 0 for keys that do not attend (0 and 1 otherwise).
+BORT_AVX2 float softmax_numerators(float* row, const float* keep, const float* penalty, int64_t num_keys,
+                                   int64_t padded_keys, bool holes) {
+  if (holes) {
+    __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+    for (int64_t j = 0; j < padded_keys; j += 8)
+      vmax = _mm256_max_ps(vmax, _mm256_add_ps(_mm256_loadu_ps(row + j), _mm256_loadu_ps(penalty + j)));
+    const __m256 m = _mm256_set1_ps(simd::hmax_ps(vmax));
+    __m256 vsum = _mm256_setzero_ps();
+    for (int64_t j = 0; j < padded_keys; j += 8) {
+      const __m256 e = simd::exp_ps(_mm256_sub_ps(_mm256_loadu_ps(row + j), m));
+      const __m256 p = _mm256_mul_ps(e, _mm256_loadu_ps(keep + j));
+      _mm256_storeu_ps(row + j, p);
+      vsum = _mm256_add_ps(vsum, p);
+    }
+    return simd::hsum_ps(vsum);
+  }
+  // Every key in [0, num_keys) attends: only the partial last vector needs care.
+  const int64_t full = num_keys & ~int64_t{7};
+  __m256 vmax = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t j = 0; j < full; j += 8) vmax = _mm256_max_ps(vmax, _mm256_loadu_ps(row + j));
+  float max_score = simd::hmax_ps(vmax);
+  for (int64_t j = full; j < num_keys; ++j) max_score = std::max(max_score, row[j]);
+  const __m256 m = _mm256_set1_ps(max_score);
+  __m256 vsum = _mm256_setzero_ps();
+  for (int64_t j = 0; j < full; j += 8) {
+    const __m256 p = simd::exp_ps(_mm256_sub_ps(_mm256_loadu_ps(row + j), m));
+    _mm256_storeu_ps(row + j, p);
+    vsum = _mm256_add_ps(vsum, p);
+  }
+  float sum = simd::hsum_ps(vsum);
+  if (full < num_keys) {  // padded_keys is a multiple of 16, so this vector stays inside the row
+    _mm256_storeu_ps(row + full, simd::exp_ps(_mm256_sub_ps(_mm256_loadu_ps(row + full), m)));
+    for (int64_t j = full; j < num_keys; ++j) sum += row[j];
+  }
+  return sum;
+}
+
+// out[r][d0 .. d0 + 8*NV) = sum_j probs[r][j] * V[j][d0 ..], then * inv_sum[r] + bv.
+template <int NV>
+BORT_AVX2 void pv_tile(const float* probs, int64_t padded_keys, const float* vblock, int64_t num_keys,
+                       const float* inv_sum, const float* bv, float* out, int64_t out_stride, int rows) {
+  __m256 acc[kTileRows][NV];
+#pragma GCC unroll 6
+  for (int r = 0; r < kTileRows; ++r)
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_setzero_ps();
+  for (int64_t j = 0; j < num_keys; ++j) {
+    __m256 vv[NV];
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) vv[v] = _mm256_loadu_ps(vblock + j * 8 * NV + 8 * v);
+#pragma GCC unroll 6
+    for (int r = 0; r < kTileRows; ++r) {
+      const __m256 p = _mm256_broadcast_ss(probs + r * padded_keys + j);
+#pragma GCC unroll 2
+      for (int v = 0; v < NV; ++v) acc[r][v] = _mm256_fmadd_ps(p, vv[v], acc[r][v]);
+    }
+  }
+  // Constant trip counts everywhere (the row test is inside) so acc stays in registers.
+#pragma GCC unroll 6
+  for (int r = 0; r < kTileRows; ++r) {
+    if (r >= rows) break;
+    const __m256 inv = _mm256_set1_ps(inv_sum[r]);
+#pragma GCC unroll 2
+    for (int v = 0; v < NV; ++v) {
+      const __m256 b = bv ? _mm256_loadu_ps(bv + 8 * v) : _mm256_setzero_ps();
+      _mm256_storeu_ps(out + r * out_stride + 8 * v, _mm256_fmadd_ps(acc[r][v], inv, b));
+    }
+  }
+}
+
+BORT_AVX2 void attend_rows_avx2(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head,
+                                int64_t q0, int64_t q1) {
+  const SeqKeys& keys = s.keys;
+  if (keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
+  const int64_t D = sh.head_dim, H = sh.hidden(), stride = 3 * H;
+  const int64_t num_keys = keys.key_end;
+  const int64_t padded_keys = (num_keys + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
+
+  thread_local Avx2Scratch scratch;
+  scratch.kpack.resize(static_cast<size_t>(padded_keys * D));
+  scratch.vpack.resize(static_cast<size_t>(num_keys * D));
+  scratch.scores.resize(static_cast<size_t>(kTileRows * padded_keys));
+  scratch.keep.resize(static_cast<size_t>(padded_keys));
+  scratch.penalty.resize(static_cast<size_t>(padded_keys));
+  scratch.qtile.resize(static_cast<size_t>(kTileRows * D));
+  float* kpack = scratch.kpack.data();
+  float* vpack = scratch.vpack.data();
+  float* scores = scratch.scores.data();
+  float* keep = scratch.keep.data();
+  float* penalty = scratch.penalty.data();
+  float* qtile = scratch.qtile.data();
+
+  pack_keys(s.qkv + H + head * D, stride, D, num_keys, padded_keys, kpack);
+  pack_values(s.qkv + 2 * H + head * D, stride, D, num_keys, vpack);
+  const bool holes = keys.valid != nullptr;
+  const float neg_inf = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; holes && j < padded_keys; ++j) {
+    const bool attends = j < num_keys && (keys.valid == nullptr || keys.valid[j]);
+    keep[j] = attends ? 1.0f : 0.0f;
+    penalty[j] = attends ? 0.0f : neg_inf;
+  }
+
+  const float* bq = bias ? bias + head * D : nullptr;
+  const float* bv = bias ? bias + 2 * H + head * D : nullptr;
+  const __m256 vscale = _mm256_set1_ps(sh.scale);
+  for (int64_t t = q0; t < q1; t += kTileRows) {
+    const int rows = static_cast<int>(std::min<int64_t>(kTileRows, q1 - t));
+    for (int r = 0; r < kTileRows; ++r) {
+      float* dst = qtile + r * D;
+      if (r >= rows) {
+        std::fill(dst, dst + D, 0.0f);
+        continue;
+      }
+      const float* q = s.qkv + (t + r) * stride + head * D;
+      for (int64_t d = 0; d < D; d += 8) {
+        __m256 v = _mm256_loadu_ps(q + d);
+        if (bq) v = _mm256_add_ps(v, _mm256_loadu_ps(bq + d));
+        _mm256_storeu_ps(dst + d, _mm256_mul_ps(v, vscale));
+      }
+    }
+    qk_tile(qtile, kpack, D, padded_keys, scores);
+    float inv_sum[kTileRows];
+    for (int r = 0; r < kTileRows; ++r) {
+      // Padding rows of the tile still get finite probabilities (their outputs are not stored).
+      inv_sum[r] = 1.0f / softmax_numerators(scores + r * padded_keys, keep, penalty, num_keys, padded_keys, holes);
+    }
+    float* out = s.out + t * H + head * D;
+    int64_t d0 = 0;
+    for (; d0 + 16 <= D; d0 += 16)
+      pv_tile<2>(scores, padded_keys, vpack + d0 * num_keys, num_keys, inv_sum, bv ? bv + d0 : nullptr, out + d0, H, rows);
+    if (d0 < D)
+      pv_tile<1>(scores, padded_keys, vpack + d0 * num_keys, num_keys, inv_sum, bv ? bv + d0 : nullptr, out + d0, H, rows);
+  }
+}
+
+// Splits every (sequence, head) into query chunks so that ~8 tasks per thread exist (the pool hands
+// them out dynamically, which evens out threads slowed by other load), but never
+// below 24 rows per chunk: each task re-packs K and V (2 x S x D), small next to its 24*S*D*2 FMAs.
+std::vector<WorkItem> plan_work(const std::vector<int64_t>& seq_lens, int64_t num_heads, size_t concurrency) {
+  int64_t total_rows = 0;
+  for (int64_t len : seq_lens) total_rows += len * num_heads;
+  int64_t chunk = std::numeric_limits<int64_t>::max();
+  if (concurrency > 1) {
+    const int64_t target_tasks = static_cast<int64_t>(8 * concurrency);
+    chunk = std::max<int64_t>(24, (total_rows + target_tasks - 1) / target_tasks);
+    chunk = (chunk + kTileRows - 1) / kTileRows * kTileRows;
+  }
+  std::vector<WorkItem> items;
+  for (int64_t s = 0; s < static_cast<int64_t>(seq_lens.size()); ++s)
+    for (int64_t h = 0; h < num_heads; ++h)
+      for (int64_t q = 0; q < seq_lens[s]; q += std::min(chunk, seq_lens[s] - q))
+        items.push_back({s, h, q, q + std::min(chunk, seq_lens[s] - q)});
+  return items;
+}
+
+void run_items(const std::vector<SeqView>& seqs, const std::vector<WorkItem>& items, const AttentionShape& sh,
+               const float* bias, const ParallelFor& pf) {
+  const bool avx2 = active_isa() == Isa::kAvx2 && sh.head_dim % 8 == 0;
+  pf.run(items.size(), [&](size_t i) {
+    const WorkItem& w = items[i];
+    if (avx2)
+      attend_rows_avx2(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
+    else
+      attend_rows_scalar(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
+  });
+}
+
+template <typename T>
+int64_t mask_value(const void* data, int64_t i) {
+  return static_cast<int64_t>(static_cast<const T*>(data)[i]);
+}
+
+}  // namespace
+
+void attention_padded(const float* qkv, const float* bias, const AttentionMask& mask, float* out, int64_t batch,
+                      int64_t seq, const AttentionShape& shape, const ParallelFor& pf) {
+  if (batch <= 0 || seq <= 0) return;
+  const int64_t H = shape.hidden();
+  auto value = [&](int64_t i) {
+    return mask.is_int64 ? mask_value<int64_t>(mask.data, i) : mask_value<int32_t>(mask.data, i);
+  };
+  std::vector<uint8_t> valid;
+  std::vector<SeqView> seqs(static_cast<size_t>(batch));
+  if (mask.kind == MaskKind::kKeyMask) valid.resize(static_cast<size_t>(batch * seq));
+  for (int64_t b = 0; b < batch; ++b) {
+    SeqView& v = seqs[b];
+    v.qkv = qkv + b * seq * 3 * H;
+    v.out = out + b * seq * H;
+    v.len = seq;
+    switch (mask.kind) {
+      case MaskKind::kNone:
+        v.keys.key_end = seq;
+        break;
+      case MaskKind::kLengths:
+        // Lengths come from the model's inputs: clamp instead of trusting them as bounds.
+        v.keys.key_end = std::min<int64_t>(std::max<int64_t>(value(b), 0), seq);
+        break;
+      case MaskKind::kKeyMask: {
+        uint8_t* row = valid.data() + b * seq;
+        int64_t key_end = 0;
+        for (int64_t j = 0; j < seq; ++j) {
+          row[j] = value(b * seq + j) != 0;
+          if (row[j]) key_end = j + 1;
+        }
+        v.keys.key_end = key_end;
+        // A mask that is a plain prefix needs no per-key test in the kernel.
+        const bool prefix = std::all_of(row, row + key_end, [](uint8_t x) { return x != 0; });
+        v.keys.valid = prefix ? nullptr : row;
+        break;
+      }
+    }
+  }
+  run_items(seqs, plan_work(std::vector<int64_t>(static_cast<size_t>(batch), seq), shape.num_heads, pf.concurrency()),
+            shape, bias, pf);
+}
+
+void attention_packed(const float* qkv, const float* bias, const int64_t* cu_seqlens, int64_t num_seqs, float* out,
+                      int64_t tokens, const AttentionShape& shape, const ParallelFor& pf) {
+  if (num_seqs < 0) throw std::invalid_argument("cu_seqlens must have at least one element");
+  if (cu_seqlens[0] != 0) throw std::invalid_argument("cu_seqlens[0] must be 0, got " + std::to_string(cu_seqlens[0]));
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    if (cu_seqlens[s + 1] < cu_seqlens[s])
+      throw std::invalid_argument("cu_seqlens must be non-decreasing (cu_seqlens[" + std::to_string(s + 1) +
+                                  "] = " + std::to_string(cu_seqlens[s + 1]) + " < " + std::to_string(cu_seqlens[s]) + ")");
+  }
+  if (cu_seqlens[num_seqs] != tokens)
+    throw std::invalid_argument("cu_seqlens[-1] = " + std::to_string(cu_seqlens[num_seqs]) +
+                                " must equal the number of tokens " + std::to_string(tokens));
+  const int64_t H = shape.hidden();
+  std::vector<SeqView> seqs(static_cast<size_t>(num_seqs));
+  std::vector<int64_t> lens(static_cast<size_t>(num_seqs));
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    lens[s] = cu_seqlens[s + 1] - cu_seqlens[s];
+    seqs[s].qkv = qkv + cu_seqlens[s] * 3 * H;
+    seqs[s].out = out + cu_seqlens[s] * H;
+    seqs[s].len = lens[s];
+    seqs[s].keys.key_end = lens[s];
+  }
+  run_items(seqs, plan_work(lens, shape.num_heads, pf.concurrency()), shape, bias, pf);
+}
+
+}  // namespace bort

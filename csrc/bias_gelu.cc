@@ -1,0 +1,91 @@
+#include "bias_gelu.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "cpu_dispatch.h"
+#include "simd_math.h"
+
+namespace bort {
+namespace {
+
+constexpr float kInvSqrt2 = 0.70710678118654752440f;
+
+void bias_gelu_rows_scalar(const float* x, const float* bias, float* y, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    float* yr = y + r * n;
+    for (int64_t i = 0; i < n; ++i) {
+      const float v = xr[i] + (bias ? bias[i] : 0.0f);
+      yr[i] = 0.5f * v * (1.0f + std::erf(v * kInvSqrt2));
+    }
+  }
+}
+
+BORT_AVX2_INLINE __m256 gelu_ps(__m256 v) {
+  const __m256 half_v = _mm256_mul_ps(v, _mm256_set1_ps(0.5f));
+  const __m256 e = simd::erf_ps(_mm256_mul_ps(v, _mm256_set1_ps(kInvSqrt2)));
+  return _mm256_fmadd_ps(half_v, e, half_v);
+}
+
+BORT_AVX2 void bias_gelu_rows_avx2(const float* x, const float* bias, float* y, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    float* yr = y + r * n;
+    int64_t i = 0;
+    for (; i + 8 <= n; i += 8) {
+      __m256 v = _mm256_loadu_ps(xr + i);
+      if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + i));
+      _mm256_storeu_ps(yr + i, gelu_ps(v));
+    }
+    if (i < n) {
+      // Tail through a padded buffer so the tail uses the same erf as the body.
+      alignas(32) float buf[8] = {0};
+      for (int64_t k = i; k < n; ++k) buf[k - i] = xr[k] + (bias ? bias[k] : 0.0f);
+      _mm256_store_ps(buf, gelu_ps(_mm256_load_ps(buf)));
+      for (int64_t k = i; k < n; ++k) yr[k] = buf[k - i];
+    }
+  }
+}
+
+BORT_AVX2 void erf_array_avx2(const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, simd::erf_ps(_mm256_loadu_ps(x + i)));
+  if (i < n) {
+    alignas(32) float buf[8] = {0};
+    std::copy(x + i, x + n, buf);
+    _mm256_store_ps(buf, simd::erf_ps(_mm256_load_ps(buf)));
+    std::copy(buf, buf + (n - i), y + i);
+  }
+}
+
+}  // namespace
+
+void bias_gelu(const float* x, const float* bias, float* y, int64_t rows, int64_t n, const ParallelFor& pf) {
+  if (rows <= 0 || n <= 0) return;
+  const bool avx2 = active_isa() == Isa::kAvx2;
+  // >= 8K elements per task (a few microseconds): more than waking a pool thread costs, so even
+  // b1 s32 shapes split across two threads.
+  const size_t rows_per_min_task = std::max<int64_t>(1, (int64_t{1} << 13) / n);
+  const size_t tasks = choose_num_tasks(static_cast<size_t>(rows), rows_per_min_task, pf.concurrency());
+  const int64_t per_task = (rows + static_cast<int64_t>(tasks) - 1) / static_cast<int64_t>(tasks);
+  pf.run(tasks, [&](size_t t) {
+    const int64_t r0 = static_cast<int64_t>(t) * per_task;
+    const int64_t r1 = std::min(rows, r0 + per_task);
+    if (r0 >= r1) return;
+    if (avx2)
+      bias_gelu_rows_avx2(x + r0 * n, bias, y + r0 * n, r1 - r0, n);
+    else
+      bias_gelu_rows_scalar(x + r0 * n, bias, y + r0 * n, r1 - r0, n);
+  });
+}
+
+void erf_array(const float* x, float* y, int64_t n) {
+  if (active_isa() == Isa::kAvx2) {
+    erf_array_avx2(x, y, n);
+  } else {
+    for (int64_t i = 0; i < n; ++i) y[i] = std::erf(x[i]);
+  }
+}
+
+}  // namespace bort

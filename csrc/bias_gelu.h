@@ -1,0 +1,16 @@
+// y = gelu(x + bias) with the exact (erf) GELU, as in HF BERT's intermediate layer.
+#pragma once
+
+#include <cstdint>
+
+#include "parallel.h"
+
+namespace bort {
+
+// x, y: [rows, n] row-major (y may alias x); bias: [n] or nullptr.
+void bias_gelu(const float* x, const float* bias, float* y, int64_t rows, int64_t n, const ParallelFor& pf);
+
+// Exposed for tests of the vectorised erf: y[i] = erf(x[i]) with the active ISA's implementation.
+void erf_array(const float* x, float* y, int64_t n);
+
+}  // namespace bort

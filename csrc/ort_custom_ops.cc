@@ -1,0 +1,378 @@
+// onnxruntime custom-op front end: domain "ai.bort_infer", ops FusedAttention, PackedAttention,
+// BiasGelu and SkipLayerNorm. Registration entry point: RegisterCustomOps (exported, C linkage).
+//
+// Every input's presence, rank, shape and dtype and every attribute is validated before a kernel
+// runs; errors become an ORT error status (never an exception across the C boundary, never a crash).
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <array>
+#include <cmath>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "attention.h"
+#include "bias_gelu.h"
+#include "parallel.h"
+#include "shape_checks.h"
+#include "skip_layernorm.h"
+
+namespace {
+
+constexpr const char* kDomain = "ai.bort_infer";
+
+const OrtApi& api() { return Ort::GetApi(); }
+
+// Runs kernel tasks on the session's intra-op thread pool (serially when it has one thread).
+class OrtParallelFor final : public bort::ParallelFor {
+ public:
+  explicit OrtParallelFor(const OrtKernelContext* ctx) : ctx_(ctx) {}
+
+  void run(size_t num_tasks, bort::TaskRef task) const override {
+    if (num_tasks <= 1) {
+      if (num_tasks == 1) task(0);
+      return;
+    }
+    struct Call {
+      bort::TaskRef task;
+      std::mutex mutex;
+      std::exception_ptr error;
+    } call{task, {}, {}};
+    auto trampoline = [](void* user, size_t i) {
+      auto* c = static_cast<Call*>(user);
+      try {
+        c->task(i);
+      } catch (...) {  // exceptions must not unwind through ORT's thread pool
+        std::lock_guard<std::mutex> lock(c->mutex);
+        if (!c->error) c->error = std::current_exception();
+      }
+    };
+    Ort::ThrowOnError(api().KernelContext_ParallelFor(ctx_, trampoline, num_tasks, 0, &call));
+    if (call.error) std::rethrow_exception(call.error);
+  }
+  // The pool size is not visible through the C API; it only steers task granularity.
+  size_t concurrency() const override { return bort::hardware_threads(); }
+
+ private:
+  const OrtKernelContext* ctx_;
+};
+
+const char* type_name(ONNXTensorElementDataType t) {
+  switch (t) {
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT: return "float32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_DOUBLE: return "float64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT16: return "float16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16: return "bfloat16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8: return "int8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8: return "uint8";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT16: return "int16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT16: return "uint16";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32: return "int32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT32: return "uint32";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64: return "int64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64: return "uint64";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL: return "bool";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_STRING: return "string";
+    default: return "another type";
+  }
+}
+
+struct InputTensor {
+  bort::Shape shape;
+  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  const void* data = nullptr;
+};
+
+// Returns nullopt for an absent optional input (empty name in the node, or fewer inputs given).
+std::optional<InputTensor> get_input(OrtKernelContext* ctx, size_t index, const char* op, const char* name) {
+  size_t count = 0;
+  Ort::ThrowOnError(api().KernelContext_GetInputCount(ctx, &count));
+  if (index >= count) return std::nullopt;
+  const OrtValue* value = nullptr;
+  Ort::ThrowOnError(api().KernelContext_GetInput(ctx, index, &value));
+  if (value == nullptr) return std::nullopt;
+  int is_tensor = 0;
+  Ort::ThrowOnError(api().IsTensor(value, &is_tensor));
+  if (!is_tensor) throw std::invalid_argument(std::string(op) + ": input '" + name + "' must be a tensor");
+  OrtTensorTypeAndShapeInfo* info = nullptr;
+  Ort::ThrowOnError(api().GetTensorTypeAndShape(value, &info));
+  std::unique_ptr<OrtTensorTypeAndShapeInfo, void (*)(OrtTensorTypeAndShapeInfo*)> guard(
+      info, [](OrtTensorTypeAndShapeInfo* p) { Ort::GetApi().ReleaseTensorTypeAndShapeInfo(p); });
+  InputTensor t;
+  Ort::ThrowOnError(api().GetTensorElementType(info, &t.type));
+  size_t rank = 0;
+  Ort::ThrowOnError(api().GetDimensionsCount(info, &rank));
+  t.shape.resize(rank);
+  Ort::ThrowOnError(api().GetDimensions(info, t.shape.data(), rank));
+  for (int64_t d : t.shape)
+    if (d < 0) throw std::invalid_argument(std::string(op) + ": input '" + name + "' has a negative dimension");
+  // API 21 has no const accessor; the data is only read.
+  void* data = nullptr;
+  Ort::ThrowOnError(api().GetTensorMutableData(const_cast<OrtValue*>(value), &data));
+  t.data = data;
+  return t;
+}
+
+InputTensor require_input(OrtKernelContext* ctx, size_t index, const char* op, const char* name) {
+  auto t = get_input(ctx, index, op, name);
+  if (!t) throw std::invalid_argument(std::string(op) + ": required input '" + name + "' is missing");
+  return *t;
+}
+
+void require_float(const std::optional<InputTensor>& t, const char* op, const char* name) {
+  if (t && t->type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+    throw std::invalid_argument(std::string(op) + ": input '" + name + "' must be float32, got " + type_name(t->type));
+}
+
+void require_int(const std::optional<InputTensor>& t, const char* op, const char* name) {
+  if (t && t->type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 && t->type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64)
+    throw std::invalid_argument(std::string(op) + ": input '" + name + "' must be int32 or int64, got " +
+                                type_name(t->type));
+}
+
+float* allocate_output(OrtKernelContext* ctx, const bort::Shape& shape) {
+  OrtValue* out = nullptr;
+  Ort::ThrowOnError(api().KernelContext_GetOutput(ctx, 0, shape.data(), shape.size(), &out));
+  void* data = nullptr;
+  Ort::ThrowOnError(api().GetTensorMutableData(out, &data));
+  return static_cast<float*>(data);
+}
+
+const float* float_data(const std::optional<InputTensor>& t) {
+  return t ? static_cast<const float*>(t->data) : nullptr;
+}
+const bort::Shape* shape_ptr(const std::optional<InputTensor>& t) { return t ? &t->shape : nullptr; }
+
+OrtStatus* to_status(const std::exception& e) { return api().CreateStatus(ORT_INVALID_ARGUMENT, e.what()); }
+
+// Optional attributes: nullopt when absent. Any other error (wrong attribute type) is reported.
+std::optional<float> float_attribute(const OrtKernelInfo* info, const char* name) {
+  float v = 0.0f;
+  OrtStatus* st = api().KernelInfoGetAttribute_float(info, name, &v);
+  if (st == nullptr) return v;
+  api().ReleaseStatus(st);
+  return std::nullopt;
+}
+
+std::optional<int64_t> int_attribute(const OrtKernelInfo* info, const char* name) {
+  int64_t v = 0;
+  OrtStatus* st = api().KernelInfoGetAttribute_int64(info, name, &v);
+  if (st == nullptr) return v;
+  api().ReleaseStatus(st);
+  return std::nullopt;
+}
+
+int64_t required_num_heads(const OrtKernelInfo* info, const char* op) {
+  auto heads = int_attribute(info, "num_heads");
+  if (!heads) throw std::invalid_argument(std::string(op) + ": integer attribute 'num_heads' is required");
+  if (*heads <= 0) throw std::invalid_argument(std::string(op) + ": num_heads must be positive, got " + std::to_string(*heads));
+  return *heads;
+}
+
+std::optional<float> checked_scale(const OrtKernelInfo* info, const char* op) {
+  auto scale = float_attribute(info, "scale");
+  if (scale && !std::isfinite(*scale))
+    throw std::invalid_argument(std::string(op) + ": attribute 'scale' must be finite");
+  return scale;
+}
+
+// ---------------------------------------------------------------------------------------------
+
+struct FusedAttentionKernel {
+  int64_t num_heads;
+  std::optional<float> scale;
+
+  OrtStatus* ComputeV2(OrtKernelContext* ctx) try {
+    const char* op = "FusedAttention";
+    const InputTensor qkv = require_input(ctx, 0, op, "qkv");
+    const auto bias = get_input(ctx, 1, op, "bias");
+    const auto mask = get_input(ctx, 2, op, "mask");
+    require_float(qkv, op, "qkv");
+    require_float(bias, op, "bias");
+    require_int(mask, op, "mask");
+    const bort::AttentionDims dims =
+        bort::check_attention(qkv.shape, shape_ptr(bias), shape_ptr(mask), num_heads, scale ? &*scale : nullptr);
+    bort::AttentionMask m;
+    m.kind = dims.mask_kind;
+    if (mask) {
+      m.data = mask->data;
+      m.is_int64 = mask->type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+    }
+    float* out = allocate_output(ctx, {dims.batch, dims.seq, dims.shape.hidden()});
+    bort::attention_padded(static_cast<const float*>(qkv.data), float_data(bias), m, out, dims.batch, dims.seq,
+                           dims.shape, OrtParallelFor(ctx));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return to_status(e);
+  }
+};
+
+struct PackedAttentionKernel {
+  int64_t num_heads;
+  std::optional<float> scale;
+
+  OrtStatus* ComputeV2(OrtKernelContext* ctx) try {
+    const char* op = "PackedAttention";
+    const InputTensor qkv = require_input(ctx, 0, op, "qkv");
+    const auto bias = get_input(ctx, 1, op, "bias");
+    const InputTensor cu = require_input(ctx, 2, op, "cu_seqlens");
+    require_float(qkv, op, "qkv");
+    require_float(bias, op, "bias");
+    require_int(cu, op, "cu_seqlens");
+    const bort::PackedAttentionDims dims =
+        bort::check_packed_attention(qkv.shape, shape_ptr(bias), cu.shape, num_heads, scale ? &*scale : nullptr);
+    std::vector<int64_t> offsets(static_cast<size_t>(dims.num_seqs + 1));
+    for (size_t i = 0; i < offsets.size(); ++i)
+      offsets[i] = cu.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 ? static_cast<const int64_t*>(cu.data)[i]
+                                                                  : static_cast<const int32_t*>(cu.data)[i];
+    float* out = allocate_output(ctx, {dims.tokens, dims.shape.hidden()});
+    bort::attention_packed(static_cast<const float*>(qkv.data), float_data(bias), offsets.data(), dims.num_seqs, out,
+                           dims.tokens, dims.shape, OrtParallelFor(ctx));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return to_status(e);
+  }
+};
+
+struct BiasGeluKernel {
+  OrtStatus* ComputeV2(OrtKernelContext* ctx) try {
+    const char* op = "BiasGelu";
+    const InputTensor x = require_input(ctx, 0, op, "x");
+    const InputTensor bias = require_input(ctx, 1, op, "bias");
+    require_float(x, op, "x");
+    require_float(bias, op, "bias");
+    const bort::RowsDims dims = bort::check_bias_gelu(x.shape, bias.shape);
+    float* out = allocate_output(ctx, x.shape);
+    bort::bias_gelu(static_cast<const float*>(x.data), static_cast<const float*>(bias.data), out, dims.rows, dims.width,
+                    OrtParallelFor(ctx));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return to_status(e);
+  }
+};
+
+struct SkipLayerNormKernel {
+  float epsilon;
+
+  OrtStatus* ComputeV2(OrtKernelContext* ctx) try {
+    const char* op = "SkipLayerNorm";
+    const InputTensor x = require_input(ctx, 0, op, "x");
+    const InputTensor skip = require_input(ctx, 1, op, "skip");
+    const InputTensor gamma = require_input(ctx, 2, op, "gamma");
+    const auto beta = get_input(ctx, 3, op, "beta");
+    const auto bias = get_input(ctx, 4, op, "bias");
+    require_float(x, op, "x");
+    require_float(skip, op, "skip");
+    require_float(gamma, op, "gamma");
+    require_float(beta, op, "beta");
+    require_float(bias, op, "bias");
+    const bort::RowsDims dims =
+        bort::check_skip_layernorm(x.shape, skip.shape, gamma.shape, shape_ptr(beta), shape_ptr(bias), epsilon);
+    float* out = allocate_output(ctx, x.shape);
+    bort::skip_layernorm(static_cast<const float*>(x.data), static_cast<const float*>(skip.data),
+                         static_cast<const float*>(gamma.data), float_data(beta), float_data(bias), out, dims.rows,
+                         dims.width, epsilon, OrtParallelFor(ctx));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return to_status(e);
+  }
+};
+
+// ---------------------------------------------------------------------------------------------
+// Op descriptions. `Inputs` lists (required?, float?) per input; non-float inputs accept any type
+// at graph level and are checked (int32/int64) at run time.
+
+template <typename Derived, typename Kernel>
+struct OpBase : Ort::CustomOpBase<Derived, Kernel, /*WithStatus=*/true> {
+  const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  size_t GetInputTypeCount() const { return Derived::kInputs.size(); }
+  ONNXTensorElementDataType GetInputType(size_t i) const {
+    return Derived::kInputs[i].is_float ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
+    return Derived::kInputs[i].required ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
+
+  OrtStatus* CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const try {
+    *kernel = static_cast<const Derived*>(this)->Make(info);
+    return nullptr;
+  } catch (const std::exception& e) {
+    return to_status(e);
+  }
+};
+
+struct InputSpec {
+  bool required;
+  bool is_float;
+};
+
+struct FusedAttentionOp : OpBase<FusedAttentionOp, FusedAttentionKernel> {
+  static constexpr std::array<InputSpec, 3> kInputs{{{true, true}, {false, true}, {false, false}}};
+  const char* GetName() const { return "FusedAttention"; }
+  FusedAttentionKernel* Make(const OrtKernelInfo* info) const {
+    return new FusedAttentionKernel{required_num_heads(info, GetName()), checked_scale(info, GetName())};
+  }
+};
+
+struct PackedAttentionOp : OpBase<PackedAttentionOp, PackedAttentionKernel> {
+  static constexpr std::array<InputSpec, 3> kInputs{{{true, true}, {false, true}, {true, false}}};
+  const char* GetName() const { return "PackedAttention"; }
+  PackedAttentionKernel* Make(const OrtKernelInfo* info) const {
+    return new PackedAttentionKernel{required_num_heads(info, GetName()), checked_scale(info, GetName())};
+  }
+};
+
+struct BiasGeluOp : OpBase<BiasGeluOp, BiasGeluKernel> {
+  static constexpr std::array<InputSpec, 2> kInputs{{{true, true}, {true, true}}};
+  const char* GetName() const { return "BiasGelu"; }
+  BiasGeluKernel* Make(const OrtKernelInfo*) const { return new BiasGeluKernel{}; }
+};
+
+struct SkipLayerNormOp : OpBase<SkipLayerNormOp, SkipLayerNormKernel> {
+  static constexpr std::array<InputSpec, 5> kInputs{
+      {{true, true}, {true, true}, {true, true}, {false, true}, {false, true}}};
+  const char* GetName() const { return "SkipLayerNorm"; }
+  SkipLayerNormKernel* Make(const OrtKernelInfo* info) const {
+    const float eps = float_attribute(info, "epsilon").value_or(1e-12f);
+    if (!std::isfinite(eps) || eps < 0.0f)
+      throw std::invalid_argument("SkipLayerNorm: attribute 'epsilon' must be finite and >= 0, got " + std::to_string(eps));
+    return new SkipLayerNormKernel{eps};
+  }
+};
+
+// Op objects and domains must outlive every session that uses them: keep them for the process.
+FusedAttentionOp g_fused_attention;
+PackedAttentionOp g_packed_attention;
+BiasGeluOp g_bias_gelu;
+SkipLayerNormOp g_skip_layernorm;
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL
+RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  const OrtApi* ort = api_base->GetApi(ORT_API_VERSION);
+  if (ort == nullptr) {
+    // Older runtime than our headers: report through the oldest API, which every runtime serves.
+    return api_base->GetApi(1)->CreateStatus(ORT_FAIL, "bort_infer custom ops need onnxruntime >= 1.21 (C API 21)");
+  }
+  Ort::InitApi(ort);
+  static std::mutex mutex;
+  static std::vector<OrtCustomOpDomain*> domains;  // one per registration; never released
+  std::lock_guard<std::mutex> lock(mutex);
+  OrtCustomOpDomain* domain = nullptr;
+  if (OrtStatus* st = ort->CreateCustomOpDomain(kDomain, &domain)) return st;
+  domains.push_back(domain);
+  for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&g_fused_attention, &g_packed_attention, &g_bias_gelu,
+                                                             &g_skip_layernorm}) {
+    if (OrtStatus* st = ort->CustomOpDomain_Add(domain, op)) return st;
+  }
+  return ort->AddCustomOpDomain(options, domain);
+}

@@ -1,0 +1,191 @@
+// pybind11 front end of the kernels: validates numpy inputs (ValueError on bad shapes or dtypes),
+// converts them to C-contiguous float32, and runs the kernel with the GIL released.
+#include <pybind11/numpy.h>
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <atomic>
+#include <optional>
+#include <stdexcept>
+#include <string>
+
+#include "attention.h"
+#include "bias_gelu.h"
+#include "cpu_dispatch.h"
+#include "parallel.h"
+#include "shape_checks.h"
+#include "skip_layernorm.h"
+
+namespace py = pybind11;
+
+namespace {
+
+using FloatArray = py::array_t<float, py::array::c_style | py::array::forcecast>;
+using Int64Array = py::array_t<int64_t, py::array::c_style | py::array::forcecast>;
+using Int32Array = py::array_t<int32_t, py::array::c_style | py::array::forcecast>;
+
+std::atomic<size_t> g_num_threads{bort::hardware_threads()};
+
+bort::Shape shape_of(const py::array& a) { return bort::Shape(a.shape(), a.shape() + a.ndim()); }
+
+bool is_numeric(const py::array& a) {
+  const char k = a.dtype().kind();
+  return k == 'f' || k == 'i' || k == 'u' || k == 'b';
+}
+
+// Any real-valued array-like becomes a C-contiguous float32 array (a copy only when needed).
+FloatArray as_float(const py::handle& obj, const char* name) {
+  py::array arr = py::array::ensure(obj);
+  if (!arr) throw std::invalid_argument(std::string(name) + " must be array-like");
+  if (!is_numeric(arr))
+    throw std::invalid_argument(std::string(name) + " must be a real numeric array (float32 expected), got dtype " +
+                                py::str(arr.dtype()).cast<std::string>());
+  return FloatArray::ensure(arr);
+}
+
+std::optional<FloatArray> as_optional_float(const py::object& obj, const char* name) {
+  if (obj.is_none()) return std::nullopt;
+  return as_float(obj, name);
+}
+
+py::array as_integer(const py::handle& obj, const char* name) {
+  py::array arr = py::array::ensure(obj);
+  if (!arr) throw std::invalid_argument(std::string(name) + " must be array-like");
+  const char k = arr.dtype().kind();
+  if (k != 'i' && k != 'u' && k != 'b')
+    throw std::invalid_argument(std::string(name) + " must be an integer array (int32 or int64), got dtype " +
+                                py::str(arr.dtype()).cast<std::string>());
+  if (k == 'i' && arr.dtype().itemsize() == 4) return Int32Array::ensure(arr);
+  return Int64Array::ensure(arr);
+}
+
+const float* data_or_null(const std::optional<FloatArray>& a) { return a ? a->data() : nullptr; }
+
+py::array_t<float> attention(const py::object& qkv_obj, const py::object& bias_obj, const py::object& mask_obj,
+                             int64_t num_heads, std::optional<float> scale) {
+  FloatArray qkv = as_float(qkv_obj, "qkv");
+  auto bias = as_optional_float(bias_obj, "bias");
+  std::optional<py::array> mask;
+  if (!mask_obj.is_none()) mask = as_integer(mask_obj, "mask");
+  const bort::Shape qkv_shape = shape_of(qkv);
+  const bort::Shape bias_shape = bias ? shape_of(*bias) : bort::Shape{};
+  const bort::Shape mask_shape = mask ? shape_of(*mask) : bort::Shape{};
+  const bort::AttentionDims dims = bort::check_attention(qkv_shape, bias ? &bias_shape : nullptr,
+                                                         mask ? &mask_shape : nullptr, num_heads,
+                                                         scale ? &*scale : nullptr);
+  bort::AttentionMask m;
+  m.kind = dims.mask_kind;
+  if (mask) {
+    m.data = mask->data();
+    m.is_int64 = mask->dtype().itemsize() == 8;
+  }
+  py::array_t<float> out({dims.batch, dims.seq, dims.shape.hidden()});
+  const float* q = qkv.data();
+  const float* b = data_or_null(bias);
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bort::ThreadFor pf(g_num_threads.load());
+    bort::attention_padded(q, b, m, o, dims.batch, dims.seq, dims.shape, pf);
+  }
+  return out;
+}
+
+py::array_t<float> packed_attention(const py::object& qkv_obj, const py::object& bias_obj, const py::object& cu_obj,
+                                    int64_t num_heads, std::optional<float> scale) {
+  FloatArray qkv = as_float(qkv_obj, "qkv");
+  auto bias = as_optional_float(bias_obj, "bias");
+  Int64Array cu = Int64Array::ensure(as_integer(cu_obj, "cu_seqlens"));
+  const bort::Shape qkv_shape = shape_of(qkv);
+  const bort::Shape bias_shape = bias ? shape_of(*bias) : bort::Shape{};
+  const bort::PackedAttentionDims dims = bort::check_packed_attention(
+      qkv_shape, bias ? &bias_shape : nullptr, shape_of(cu), num_heads, scale ? &*scale : nullptr);
+  py::array_t<float> out({dims.tokens, dims.shape.hidden()});
+  const float* q = qkv.data();
+  const float* b = data_or_null(bias);
+  const int64_t* c = cu.data();
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bort::ThreadFor pf(g_num_threads.load());
+    bort::attention_packed(q, b, c, dims.num_seqs, o, dims.tokens, dims.shape, pf);
+  }
+  return out;
+}
+
+py::array_t<float> bias_gelu(const py::object& x_obj, const py::object& bias_obj) {
+  FloatArray x = as_float(x_obj, "x");
+  FloatArray bias = as_float(bias_obj, "bias");
+  const bort::RowsDims dims = bort::check_bias_gelu(shape_of(x), shape_of(bias));
+  py::array_t<float> out(shape_of(x));
+  const float* xp = x.data();
+  const float* bp = bias.data();
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bort::ThreadFor pf(g_num_threads.load());
+    bort::bias_gelu(xp, bp, o, dims.rows, dims.width, pf);
+  }
+  return out;
+}
+
+py::array_t<float> skip_layernorm(const py::object& x_obj, const py::object& skip_obj, const py::object& gamma_obj,
+                                  const py::object& beta_obj, const py::object& bias_obj, float epsilon) {
+  FloatArray x = as_float(x_obj, "x");
+  FloatArray skip = as_float(skip_obj, "skip");
+  FloatArray gamma = as_float(gamma_obj, "gamma");
+  auto beta = as_optional_float(beta_obj, "beta");
+  auto bias = as_optional_float(bias_obj, "bias");
+  const bort::Shape beta_shape = beta ? shape_of(*beta) : bort::Shape{};
+  const bort::Shape bias_shape = bias ? shape_of(*bias) : bort::Shape{};
+  const bort::RowsDims dims = bort::check_skip_layernorm(shape_of(x), shape_of(skip), shape_of(gamma),
+                                                         beta ? &beta_shape : nullptr, bias ? &bias_shape : nullptr,
+                                                         epsilon);
+  py::array_t<float> out(shape_of(x));
+  const float *xp = x.data(), *sp = skip.data(), *gp = gamma.data();
+  const float *bep = data_or_null(beta), *bip = data_or_null(bias);
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bort::ThreadFor pf(g_num_threads.load());
+    bort::skip_layernorm(xp, sp, gp, bep, bip, o, dims.rows, dims.width, epsilon, pf);
+  }
+  return out;
+}
+
+py::array_t<float> erf_for_tests(const py::object& x_obj) {
+  FloatArray x = as_float(x_obj, "x");
+  py::array_t<float> out(shape_of(x));
+  bort::erf_array(x.data(), out.mutable_data(), static_cast<int64_t>(x.size()));
+  return out;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() =
+      "bort-infer fused CPU kernels (attention core, bias+GELU, skip+LayerNorm). The same shared object "
+      "is an onnxruntime custom-op library (domain 'ai.bort_infer'): pass its __file__ to "
+      "SessionOptions.register_custom_ops_library.";
+  m.def("attention", &attention, py::arg("qkv"), py::arg("bias"), py::arg("mask"), py::arg("num_heads"),
+        py::arg("scale") = py::none(),
+        "Multi-head attention core. qkv float32 [B, S, 3H]; bias [3H] or None; mask int [B, S] (1 = attend), "
+        "int [B] (lengths) or None. Returns float32 [B, S, H].");
+  m.def("packed_attention", &packed_attention, py::arg("qkv"), py::arg("bias"), py::arg("cu_seqlens"),
+        py::arg("num_heads"), py::arg("scale") = py::none(),
+        "Attention over packed sequences. qkv float32 [T, 3H]; bias [3H] or None; cu_seqlens int [N + 1]. "
+        "Returns float32 [T, H].");
+  m.def("bias_gelu", &bias_gelu, py::arg("x"), py::arg("bias"), "gelu(x + bias), exact erf GELU; bias [x.shape[-1]].");
+  m.def("skip_layernorm", &skip_layernorm, py::arg("x"), py::arg("skip"), py::arg("gamma"),
+        py::arg("beta") = py::none(), py::arg("bias") = py::none(), py::arg("epsilon") = 1e-12f,
+        "LayerNorm(x + skip [+ bias]) * gamma [+ beta] over the last axis.");
+  m.def("erf", &erf_for_tests, py::arg("x"), "erf with the active ISA's implementation (for testing the vectorised erf).");
+  m.def("set_isa", &bort::set_isa, py::arg("isa"), "Select kernels: 'scalar', 'avx2' or 'auto' (best supported).");
+  m.def("active_isa", [] { return std::string(bort::isa_name(bort::active_isa())); });
+  m.def("cpu_has_avx2", &bort::cpu_has_avx2_fma);
+  m.def("set_num_threads", [](int64_t n) {
+    if (n < 0) throw std::invalid_argument("num_threads must be >= 0 (0 = all hardware threads)");
+    g_num_threads = n == 0 ? bort::hardware_threads() : static_cast<size_t>(n);
+  }, py::arg("num_threads"), "Threads used by the direct Python calls (ORT ops use the session's pool).");
+  m.def("get_num_threads", [] { return g_num_threads.load(); });
+}

@@ -1,0 +1,116 @@
+#include "shape_checks.h"
+
+#include <cmath>
+#include <stdexcept>
+
+namespace bort {
+namespace {
+
+[[noreturn]] void fail(const std::string& msg) { throw std::invalid_argument(msg); }
+
+void check_vector(const char* op, const char* name, const Shape* s, int64_t expected) {
+  if (s == nullptr) return;
+  if (s->size() != 1 || (*s)[0] != expected)
+    fail(std::string(op) + ": " + name + " must have shape [" + std::to_string(expected) + "], got " + shape_str(*s));
+}
+
+AttentionShape check_heads(const char* op, int64_t three_h, int64_t num_heads, const float* scale) {
+  if (num_heads <= 0) fail(std::string(op) + ": num_heads must be positive, got " + std::to_string(num_heads));
+  if (three_h <= 0 || three_h % 3 != 0)
+    fail(std::string(op) + ": last dimension of qkv must be 3 * hidden (a positive multiple of 3), got " +
+         std::to_string(three_h));
+  const int64_t hidden = three_h / 3;
+  if (hidden % num_heads != 0)
+    fail(std::string(op) + ": hidden size " + std::to_string(hidden) + " is not divisible by num_heads " +
+         std::to_string(num_heads));
+  AttentionShape shape;
+  shape.num_heads = num_heads;
+  shape.head_dim = hidden / num_heads;
+  if (scale != nullptr) {
+    if (!std::isfinite(*scale)) fail(std::string(op) + ": scale must be finite, got " + std::to_string(*scale));
+    shape.scale = *scale;
+  } else {
+    shape.scale = 1.0f / std::sqrt(static_cast<float>(shape.head_dim));
+  }
+  return shape;
+}
+
+}  // namespace
+
+std::string shape_str(const Shape& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
+
+AttentionDims check_attention(const Shape& qkv, const Shape* bias, const Shape* mask, int64_t num_heads,
+                              const float* scale) {
+  const char* op = "FusedAttention";
+  if (qkv.size() != 3) fail(std::string(op) + ": qkv must have rank 3 [batch, seq, 3*hidden], got " + shape_str(qkv));
+  AttentionDims dims;
+  dims.batch = qkv[0];
+  dims.seq = qkv[1];
+  dims.shape = check_heads(op, qkv[2], num_heads, scale);
+  check_vector(op, "bias", bias, qkv[2]);
+  if (mask == nullptr) {
+    dims.mask_kind = MaskKind::kNone;
+  } else if (mask->size() == 2) {
+    if ((*mask)[0] != dims.batch || (*mask)[1] != dims.seq)
+      fail(std::string(op) + ": mask must have shape [batch, seq] = [" + std::to_string(dims.batch) + ", " +
+           std::to_string(dims.seq) + "] or [batch], got " + shape_str(*mask));
+    dims.mask_kind = MaskKind::kKeyMask;
+  } else if (mask->size() == 1) {
+    if ((*mask)[0] != dims.batch)
+      fail(std::string(op) + ": a rank-1 mask holds one length per sequence and must have shape [" +
+           std::to_string(dims.batch) + "], got " + shape_str(*mask));
+    dims.mask_kind = MaskKind::kLengths;
+  } else {
+    fail(std::string(op) + ": mask must have rank 2 [batch, seq] or rank 1 [batch], got " + shape_str(*mask));
+  }
+  return dims;
+}
+
+PackedAttentionDims check_packed_attention(const Shape& qkv, const Shape* bias, const Shape& cu_seqlens,
+                                           int64_t num_heads, const float* scale) {
+  const char* op = "PackedAttention";
+  if (qkv.size() != 2) fail(std::string(op) + ": qkv must have rank 2 [tokens, 3*hidden], got " + shape_str(qkv));
+  PackedAttentionDims dims;
+  dims.tokens = qkv[0];
+  dims.shape = check_heads(op, qkv[1], num_heads, scale);
+  check_vector(op, "bias", bias, qkv[1]);
+  if (cu_seqlens.size() != 1 || cu_seqlens[0] < 1)
+    fail(std::string(op) + ": cu_seqlens must have shape [num_seqs + 1] with at least one element, got " +
+         shape_str(cu_seqlens));
+  dims.num_seqs = cu_seqlens[0] - 1;
+  return dims;
+}
+
+RowsDims check_bias_gelu(const Shape& x, const Shape& bias) {
+  const char* op = "BiasGelu";
+  if (x.empty()) fail(std::string(op) + ": x must have rank >= 1, got a scalar");
+  RowsDims dims;
+  dims.width = x.back();
+  dims.rows = 1;
+  for (size_t i = 0; i + 1 < x.size(); ++i) dims.rows *= x[i];
+  check_vector(op, "bias", &bias, dims.width);
+  return dims;
+}
+
+RowsDims check_skip_layernorm(const Shape& x, const Shape& skip, const Shape& gamma, const Shape* beta,
+                              const Shape* bias, float epsilon) {
+  const char* op = "SkipLayerNorm";
+  if (x.empty()) fail(std::string(op) + ": x must have rank >= 1, got a scalar");
+  if (skip != x) fail(std::string(op) + ": skip must have the shape of x " + shape_str(x) + ", got " + shape_str(skip));
+  RowsDims dims;
+  dims.width = x.back();
+  dims.rows = 1;
+  for (size_t i = 0; i + 1 < x.size(); ++i) dims.rows *= x[i];
+  check_vector(op, "gamma", &gamma, dims.width);
+  check_vector(op, "beta", beta, dims.width);
+  check_vector(op, "bias", bias, dims.width);
+  if (!(epsilon >= 0.0f) || !std::isfinite(epsilon))
+    fail(std::string(op) + ": epsilon must be finite and >= 0, got " + std::to_string(epsilon));
+  return dims;
+}
+
+}  // namespace bort

@@ -1,0 +1,53 @@
+// Shape and attribute validation shared by the pybind11 functions and the onnxruntime ops, so both
+// front ends accept exactly the same inputs and report the same messages. Every check throws
+// std::invalid_argument (pybind11 turns it into ValueError; the ORT ops into an error status).
+// Dtypes are checked by each front end (pybind converts, ORT must reject).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "attention.h"
+
+namespace bort {
+
+using Shape = std::vector<int64_t>;
+
+std::string shape_str(const Shape& s);
+
+struct AttentionDims {
+  int64_t batch = 0;
+  int64_t seq = 0;
+  AttentionShape shape;
+  MaskKind mask_kind = MaskKind::kNone;
+};
+
+// qkv [B, S, 3H]; bias [3H] or null; mask [B, S] (key mask), [B] (lengths) or null (none).
+// scale: nullptr = 1/sqrt(head_dim).
+AttentionDims check_attention(const Shape& qkv, const Shape* bias, const Shape* mask, int64_t num_heads,
+                              const float* scale);
+
+struct PackedAttentionDims {
+  int64_t tokens = 0;
+  int64_t num_seqs = 0;
+  AttentionShape shape;
+};
+
+// qkv [T, 3H]; bias [3H] or null; cu_seqlens [num_seqs + 1] (values are checked by the kernel).
+PackedAttentionDims check_packed_attention(const Shape& qkv, const Shape* bias, const Shape& cu_seqlens,
+                                           int64_t num_heads, const float* scale);
+
+struct RowsDims {
+  int64_t rows = 0;
+  int64_t width = 0;
+};
+
+// x [..., N], bias [N].
+RowsDims check_bias_gelu(const Shape& x, const Shape& bias);
+
+// x [..., H], skip same shape as x, gamma [H], beta/bias [H] or null.
+RowsDims check_skip_layernorm(const Shape& x, const Shape& skip, const Shape& gamma, const Shape* beta,
+                              const Shape* bias, float epsilon);
+
+}  // namespace bort

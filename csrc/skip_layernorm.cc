@@ -1,0 +1,122 @@
+#include "skip_layernorm.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "cpu_dispatch.h"
+#include "simd_math.h"
+
+namespace bort {
+namespace {
+
+// Straightforward reference: sum, then a second pass for the variance (no E[x^2]-E[x]^2 cancellation).
+void skip_layernorm_rows_scalar(const float* x, const float* skip, const float* gamma, const float* beta,
+                                const float* bias, float* y, int64_t rows, int64_t h, float eps) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * h;
+    const float* sr = skip + r * h;
+    float* yr = y + r * h;
+    double sum = 0.0;
+    for (int64_t i = 0; i < h; ++i) {
+      const float t = xr[i] + sr[i] + (bias ? bias[i] : 0.0f);
+      yr[i] = t;
+      sum += t;
+    }
+    const float mean = static_cast<float>(sum / h);
+    double sq = 0.0;
+    for (int64_t i = 0; i < h; ++i) {
+      const float d = yr[i] - mean;
+      sq += static_cast<double>(d) * d;
+    }
+    const float rstd = 1.0f / std::sqrt(static_cast<float>(sq / h) + eps);
+    for (int64_t i = 0; i < h; ++i) yr[i] = (yr[i] - mean) * rstd * gamma[i] + (beta ? beta[i] : 0.0f);
+  }
+}
+
+// Same math; the summed row is written to y in the first pass and re-read from L1 (a 1024-float
+// row is 4 KB), so DRAM sees one read of x and skip and one write of y.
+BORT_AVX2 void skip_layernorm_rows_avx2(const float* x, const float* skip, const float* gamma, const float* beta,
+                                        const float* bias, float* y, int64_t rows, int64_t h, float eps) {
+  const int64_t hv = h & ~int64_t{7};
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * h;
+    const float* sr = skip + r * h;
+    float* yr = y + r * h;
+    __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 16 <= hv; i += 16) {
+      __m256 a = _mm256_add_ps(_mm256_loadu_ps(xr + i), _mm256_loadu_ps(sr + i));
+      __m256 b = _mm256_add_ps(_mm256_loadu_ps(xr + i + 8), _mm256_loadu_ps(sr + i + 8));
+      if (bias) {
+        a = _mm256_add_ps(a, _mm256_loadu_ps(bias + i));
+        b = _mm256_add_ps(b, _mm256_loadu_ps(bias + i + 8));
+      }
+      _mm256_storeu_ps(yr + i, a);
+      _mm256_storeu_ps(yr + i + 8, b);
+      s0 = _mm256_add_ps(s0, a);
+      s1 = _mm256_add_ps(s1, b);
+    }
+    for (; i < hv; i += 8) {
+      __m256 a = _mm256_add_ps(_mm256_loadu_ps(xr + i), _mm256_loadu_ps(sr + i));
+      if (bias) a = _mm256_add_ps(a, _mm256_loadu_ps(bias + i));
+      _mm256_storeu_ps(yr + i, a);
+      s0 = _mm256_add_ps(s0, a);
+    }
+    float sum = simd::hsum_ps(_mm256_add_ps(s0, s1));
+    for (; i < h; ++i) {
+      const float t = xr[i] + sr[i] + (bias ? bias[i] : 0.0f);
+      yr[i] = t;
+      sum += t;
+    }
+    const float mean = sum / static_cast<float>(h);
+    const __m256 vmean = _mm256_set1_ps(mean);
+    __m256 q0 = _mm256_setzero_ps(), q1 = _mm256_setzero_ps();
+    i = 0;
+    for (; i + 16 <= hv; i += 16) {
+      const __m256 a = _mm256_sub_ps(_mm256_loadu_ps(yr + i), vmean);
+      const __m256 b = _mm256_sub_ps(_mm256_loadu_ps(yr + i + 8), vmean);
+      q0 = _mm256_fmadd_ps(a, a, q0);
+      q1 = _mm256_fmadd_ps(b, b, q1);
+    }
+    for (; i < hv; i += 8) {
+      const __m256 a = _mm256_sub_ps(_mm256_loadu_ps(yr + i), vmean);
+      q0 = _mm256_fmadd_ps(a, a, q0);
+    }
+    float sq = simd::hsum_ps(_mm256_add_ps(q0, q1));
+    for (; i < h; ++i) sq += (yr[i] - mean) * (yr[i] - mean);
+    const float rstd = 1.0f / std::sqrt(sq / static_cast<float>(h) + eps);
+    const __m256 vrstd = _mm256_set1_ps(rstd);
+    i = 0;
+    for (; i < hv; i += 8) {
+      const __m256 n = _mm256_mul_ps(_mm256_sub_ps(_mm256_loadu_ps(yr + i), vmean), vrstd);
+      const __m256 b = beta ? _mm256_loadu_ps(beta + i) : _mm256_setzero_ps();
+      _mm256_storeu_ps(yr + i, _mm256_fmadd_ps(n, _mm256_loadu_ps(gamma + i), b));
+    }
+    for (; i < h; ++i) yr[i] = (yr[i] - mean) * rstd * gamma[i] + (beta ? beta[i] : 0.0f);
+  }
+}
+
+}  // namespace
+
+void skip_layernorm(const float* x, const float* skip, const float* gamma, const float* beta, const float* bias,
+                    float* y, int64_t rows, int64_t h, float epsilon, const ParallelFor& pf) {
+  if (rows <= 0 || h <= 0) return;
+  const bool avx2 = active_isa() == Isa::kAvx2;
+  // >= 8K elements per task (a few microseconds): more than waking a pool thread costs, so even
+  // b1 s32 shapes split across two threads.
+  const size_t rows_per_min_task = std::max<int64_t>(1, (int64_t{1} << 13) / h);
+  const size_t tasks = choose_num_tasks(static_cast<size_t>(rows), rows_per_min_task, pf.concurrency());
+  const int64_t per_task = (rows + static_cast<int64_t>(tasks) - 1) / static_cast<int64_t>(tasks);
+  pf.run(tasks, [&](size_t t) {
+    const int64_t r0 = static_cast<int64_t>(t) * per_task;
+    const int64_t r1 = std::min(rows, r0 + per_task);
+    if (r0 >= r1) return;
+    const int64_t off = r0 * h;
+    if (avx2)
+      skip_layernorm_rows_avx2(x + off, skip + off, gamma, beta, bias, y + off, r1 - r0, h, epsilon);
+    else
+      skip_layernorm_rows_scalar(x + off, skip + off, gamma, beta, bias, y + off, r1 - r0, h, epsilon);
+  });
+}
+
+}  // namespace bort

@@ -1,0 +1,234 @@
+"""onnxruntime custom ops of bort_infer._C (domain ai.bort_infer): tiny one-node graphs against the numpy
+references, thread-count independence, and hostile graphs that must fail with a clear error, never crash."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from .test_kernels import (C, TOL, make_mask, ref_attention, ref_gelu, ref_packed_attention, ref_skip_layernorm,
+                           rel_err)
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper  # noqa: E402
+
+DOMAIN = "ai.bort_infer"
+ORT_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pybind11_state.InvalidArgument,
+              ort.capi.onnxruntime_pybind11_state.RuntimeException,
+              ort.capi.onnxruntime_pybind11_state.InvalidGraph)
+ELEM = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE, np.int32: TensorProto.INT32,
+        np.int64: TensorProto.INT64, np.float16: TensorProto.FLOAT16}
+
+
+def one_node_session(op, feeds: dict, attrs: dict | None = None, input_names=None, threads: int = 1,
+                     ranks: dict | None = None):
+    """Session of a graph holding one `op` node whose graph inputs are the (non-None) feeds.
+
+    input_names: the node's input list (use "" for an absent optional input); defaults to feeds' keys.
+    """
+    names = list(feeds) if input_names is None else input_names
+    graph_inputs = [helper.make_tensor_value_info(n, ELEM[feeds[n].dtype.type], [None] * feeds[n].ndim)
+                    for n in names if n]
+    node = helper.make_node(op, names, ["out"], domain=DOMAIN, **(attrs or {}))
+    graph = helper.make_graph([node], "g", graph_inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(C.__file__)
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 4  # expected failures below would otherwise spam stderr
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def run(op, feeds, attrs=None, input_names=None, threads=1):
+    sess = one_node_session(op, feeds, attrs, input_names, threads)
+    return sess.run(None, {k: v for k, v in feeds.items() if k})[0]
+
+
+def attention_inputs(batch=2, seq=37, heads=8, head_dim=32, mask_form="keymask_int64", seed=0):
+    rng = np.random.default_rng(seed)
+    hidden = heads * head_dim
+    qkv = rng.standard_normal((batch, seq, 3 * hidden)).astype(np.float32)
+    bias = rng.standard_normal(3 * hidden).astype(np.float32)
+    return qkv, bias, make_mask(rng, mask_form, batch, seq)
+
+
+# ----------------------------------------------------------------------------------------------
+# Results
+
+@pytest.mark.parametrize("mask_form", ["keymask_int64", "keymask_int32", "lengths_int32", "lengths_int64"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_fused_attention(mask_form, threads):
+    qkv, bias, mask = attention_inputs(batch=3, seq=45, heads=4, head_dim=64, mask_form=mask_form)
+    out = run("FusedAttention", {"qkv": qkv, "bias": bias, "mask": mask}, {"num_heads": 4}, threads=threads)
+    assert rel_err(out, ref_attention(qkv, bias, mask, 4)) <= TOL
+    np.testing.assert_array_equal(out, C.attention(qkv, bias, mask, 4))
+
+
+def test_fused_attention_without_bias_and_with_scale():
+    qkv, _, mask = attention_inputs(seq=20, heads=2, head_dim=128)
+    out = run("FusedAttention", {"qkv": qkv, "mask": mask}, {"num_heads": 2, "scale": 0.3},
+              input_names=["qkv", "", "mask"])
+    assert rel_err(out, ref_attention(qkv, None, mask, 2, 0.3)) <= TOL
+
+
+def test_fused_attention_threads_agree_at_bort_shape():
+    qkv, bias, mask = attention_inputs(batch=2, seq=128, heads=8, head_dim=128)
+    feeds = {"qkv": qkv, "bias": bias, "mask": mask}
+    one = run("FusedAttention", feeds, {"num_heads": 8}, threads=1)
+    two = run("FusedAttention", feeds, {"num_heads": 8}, threads=2)
+    np.testing.assert_array_equal(one, two)
+    assert rel_err(one, ref_attention(qkv, bias, mask, 8)) <= TOL
+
+
+@pytest.mark.parametrize("cu_dtype", [np.int32, np.int64])
+def test_packed_attention(cu_dtype):
+    rng = np.random.default_rng(1)
+    cu = np.array([0, 5, 5, 40, 41], cu_dtype)
+    qkv = rng.standard_normal((41, 3 * 256)).astype(np.float32)
+    bias = rng.standard_normal(3 * 256).astype(np.float32)
+    for threads in (1, 2):
+        out = run("PackedAttention", {"qkv": qkv, "bias": bias, "cu_seqlens": cu}, {"num_heads": 4}, threads=threads)
+        assert rel_err(out, ref_packed_attention(qkv, bias, cu, 4)) <= TOL
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_bias_gelu(threads):
+    rng = np.random.default_rng(2)
+    x = (rng.standard_normal((3, 50, 1024)) * 3).astype(np.float32)
+    bias = rng.standard_normal(1024).astype(np.float32)
+    out = run("BiasGelu", {"x": x, "bias": bias}, threads=threads)
+    assert rel_err(out, ref_gelu(x, bias)) <= TOL
+    np.testing.assert_array_equal(out, C.bias_gelu(x, bias))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("optional", [(), ("beta",), ("bias",), ("beta", "bias")])
+def test_skip_layernorm(threads, optional):
+    rng = np.random.default_rng(3)
+    feeds = {"x": rng.standard_normal((4, 33, 1024)).astype(np.float32),
+             "skip": rng.standard_normal((4, 33, 1024)).astype(np.float32),
+             "gamma": rng.standard_normal(1024).astype(np.float32),
+             "beta": rng.standard_normal(1024).astype(np.float32),
+             "bias": rng.standard_normal(1024).astype(np.float32)}
+    names = ["x", "skip", "gamma", "beta" if "beta" in optional else "", "bias" if "bias" in optional else ""]
+    while names[-1] == "":
+        names.pop()
+    feeds = {k: v for k, v in feeds.items() if k in names}
+    out = run("SkipLayerNorm", feeds, {"epsilon": 1e-5}, input_names=names, threads=threads)
+    ref = ref_skip_layernorm(feeds["x"], feeds["skip"], feeds["gamma"], feeds.get("beta"), feeds.get("bias"), 1e-5)
+    assert rel_err(out, ref) <= TOL
+
+
+def test_skip_layernorm_default_epsilon():
+    x = np.random.default_rng(4).standard_normal((2, 64)).astype(np.float32)
+    feeds = {"x": x, "skip": np.zeros_like(x), "gamma": np.ones(64, np.float32)}
+    out = run("SkipLayerNorm", feeds)
+    assert rel_err(out, ref_skip_layernorm(x, 0, 1, None, None, 1e-12)) <= TOL
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile graphs: each must raise an onnxruntime error naming the problem, and the process survives.
+
+def expect_failure(match, op, feeds, attrs=None, input_names=None):
+    with pytest.raises(ORT_ERRORS, match=match):
+        run(op, feeds, attrs, input_names)
+
+
+Q = np.zeros((2, 3, 96), np.float32)
+B = np.zeros(96, np.float32)
+M = np.ones((2, 3), np.int64)
+
+
+@pytest.mark.parametrize("feeds,attrs,match", [
+    ({"qkv": Q, "bias": B, "mask": M}, {"num_heads": 0}, "num_heads must be positive"),
+    ({"qkv": Q, "bias": B, "mask": M}, {"num_heads": -4}, "num_heads must be positive"),
+    ({"qkv": Q, "bias": B, "mask": M}, {}, "'num_heads' is required"),
+    ({"qkv": Q, "bias": B, "mask": M}, {"num_heads": 5}, "not divisible by num_heads"),
+    ({"qkv": Q, "bias": B, "mask": M}, {"num_heads": 1, "scale": float("inf")}, "'scale' must be finite"),
+    ({"qkv": Q[0], "bias": B, "mask": M}, {"num_heads": 1}, "rank 3"),
+    ({"qkv": Q[..., :95], "bias": B[:95], "mask": M}, {"num_heads": 1}, "multiple of 3"),
+    ({"qkv": Q, "bias": B[:90], "mask": M}, {"num_heads": 1}, "bias must have shape \\[96\\]"),
+    ({"qkv": Q, "bias": B.reshape(1, 96), "mask": M}, {"num_heads": 1}, "bias must have shape \\[96\\]"),
+    ({"qkv": Q, "bias": B, "mask": M[:, :2]}, {"num_heads": 1}, "mask must have shape"),
+    ({"qkv": Q, "bias": B, "mask": M[:1]}, {"num_heads": 1}, "mask must have shape"),
+    ({"qkv": Q, "bias": B, "mask": np.ones(3, np.int64)}, {"num_heads": 1}, "one length per sequence"),
+    ({"qkv": Q, "bias": B, "mask": M[..., None]}, {"num_heads": 1}, "rank 2"),
+    ({"qkv": Q, "bias": B, "mask": M.astype(np.float32)}, {"num_heads": 1}, "must be int32 or int64, got float32"),
+    ({"qkv": Q.astype(np.float64), "bias": B, "mask": M}, {"num_heads": 1}, "qkv"),
+])
+def test_fused_attention_rejects(feeds, attrs, match):
+    expect_failure(match, "FusedAttention", feeds, attrs)
+
+
+def test_fused_attention_hostile_mask_values_are_safe():
+    qkv, bias, _ = attention_inputs(batch=3, seq=9, heads=2, head_dim=32)
+    lengths = np.array([-(2**62), 2**62, 4], np.int64)  # clamped to [0, S], never used as raw indices
+    out = run("FusedAttention", {"qkv": qkv, "bias": bias, "mask": lengths}, {"num_heads": 2})
+    assert rel_err(out, ref_attention(qkv, bias, lengths, 2)) <= TOL
+    odd = np.array([[5, -1, 0, 2**40, 0, 0, 0, 0, 7]] * 3, np.int64)  # nonzero = attend
+    out = run("FusedAttention", {"qkv": qkv, "bias": bias, "mask": odd}, {"num_heads": 2})
+    assert rel_err(out, ref_attention(qkv, bias, odd, 2)) <= TOL
+
+
+@pytest.mark.parametrize("cu,match", [([0, 2, 1, 3], "non-decreasing"), ([1, 3], "must be 0"),
+                                      ([0, 2**40], "number of tokens"), ([0, -5, 3], "non-decreasing")])
+def test_packed_attention_rejects_bad_offsets(cu, match):
+    feeds = {"qkv": np.zeros((3, 96), np.float32), "bias": B, "cu_seqlens": np.array(cu, np.int64)}
+    expect_failure(match, "PackedAttention", feeds, {"num_heads": 2})
+
+
+def test_packed_attention_rejects_empty_offsets():
+    feeds = {"qkv": np.zeros((3, 96), np.float32), "bias": B, "cu_seqlens": np.zeros(0, np.int64)}
+    expect_failure("at least one element", "PackedAttention", feeds, {"num_heads": 2})
+
+
+@pytest.mark.parametrize("feeds,match", [
+    ({"x": np.zeros((2, 8), np.float32), "bias": np.zeros(7, np.float32)}, "bias must have shape \\[8\\]"),
+    ({"x": np.zeros((2, 8), np.float32), "bias": np.zeros((1, 8), np.float32)}, "bias must have shape \\[8\\]"),
+    ({"x": np.zeros((2, 8), np.float64), "bias": np.zeros(8, np.float32)}, "x"),
+])
+def test_bias_gelu_rejects(feeds, match):
+    expect_failure(match, "BiasGelu", feeds)
+
+
+X = np.zeros((2, 8), np.float32)
+
+
+@pytest.mark.parametrize("feeds,attrs,match", [
+    ({"x": X, "skip": X[:, :7], "gamma": np.ones(8, np.float32)}, {}, "skip must have the shape of x"),
+    ({"x": X, "skip": X[:1], "gamma": np.ones(8, np.float32)}, {}, "skip must have the shape of x"),
+    ({"x": X, "skip": X, "gamma": np.ones(9, np.float32)}, {}, "gamma must have shape \\[8\\]"),
+    ({"x": X, "skip": X, "gamma": np.ones(8, np.float32), "beta": np.ones(3, np.float32)}, {}, "beta must have shape"),
+    ({"x": X, "skip": X, "gamma": np.ones(8, np.float32), "beta": np.ones(8, np.float32),
+      "bias": np.ones(2, np.float32)}, {}, "bias must have shape"),
+    ({"x": X, "skip": X, "gamma": np.ones(8, np.float32)}, {"epsilon": -1.0}, "'epsilon' must be finite and >= 0"),
+    ({"x": X, "skip": X, "gamma": np.ones(8, np.float32)}, {"epsilon": float("nan")}, "'epsilon' must be finite"),
+])
+def test_skip_layernorm_rejects(feeds, attrs, match):
+    expect_failure(match, "SkipLayerNorm", feeds, attrs)
+
+
+def test_errors_leave_the_library_usable():
+    expect_failure("num_heads", "FusedAttention", {"qkv": Q, "bias": B, "mask": M}, {"num_heads": 0})
+    x = np.ones((2, 8), np.float32)
+    assert np.isfinite(run("BiasGelu", {"x": x, "bias": np.zeros(8, np.float32)})).all()
+
+
+def test_missing_required_input_is_rejected_at_load():
+    with pytest.raises(ORT_ERRORS):
+        run("SkipLayerNorm", {"x": X, "skip": X})
+
+
+def test_num_heads_of_wrong_attribute_type_is_rejected():
+    expect_failure("'num_heads' is required", "FusedAttention", {"qkv": Q, "bias": B, "mask": M}, {"num_heads": 2.0})
+
+
+def test_packed_attention_rejects_wrong_rank_and_dtype():
+    cu = np.array([0, 3], np.int64)
+    expect_failure("rank 2", "PackedAttention", {"qkv": Q, "bias": B, "cu_seqlens": cu}, {"num_heads": 1})
+    expect_failure("cu_seqlens' must be int32 or int64",
+                   "PackedAttention", {"qkv": Q[0], "bias": B, "cu_seqlens": cu.astype(np.float32)}, {"num_heads": 1})
+
+
+def test_bias_gelu_rejects_scalar_input():
+    expect_failure("rank >= 1", "BiasGelu", {"x": np.array(1.0, np.float32), "bias": np.zeros(1, np.float32)})
