@@ -20,16 +20,22 @@ struct SeqKeys {
   const uint8_t* valid = nullptr;
 };
 
-// One sequence: `len` consecutive rows of qkv (stride 3H) and of out (stride H).
-// Padded batches and packed batches both reduce to this, so they share the per-sequence core.
+// One sequence: `len` keys (K row j at k + j * kv_stride, V row j at v + j * kv_stride) and
+// `num_queries` queries, each given by a row pointer (q[i]) and an output row pointer (out[i]); head h
+// is at offset h * head_dim in all of them. Padded batches, packed batches and packed batches that want
+// only some rows (the CLS rows of a last layer) all reduce to this, so they share one core.
 struct SeqView {
-  const float* qkv = nullptr;
-  float* out = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  int64_t kv_stride = 0;
   int64_t len = 0;
   SeqKeys keys;
+  const float* const* q = nullptr;
+  float* const* out = nullptr;
+  int64_t num_queries = 0;
 };
 
-// A unit of parallel work: query rows [q_begin, q_end) of one head of one sequence.
+// A unit of parallel work: queries [q_begin, q_end) of one head of one sequence.
 struct WorkItem {
   int64_t seq;
   int64_t head;
@@ -43,10 +49,10 @@ void uniform_rows(const SeqView& s, const AttentionShape& sh, const float* bias,
   const int64_t D = sh.head_dim, H = sh.hidden();
   for (int64_t d = 0; d < D; ++d) {
     double acc = 0.0;
-    for (int64_t j = 0; j < s.len; ++j) acc += s.qkv[j * 3 * H + 2 * H + head * D + d];
+    for (int64_t j = 0; j < s.len; ++j) acc += s.v[j * s.kv_stride + head * D + d];
     float mean = s.len > 0 ? static_cast<float>(acc / s.len) : 0.0f;
     if (bias) mean += bias[2 * H + head * D + d];
-    for (int64_t i = q0; i < q1; ++i) s.out[i * H + head * D + d] = mean;
+    for (int64_t i = q0; i < q1; ++i) s.out[i][head * D + d] = mean;
   }
 }
 
@@ -55,18 +61,18 @@ void attend_rows_scalar(const SeqView& s, const AttentionShape& sh, const float*
                         int64_t q1) {
   const SeqKeys& keys = s.keys;
   if (keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
-  const int64_t D = sh.head_dim, H = sh.hidden(), stride = 3 * H;
+  const int64_t D = sh.head_dim, H = sh.hidden();
   const float* bq = bias ? bias + head * D : nullptr;
   const float* bk = bias ? bias + H + head * D : nullptr;
   const float* bv = bias ? bias + 2 * H + head * D : nullptr;
   thread_local std::vector<float> probs;
   probs.assign(static_cast<size_t>(keys.key_end), 0.0f);
   for (int64_t i = q0; i < q1; ++i) {
-    const float* q = s.qkv + i * stride + head * D;
+    const float* q = s.q[i] + head * D;
     float max_score = -std::numeric_limits<float>::infinity();
     for (int64_t j = 0; j < keys.key_end; ++j) {
       if (keys.valid && !keys.valid[j]) continue;
-      const float* k = s.qkv + j * stride + H + head * D;
+      const float* k = s.k + j * s.kv_stride + head * D;
       float dot = 0.0f;
       for (int64_t d = 0; d < D; ++d) dot += (q[d] + (bq ? bq[d] : 0.0f)) * (k[d] + (bk ? bk[d] : 0.0f));
       probs[j] = dot * sh.scale;
@@ -81,10 +87,10 @@ void attend_rows_scalar(const SeqView& s, const AttentionShape& sh, const float*
       probs[j] = std::exp(probs[j] - max_score);
       sum += probs[j];
     }
-    float* o = s.out + i * H + head * D;
+    float* o = s.out[i] + head * D;
     std::fill(o, o + D, 0.0f);
     for (int64_t j = 0; j < keys.key_end; ++j) {  // key-major so V rows are read contiguously
-      const float* v = s.qkv + j * stride + 2 * H + head * D;
+      const float* v = s.v + j * s.kv_stride + head * D;
       for (int64_t d = 0; d < D; ++d) o[d] += probs[j] * (v[d] + (bv ? bv[d] : 0.0f));
     }
     for (int64_t d = 0; d < D; ++d) o[d] /= sum;
@@ -225,10 +231,10 @@ BORT_AVX2 float softmax_numerators(float* row, const float* keep, const float* p
   return sum;
 }
 
-// out[r][d0 .. d0 + 8*NV) = sum_j probs[r][j] * V[j][d0 ..], then * inv_sum[r] + bv.
+// out_rows[r][offset .. offset + 8*NV) = sum_j probs[r][j] * V[j][..], then * inv_sum[r] + bv.
 template <int NV>
 BORT_AVX2 void pv_tile(const float* probs, int64_t padded_keys, const float* vblock, int64_t num_keys,
-                       const float* inv_sum, const float* bv, float* out, int64_t out_stride, int rows) {
+                       const float* inv_sum, const float* bv, float* const* out_rows, int64_t offset, int rows) {
   __m256 acc[kTileRows][NV];
 #pragma GCC unroll 6
   for (int r = 0; r < kTileRows; ++r)
@@ -253,7 +259,7 @@ BORT_AVX2 void pv_tile(const float* probs, int64_t padded_keys, const float* vbl
 #pragma GCC unroll 2
     for (int v = 0; v < NV; ++v) {
       const __m256 b = bv ? _mm256_loadu_ps(bv + 8 * v) : _mm256_setzero_ps();
-      _mm256_storeu_ps(out + r * out_stride + 8 * v, _mm256_fmadd_ps(acc[r][v], inv, b));
+      _mm256_storeu_ps(out_rows[r] + offset + 8 * v, _mm256_fmadd_ps(acc[r][v], inv, b));
     }
   }
 }
@@ -262,7 +268,7 @@ BORT_AVX2 void attend_rows_avx2(const SeqView& s, const AttentionShape& sh, cons
                                 int64_t q0, int64_t q1) {
   const SeqKeys& keys = s.keys;
   if (keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
-  const int64_t D = sh.head_dim, H = sh.hidden(), stride = 3 * H;
+  const int64_t D = sh.head_dim, H = sh.hidden();
   const int64_t num_keys = keys.key_end;
   const int64_t padded_keys = (num_keys + kKeyBlock - 1) / kKeyBlock * kKeyBlock;
 
@@ -280,8 +286,8 @@ BORT_AVX2 void attend_rows_avx2(const SeqView& s, const AttentionShape& sh, cons
   float* penalty = scratch.penalty.data();
   float* qtile = scratch.qtile.data();
 
-  pack_keys(s.qkv + H + head * D, stride, D, num_keys, padded_keys, kpack);
-  pack_values(s.qkv + 2 * H + head * D, stride, D, num_keys, vpack);
+  pack_keys(s.k + head * D, s.kv_stride, D, num_keys, padded_keys, kpack);
+  pack_values(s.v + head * D, s.kv_stride, D, num_keys, vpack);
   const bool holes = keys.valid != nullptr;
   const float neg_inf = -std::numeric_limits<float>::infinity();
   for (int64_t j = 0; holes && j < padded_keys; ++j) {
@@ -301,7 +307,7 @@ BORT_AVX2 void attend_rows_avx2(const SeqView& s, const AttentionShape& sh, cons
         std::fill(dst, dst + D, 0.0f);
         continue;
       }
-      const float* q = s.qkv + (t + r) * stride + head * D;
+      const float* q = s.q[t + r] + head * D;
       for (int64_t d = 0; d < D; d += 8) {
         __m256 v = _mm256_loadu_ps(q + d);
         if (bq) v = _mm256_add_ps(v, _mm256_loadu_ps(bq + d));
@@ -314,21 +320,23 @@ BORT_AVX2 void attend_rows_avx2(const SeqView& s, const AttentionShape& sh, cons
       // Padding rows of the tile still get finite probabilities (their outputs are not stored).
       inv_sum[r] = 1.0f / softmax_numerators(scores + r * padded_keys, keep, penalty, num_keys, padded_keys, holes);
     }
-    float* out = s.out + t * H + head * D;
+    float* const* out_rows = s.out + t;
     int64_t d0 = 0;
     for (; d0 + 16 <= D; d0 += 16)
-      pv_tile<2>(scores, padded_keys, vpack + d0 * num_keys, num_keys, inv_sum, bv ? bv + d0 : nullptr, out + d0, H, rows);
+      pv_tile<2>(scores, padded_keys, vpack + d0 * num_keys, num_keys, inv_sum, bv ? bv + d0 : nullptr, out_rows,
+                 head * D + d0, rows);
     if (d0 < D)
-      pv_tile<1>(scores, padded_keys, vpack + d0 * num_keys, num_keys, inv_sum, bv ? bv + d0 : nullptr, out + d0, H, rows);
+      pv_tile<1>(scores, padded_keys, vpack + d0 * num_keys, num_keys, inv_sum, bv ? bv + d0 : nullptr, out_rows,
+                 head * D + d0, rows);
   }
 }
 
-// Splits every (sequence, head) into query chunks so that ~8 tasks per thread exist (the pool hands
+// Splits the queries of every (sequence, head) into chunks so that ~8 tasks per thread exist (the pool hands
 // them out dynamically, which evens out threads slowed by other load), but never
 // below 24 rows per chunk: each task re-packs K and V (2 x S x D), small next to its 24*S*D*2 FMAs.
-std::vector<WorkItem> plan_work(const std::vector<int64_t>& seq_lens, int64_t num_heads, size_t concurrency) {
+std::vector<WorkItem> plan_work(const std::vector<SeqView>& seqs, int64_t num_heads, size_t concurrency) {
   int64_t total_rows = 0;
-  for (int64_t len : seq_lens) total_rows += len * num_heads;
+  for (const SeqView& s : seqs) total_rows += s.num_queries * num_heads;
   int64_t chunk = std::numeric_limits<int64_t>::max();
   if (concurrency > 1) {
     const int64_t target_tasks = static_cast<int64_t>(8 * concurrency);
@@ -336,10 +344,11 @@ std::vector<WorkItem> plan_work(const std::vector<int64_t>& seq_lens, int64_t nu
     chunk = (chunk + kTileRows - 1) / kTileRows * kTileRows;
   }
   std::vector<WorkItem> items;
-  for (int64_t s = 0; s < static_cast<int64_t>(seq_lens.size()); ++s)
+  for (int64_t s = 0; s < static_cast<int64_t>(seqs.size()); ++s) {
+    const int64_t n = seqs[s].num_queries;
     for (int64_t h = 0; h < num_heads; ++h)
-      for (int64_t q = 0; q < seq_lens[s]; q += std::min(chunk, seq_lens[s] - q))
-        items.push_back({s, h, q, q + std::min(chunk, seq_lens[s] - q)});
+      for (int64_t q = 0; q < n; q += std::min(chunk, n - q)) items.push_back({s, h, q, q + std::min(chunk, n - q)});
+  }
   return items;
 }
 
@@ -365,18 +374,28 @@ int64_t mask_value(const void* data, int64_t i) {
 void attention_padded(const float* qkv, const float* bias, const AttentionMask& mask, float* out, int64_t batch,
                       int64_t seq, const AttentionShape& shape, const ParallelFor& pf) {
   if (batch <= 0 || seq <= 0) return;
-  const int64_t H = shape.hidden();
+  const int64_t H = shape.hidden(), rows = batch * seq;
   auto value = [&](int64_t i) {
     return mask.is_int64 ? mask_value<int64_t>(mask.data, i) : mask_value<int32_t>(mask.data, i);
   };
+  std::vector<const float*> q_rows(static_cast<size_t>(rows));
+  std::vector<float*> out_rows(static_cast<size_t>(rows));
+  for (int64_t r = 0; r < rows; ++r) {
+    q_rows[r] = qkv + r * 3 * H;
+    out_rows[r] = out + r * H;
+  }
   std::vector<uint8_t> valid;
   std::vector<SeqView> seqs(static_cast<size_t>(batch));
-  if (mask.kind == MaskKind::kKeyMask) valid.resize(static_cast<size_t>(batch * seq));
+  if (mask.kind == MaskKind::kKeyMask) valid.resize(static_cast<size_t>(rows));
   for (int64_t b = 0; b < batch; ++b) {
     SeqView& v = seqs[b];
-    v.qkv = qkv + b * seq * 3 * H;
-    v.out = out + b * seq * H;
+    v.k = qkv + b * seq * 3 * H + H;
+    v.v = v.k + H;
+    v.kv_stride = 3 * H;
     v.len = seq;
+    v.q = q_rows.data() + b * seq;
+    v.out = out_rows.data() + b * seq;
+    v.num_queries = seq;
     switch (mask.kind) {
       case MaskKind::kNone:
         v.keys.key_end = seq;
@@ -400,12 +419,10 @@ void attention_padded(const float* qkv, const float* bias, const AttentionMask& 
       }
     }
   }
-  run_items(seqs, plan_work(std::vector<int64_t>(static_cast<size_t>(batch), seq), shape.num_heads, pf.concurrency()),
-            shape, bias, pf);
+  run_items(seqs, plan_work(seqs, shape.num_heads, pf.concurrency()), shape, bias, pf);
 }
 
-void attention_packed(const float* qkv, const float* bias, const int64_t* cu_seqlens, int64_t num_seqs, float* out,
-                      int64_t tokens, const AttentionShape& shape, const ParallelFor& pf) {
+void check_cu_seqlens(const int64_t* cu_seqlens, int64_t num_seqs, int64_t tokens) {
   if (num_seqs < 0) throw std::invalid_argument("cu_seqlens must have at least one element");
   if (cu_seqlens[0] != 0) throw std::invalid_argument("cu_seqlens[0] must be 0, got " + std::to_string(cu_seqlens[0]));
   for (int64_t s = 0; s < num_seqs; ++s) {
@@ -416,17 +433,54 @@ void attention_packed(const float* qkv, const float* bias, const int64_t* cu_seq
   if (cu_seqlens[num_seqs] != tokens)
     throw std::invalid_argument("cu_seqlens[-1] = " + std::to_string(cu_seqlens[num_seqs]) +
                                 " must equal the number of tokens " + std::to_string(tokens));
+}
+
+void attention_packed(const float* qkv, const float* bias, const int64_t* cu_seqlens, int64_t num_seqs,
+                      const PackedQueries& queries, float* out, int64_t tokens, const AttentionShape& shape,
+                      const ParallelFor& pf) {
+  check_cu_seqlens(cu_seqlens, num_seqs, tokens);
   const int64_t H = shape.hidden();
-  std::vector<SeqView> seqs(static_cast<size_t>(num_seqs));
-  std::vector<int64_t> lens(static_cast<size_t>(num_seqs));
-  for (int64_t s = 0; s < num_seqs; ++s) {
-    lens[s] = cu_seqlens[s + 1] - cu_seqlens[s];
-    seqs[s].qkv = qkv + cu_seqlens[s] * 3 * H;
-    seqs[s].out = out + cu_seqlens[s] * H;
-    seqs[s].len = lens[s];
-    seqs[s].keys.key_end = lens[s];
+  const bool separate_q = queries.values != nullptr;
+  if (separate_q && queries.rows == nullptr)
+    throw std::invalid_argument("query values need query_rows to say which tokens they belong to");
+  const int64_t kv_stride = separate_q ? 2 * H : 3 * H;
+  const float* k_base = separate_q ? qkv : qkv + H;
+  const int64_t num_queries = queries.rows ? queries.count : tokens;
+
+  // Query i (output row i) belongs to the sequence holding token rows[i]; group queries by sequence.
+  std::vector<int64_t> seq_of(static_cast<size_t>(num_queries));
+  for (int64_t i = 0; i < num_queries; ++i) {
+    const int64_t row = queries.rows ? queries.rows[i] : i;
+    if (row < 0 || row >= tokens)
+      throw std::invalid_argument("query_rows[" + std::to_string(i) + "] = " + std::to_string(row) +
+                                  " is not a token index in [0, " + std::to_string(tokens) + ")");
+    seq_of[i] = std::upper_bound(cu_seqlens, cu_seqlens + num_seqs + 1, row) - cu_seqlens - 1;
   }
-  run_items(seqs, plan_work(lens, shape.num_heads, pf.concurrency()), shape, bias, pf);
+  std::vector<int64_t> first(static_cast<size_t>(num_seqs + 1), 0);  // counting sort by sequence
+  for (int64_t i = 0; i < num_queries; ++i) ++first[seq_of[i] + 1];
+  for (int64_t s = 0; s < num_seqs; ++s) first[s + 1] += first[s];
+  std::vector<const float*> q_rows(static_cast<size_t>(num_queries));
+  std::vector<float*> out_rows(static_cast<size_t>(num_queries));
+  std::vector<int64_t> fill(first.begin(), first.end() - 1);
+  for (int64_t i = 0; i < num_queries; ++i) {
+    const int64_t row = queries.rows ? queries.rows[i] : i;
+    const int64_t slot = fill[seq_of[i]]++;
+    q_rows[slot] = separate_q ? queries.values + i * H : qkv + row * 3 * H;
+    out_rows[slot] = out + i * H;
+  }
+  std::vector<SeqView> seqs(static_cast<size_t>(num_seqs));
+  for (int64_t s = 0; s < num_seqs; ++s) {
+    SeqView& v = seqs[s];
+    v.k = k_base + cu_seqlens[s] * kv_stride;
+    v.v = v.k + H;
+    v.kv_stride = kv_stride;
+    v.len = cu_seqlens[s + 1] - cu_seqlens[s];
+    v.keys.key_end = v.len;
+    v.q = q_rows.data() + first[s];
+    v.out = out_rows.data() + first[s];
+    v.num_queries = first[s + 1] - first[s];
+  }
+  run_items(seqs, plan_work(seqs, shape.num_heads, pf.concurrency()), shape, bias, pf);
 }
 
 }  // namespace bort

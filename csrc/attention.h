@@ -34,10 +34,25 @@ struct AttentionMask {
 void attention_padded(const float* qkv, const float* bias, const AttentionMask& mask, float* out, int64_t batch,
                       int64_t seq, const AttentionShape& shape, const ParallelFor& pf);
 
-// Packed (padding-free) batch. qkv: [tokens, 3*hidden] holding the sequences back to back;
-// cu_seqlens: [num_seqs + 1] offsets (0 = cu[0] <= cu[1] <= ... <= cu[num_seqs] = tokens, checked here,
-// std::invalid_argument otherwise); out: [tokens, hidden]. Every token attends to its own sequence only.
-void attention_packed(const float* qkv, const float* bias, const int64_t* cu_seqlens, int64_t num_seqs, float* out,
-                      int64_t tokens, const AttentionShape& shape, const ParallelFor& pf);
+// Which rows of a packed batch to compute. Default: every token, in order (out has `tokens` rows).
+// rows: [count] token indices (any order, repeats allowed): out row i is token rows[i]'s output; this is
+// how a last layer computes only each text's CLS row while its keys and values cover every token.
+// values: [count, hidden] projected queries of those rows; then the first input holds only K | V.
+struct PackedQueries {
+  const int64_t* rows = nullptr;
+  int64_t count = 0;
+  const float* values = nullptr;
+};
+
+// Checks 0 = cu[0] <= cu[1] <= ... <= cu[num_seqs] = tokens; std::invalid_argument otherwise.
+void check_cu_seqlens(const int64_t* cu_seqlens, int64_t num_seqs, int64_t tokens);
+
+// Packed (padding-free) batch. qkv: [tokens, 3*hidden] holding the sequences back to back (or
+// [tokens, 2*hidden] K | V when queries.values is given); cu_seqlens: [num_seqs + 1] offsets, checked
+// here; out: [queries.count or tokens, hidden]. Every query attends to its own sequence's keys only.
+// Bad offsets or query rows throw std::invalid_argument before anything is read through them.
+void attention_packed(const float* qkv, const float* bias, const int64_t* cu_seqlens, int64_t num_seqs,
+                      const PackedQueries& queries, float* out, int64_t tokens, const AttentionShape& shape,
+                      const ParallelFor& pf);
 
 }  // namespace bort

@@ -144,6 +144,15 @@ float* allocate_output(OrtKernelContext* ctx, const bort::Shape& shape) {
   return static_cast<float*>(data);
 }
 
+// An int32 or int64 tensor of `count` elements as int64 (the caller checked the shape).
+std::vector<int64_t> to_int64(const InputTensor& t, size_t count) {
+  std::vector<int64_t> out(count);
+  for (size_t i = 0; i < count; ++i)
+    out[i] = t.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 ? static_cast<const int64_t*>(t.data)[i]
+                                                           : static_cast<const int32_t*>(t.data)[i];
+  return out;
+}
+
 const float* float_data(const std::optional<InputTensor>& t) {
   return t ? static_cast<const float*>(t->data) : nullptr;
 }
@@ -222,18 +231,28 @@ struct PackedAttentionKernel {
     const InputTensor qkv = require_input(ctx, 0, op, "qkv");
     const auto bias = get_input(ctx, 1, op, "bias");
     const InputTensor cu = require_input(ctx, 2, op, "cu_seqlens");
+    const auto rows = get_input(ctx, 3, op, "query_rows");
+    const auto query = get_input(ctx, 4, op, "query");
     require_float(qkv, op, "qkv");
     require_float(bias, op, "bias");
     require_int(cu, op, "cu_seqlens");
+    require_int(rows, op, "query_rows");
+    require_float(query, op, "query");
     const bort::PackedAttentionDims dims =
-        bort::check_packed_attention(qkv.shape, shape_ptr(bias), cu.shape, num_heads, scale ? &*scale : nullptr);
-    std::vector<int64_t> offsets(static_cast<size_t>(dims.num_seqs + 1));
-    for (size_t i = 0; i < offsets.size(); ++i)
-      offsets[i] = cu.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 ? static_cast<const int64_t*>(cu.data)[i]
-                                                                  : static_cast<const int32_t*>(cu.data)[i];
-    float* out = allocate_output(ctx, {dims.tokens, dims.shape.hidden()});
-    bort::attention_packed(static_cast<const float*>(qkv.data), float_data(bias), offsets.data(), dims.num_seqs, out,
-                           dims.tokens, dims.shape, OrtParallelFor(ctx));
+        bort::check_packed_attention(qkv.shape, shape_ptr(bias), cu.shape, shape_ptr(rows), shape_ptr(query),
+                                     num_heads, scale ? &*scale : nullptr);
+    const std::vector<int64_t> offsets = to_int64(cu, static_cast<size_t>(dims.num_seqs + 1));
+    std::vector<int64_t> row_indices;
+    bort::PackedQueries queries;
+    if (rows) {
+      row_indices = to_int64(*rows, static_cast<size_t>(dims.num_queries));
+      queries.rows = row_indices.data();
+      queries.count = dims.num_queries;
+    }
+    queries.values = float_data(query);
+    float* out = allocate_output(ctx, {dims.num_queries, dims.shape.hidden()});
+    bort::attention_packed(static_cast<const float*>(qkv.data), float_data(bias), offsets.data(), dims.num_seqs,
+                           queries, out, dims.tokens, dims.shape, OrtParallelFor(ctx));
     return nullptr;
   } catch (const std::exception& e) {
     return to_status(e);
@@ -323,7 +342,8 @@ struct FusedAttentionOp : OpBase<FusedAttentionOp, FusedAttentionKernel> {
 };
 
 struct PackedAttentionOp : OpBase<PackedAttentionOp, PackedAttentionKernel> {
-  static constexpr std::array<InputSpec, 3> kInputs{{{true, true}, {false, true}, {true, false}}};
+  static constexpr std::array<InputSpec, 5> kInputs{
+      {{true, true}, {false, true}, {true, false}, {false, false}, {false, true}}};
   const char* GetName() const { return "PackedAttention"; }
   PackedAttentionKernel* Make(const OrtKernelInfo* info) const {
     return new PackedAttentionKernel{required_num_heads(info, GetName()), checked_scale(info, GetName())};

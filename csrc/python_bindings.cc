@@ -92,15 +92,28 @@ py::array_t<float> attention(const py::object& qkv_obj, const py::object& bias_o
 }
 
 py::array_t<float> packed_attention(const py::object& qkv_obj, const py::object& bias_obj, const py::object& cu_obj,
-                                    int64_t num_heads, std::optional<float> scale) {
+                                    int64_t num_heads, std::optional<float> scale, const py::object& rows_obj,
+                                    const py::object& query_obj) {
   FloatArray qkv = as_float(qkv_obj, "qkv");
   auto bias = as_optional_float(bias_obj, "bias");
   Int64Array cu = Int64Array::ensure(as_integer(cu_obj, "cu_seqlens"));
+  std::optional<Int64Array> rows;
+  if (!rows_obj.is_none()) rows = Int64Array::ensure(as_integer(rows_obj, "query_rows"));
+  auto query = as_optional_float(query_obj, "query");
   const bort::Shape qkv_shape = shape_of(qkv);
   const bort::Shape bias_shape = bias ? shape_of(*bias) : bort::Shape{};
+  const bort::Shape rows_shape = rows ? shape_of(*rows) : bort::Shape{};
+  const bort::Shape query_shape = query ? shape_of(*query) : bort::Shape{};
   const bort::PackedAttentionDims dims = bort::check_packed_attention(
-      qkv_shape, bias ? &bias_shape : nullptr, shape_of(cu), num_heads, scale ? &*scale : nullptr);
-  py::array_t<float> out({dims.tokens, dims.shape.hidden()});
+      qkv_shape, bias ? &bias_shape : nullptr, shape_of(cu), rows ? &rows_shape : nullptr,
+      query ? &query_shape : nullptr, num_heads, scale ? &*scale : nullptr);
+  py::array_t<float> out({dims.num_queries, dims.shape.hidden()});
+  bort::PackedQueries queries;
+  if (rows) {
+    queries.rows = rows->data();
+    queries.count = dims.num_queries;
+  }
+  queries.values = data_or_null(query);
   const float* q = qkv.data();
   const float* b = data_or_null(bias);
   const int64_t* c = cu.data();
@@ -108,7 +121,7 @@ py::array_t<float> packed_attention(const py::object& qkv_obj, const py::object&
   {
     py::gil_scoped_release release;
     bort::ThreadFor pf(g_num_threads.load());
-    bort::attention_packed(q, b, c, dims.num_seqs, o, dims.tokens, dims.shape, pf);
+    bort::attention_packed(q, b, c, dims.num_seqs, queries, o, dims.tokens, dims.shape, pf);
   }
   return out;
 }
@@ -172,9 +185,11 @@ PYBIND11_MODULE(_C, m) {
         "Multi-head attention core. qkv float32 [B, S, 3H]; bias [3H] or None; mask int [B, S] (1 = attend), "
         "int [B] (lengths) or None. Returns float32 [B, S, H].");
   m.def("packed_attention", &packed_attention, py::arg("qkv"), py::arg("bias"), py::arg("cu_seqlens"),
-        py::arg("num_heads"), py::arg("scale") = py::none(),
+        py::arg("num_heads"), py::arg("scale") = py::none(), py::arg("query_rows") = py::none(),
+        py::arg("query") = py::none(),
         "Attention over packed sequences. qkv float32 [T, 3H]; bias [3H] or None; cu_seqlens int [N + 1]. "
-        "Returns float32 [T, H].");
+        "Returns float32 [T, H], or [Q, H] for query_rows int [Q] (token indices whose outputs are wanted). "
+        "With query float32 [Q, H] (those rows' projected queries), qkv holds only K | V [T, 2H].");
   m.def("bias_gelu", &bias_gelu, py::arg("x"), py::arg("bias"), "gelu(x + bias), exact erf GELU; bias [x.shape[-1]].");
   m.def("skip_layernorm", &skip_layernorm, py::arg("x"), py::arg("skip"), py::arg("gamma"),
         py::arg("beta") = py::none(), py::arg("bias") = py::none(), py::arg("epsilon") = 1e-12f,

@@ -71,17 +71,36 @@ AttentionDims check_attention(const Shape& qkv, const Shape* bias, const Shape* 
 }
 
 PackedAttentionDims check_packed_attention(const Shape& qkv, const Shape* bias, const Shape& cu_seqlens,
-                                           int64_t num_heads, const float* scale) {
+                                           const Shape* query_rows, const Shape* query, int64_t num_heads,
+                                           const float* scale) {
   const char* op = "PackedAttention";
-  if (qkv.size() != 2) fail(std::string(op) + ": qkv must have rank 2 [tokens, 3*hidden], got " + shape_str(qkv));
   PackedAttentionDims dims;
+  if (query == nullptr) {
+    if (qkv.size() != 2) fail(std::string(op) + ": qkv must have rank 2 [tokens, 3*hidden], got " + shape_str(qkv));
+    dims.shape = check_heads(op, qkv[1], num_heads, scale);
+  } else {
+    if (query_rows == nullptr) fail(std::string(op) + ": query needs query_rows (the tokens it belongs to)");
+    if (query->size() != 2) fail(std::string(op) + ": query must have rank 2 [queries, hidden], got " + shape_str(*query));
+    const int64_t hidden = (*query)[1];
+    if (qkv.size() != 2 || qkv[1] != 2 * hidden)
+      fail(std::string(op) + ": with a separate query the first input holds K | V and must have shape [tokens, " +
+           std::to_string(2 * hidden) + "], got " + shape_str(qkv));
+    dims.shape = check_heads(op, 3 * hidden, num_heads, scale);
+  }
   dims.tokens = qkv[0];
-  dims.shape = check_heads(op, qkv[1], num_heads, scale);
-  check_vector(op, "bias", bias, qkv[1]);
+  check_vector(op, "bias", bias, 3 * dims.shape.hidden());
   if (cu_seqlens.size() != 1 || cu_seqlens[0] < 1)
     fail(std::string(op) + ": cu_seqlens must have shape [num_seqs + 1] with at least one element, got " +
          shape_str(cu_seqlens));
   dims.num_seqs = cu_seqlens[0] - 1;
+  dims.num_queries = dims.tokens;
+  if (query_rows != nullptr) {
+    if (query_rows->size() != 1) fail(std::string(op) + ": query_rows must have rank 1, got " + shape_str(*query_rows));
+    dims.num_queries = (*query_rows)[0];
+    if (query != nullptr && (*query)[0] != dims.num_queries)
+      fail(std::string(op) + ": query must have one row per query_rows entry (" + std::to_string(dims.num_queries) +
+           "), got " + shape_str(*query));
+  }
   return dims;
 }
 

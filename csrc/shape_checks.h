@@ -31,12 +31,15 @@ AttentionDims check_attention(const Shape& qkv, const Shape* bias, const Shape* 
 struct PackedAttentionDims {
   int64_t tokens = 0;
   int64_t num_seqs = 0;
+  int64_t num_queries = 0;  // output rows: query_rows' length, else tokens
   AttentionShape shape;
 };
 
-// qkv [T, 3H]; bias [3H] or null; cu_seqlens [num_seqs + 1] (values are checked by the kernel).
+// qkv [T, 3H] (or K | V [T, 2H] when query is given); bias [3H] or null; cu_seqlens [num_seqs + 1];
+// query_rows [Q] or null; query [Q, H] or null (needs query_rows). Values are checked by the kernel.
 PackedAttentionDims check_packed_attention(const Shape& qkv, const Shape* bias, const Shape& cu_seqlens,
-                                           int64_t num_heads, const float* scale);
+                                           const Shape* query_rows, const Shape* query, int64_t num_heads,
+                                           const float* scale);
 
 struct RowsDims {
   int64_t rows = 0;

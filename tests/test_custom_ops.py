@@ -91,6 +91,22 @@ def test_packed_attention(cu_dtype):
         assert rel_err(out, ref_packed_attention(qkv, bias, cu, 4)) <= TOL
 
 
+@pytest.mark.parametrize("separate_query", [False, True])
+def test_packed_attention_query_rows(separate_query):
+    rng = np.random.default_rng(5)
+    cu = np.array([0, 9, 9, 50], np.int64)
+    qkv = rng.standard_normal((50, 3 * 256)).astype(np.float32)
+    bias = rng.standard_normal(3 * 256).astype(np.float32)
+    rows = np.array([9, 0, 49, 0], np.int64)
+    feeds = {"qkv": qkv, "bias": bias, "cu_seqlens": cu, "query_rows": rows}
+    if separate_query:
+        feeds["qkv"] = np.ascontiguousarray(qkv[:, 256:])
+        feeds["query"] = qkv[rows, :256]
+    for threads in (1, 2):
+        out = run("PackedAttention", feeds, {"num_heads": 4}, threads=threads)
+        assert rel_err(out, ref_packed_attention(qkv, bias, cu, 4)[rows]) <= TOL
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_bias_gelu(threads):
     rng = np.random.default_rng(2)
@@ -175,6 +191,22 @@ def test_fused_attention_hostile_mask_values_are_safe():
 def test_packed_attention_rejects_bad_offsets(cu, match):
     feeds = {"qkv": np.zeros((3, 96), np.float32), "bias": B, "cu_seqlens": np.array(cu, np.int64)}
     expect_failure(match, "PackedAttention", feeds, {"num_heads": 2})
+
+
+@pytest.mark.parametrize("rows,match", [([0, 3], "not a token index"), ([-5], "not a token index"),
+                                        ([2**40], "not a token index")])
+def test_packed_attention_rejects_bad_query_rows(rows, match):
+    feeds = {"qkv": np.zeros((3, 96), np.float32), "bias": B, "cu_seqlens": np.array([0, 3], np.int64),
+             "query_rows": np.array(rows, np.int64)}
+    expect_failure(match, "PackedAttention", feeds, {"num_heads": 2})
+
+
+def test_packed_attention_rejects_mismatched_query():
+    feeds = {"qkv": np.zeros((3, 64), np.float32), "bias": B, "cu_seqlens": np.array([0, 3], np.int64),
+             "query_rows": np.array([0, 1], np.int64), "query": np.zeros((3, 32), np.float32)}
+    expect_failure("one row per query_rows entry", "PackedAttention", feeds, {"num_heads": 2})
+    feeds["query"] = np.zeros((2, 48), np.float32)
+    expect_failure("K \\| V", "PackedAttention", feeds, {"num_heads": 2})
 
 
 def test_packed_attention_rejects_empty_offsets():

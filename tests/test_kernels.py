@@ -264,6 +264,54 @@ def test_packed_attention_matches_reference(isa, lengths, heads, head_dim, with_
     assert rel_err(out, ref_packed_attention(qkv, bias, cu, heads)) <= TOL
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@FAST
+@given(lengths=st.lists(st.integers(0, 40), min_size=1, max_size=5), heads=st.sampled_from([1, 4, 8]),
+       head_dim=st.sampled_from([32, 64, 128]), separate_query=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_packed_attention_query_subset(isa, lengths, heads, head_dim, separate_query, seed):
+    """Only some rows (any order, repeats allowed; e.g. each text's CLS row), from the fused QKV or from a
+    separate query projection with K | V alone: each equals that row of the full result."""
+    rng = np.random.default_rng(seed)
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    tokens, hidden = int(cu[-1]), heads * head_dim
+    qkv = rng.standard_normal((tokens, 3 * hidden)).astype(np.float32)
+    bias = rng.standard_normal(3 * hidden).astype(np.float32)
+    rows = rng.integers(0, tokens, size=rng.integers(0, 2 * tokens + 1)) if tokens else np.zeros(0, np.int64)
+    expected = ref_packed_attention(qkv, bias, cu, heads)[rows]
+    with use_isa(isa):
+        if separate_query:
+            out = C.packed_attention(np.ascontiguousarray(qkv[:, hidden:]), bias, cu, heads, query_rows=rows,
+                                     query=qkv[rows, :hidden])
+        else:
+            out = C.packed_attention(qkv, bias, cu, heads, query_rows=rows)
+    assert out.shape == (len(rows), hidden)
+    assert rel_err(out, expected) <= TOL
+
+
+def test_packed_attention_cls_rows():
+    rng = np.random.default_rng(8)
+    cu = np.array([0, 7, 7, 30, 31])
+    qkv = rng.standard_normal((31, 3 * 256)).astype(np.float32)
+    full = C.packed_attention(qkv, None, cu, 2)
+    cls = C.packed_attention(qkv, None, cu, 2, query_rows=cu[:-1][np.diff(cu) > 0])
+    np.testing.assert_array_equal(cls, full[[0, 7, 30]])
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(query_rows=np.array([0, 3])), "not a token index"),
+    (dict(query_rows=np.array([-1])), "not a token index"),
+    (dict(query_rows=np.array([[0]])), "query_rows must have rank 1"),
+    (dict(query=np.zeros((1, 32), np.float32)), "query needs query_rows"),
+    (dict(query_rows=np.array([0]), query=np.zeros((2, 32), np.float32)), "one row per query_rows entry"),
+    (dict(query_rows=np.array([0]), query=np.zeros((1, 16), np.float32)), "K \\| V"),
+])
+def test_packed_attention_rejects_bad_queries(kwargs, match):
+    kv_only = "query" in kwargs and kwargs["query"].shape[1] == 32
+    qkv = np.zeros((3, 64 if kv_only else 96), np.float32)
+    with pytest.raises(ValueError, match=match):
+        C.packed_attention(qkv, None, np.array([0, 3]), 1, **kwargs)
+
+
 def test_packed_equals_padded_per_sequence():
     rng = np.random.default_rng(4)
     lengths = [5, 17, 1]
