@@ -59,7 +59,7 @@ class Session:
             raise ModelDirectoryError(f"{tok_path}: not a valid tokenizers file: {exc}") from None
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=meta.max_length)
-        self.packed = "cu_seqlens" in graph_inputs  # padding-free graph (bort-infer ops), see build/packing.py
+        self.packed = "cu_seqlens" in graph_inputs  # padding-free graph, see bort_infer/build/graph_rewrite.py
         self.truncated_count = 0
         self._lock = threading.Lock()
 
@@ -180,81 +180,82 @@ class Session:
             start += len(idx)
         return out
 
-    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray,
-                token_type_ids: np.ndarray | None = None) -> np.ndarray:
-        """Token ids [B, S] with a right-padded 0/1 mask → last hidden states [B, S, hidden] (no
-        tokenization, no pooling; a packed model leaves padding positions at zero)."""
-        ids = np.asarray(input_ids, dtype=np.int64)
-        mask = np.asarray(attention_mask, dtype=np.int64)
+    def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        """Token ids [B, S] with a 0/1 mask → last hidden states [B, S, hidden] (no tokenization, no
+        pooling). A packed model needs right-padded masks and leaves padding positions at zero."""
+        ids, mask = self._check_token_inputs(input_ids, attention_mask)
+        if not self.packed:
+            return self._run({"input_ids": ids, "attention_mask": mask})
+        lengths, valid = self._right_padded_lengths(mask)
+        hidden = np.zeros(ids.shape + (self.hidden_size,), dtype=np.float32)
+        if lengths.sum():
+            cu = _offsets(lengths)
+            hidden[valid] = self._run_packed(ids[valid], lengths, cu, np.arange(cu[-1]))
+        return hidden
+
+    def embed_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray, pooling: str | None = None) -> np.ndarray:
+        """Pooled vectors [B, hidden] from token ids [B, S] and a mask, with no tokenization (no
+        normalization). On a packed model CLS pooling runs the last layer on the CLS rows only."""
+        how = self.metadata.pooling if pooling is None else pooling
+        if how not in POOLINGS:
+            raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)} (or None)")
+        ids, mask = self._check_token_inputs(input_ids, attention_mask)
+        if not self.packed or how == "mean":
+            return pool(self.forward(ids, mask), mask, how)
+        lengths, valid = self._right_padded_lengths(mask)
+        if lengths.min(initial=1) < 1:
+            raise ValueError("CLS pooling needs at least one token in every row of attention_mask")
+        cu = _offsets(lengths)
+        return self._run_packed(ids[valid], lengths, cu, cu[:-1])
+
+    def _check_token_inputs(self, input_ids, attention_mask) -> tuple[np.ndarray, np.ndarray]:
+        ids = np.asarray(input_ids)
+        mask = np.asarray(attention_mask)
         if ids.ndim != 2 or mask.shape != ids.shape:
             raise ValueError(f"input_ids and attention_mask must both be [batch, seq]; got {ids.shape} and {mask.shape}")
         if ids.shape[1] > self.metadata.max_length:
             raise ValueError(f"sequence length {ids.shape[1]} exceeds the model's limit {self.metadata.max_length}")
-        types = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids, dtype=np.int64)
-        if not self.packed:
-            return self._run({"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
-        lengths = mask.sum(axis=1)
-        valid = np.arange(ids.shape[1])[None, :] < lengths[:, None]
-        if not np.array_equal(valid, mask.astype(bool)):
-            raise ValueError("attention_mask rows must be right-padded (ones, then zeros) for a packed model")
-        hidden = np.zeros(ids.shape + (self.hidden_size,), dtype=np.float32)
-        if lengths.sum():
-            cu = _offsets(lengths)
-            hidden[valid] = self._run_packed(ids[valid], types[valid], lengths, cu, np.arange(cu[-1]))
-        return hidden
+        for name, a in (("input_ids", ids), ("attention_mask", mask)):
+            if a.size and a.dtype.kind not in "iub":
+                raise ValueError(f"{name} must hold integers, got dtype {a.dtype}")
+        return ids.astype(np.int64, copy=False), mask.astype(np.int64, copy=False)
 
-    def embed_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray, pooling: str | None = None,
-                     token_type_ids: np.ndarray | None = None) -> np.ndarray:
-        """Pooled vectors [B, hidden] from token ids [B, S] and a right-padded mask, with no tokenization.
-        On a packed model CLS pooling runs the last layer on the CLS rows only."""
-        how = self.metadata.pooling if pooling is None else pooling
-        if how not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)} (or None)")
-        ids = np.asarray(input_ids, dtype=np.int64)
-        mask = np.asarray(attention_mask, dtype=np.int64)
-        if not self.packed or how == "mean":
-            return pool(self.forward(ids, mask, token_type_ids), mask, how)
-        hidden_rows = mask.sum(axis=1)
-        if ids.ndim != 2 or mask.shape != ids.shape or hidden_rows.min(initial=1) < 1:
-            raise ValueError("input_ids and attention_mask must be [batch, seq] with at least one token per row")
-        valid = np.arange(ids.shape[1])[None, :] < hidden_rows[:, None]
-        types = np.zeros_like(ids) if token_type_ids is None else np.asarray(token_type_ids, dtype=np.int64)
-        cu = _offsets(hidden_rows)
-        return self._run_packed(ids[valid], types[valid], hidden_rows, cu, cu[:-1])
+    @staticmethod
+    def _right_padded_lengths(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        lengths = (mask != 0).sum(axis=1)
+        valid = np.arange(mask.shape[1])[None, :] < lengths[:, None]
+        if not np.array_equal(valid, mask != 0):
+            raise ValueError("attention_mask rows must be right-padded (ones, then zeros) for a packed model")
+        return lengths, valid
 
     def _run(self, available: dict[str, np.ndarray]) -> np.ndarray:
         feeds = {name: available[name] for name in self.metadata.inputs}
         return self._ort.run([self.metadata.output], feeds)[0]
 
-    def _run_packed(self, ids: np.ndarray, types: np.ndarray, lengths: np.ndarray, cu: np.ndarray,
-                    query_rows: np.ndarray) -> np.ndarray:
+    def _run_packed(self, ids: np.ndarray, lengths: np.ndarray, cu: np.ndarray, query_rows: np.ndarray) -> np.ndarray:
         """Concatenated tokens of len(lengths) texts → the last layer's states at query_rows [Q, H]."""
         positions = np.arange(cu[-1], dtype=np.int64) - np.repeat(cu[:-1], lengths)
-        return self._run({"input_ids": ids[None, :], "token_type_ids": types[None, :],
-                          "position_ids": positions[None, :], "cu_seqlens": cu,
-                          "query_rows": query_rows.astype(np.int64)})[0]
+        return self._run({"input_ids": ids, "position_ids": positions, "cu_seqlens": cu,
+                          "query_rows": query_rows.astype(np.int64, copy=False)})
 
     def _embed_packed(self, encodings: list, how: str) -> np.ndarray:
         lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
         ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
-        types = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64)
         cu = _offsets(lengths)
         if how == "cls":  # the last layer computes only each text's first row
-            return self._run_packed(ids, types, lengths, cu, cu[:-1])
-        states = self._run_packed(ids, types, lengths, cu, np.arange(cu[-1]))
+            return self._run_packed(ids, lengths, cu, cu[:-1])
+        states = self._run_packed(ids, lengths, cu, np.arange(cu[-1]))
         return (np.add.reduceat(states, cu[:-1], axis=0) / lengths[:, None]).astype(np.float32)
 
     def _embed_padded(self, encodings: list, how: str) -> np.ndarray:
         batch, seq = len(encodings), max(len(e.ids) for e in encodings)
         ids = np.full((batch, seq), self.metadata.pad_token_id, dtype=np.int64)
         mask = np.zeros((batch, seq), dtype=np.int64)
-        types = np.zeros((batch, seq), dtype=np.int64)
         for row, e in enumerate(encodings):
             n = len(e.ids)
             ids[row, :n] = e.ids
             mask[row, :n] = 1
-            types[row, :n] = e.type_ids
-        hidden = self._run({"input_ids": ids, "attention_mask": mask, "token_type_ids": types})
+        hidden = self._run({"input_ids": ids, "attention_mask": mask})
         return pool(hidden, mask, how)
 
     @staticmethod

@@ -9,7 +9,9 @@ from bort_infer import Session
 
 from .conftest import VARIED_TEXTS, minilm_dir
 
-EXPORT_VARIANTS = [pytest.param({"custom_ops": False}, id="plain-ort")]
+EXPORT_VARIANTS = [pytest.param({"custom_ops": False}, id="plain-ort"),
+                   pytest.param({"custom_ops": True, "form": "padded"}, id="bort-ops-padded"),
+                   pytest.param({"custom_ops": True, "form": "packed"}, id="bort-ops-packed")]
 
 
 def torch_cls(checkpoint, texts: list[str], max_length: int) -> np.ndarray:

@@ -95,9 +95,9 @@ def test_info_reports_the_model(tiny):
 
 def test_forward_validates_shapes(tiny):
     with pytest.raises(ValueError, match=r"\[batch, seq\]"):
-        tiny.forward(np.ones((2, 3)), np.ones((2, 4)))
+        tiny.forward(np.ones((2, 3), np.int64), np.ones((2, 4), np.int64))
     with pytest.raises(ValueError, match="exceeds the model's limit 512"):
-        tiny.forward(np.ones((1, 513)), np.ones((1, 513)))
+        tiny.forward(np.ones((1, 513), np.int64), np.ones((1, 513), np.int64))
 
 
 def test_runtime_never_imports_build_time_libraries(exports):

@@ -1,0 +1,213 @@
+"""`bort-infer export SRC OUT`: a Hugging Face checkpoint → a self-describing bort-infer model directory.
+
+Steps: read the checkpoint (local directory or hub id) → torch.onnx export of the plain graph →
+(custom ops) onnxruntime's BERT fusions, then the rewrite onto bort-infer's kernels in packed or padded
+form → (int8) quantization with a measured fidelity gate → parity against PyTorch → model.onnx,
+tokenizer.json and bort_infer.json, written to a temporary directory and renamed into place, so a killed
+export never leaves a directory that looks complete.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from .. import __version__
+from ..model_dir import METADATA_FILE, ModelMetadata
+from . import hf
+from .graph_rewrite import FORMS, PACKED_INPUTS, PADDED_INPUTS, emit, fuse_with_onnxruntime, ops_used, recognize
+from .onnx_export import INPUTS as PLAIN_INPUTS
+from .onnx_export import OUTPUT, export_plain_onnx
+
+log = logging.getLogger(__name__)
+QUANTIZATIONS = ("int8",)
+
+# The exporter refuses a graph whose fp32 output strays further than this from PyTorch's on its own
+# parity texts: such a model is wrong, whatever caused it.
+PARITY_MIN_COSINE = 0.9999
+PARITY_MAX_ABS = 1e-3
+
+PARITY_TEXTS = [
+    "", "a", "Hello world.", "The quick brown fox jumps over the lazy dog!", "Ünïcödé têxt, 日本語, emoji 😀🚀.",
+    "A much longer text that keeps going so that the padded batch has rows of very different lengths " * 3,
+    "Numbers 1234567890 and symbols #$%^&*()", "tabs\tand\nnewlines",
+]
+
+
+def _progress(steps: list[str]):
+    from tqdm.auto import tqdm
+
+    disable = True if os.environ.get("BORT_INFER_PROGRESS") == "0" else None
+    return tqdm(total=len(steps), desc="export", unit="step", disable=disable, leave=False)
+
+
+def _prepare_output(out: Path, overwrite: bool) -> None:
+    if out.exists():
+        if not out.is_dir():
+            raise ValueError(f"output {out} exists and is not a directory")
+        contents = list(out.iterdir())
+        if contents and not overwrite:
+            raise ValueError(f"output directory {out} is not empty; pass --overwrite to replace it")
+        ours = (out / METADATA_FILE).is_file() or all(p.name.startswith(".") for p in contents)
+        if contents and not ours:
+            raise ValueError(f"output directory {out} holds files that are not a bort-infer model "
+                             f"({', '.join(sorted(p.name for p in contents)[:5])}); refusing to replace it")
+    elif not out.parent.is_dir():
+        raise ValueError(f"output directory's parent {out.parent} does not exist")
+
+
+def export_model(src: str, out: str | Path, quantize: str | None = None, custom_ops: bool = True,
+                 overwrite: bool = False, form: str | None = None, max_drop: float | None = None,
+                 calibration_texts: list[str] | None = None) -> ModelMetadata:
+    """Export checkpoint `src` to model directory `out`; returns the metadata written there.
+
+    custom_ops: rewrite onto bort-infer's fused kernels (default) or keep onnxruntime's plain graph.
+    form: "packed" (default with custom ops: padding-free, CLS-only last layer) or "padded".
+    quantize: None (fp32) or "int8"; max_drop and calibration_texts tune the int8 fidelity gate
+    (see bort_infer.build.quantize).
+    """
+    if quantize not in (None, *QUANTIZATIONS):
+        raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
+    if form is None:
+        form = "packed" if custom_ops else "padded"
+    if form not in FORMS:
+        raise ValueError(f"unknown graph form {form!r}; choose one of {', '.join(FORMS)}")
+    if form == "packed" and not custom_ops:
+        raise ValueError("the packed graph form runs on bort-infer's ops; it needs custom ops")
+    if max_drop is not None and quantize is None:
+        raise ValueError("--max-drop applies to a quantized export (--quantize int8)")
+    out = Path(out)
+    _prepare_output(out, overwrite)
+    directory = hf.resolve_source(src)
+    config = hf.read_config(directory)
+
+    steps = ["load", "export", "rewrite", "quantize", "parity", "write"]
+    bar = _progress(steps)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        bar.set_postfix_str("loading the checkpoint")
+        defaults = hf.pipeline_defaults(directory, config)
+        tokenizer, _ = hf.load_fast_tokenizer(directory, defaults.max_length)
+        encoder = hf.load_encoder(directory, attn_implementation="eager")
+        bar.update()
+
+        bar.set_postfix_str("torch.onnx export")
+        plain_path = export_plain_onnx(encoder, tmp / "plain.onnx")
+        bar.update()
+
+        import onnx
+
+        fidelity = None
+        if custom_ops:
+            bar.set_postfix_str("graph rewrite onto bort-infer ops")
+            enc = recognize(fuse_with_onnxruntime(plain_path, config["num_attention_heads"], config["hidden_size"]))
+            fp32_model = emit(enc, form)
+            bar.update()
+            model = fp32_model
+            if quantize == "int8":
+                from .quantize import quantize_encoder
+
+                bar.set_postfix_str("int8 quantization and fidelity")
+                model, fidelity = quantize_encoder(enc, form, fp32_model, tokenizer, defaults,
+                                                   calibration_texts=calibration_texts, max_drop=max_drop)
+            bar.update()
+            inputs = PACKED_INPUTS if form == "packed" else PADDED_INPUTS
+            onnx.save(model, str(tmp / "model.onnx"))
+            plain_path.unlink()
+        else:
+            bar.update()
+            inputs = PLAIN_INPUTS
+            model_path = tmp / "model.onnx"
+            if quantize == "int8":
+                from .quantize import quantize_plain_dynamic
+
+                bar.set_postfix_str("onnxruntime dynamic int8")
+                quantize_plain_dynamic(plain_path, model_path)
+                plain_path.unlink()
+            else:
+                plain_path.rename(model_path)
+            model = onnx.load(str(model_path), load_external_data=False)
+            bar.update()
+        tokenizer.save(str(tmp / "tokenizer.json"))
+
+        meta = ModelMetadata(
+            architecture=(config.get("architectures") or ["BertModel"])[0], hidden_size=config["hidden_size"],
+            num_layers=config["num_hidden_layers"], num_heads=config["num_attention_heads"],
+            max_length=defaults.max_length, pooling=defaults.pooling, normalize=defaults.normalize,
+            precision=quantize or "fp32", pad_token_id=int(config.get("pad_token_id") or 0),
+            inputs=tuple(inputs), output=OUTPUT, custom_ops=tuple(ops_used(model)),
+            versions=_versions(), source={"path": str(directory), "sha256": hf.weights_sha256(directory),
+                                          "model_type": config["model_type"], "defaults_from": defaults.origin},
+            fidelity=fidelity)
+        meta.write(tmp)
+
+        bar.set_postfix_str("parity against PyTorch")
+        if quantize is None:
+            parity = check_parity(tmp, encoder, tokenizer, defaults.max_length)
+        else:
+            parity = fidelity.get("fp32_parity") if fidelity else None
+        meta = dataclasses.replace(meta, source={**meta.source, "parity_vs_pytorch": parity})
+        meta.write(tmp)
+        bar.update()
+
+        bar.set_postfix_str("writing")
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(tmp, out)
+        bar.update()
+    finally:
+        bar.close()
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    log.info("exported %s → %s (%s, %s)", src, out, meta.precision, ", ".join(meta.custom_ops) or "no custom ops")
+    return meta
+
+
+def _versions() -> dict[str, str]:
+    import onnx
+    import onnxruntime
+    import tokenizers
+    import torch
+    import transformers
+
+    return {"bort_infer": __version__, "onnxruntime": onnxruntime.__version__, "onnx": onnx.__version__,
+            "torch": torch.__version__, "transformers": transformers.__version__, "tokenizers": tokenizers.__version__}
+
+
+def torch_token_states(encoder, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        return encoder(input_ids=torch.from_numpy(input_ids),
+                       attention_mask=torch.from_numpy(attention_mask)).last_hidden_state.numpy()
+
+
+def check_parity(model_dir: Path, encoder, tokenizer, max_length: int) -> dict:
+    """fp32 export vs PyTorch on PARITY_TEXTS in one padded batch: every real token's state."""
+    from ..session import Session
+
+    session = Session(model_dir, threads=None)
+    encodings = tokenizer.encode_batch(PARITY_TEXTS)
+    seq = max(len(e.ids) for e in encodings)
+    ids = np.full((len(encodings), seq), session.metadata.pad_token_id, dtype=np.int64)
+    mask = np.zeros_like(ids)
+    for row, e in enumerate(encodings):
+        ids[row, :len(e.ids)] = e.ids
+        mask[row, :len(e.ids)] = 1
+    ref = torch_token_states(encoder, ids, mask)
+    got = session.forward(ids, mask)
+    valid = mask.astype(bool)
+    a, b = got[valid].astype(np.float64), ref[valid].astype(np.float64)
+    cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
+    parity = {"texts": len(PARITY_TEXTS), "tokens": int(valid.sum()), "min_cosine": float(cos.min()),
+              "max_abs_diff": float(np.abs(a - b).max())}
+    if parity["min_cosine"] < PARITY_MIN_COSINE or parity["max_abs_diff"] > PARITY_MAX_ABS:
+        raise RuntimeError(f"exported graph disagrees with PyTorch: min cosine {parity['min_cosine']:.6f} "
+                           f"(need >= {PARITY_MIN_COSINE}), max abs diff {parity['max_abs_diff']:.3g} "
+                           f"(need <= {PARITY_MAX_ABS}); the model was not written")
+    return parity

@@ -1,0 +1,400 @@
+"""Graph rewrite: an exported BERT encoder onto bort-infer's fused kernels.
+
+1. onnxruntime's transformers optimizer fuses the plain export into EmbedLayerNormalization, then per layer
+   Attention → MatMul → SkipLayerNormalization → MatMul → BiasGelu → MatMul → SkipLayerNormalization.
+2. `recognize` walks that graph layer by layer and reads every weight. A layer whose pattern differs fails
+   with the layer and the pattern named (EncoderPatternError): a model is rewritten whole or not at all,
+   never left half on slower ops.
+3. `emit` writes the encoder as a new graph on our ops (domain ai.bort_infer): the QKV, attention output
+   and FFN projections stay GEMMs (fp32 MatMul, or int8 DynamicQuantizeMatMul when quantized), the
+   attention core, bias+GELU and residual+LayerNorm run on our kernels.
+
+Two graph forms:
+- padded: inputs input_ids, attention_mask [batch, seq]; output last_hidden_state [batch, seq, hidden];
+  attention is FusedAttention with the [batch, seq] mask.
+- packed (padding-free): inputs input_ids, position_ids [tokens] (the texts back to back), cu_seqlens
+  [texts + 1] (where each text starts), query_rows [queries] (which tokens' final states are wanted);
+  output last_hidden_state [queries, hidden]. Every GEMM and LayerNorm sees real tokens only, and the
+  last layer computes keys and values for all tokens but queries, attention output, FFN and LayerNorms
+  only for query_rows: with CLS pooling that is one row per text.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+DOMAIN = "ai.bort_infer"
+MS_DOMAIN = "com.microsoft"
+FORMS = ("padded", "packed")
+PADDED_INPUTS = ("input_ids", "attention_mask")
+PACKED_INPUTS = ("input_ids", "position_ids", "cu_seqlens", "query_rows")
+OUTPUT = "last_hidden_state"
+LINEARS = ("qkv", "attn_out", "ffn_in", "ffn_out")
+
+
+class EncoderPatternError(ValueError):
+    """The exported graph is not the BERT encoder pattern the rewrite knows (names layer and pattern)."""
+
+
+@dataclass
+class Layer:
+    num_heads: int
+    scale: float | None  # None: 1/sqrt(head_dim)
+    qkv: np.ndarray  # [H, 3H]: Q | K | V columns
+    qkv_bias: np.ndarray  # [3H]
+    attn_out: np.ndarray  # [H, H]
+    attn_out_bias: np.ndarray
+    ln1_gamma: np.ndarray
+    ln1_beta: np.ndarray | None
+    ln1_eps: float
+    ffn_in: np.ndarray  # [H, I]
+    ffn_in_bias: np.ndarray
+    ffn_out: np.ndarray  # [I, H]
+    ffn_out_bias: np.ndarray
+    ln2_gamma: np.ndarray
+    ln2_beta: np.ndarray | None
+    ln2_eps: float
+
+
+@dataclass
+class Encoder:
+    word: np.ndarray  # [V, H]
+    position: np.ndarray  # [P, H], token type 0's embedding already added
+    emb_gamma: np.ndarray
+    emb_beta: np.ndarray
+    emb_eps: float
+    layers: list[Layer] = field(default_factory=list)
+
+    @property
+    def hidden_size(self) -> int:
+        return int(self.word.shape[1])
+
+    @property
+    def num_heads(self) -> int:
+        return self.layers[0].num_heads
+
+
+# ---------------------------------------------------------------------------------------------- fusion
+
+def fuse_with_onnxruntime(plain_onnx: str | Path, num_heads: int, hidden_size: int):
+    """onnxruntime's transformers optimizer (its BERT fusions), as an onnx.ModelProto."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    optimized = optimize_model(str(plain_onnx), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                               opt_level=0)
+    return optimized.model
+
+
+# ---------------------------------------------------------------------------------------------- recognition
+
+class _Graph:
+    def __init__(self, model):
+        from onnx import numpy_helper
+
+        g = model.graph
+        self.nodes = list(g.node)
+        self.inits = {i.name: i for i in g.initializer}
+        self._arrays: dict[str, np.ndarray] = {}
+        self._to_array = numpy_helper.to_array
+        self.consumers: dict[str, list] = defaultdict(list)
+        for n in self.nodes:
+            for name in n.input:
+                if name:
+                    self.consumers[name].append(n)
+        self.outputs = [o.name for o in g.output]
+
+    def array(self, name: str, what: str, layer: str) -> np.ndarray:
+        if name not in self.inits:
+            raise EncoderPatternError(f"{layer}: {what} ({name!r}) is not a constant weight of the graph")
+        if name not in self._arrays:
+            self._arrays[name] = np.asarray(self._to_array(self.inits[name]), dtype=np.float32)
+        return self._arrays[name]
+
+    def only_consumer(self, tensor: str, op_type: str, layer: str, pattern: str, after: str):
+        found = [n for n in self.consumers.get(tensor, []) if n.op_type == op_type]
+        if len(found) != 1:
+            seen = sorted({n.op_type for n in self.consumers.get(tensor, [])}) or ["nothing"]
+            raise EncoderPatternError(f"{layer}: {pattern} pattern not found: expected one {op_type} after {after}, "
+                                      f"found {', '.join(seen)}")
+        return found[0]
+
+
+def _attr(node, name: str, default=None):
+    from onnx import helper
+
+    for a in node.attribute:
+        if a.name == name:
+            return helper.get_attribute_value(a)
+    return default
+
+
+def _input(node, i: int) -> str:
+    return node.input[i] if len(node.input) > i else ""
+
+
+def _check_only_first_output_used(g: _Graph, node, layer: str, what: str) -> None:
+    for extra in list(node.output)[1:]:
+        if extra and (g.consumers.get(extra) or extra in g.outputs):
+            raise EncoderPatternError(f"{layer}: {what} uses {node.op_type} output {extra!r}, which bort-infer's op "
+                                      "does not produce")
+
+
+def _skip_layernorm(g: _Graph, branch: str, residual: str, layer: str, pattern: str, after: str):
+    node = g.only_consumer(branch, "SkipLayerNormalization", layer, pattern, after)
+    if {_input(node, 0), _input(node, 1)} != {branch, residual}:
+        raise EncoderPatternError(f"{layer}: {pattern} pattern not found: SkipLayerNormalization after {after} does "
+                                  "not add the layer's residual input")
+    _check_only_first_output_used(g, node, layer, pattern)
+    gamma = g.array(_input(node, 2), "LayerNorm gamma", layer)
+    beta = g.array(_input(node, 3), "LayerNorm beta", layer) if _input(node, 3) else None
+    bias = g.array(_input(node, 4), "projection bias", layer) if _input(node, 4) else None
+    return node, gamma, beta, bias, float(_attr(node, "epsilon", 1e-12))
+
+
+def recognize(model) -> Encoder:
+    """Read the encoder out of an onnxruntime-fused BERT graph (see fuse_with_onnxruntime)."""
+    g = _Graph(model)
+    embeds = [n for n in g.nodes if n.op_type == "EmbedLayerNormalization"]
+    if len(embeds) != 1:
+        raise EncoderPatternError(f"embeddings: expected one EmbedLayerNormalization (word + position embeddings "
+                                  f"+ LayerNorm, fused by onnxruntime), found {len(embeds)}")
+    emb = embeds[0]
+    where = "embeddings"
+    word = g.array(_input(emb, 2), "word embedding table", where)
+    position = g.array(_input(emb, 3), "position embedding table", where).copy()
+    if _input(emb, 4):
+        segment_ids = _input(emb, 1)
+        if segment_ids and segment_ids in {i.name for i in model.graph.input}:
+            raise EncoderPatternError("embeddings: token type ids are a graph input; bort-infer exports encoders "
+                                      "with token type 0 (one text per row)")
+        position += g.array(_input(emb, 4), "token type embedding table", where)[0]
+    if _input(emb, 8):
+        raise EncoderPatternError("embeddings: explicit position ids are not supported (positions 0, 1, 2, ...)")
+    # Its second output (the mask index) only feeds the Attention nodes, which take the model's mask instead.
+    enc = Encoder(word=word, position=position, emb_gamma=g.array(_input(emb, 5), "LayerNorm gamma", where),
+                  emb_beta=g.array(_input(emb, 6), "LayerNorm beta", where),
+                  emb_eps=float(_attr(emb, "epsilon", 1e-12)))
+    hidden = word.shape[1]
+
+    x = emb.output[0]
+    while any(n.op_type == "Attention" for n in g.consumers.get(x, [])):
+        layer = f"layer {len(enc.layers)}"
+        attn = g.only_consumer(x, "Attention", layer, "attention", "the layer input")
+        if _attr(attn, "unidirectional", 0) or _attr(attn, "do_rotary", 0) or _input(attn, 4) or _input(attn, 5):
+            raise EncoderPatternError(f"{layer}: attention pattern not found: Attention is causal, rotary, or has "
+                                      "past state or an attention bias (an encoder's self-attention has none)")
+        sizes = _attr(attn, "qkv_hidden_sizes")
+        if sizes is not None and list(sizes) != [hidden] * 3:
+            raise EncoderPatternError(f"{layer}: attention has qkv_hidden_sizes {list(sizes)}; expected 3 x {hidden}")
+        _check_only_first_output_used(g, attn, layer, "attention")
+        scale = float(_attr(attn, "scale", 0.0)) or None
+        qkv = g.array(_input(attn, 1), "QKV weight", layer)
+        qkv_bias = g.array(_input(attn, 2), "QKV bias", layer)
+        if qkv.shape != (hidden, 3 * hidden) or qkv_bias.shape != (3 * hidden,):
+            raise EncoderPatternError(f"{layer}: QKV weight {qkv.shape} / bias {qkv_bias.shape} do not match hidden "
+                                      f"size {hidden}")
+        out_mm = g.only_consumer(attn.output[0], "MatMul", layer, "attention output projection", "Attention")
+        attn_out = g.array(_input(out_mm, 1), "attention output weight", layer)
+        sln1, g1, b1, bias1, eps1 = _skip_layernorm(g, out_mm.output[0], x, layer, "skip+LayerNorm (attention)",
+                                                    "the attention output projection")
+        h = sln1.output[0]
+        ffn_mm = g.only_consumer(h, "MatMul", layer, "FFN input projection", "the attention's LayerNorm")
+        gelu = g.only_consumer(ffn_mm.output[0], "BiasGelu", layer, "bias+GELU", "the FFN input projection")
+        ffn_in_bias = g.array(_input(gelu, 1), "FFN input bias", layer)
+        ffn_in = g.array(_input(ffn_mm, 1), "FFN input weight", layer)
+        out2 = g.only_consumer(gelu.output[0], "MatMul", layer, "FFN output projection", "bias+GELU")
+        ffn_out = g.array(_input(out2, 1), "FFN output weight", layer)
+        sln2, g2, b2, bias2, eps2 = _skip_layernorm(g, out2.output[0], h, layer, "skip+LayerNorm (FFN)",
+                                                    "the FFN output projection")
+        zeros = np.zeros(hidden, np.float32)
+        enc.layers.append(Layer(
+            num_heads=int(_attr(attn, "num_heads")), scale=scale, qkv=qkv, qkv_bias=qkv_bias,
+            attn_out=attn_out, attn_out_bias=zeros if bias1 is None else bias1, ln1_gamma=g1, ln1_beta=b1,
+            ln1_eps=eps1, ffn_in=ffn_in, ffn_in_bias=ffn_in_bias, ffn_out=ffn_out,
+            ffn_out_bias=zeros if bias2 is None else bias2, ln2_gamma=g2, ln2_beta=b2, ln2_eps=eps2))
+        x = sln2.output[0]
+    if not enc.layers:
+        raise EncoderPatternError("layer 0: attention pattern not found: no fused Attention follows the embeddings")
+    if g.outputs[:1] != [x]:
+        raise EncoderPatternError(f"layer {len(enc.layers)}: attention pattern not found: the output of layer "
+                                  f"{len(enc.layers) - 1} is not the graph output and no fused Attention follows it")
+    return enc
+
+
+# ---------------------------------------------------------------------------------------------- emission
+
+@dataclass
+class QuantizedLinear:
+    """int8 weights with one scale per output column; `smooth` [K] divides the activation first (the
+    weight rows were multiplied by it), moving outlier channels' range from activations into weights."""
+
+    weight: np.ndarray  # int8 [K, N]
+    scale: np.ndarray  # float32 [N]
+    smooth: np.ndarray | None = None
+
+    def columns(self, start: int, stop: int) -> "QuantizedLinear":
+        return QuantizedLinear(np.ascontiguousarray(self.weight[:, start:stop]), self.scale[start:stop], self.smooth)
+
+
+@dataclass
+class QuantizedTable:
+    """An embedding table as int8 rows with one scale per row."""
+
+    values: np.ndarray  # int8 [V, H]
+    scale: np.ndarray  # float32 [V]
+
+
+@dataclass
+class Precision:
+    """What emit quantizes: linears by (layer, name) in LINEARS, and optionally the word embedding table."""
+
+    linears: dict[tuple[int, str], QuantizedLinear] = field(default_factory=dict)
+    word: QuantizedTable | None = None
+
+
+class _Builder:
+    def __init__(self):
+        self.nodes, self.inits, self._count = [], [], defaultdict(int)
+
+    def const(self, name: str, array: np.ndarray) -> str:
+        from onnx import numpy_helper
+
+        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def node(self, op: str, inputs: list[str], name: str, domain: str = "", outputs: int = 1, **attrs) -> str:
+        from onnx import helper
+
+        self._count[name] += 1
+        base = name if self._count[name] == 1 else f"{name}_{self._count[name]}"
+        outs = [base] if outputs == 1 else [f"{base}:{i}" for i in range(outputs)]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=base, domain=domain, **attrs))
+        return outs[0]
+
+
+def _linear(b: _Builder, x: str, weight: np.ndarray, q: QuantizedLinear | None, name: str) -> str:
+    """x @ weight (no bias: the following fused op adds it)."""
+    if q is None:
+        return b.node("MatMul", [x, b.const(f"{name}.weight", weight.astype(np.float32))], name)
+    if q.smooth is not None:
+        x = b.node("Mul", [x, b.const(f"{name}.inv_smooth", (1.0 / q.smooth).astype(np.float32))], f"{name}/smooth")
+    return b.node("DynamicQuantizeMatMul", [x, b.const(f"{name}.weight_int8", q.weight),
+                                            b.const(f"{name}.weight_scale", q.scale.astype(np.float32))],
+                  name, domain=MS_DOMAIN)
+
+
+def _embedding(b: _Builder, enc: Encoder, precision: Precision, ids: str) -> str:
+    if precision.word is None:
+        return b.node("Gather", [b.const("embeddings.word", enc.word), ids], "embeddings/word")
+    q = precision.word
+    rows = b.node("Gather", [b.const("embeddings.word_int8", q.values), ids], "embeddings/word_int8")
+    scale = b.node("Gather", [b.const("embeddings.word_scale", q.scale.astype(np.float32)), ids],
+                   "embeddings/word_scale")
+    scale = b.node("Unsqueeze", [scale, b.const("embeddings.last_axis", np.array([-1], np.int64))],
+                   "embeddings/word_scale_column")
+    return b.node("Mul", [b.node("Cast", [rows], "embeddings/word_float", to=1), scale], "embeddings/word")
+
+
+def _layer_body(b: _Builder, enc: Encoder, i: int, x: str, precision: Precision, attention) -> str:
+    """One layer from its input `x`; `attention(qkv_weight_fn)` returns (context, residual rows)."""
+    layer, p = enc.layers[i], f"layer.{i}"
+    q = precision.linears
+    ctx, residual = attention(layer, p)
+    ao = _linear(b, ctx, layer.attn_out, q.get((i, "attn_out")), f"{p}/attn_out")
+    h = b.node("SkipLayerNorm", _sln_inputs(b, ao, residual, layer.ln1_gamma, layer.ln1_beta, layer.attn_out_bias,
+                                            f"{p}/ln1"), f"{p}/ln1", domain=DOMAIN, epsilon=layer.ln1_eps)
+    f = _linear(b, h, layer.ffn_in, q.get((i, "ffn_in")), f"{p}/ffn_in")
+    f = b.node("BiasGelu", [f, b.const(f"{p}/ffn_in.bias", layer.ffn_in_bias)], f"{p}/gelu", domain=DOMAIN)
+    o = _linear(b, f, layer.ffn_out, q.get((i, "ffn_out")), f"{p}/ffn_out")
+    return b.node("SkipLayerNorm", _sln_inputs(b, o, h, layer.ln2_gamma, layer.ln2_beta, layer.ffn_out_bias,
+                                               f"{p}/ln2"), f"{p}/ln2", domain=DOMAIN, epsilon=layer.ln2_eps)
+
+
+def _sln_inputs(b: _Builder, x: str, skip: str, gamma, beta, bias, name: str) -> list[str]:
+    return [x, skip, b.const(f"{name}.gamma", gamma), b.const(f"{name}.beta", beta) if beta is not None else "",
+            b.const(f"{name}.bias", bias)]
+
+
+def _attention_attrs(layer: Layer) -> dict:
+    attrs = {"num_heads": layer.num_heads}
+    if layer.scale is not None:
+        attrs["scale"] = layer.scale
+    return attrs
+
+
+def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None, name: str = "bort-infer"):
+    """The encoder as an onnx.ModelProto on bort-infer's ops (see the module docstring for the two forms)."""
+    from onnx import TensorProto, helper
+
+    if form not in FORMS:
+        raise ValueError(f"unknown graph form {form!r}; choose one of {', '.join(FORMS)}")
+    precision = precision or Precision()
+    b = _Builder()
+    H = enc.hidden_size
+    gamma, beta = b.const("embeddings.ln.gamma", enc.emb_gamma), b.const("embeddings.ln.beta", enc.emb_beta)
+    positions = b.const("embeddings.position", enc.position)
+    int64 = TensorProto.INT64
+
+    if form == "padded":
+        inputs = [helper.make_tensor_value_info("input_ids", int64, ["batch", "sequence"]),
+                  helper.make_tensor_value_info("attention_mask", int64, ["batch", "sequence"])]
+        output = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", "sequence", H])
+        words = _embedding(b, enc, precision, "input_ids")
+        seq = b.node("Gather", [b.node("Shape", ["input_ids"], "embeddings/shape"),
+                                b.const("embeddings.seq_axis", np.array([1], np.int64))], "embeddings/seq_len")
+        pos = b.node("Slice", [positions, b.const("embeddings.zero", np.array([0], np.int64)), seq],
+                     "embeddings/positions")
+        x = b.node("LayerNormalization", [b.node("Add", [words, pos], "embeddings/sum"), gamma, beta],
+                   "embeddings/ln", axis=-1, epsilon=enc.emb_eps)
+
+        for i in range(len(enc.layers)):
+            def attention(layer, p, x=x, i=i):
+                qkv = _linear(b, x, layer.qkv, precision.linears.get((i, "qkv")), f"{p}/qkv")
+                ctx = b.node("FusedAttention", [qkv, b.const(f"{p}/qkv.bias", layer.qkv_bias), "attention_mask"],
+                             f"{p}/attention", domain=DOMAIN, **_attention_attrs(layer))
+                return ctx, x
+            x = _layer_body(b, enc, i, x, precision, attention)
+    else:
+        inputs = [helper.make_tensor_value_info("input_ids", int64, ["tokens"]),
+                  helper.make_tensor_value_info("position_ids", int64, ["tokens"]),
+                  helper.make_tensor_value_info("cu_seqlens", int64, ["texts_plus_1"]),
+                  helper.make_tensor_value_info("query_rows", int64, ["queries"])]
+        output = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["queries", H])
+        words = _embedding(b, enc, precision, "input_ids")
+        pos = b.node("Gather", [positions, "position_ids"], "embeddings/positions")
+        x = b.node("SkipLayerNorm", [words, pos, gamma, beta], "embeddings/ln", domain=DOMAIN, epsilon=enc.emb_eps)
+
+        last = len(enc.layers) - 1
+        for i in range(len(enc.layers)):
+            def attention(layer, p, x=x, i=i):
+                bias = b.const(f"{p}/qkv.bias", layer.qkv_bias)
+                qq = precision.linears.get((i, "qkv"))
+                if i < last:
+                    qkv = _linear(b, x, layer.qkv, qq, f"{p}/qkv")
+                    return b.node("PackedAttention", [qkv, bias, "cu_seqlens"], f"{p}/attention", domain=DOMAIN,
+                                  **_attention_attrs(layer)), x
+                # Last layer: keys and values for every token, queries only for the rows asked for.
+                rows = b.node("Gather", [x, "query_rows"], f"{p}/query_inputs", axis=0)
+                query = _linear(b, rows, layer.qkv[:, :H], qq.columns(0, H) if qq else None, f"{p}/q")
+                kv = _linear(b, x, layer.qkv[:, H:], qq.columns(H, 3 * H) if qq else None, f"{p}/kv")
+                ctx = b.node("PackedAttention", [kv, bias, "cu_seqlens", "query_rows", query], f"{p}/attention",
+                             domain=DOMAIN, **_attention_attrs(layer))
+                return ctx, rows
+            x = _layer_body(b, enc, i, x, precision, attention)
+
+    # The last node writes the graph output under its public name.
+    b.nodes[-1].output[0] = OUTPUT
+    graph = helper.make_graph(b.nodes, name, inputs, [output], b.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1),
+                                                    helper.make_opsetid(MS_DOMAIN, 1)],
+                              producer_name="bort-infer")
+    model.ir_version = 8
+    return model
+
+
+def ops_used(model) -> list[str]:
+    """bort-infer custom ops a graph uses, sorted."""
+    return sorted({n.op_type for n in model.graph.node if n.domain == DOMAIN})

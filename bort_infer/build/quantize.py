@@ -1,0 +1,1 @@
+"""int8 quantization (placeholder module being written)."""
