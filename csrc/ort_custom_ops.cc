@@ -286,16 +286,19 @@ struct SkipLayerNormKernel {
     const InputTensor gamma = require_input(ctx, 2, op, "gamma");
     const auto beta = get_input(ctx, 3, op, "beta");
     const auto bias = get_input(ctx, 4, op, "bias");
+    const auto skip_scale = get_input(ctx, 5, op, "skip_scale");
     require_float(x, op, "x");
     require_float(skip, op, "skip");
     require_float(gamma, op, "gamma");
     require_float(beta, op, "beta");
     require_float(bias, op, "bias");
-    const bort::RowsDims dims =
-        bort::check_skip_layernorm(x.shape, skip.shape, gamma.shape, shape_ptr(beta), shape_ptr(bias), epsilon);
+    require_float(skip_scale, op, "skip_scale");
+    const bort::RowsDims dims = bort::check_skip_layernorm(x.shape, skip.shape, gamma.shape, shape_ptr(beta),
+                                                           shape_ptr(bias), shape_ptr(skip_scale), epsilon);
     float* out = allocate_output(ctx, x.shape);
     bort::skip_layernorm(static_cast<const float*>(x.data), static_cast<const float*>(skip.data),
-                         static_cast<const float*>(gamma.data), float_data(beta), float_data(bias), out, dims.rows,
+                         static_cast<const float*>(gamma.data), float_data(beta), float_data(bias),
+                         float_data(skip_scale), out, dims.rows,
                          dims.width, epsilon, OrtParallelFor(ctx));
     return nullptr;
   } catch (const std::exception& e) {
@@ -357,8 +360,8 @@ struct BiasGeluOp : OpBase<BiasGeluOp, BiasGeluKernel> {
 };
 
 struct SkipLayerNormOp : OpBase<SkipLayerNormOp, SkipLayerNormKernel> {
-  static constexpr std::array<InputSpec, 5> kInputs{
-      {{true, true}, {true, true}, {true, true}, {false, true}, {false, true}}};
+  static constexpr std::array<InputSpec, 6> kInputs{
+      {{true, true}, {true, true}, {true, true}, {false, true}, {false, true}, {false, true}}};
   const char* GetName() const { return "SkipLayerNorm"; }
   SkipLayerNormKernel* Make(const OrtKernelInfo* info) const {
     const float eps = float_attribute(info, "epsilon").value_or(1e-12f);

@@ -143,25 +143,28 @@ py::array_t<float> bias_gelu(const py::object& x_obj, const py::object& bias_obj
 }
 
 py::array_t<float> skip_layernorm(const py::object& x_obj, const py::object& skip_obj, const py::object& gamma_obj,
-                                  const py::object& beta_obj, const py::object& bias_obj, float epsilon) {
+                                  const py::object& beta_obj, const py::object& bias_obj, float epsilon,
+                                  const py::object& skip_scale_obj) {
   FloatArray x = as_float(x_obj, "x");
   FloatArray skip = as_float(skip_obj, "skip");
   FloatArray gamma = as_float(gamma_obj, "gamma");
   auto beta = as_optional_float(beta_obj, "beta");
   auto bias = as_optional_float(bias_obj, "bias");
+  auto skip_scale = as_optional_float(skip_scale_obj, "skip_scale");
   const bort::Shape beta_shape = beta ? shape_of(*beta) : bort::Shape{};
   const bort::Shape bias_shape = bias ? shape_of(*bias) : bort::Shape{};
+  const bort::Shape scale_shape = skip_scale ? shape_of(*skip_scale) : bort::Shape{};
   const bort::RowsDims dims = bort::check_skip_layernorm(shape_of(x), shape_of(skip), shape_of(gamma),
                                                          beta ? &beta_shape : nullptr, bias ? &bias_shape : nullptr,
-                                                         epsilon);
+                                                         skip_scale ? &scale_shape : nullptr, epsilon);
   py::array_t<float> out(shape_of(x));
   const float *xp = x.data(), *sp = skip.data(), *gp = gamma.data();
-  const float *bep = data_or_null(beta), *bip = data_or_null(bias);
+  const float *bep = data_or_null(beta), *bip = data_or_null(bias), *ssp = data_or_null(skip_scale);
   float* o = out.mutable_data();
   {
     py::gil_scoped_release release;
     bort::ThreadFor pf(g_num_threads.load());
-    bort::skip_layernorm(xp, sp, gp, bep, bip, o, dims.rows, dims.width, epsilon, pf);
+    bort::skip_layernorm(xp, sp, gp, bep, bip, ssp, o, dims.rows, dims.width, epsilon, pf);
   }
   return out;
 }
@@ -193,7 +196,8 @@ PYBIND11_MODULE(_C, m) {
   m.def("bias_gelu", &bias_gelu, py::arg("x"), py::arg("bias"), "gelu(x + bias), exact erf GELU; bias [x.shape[-1]].");
   m.def("skip_layernorm", &skip_layernorm, py::arg("x"), py::arg("skip"), py::arg("gamma"),
         py::arg("beta") = py::none(), py::arg("bias") = py::none(), py::arg("epsilon") = 1e-12f,
-        "LayerNorm(x + skip [+ bias]) * gamma [+ beta] over the last axis.");
+        py::arg("skip_scale") = py::none(),
+        "LayerNorm(x + skip [* skip_scale] [+ bias]) * gamma [+ beta] over the last axis.");
   m.def("erf", &erf_for_tests, py::arg("x"), "erf with the active ISA's implementation (for testing the vectorised erf).");
   m.def("set_isa", &bort::set_isa, py::arg("isa"), "Select kernels: 'scalar', 'avx2' or 'auto' (best supported).");
   m.def("active_isa", [] { return std::string(bort::isa_name(bort::active_isa())); });

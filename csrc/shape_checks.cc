@@ -116,7 +116,7 @@ RowsDims check_bias_gelu(const Shape& x, const Shape& bias) {
 }
 
 RowsDims check_skip_layernorm(const Shape& x, const Shape& skip, const Shape& gamma, const Shape* beta,
-                              const Shape* bias, float epsilon) {
+                              const Shape* bias, const Shape* skip_scale, float epsilon) {
   const char* op = "SkipLayerNorm";
   if (x.empty()) fail(std::string(op) + ": x must have rank >= 1, got a scalar");
   if (skip != x) fail(std::string(op) + ": skip must have the shape of x " + shape_str(x) + ", got " + shape_str(skip));
@@ -127,6 +127,7 @@ RowsDims check_skip_layernorm(const Shape& x, const Shape& skip, const Shape& ga
   check_vector(op, "gamma", &gamma, dims.width);
   check_vector(op, "beta", beta, dims.width);
   check_vector(op, "bias", bias, dims.width);
+  check_vector(op, "skip_scale", skip_scale, dims.width);
   if (!(epsilon >= 0.0f) || !std::isfinite(epsilon))
     fail(std::string(op) + ": epsilon must be finite and >= 0, got " + std::to_string(epsilon));
   return dims;

@@ -49,8 +49,8 @@ struct RowsDims {
 // x [..., N], bias [N].
 RowsDims check_bias_gelu(const Shape& x, const Shape& bias);
 
-// x [..., H], skip same shape as x, gamma [H], beta/bias [H] or null.
+// x [..., H], skip same shape as x, gamma [H], beta/bias/skip_scale [H] or null.
 RowsDims check_skip_layernorm(const Shape& x, const Shape& skip, const Shape& gamma, const Shape* beta,
-                              const Shape* bias, float epsilon);
+                              const Shape* bias, const Shape* skip_scale, float epsilon);
 
 }  // namespace bort

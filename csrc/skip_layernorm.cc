@@ -11,14 +11,15 @@ namespace {
 
 // Straightforward reference: sum, then a second pass for the variance (no E[x^2]-E[x]^2 cancellation).
 void skip_layernorm_rows_scalar(const float* x, const float* skip, const float* gamma, const float* beta,
-                                const float* bias, float* y, int64_t rows, int64_t h, float eps) {
+                                const float* bias, const float* skip_scale, float* y, int64_t rows, int64_t h,
+                                float eps) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * h;
     const float* sr = skip + r * h;
     float* yr = y + r * h;
     double sum = 0.0;
     for (int64_t i = 0; i < h; ++i) {
-      const float t = xr[i] + sr[i] + (bias ? bias[i] : 0.0f);
+      const float t = xr[i] + sr[i] * (skip_scale ? skip_scale[i] : 1.0f) + (bias ? bias[i] : 0.0f);
       yr[i] = t;
       sum += t;
     }
@@ -33,10 +34,17 @@ void skip_layernorm_rows_scalar(const float* x, const float* skip, const float* 
   }
 }
 
+// x + skip (* skip_scale) for 8 lanes starting at i.
+BORT_AVX2_INLINE __m256 skip_term(const float* sr, const float* skip_scale, int64_t i, __m256 x) {
+  const __m256 s = _mm256_loadu_ps(sr + i);
+  return skip_scale ? _mm256_fmadd_ps(s, _mm256_loadu_ps(skip_scale + i), x) : _mm256_add_ps(x, s);
+}
+
 // Same math; the summed row is written to y in the first pass and re-read from L1 (a 1024-float
 // row is 4 KB), so DRAM sees one read of x and skip and one write of y.
 BORT_AVX2 void skip_layernorm_rows_avx2(const float* x, const float* skip, const float* gamma, const float* beta,
-                                        const float* bias, float* y, int64_t rows, int64_t h, float eps) {
+                                        const float* bias, const float* skip_scale, float* y, int64_t rows,
+                                        int64_t h, float eps) {
   const int64_t hv = h & ~int64_t{7};
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * h;
@@ -45,8 +53,8 @@ BORT_AVX2 void skip_layernorm_rows_avx2(const float* x, const float* skip, const
     __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
     int64_t i = 0;
     for (; i + 16 <= hv; i += 16) {
-      __m256 a = _mm256_add_ps(_mm256_loadu_ps(xr + i), _mm256_loadu_ps(sr + i));
-      __m256 b = _mm256_add_ps(_mm256_loadu_ps(xr + i + 8), _mm256_loadu_ps(sr + i + 8));
+      __m256 a = skip_term(sr, skip_scale, i, _mm256_loadu_ps(xr + i));
+      __m256 b = skip_term(sr, skip_scale, i + 8, _mm256_loadu_ps(xr + i + 8));
       if (bias) {
         a = _mm256_add_ps(a, _mm256_loadu_ps(bias + i));
         b = _mm256_add_ps(b, _mm256_loadu_ps(bias + i + 8));
@@ -57,14 +65,14 @@ BORT_AVX2 void skip_layernorm_rows_avx2(const float* x, const float* skip, const
       s1 = _mm256_add_ps(s1, b);
     }
     for (; i < hv; i += 8) {
-      __m256 a = _mm256_add_ps(_mm256_loadu_ps(xr + i), _mm256_loadu_ps(sr + i));
+      __m256 a = skip_term(sr, skip_scale, i, _mm256_loadu_ps(xr + i));
       if (bias) a = _mm256_add_ps(a, _mm256_loadu_ps(bias + i));
       _mm256_storeu_ps(yr + i, a);
       s0 = _mm256_add_ps(s0, a);
     }
     float sum = simd::hsum_ps(_mm256_add_ps(s0, s1));
     for (; i < h; ++i) {
-      const float t = xr[i] + sr[i] + (bias ? bias[i] : 0.0f);
+      const float t = xr[i] + sr[i] * (skip_scale ? skip_scale[i] : 1.0f) + (bias ? bias[i] : 0.0f);
       yr[i] = t;
       sum += t;
     }
@@ -99,7 +107,7 @@ BORT_AVX2 void skip_layernorm_rows_avx2(const float* x, const float* skip, const
 }  // namespace
 
 void skip_layernorm(const float* x, const float* skip, const float* gamma, const float* beta, const float* bias,
-                    float* y, int64_t rows, int64_t h, float epsilon, const ParallelFor& pf) {
+                    const float* skip_scale, float* y, int64_t rows, int64_t h, float epsilon, const ParallelFor& pf) {
   if (rows <= 0 || h <= 0) return;
   const bool avx2 = active_isa() == Isa::kAvx2;
   // >= 8K elements per task (a few microseconds): more than waking a pool thread costs, so even
@@ -113,9 +121,9 @@ void skip_layernorm(const float* x, const float* skip, const float* gamma, const
     if (r0 >= r1) return;
     const int64_t off = r0 * h;
     if (avx2)
-      skip_layernorm_rows_avx2(x + off, skip + off, gamma, beta, bias, y + off, r1 - r0, h, epsilon);
+      skip_layernorm_rows_avx2(x + off, skip + off, gamma, beta, bias, skip_scale, y + off, r1 - r0, h, epsilon);
     else
-      skip_layernorm_rows_scalar(x + off, skip + off, gamma, beta, bias, y + off, r1 - r0, h, epsilon);
+      skip_layernorm_rows_scalar(x + off, skip + off, gamma, beta, bias, skip_scale, y + off, r1 - r0, h, epsilon);
   });
 }
 

@@ -1,4 +1,6 @@
-// y = LayerNorm(x + skip [+ bias]) * gamma [+ beta]: BERT's residual add + LayerNorm in one pass.
+// y = LayerNorm(x + skip [* skip_scale] [+ bias]) * gamma [+ beta]: BERT's residual add + LayerNorm in
+// one pass. skip_scale undoes a per-channel scaling folded into the LayerNorm that produced `skip` (the
+// int8 exporter divides an activation by s there so that its outlier channels quantize well).
 #pragma once
 
 #include <cstdint>
@@ -7,8 +9,8 @@
 
 namespace bort {
 
-// x, skip, y: [rows, h] row-major (y may alias x or skip); gamma: [h]; beta, bias: [h] or nullptr.
+// x, skip, y: [rows, h] row-major (y may alias x or skip); gamma: [h]; beta, bias, skip_scale: [h] or nullptr.
 void skip_layernorm(const float* x, const float* skip, const float* gamma, const float* beta, const float* bias,
-                    float* y, int64_t rows, int64_t h, float epsilon, const ParallelFor& pf);
+                    const float* skip_scale, float* y, int64_t rows, int64_t h, float epsilon, const ParallelFor& pf);
 
 }  // namespace bort

@@ -118,20 +118,23 @@ def test_bias_gelu(threads):
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-@pytest.mark.parametrize("optional", [(), ("beta",), ("bias",), ("beta", "bias")])
+@pytest.mark.parametrize("optional", [(), ("beta",), ("bias",), ("beta", "bias"), ("skip_scale",),
+                                      ("beta", "bias", "skip_scale")])
 def test_skip_layernorm(threads, optional):
     rng = np.random.default_rng(3)
     feeds = {"x": rng.standard_normal((4, 33, 1024)).astype(np.float32),
              "skip": rng.standard_normal((4, 33, 1024)).astype(np.float32),
              "gamma": rng.standard_normal(1024).astype(np.float32),
              "beta": rng.standard_normal(1024).astype(np.float32),
-             "bias": rng.standard_normal(1024).astype(np.float32)}
-    names = ["x", "skip", "gamma", "beta" if "beta" in optional else "", "bias" if "bias" in optional else ""]
+             "bias": rng.standard_normal(1024).astype(np.float32),
+             "skip_scale": rng.uniform(0.1, 10, 1024).astype(np.float32)}
+    names = ["x", "skip", "gamma"] + [n if n in optional else "" for n in ("beta", "bias", "skip_scale")]
     while names[-1] == "":
         names.pop()
     feeds = {k: v for k, v in feeds.items() if k in names}
     out = run("SkipLayerNorm", feeds, {"epsilon": 1e-5}, input_names=names, threads=threads)
-    ref = ref_skip_layernorm(feeds["x"], feeds["skip"], feeds["gamma"], feeds.get("beta"), feeds.get("bias"), 1e-5)
+    ref = ref_skip_layernorm(feeds["x"], feeds["skip"], feeds["gamma"], feeds.get("beta"), feeds.get("bias"), 1e-5,
+                             feeds.get("skip_scale"))
     assert rel_err(out, ref) <= TOL
 
 
@@ -233,6 +236,8 @@ X = np.zeros((2, 8), np.float32)
     ({"x": X, "skip": X, "gamma": np.ones(8, np.float32), "beta": np.ones(3, np.float32)}, {}, "beta must have shape"),
     ({"x": X, "skip": X, "gamma": np.ones(8, np.float32), "beta": np.ones(8, np.float32),
       "bias": np.ones(2, np.float32)}, {}, "bias must have shape"),
+    ({"x": X, "skip": X, "gamma": np.ones(8, np.float32), "beta": np.ones(8, np.float32),
+      "bias": np.ones(8, np.float32), "skip_scale": np.ones(7, np.float32)}, {}, "skip_scale must have shape"),
     ({"x": X, "skip": X, "gamma": np.ones(8, np.float32)}, {"epsilon": -1.0}, "'epsilon' must be finite and >= 0"),
     ({"x": X, "skip": X, "gamma": np.ones(8, np.float32)}, {"epsilon": float("nan")}, "'epsilon' must be finite"),
 ])

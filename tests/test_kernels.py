@@ -115,8 +115,8 @@ def ref_gelu(x, bias):
     return 0.5 * t * (1.0 + _erf64(t / math.sqrt(2.0)))
 
 
-def ref_skip_layernorm(x, skip, gamma, beta, bias, eps):
-    t = x.astype(np.float64) + skip
+def ref_skip_layernorm(x, skip, gamma, beta, bias, eps, skip_scale=None):
+    t = x.astype(np.float64) + (skip if skip_scale is None else np.asarray(skip, np.float64) * skip_scale)
     if bias is not None:
         t = t + bias
     mean = t.mean(-1, keepdims=True)
@@ -430,19 +430,20 @@ def test_bias_gelu_validation():
 @FAST
 @given(lead=st.lists(st.integers(1, 6), min_size=0, max_size=2),
        h=st.one_of(st.integers(1, 300), st.sampled_from([384, 768, 1023, 1024])),
-       with_beta=st.booleans(), with_bias=st.booleans(), eps=st.sampled_from([1e-12, 1e-5]),
-       offset=st.sampled_from([0.0, 100.0]), seed=st.integers(0, 2**31 - 1))
-def test_skip_layernorm_matches_reference(isa, lead, h, with_beta, with_bias, eps, offset, seed):
+       with_beta=st.booleans(), with_bias=st.booleans(), with_skip_scale=st.booleans(),
+       eps=st.sampled_from([1e-12, 1e-5]), offset=st.sampled_from([0.0, 100.0]), seed=st.integers(0, 2**31 - 1))
+def test_skip_layernorm_matches_reference(isa, lead, h, with_beta, with_bias, with_skip_scale, eps, offset, seed):
     rng = np.random.default_rng(seed)
     x = (rng.standard_normal((*lead, h)) + offset).astype(np.float32)
     skip = rng.standard_normal((*lead, h)).astype(np.float32)
     gamma = rng.standard_normal(h).astype(np.float32)
     beta = rng.standard_normal(h).astype(np.float32) if with_beta else None
     bias = rng.standard_normal(h).astype(np.float32) if with_bias else None
+    skip_scale = rng.uniform(0.05, 20, h).astype(np.float32) if with_skip_scale else None
     with use_isa(isa):
-        out = C.skip_layernorm(x, skip, gamma, beta, bias, eps)
+        out = C.skip_layernorm(x, skip, gamma, beta, bias, eps, skip_scale)
     assert out.shape == x.shape
-    ref = ref_skip_layernorm(x, skip, gamma, beta, bias, eps)
+    ref = ref_skip_layernorm(x, skip, gamma, beta, bias, eps, skip_scale)
     # Inputs are rounded to float32 (x + skip + bias once); compare against the float64 math on them.
     assert rel_err(out, ref) <= TOL * (1 + offset / 10)
 
@@ -458,10 +459,12 @@ def test_skip_layernorm_default_epsilon_and_constant_rows():
     (dict(gamma=np.zeros(7)), "gamma must have shape \\[8\\]"),
     (dict(beta=np.zeros((1, 8))), "beta must have shape \\[8\\]"),
     (dict(bias=np.zeros(9)), "bias must have shape \\[8\\]"),
+    (dict(skip_scale=np.zeros(4)), "skip_scale must have shape \\[8\\]"),
     (dict(epsilon=-1.0), "epsilon must be finite"),
 ])
 def test_skip_layernorm_validation(kwargs, match):
-    args = dict(x=np.zeros((2, 8)), skip=np.zeros((2, 8)), gamma=np.ones(8), beta=None, bias=None, epsilon=1e-5)
+    args = dict(x=np.zeros((2, 8)), skip=np.zeros((2, 8)), gamma=np.ones(8), beta=None, bias=None, epsilon=1e-5,
+                skip_scale=None)
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         C.skip_layernorm(**args)
