@@ -9,23 +9,14 @@
 namespace bort {
 namespace {
 
-constexpr float kInvSqrt2 = 0.70710678118654752440f;
-
 void bias_gelu_rows_scalar(const float* x, const float* bias, float* y, int64_t rows, int64_t n) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * n;
     float* yr = y + r * n;
     for (int64_t i = 0; i < n; ++i) {
-      const float v = xr[i] + (bias ? bias[i] : 0.0f);
-      yr[i] = 0.5f * v * (1.0f + std::erf(v * kInvSqrt2));
+      yr[i] = gelu_exact(xr[i] + (bias ? bias[i] : 0.0f));
     }
   }
-}
-
-BORT_AVX2_INLINE __m256 gelu_ps(__m256 v) {
-  const __m256 half_v = _mm256_mul_ps(v, _mm256_set1_ps(0.5f));
-  const __m256 e = simd::erf_ps(_mm256_mul_ps(v, _mm256_set1_ps(kInvSqrt2)));
-  return _mm256_fmadd_ps(half_v, e, half_v);
 }
 
 BORT_AVX2 void bias_gelu_rows_avx2(const float* x, const float* bias, float* y, int64_t rows, int64_t n) {
@@ -36,13 +27,13 @@ BORT_AVX2 void bias_gelu_rows_avx2(const float* x, const float* bias, float* y, 
     for (; i + 8 <= n; i += 8) {
       __m256 v = _mm256_loadu_ps(xr + i);
       if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + i));
-      _mm256_storeu_ps(yr + i, gelu_ps(v));
+      _mm256_storeu_ps(yr + i, simd::gelu_ps(v));
     }
     if (i < n) {
       // Tail through a padded buffer so the tail uses the same erf as the body.
       alignas(32) float buf[8] = {0};
       for (int64_t k = i; k < n; ++k) buf[k - i] = xr[k] + (bias ? bias[k] : 0.0f);
-      _mm256_store_ps(buf, gelu_ps(_mm256_load_ps(buf)));
+      _mm256_store_ps(buf, simd::gelu_ps(_mm256_load_ps(buf)));
       for (int64_t k = i; k < n; ++k) yr[k] = buf[k - i];
     }
   }

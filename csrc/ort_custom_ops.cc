@@ -1,5 +1,5 @@
 // onnxruntime custom-op front end: domain "ai.bort_infer", ops FusedAttention, PackedAttention,
-// BiasGelu and SkipLayerNorm. Registration entry point: RegisterCustomOps (exported, C linkage).
+// BiasGelu, SkipLayerNorm, QuantizeRows and DequantizeRows. Registration entry point: RegisterCustomOps (exported, C linkage).
 //
 // Every input's presence, rank, shape and dtype and every attribute is validated before a kernel
 // runs; errors become an ORT error status (never an exception across the C boundary, never a crash).
@@ -19,7 +19,9 @@
 
 #include "attention.h"
 #include "bias_gelu.h"
+#include "dequantize_rows.h"
 #include "parallel.h"
+#include "quantize_rows.h"
 #include "shape_checks.h"
 #include "skip_layernorm.h"
 
@@ -130,18 +132,28 @@ void require_float(const std::optional<InputTensor>& t, const char* op, const ch
     throw std::invalid_argument(std::string(op) + ": input '" + name + "' must be float32, got " + type_name(t->type));
 }
 
+void require_type(const InputTensor& t, ONNXTensorElementDataType type, const char* op, const char* name) {
+  if (t.type != type)
+    throw std::invalid_argument(std::string(op) + ": input '" + name + "' must be " + type_name(type) + ", got " +
+                                type_name(t.type));
+}
+
 void require_int(const std::optional<InputTensor>& t, const char* op, const char* name) {
   if (t && t->type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 && t->type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64)
     throw std::invalid_argument(std::string(op) + ": input '" + name + "' must be int32 or int64, got " +
                                 type_name(t->type));
 }
 
-float* allocate_output(OrtKernelContext* ctx, const bort::Shape& shape) {
+void* allocate_output(OrtKernelContext* ctx, size_t index, const bort::Shape& shape) {
   OrtValue* out = nullptr;
-  Ort::ThrowOnError(api().KernelContext_GetOutput(ctx, 0, shape.data(), shape.size(), &out));
+  Ort::ThrowOnError(api().KernelContext_GetOutput(ctx, index, shape.data(), shape.size(), &out));
   void* data = nullptr;
   Ort::ThrowOnError(api().GetTensorMutableData(out, &data));
-  return static_cast<float*>(data);
+  return data;
+}
+
+float* allocate_output(OrtKernelContext* ctx, const bort::Shape& shape) {
+  return static_cast<float*>(allocate_output(ctx, 0, shape));
 }
 
 // An int32 or int64 tensor of `count` elements as int64 (the caller checked the shape).
@@ -167,6 +179,19 @@ std::optional<float> float_attribute(const OrtKernelInfo* info, const char* name
   if (st == nullptr) return v;
   api().ReleaseStatus(st);
   return std::nullopt;
+}
+
+std::optional<std::string> string_attribute(const OrtKernelInfo* info, const char* name) {
+  size_t size = 0;
+  OrtStatus* st = api().KernelInfoGetAttribute_string(info, name, nullptr, &size);
+  if (st != nullptr) {
+    api().ReleaseStatus(st);
+    return std::nullopt;
+  }
+  std::string value(size, '\0');
+  Ort::ThrowOnError(api().KernelInfoGetAttribute_string(info, name, value.data(), &size));
+  value.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
+  return value;
 }
 
 std::optional<int64_t> int_attribute(const OrtKernelInfo* info, const char* name) {
@@ -306,19 +331,75 @@ struct SkipLayerNormKernel {
   }
 };
 
+struct QuantizeRowsKernel {
+  OrtStatus* ComputeV2(OrtKernelContext* ctx) try {
+    const char* op = "QuantizeRows";
+    const InputTensor x = require_input(ctx, 0, op, "x");
+    require_float(x, op, "x");
+    const bort::RowsDims dims = bort::check_quantize_rows(x.shape);
+    const bort::Shape leading(x.shape.begin(), x.shape.end() - 1);
+    auto* q = static_cast<uint8_t*>(allocate_output(ctx, 0, x.shape));
+    auto* scale = static_cast<float*>(allocate_output(ctx, 1, leading));
+    auto* zero_point = static_cast<uint8_t*>(allocate_output(ctx, 2, leading));
+    bort::quantize_rows(static_cast<const float*>(x.data), q, scale, zero_point, dims.rows, dims.width,
+                        OrtParallelFor(ctx));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return to_status(e);
+  }
+};
+
+struct DequantizeRowsKernel {
+  bort::Activation activation;
+
+  OrtStatus* ComputeV2(OrtKernelContext* ctx) try {
+    const char* op = "DequantizeRows";
+    const InputTensor acc = require_input(ctx, 0, op, "acc");
+    const InputTensor row_scale = require_input(ctx, 1, op, "row_scale");
+    const InputTensor row_zero_point = require_input(ctx, 2, op, "row_zero_point");
+    const InputTensor weight_scale = require_input(ctx, 3, op, "weight_scale");
+    const InputTensor weight_colsum = require_input(ctx, 4, op, "weight_colsum");
+    const auto bias = get_input(ctx, 5, op, "bias");
+    require_type(acc, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, op, "acc");
+    require_float(row_scale, op, "row_scale");
+    require_type(row_zero_point, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, op, "row_zero_point");
+    require_float(weight_scale, op, "weight_scale");
+    require_type(weight_colsum, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, op, "weight_colsum");
+    require_float(bias, op, "bias");
+    const bort::RowsDims dims = bort::check_dequantize_rows(acc.shape, row_scale.shape, row_zero_point.shape,
+                                                            weight_scale.shape, weight_colsum.shape, shape_ptr(bias));
+    auto* out = static_cast<float*>(allocate_output(ctx, 0, acc.shape));
+    bort::dequantize_rows(static_cast<const int32_t*>(acc.data), static_cast<const float*>(row_scale.data),
+                          static_cast<const uint8_t*>(row_zero_point.data), static_cast<const float*>(weight_scale.data),
+                          static_cast<const int32_t*>(weight_colsum.data), float_data(bias), activation, out,
+                          dims.rows, dims.width, OrtParallelFor(ctx));
+    return nullptr;
+  } catch (const std::exception& e) {
+    return to_status(e);
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
-// Op descriptions. `Inputs` lists (required?, float?) per input; non-float inputs accept any type
-// at graph level and are checked (int32/int64) at run time.
+// Op descriptions. `kInputs` lists (required?, element type) per input and `kOutputs` the output
+// types; UNDEFINED accepts any type at graph level (int32 or int64 inputs, checked at run time).
+
+struct InputSpec {
+  bool required;
+  ONNXTensorElementDataType type;
+};
+
+constexpr auto kFloat = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+constexpr auto kAnyInt = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
+constexpr auto kUint8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+constexpr auto kInt32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
 
 template <typename Derived, typename Kernel>
 struct OpBase : Ort::CustomOpBase<Derived, Kernel, /*WithStatus=*/true> {
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetOutputTypeCount() const { return 1; }
-  ONNXTensorElementDataType GetOutputType(size_t) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  size_t GetOutputTypeCount() const { return Derived::kOutputs.size(); }
+  ONNXTensorElementDataType GetOutputType(size_t i) const { return Derived::kOutputs[i]; }
   size_t GetInputTypeCount() const { return Derived::kInputs.size(); }
-  ONNXTensorElementDataType GetInputType(size_t i) const {
-    return Derived::kInputs[i].is_float ? ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT : ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  }
+  ONNXTensorElementDataType GetInputType(size_t i) const { return Derived::kInputs[i].type; }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
     return Derived::kInputs[i].required ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
   }
@@ -331,13 +412,11 @@ struct OpBase : Ort::CustomOpBase<Derived, Kernel, /*WithStatus=*/true> {
   }
 };
 
-struct InputSpec {
-  bool required;
-  bool is_float;
-};
+constexpr std::array<ONNXTensorElementDataType, 1> kOneFloatOutput{kFloat};
 
 struct FusedAttentionOp : OpBase<FusedAttentionOp, FusedAttentionKernel> {
-  static constexpr std::array<InputSpec, 3> kInputs{{{true, true}, {false, true}, {false, false}}};
+  static constexpr std::array<InputSpec, 3> kInputs{{{true, kFloat}, {false, kFloat}, {false, kAnyInt}}};
+  static constexpr auto kOutputs = kOneFloatOutput;
   const char* GetName() const { return "FusedAttention"; }
   FusedAttentionKernel* Make(const OrtKernelInfo* info) const {
     return new FusedAttentionKernel{required_num_heads(info, GetName()), checked_scale(info, GetName())};
@@ -346,7 +425,8 @@ struct FusedAttentionOp : OpBase<FusedAttentionOp, FusedAttentionKernel> {
 
 struct PackedAttentionOp : OpBase<PackedAttentionOp, PackedAttentionKernel> {
   static constexpr std::array<InputSpec, 5> kInputs{
-      {{true, true}, {false, true}, {true, false}, {false, false}, {false, true}}};
+      {{true, kFloat}, {false, kFloat}, {true, kAnyInt}, {false, kAnyInt}, {false, kFloat}}};
+  static constexpr auto kOutputs = kOneFloatOutput;
   const char* GetName() const { return "PackedAttention"; }
   PackedAttentionKernel* Make(const OrtKernelInfo* info) const {
     return new PackedAttentionKernel{required_num_heads(info, GetName()), checked_scale(info, GetName())};
@@ -354,14 +434,16 @@ struct PackedAttentionOp : OpBase<PackedAttentionOp, PackedAttentionKernel> {
 };
 
 struct BiasGeluOp : OpBase<BiasGeluOp, BiasGeluKernel> {
-  static constexpr std::array<InputSpec, 2> kInputs{{{true, true}, {true, true}}};
+  static constexpr std::array<InputSpec, 2> kInputs{{{true, kFloat}, {true, kFloat}}};
+  static constexpr auto kOutputs = kOneFloatOutput;
   const char* GetName() const { return "BiasGelu"; }
   BiasGeluKernel* Make(const OrtKernelInfo*) const { return new BiasGeluKernel{}; }
 };
 
 struct SkipLayerNormOp : OpBase<SkipLayerNormOp, SkipLayerNormKernel> {
   static constexpr std::array<InputSpec, 6> kInputs{
-      {{true, true}, {true, true}, {true, true}, {false, true}, {false, true}, {false, true}}};
+      {{true, kFloat}, {true, kFloat}, {true, kFloat}, {false, kFloat}, {false, kFloat}, {false, kFloat}}};
+  static constexpr auto kOutputs = kOneFloatOutput;
   const char* GetName() const { return "SkipLayerNorm"; }
   SkipLayerNormKernel* Make(const OrtKernelInfo* info) const {
     const float eps = float_attribute(info, "epsilon").value_or(1e-12f);
@@ -371,11 +453,33 @@ struct SkipLayerNormOp : OpBase<SkipLayerNormOp, SkipLayerNormKernel> {
   }
 };
 
+struct QuantizeRowsOp : OpBase<QuantizeRowsOp, QuantizeRowsKernel> {
+  static constexpr std::array<InputSpec, 1> kInputs{{{true, kFloat}}};
+  static constexpr std::array<ONNXTensorElementDataType, 3> kOutputs{kUint8, kFloat, kUint8};
+  const char* GetName() const { return "QuantizeRows"; }
+  QuantizeRowsKernel* Make(const OrtKernelInfo*) const { return new QuantizeRowsKernel{}; }
+};
+
+struct DequantizeRowsOp : OpBase<DequantizeRowsOp, DequantizeRowsKernel> {
+  static constexpr std::array<InputSpec, 6> kInputs{
+      {{true, kInt32}, {true, kFloat}, {true, kUint8}, {true, kFloat}, {true, kInt32}, {false, kFloat}}};
+  static constexpr auto kOutputs = kOneFloatOutput;
+  const char* GetName() const { return "DequantizeRows"; }
+  DequantizeRowsKernel* Make(const OrtKernelInfo* info) const {
+    const std::string act = string_attribute(info, "activation").value_or("none");
+    if (act != "none" && act != "gelu")
+      throw std::invalid_argument("DequantizeRows: attribute 'activation' must be 'none' or 'gelu', got '" + act + "'");
+    return new DequantizeRowsKernel{act == "gelu" ? bort::Activation::kGelu : bort::Activation::kNone};
+  }
+};
+
 // Op objects and domains must outlive every session that uses them: keep them for the process.
 FusedAttentionOp g_fused_attention;
 PackedAttentionOp g_packed_attention;
 BiasGeluOp g_bias_gelu;
 SkipLayerNormOp g_skip_layernorm;
+QuantizeRowsOp g_quantize_rows;
+DequantizeRowsOp g_dequantize_rows;
 
 }  // namespace
 
@@ -394,7 +498,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   if (OrtStatus* st = ort->CreateCustomOpDomain(kDomain, &domain)) return st;
   domains.push_back(domain);
   for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&g_fused_attention, &g_packed_attention, &g_bias_gelu,
-                                                             &g_skip_layernorm}) {
+                                                             &g_skip_layernorm, &g_quantize_rows, &g_dequantize_rows}) {
     if (OrtStatus* st = ort->CustomOpDomain_Add(domain, op)) return st;
   }
   return ort->AddCustomOpDomain(options, domain);

@@ -12,7 +12,9 @@
 #include "attention.h"
 #include "bias_gelu.h"
 #include "cpu_dispatch.h"
+#include "dequantize_rows.h"
 #include "parallel.h"
+#include "quantize_rows.h"
 #include "shape_checks.h"
 #include "skip_layernorm.h"
 
@@ -169,6 +171,68 @@ py::array_t<float> skip_layernorm(const py::object& x_obj, const py::object& ski
   return out;
 }
 
+py::tuple quantize_rows(const py::object& x_obj) {
+  FloatArray x = as_float(x_obj, "x");
+  const bort::Shape shape = shape_of(x);
+  const bort::RowsDims dims = bort::check_quantize_rows(shape);
+  const bort::Shape leading(shape.begin(), shape.end() - 1);
+  py::array_t<uint8_t> q(shape);
+  py::array_t<float> scale(leading);
+  py::array_t<uint8_t> zero_point(leading);
+  const float* xp = x.data();
+  uint8_t *qp = q.mutable_data(), *zp = zero_point.mutable_data();
+  float* sp = scale.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bort::ThreadFor pf(g_num_threads.load());
+    bort::quantize_rows(xp, qp, sp, zp, dims.rows, dims.width, pf);
+  }
+  return py::make_tuple(q, scale, zero_point);
+}
+
+bort::Activation parse_activation(const std::string& name) {
+  if (name == "none") return bort::Activation::kNone;
+  if (name == "gelu") return bort::Activation::kGelu;
+  throw std::invalid_argument("activation must be 'none' or 'gelu', got '" + name + "'");
+}
+
+template <typename T>
+py::array_t<T, py::array::c_style | py::array::forcecast> as_exact(const py::object& obj, const char* name,
+                                                                  const char* expected) {
+  py::array arr = py::array::ensure(obj);
+  if (!arr || !arr.dtype().is(py::dtype::of<T>()))
+    throw std::invalid_argument(std::string(name) + " must be a " + expected + " array");
+  return py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(arr);
+}
+
+py::array_t<float> dequantize_rows(const py::object& acc_obj, const py::object& row_scale_obj,
+                                   const py::object& row_zero_point_obj, const py::object& weight_scale_obj,
+                                   const py::object& weight_colsum_obj, const py::object& bias_obj,
+                                   const std::string& activation) {
+  auto acc = as_exact<int32_t>(acc_obj, "acc", "int32");
+  FloatArray row_scale = as_float(row_scale_obj, "row_scale");
+  auto row_zero_point = as_exact<uint8_t>(row_zero_point_obj, "row_zero_point", "uint8");
+  FloatArray weight_scale = as_float(weight_scale_obj, "weight_scale");
+  auto weight_colsum = as_exact<int32_t>(weight_colsum_obj, "weight_colsum", "int32");
+  auto bias = as_optional_float(bias_obj, "bias");
+  const bort::Activation act = parse_activation(activation);
+  const bort::Shape bias_shape = bias ? shape_of(*bias) : bort::Shape{};
+  const bort::RowsDims dims =
+      bort::check_dequantize_rows(shape_of(acc), shape_of(row_scale), shape_of(row_zero_point), shape_of(weight_scale),
+                                  shape_of(weight_colsum), bias ? &bias_shape : nullptr);
+  py::array_t<float> out(shape_of(acc));
+  const int32_t *ap = acc.data(), *cp = weight_colsum.data();
+  const float *rsp = row_scale.data(), *wsp = weight_scale.data(), *bp = data_or_null(bias);
+  const uint8_t* zp = row_zero_point.data();
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bort::ThreadFor pf(g_num_threads.load());
+    bort::dequantize_rows(ap, rsp, zp, wsp, cp, bp, act, o, dims.rows, dims.width, pf);
+  }
+  return out;
+}
+
 py::array_t<float> erf_for_tests(const py::object& x_obj) {
   FloatArray x = as_float(x_obj, "x");
   py::array_t<float> out(shape_of(x));
@@ -198,6 +262,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("beta") = py::none(), py::arg("bias") = py::none(), py::arg("epsilon") = 1e-12f,
         py::arg("skip_scale") = py::none(),
         "LayerNorm(x + skip [* skip_scale] [+ bias]) * gamma [+ beta] over the last axis.");
+  m.def("quantize_rows", &quantize_rows, py::arg("x"),
+        "Per-row asymmetric uint8 quantization of float x [..., K] → (q uint8 [..., K], scale float32 [...], "
+        "zero_point uint8 [...]) with x ~= scale * (q - zero_point).");
+  m.def("dequantize_rows", &dequantize_rows, py::arg("acc"), py::arg("row_scale"), py::arg("row_zero_point"),
+        py::arg("weight_scale"), py::arg("weight_colsum"), py::arg("bias") = py::none(), py::arg("activation") = "none",
+        "act(row_scale[m] * weight_scale[n] * (acc[m, n] - row_zero_point[m] * weight_colsum[n]) + bias[n]) for "
+        "int32 acc [..., N]; activation 'none' or 'gelu'.");
   m.def("erf", &erf_for_tests, py::arg("x"), "erf with the active ISA's implementation (for testing the vectorised erf).");
   m.def("set_isa", &bort::set_isa, py::arg("isa"), "Select kernels: 'scalar', 'avx2' or 'auto' (best supported).");
   m.def("active_isa", [] { return std::string(bort::isa_name(bort::active_isa())); });

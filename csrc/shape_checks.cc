@@ -35,6 +35,18 @@ AttentionShape check_heads(const char* op, int64_t three_h, int64_t num_heads, c
   return shape;
 }
 
+// [..., width] → rows x width.
+RowsDims rows_of(const char* op, const char* name, const Shape& x) {
+  if (x.empty()) fail(std::string(op) + ": " + name + " must have rank >= 1, got a scalar");
+  RowsDims dims;
+  dims.width = x.back();
+  dims.rows = 1;
+  for (size_t i = 0; i + 1 < x.size(); ++i)
+    if (__builtin_mul_overflow(dims.rows, x[i], &dims.rows))  // only an empty tensor can claim such a shape
+      fail(std::string(op) + ": " + name + " shape " + shape_str(x) + " is too large");
+  return dims;
+}
+
 }  // namespace
 
 std::string shape_str(const Shape& s) {
@@ -106,24 +118,35 @@ PackedAttentionDims check_packed_attention(const Shape& qkv, const Shape* bias, 
 
 RowsDims check_bias_gelu(const Shape& x, const Shape& bias) {
   const char* op = "BiasGelu";
-  if (x.empty()) fail(std::string(op) + ": x must have rank >= 1, got a scalar");
-  RowsDims dims;
-  dims.width = x.back();
-  dims.rows = 1;
-  for (size_t i = 0; i + 1 < x.size(); ++i) dims.rows *= x[i];
+  const RowsDims dims = rows_of(op, "x", x);
   check_vector(op, "bias", &bias, dims.width);
+  return dims;
+}
+
+RowsDims check_quantize_rows(const Shape& x) { return rows_of("QuantizeRows", "x", x); }
+
+RowsDims check_dequantize_rows(const Shape& acc, const Shape& row_scale, const Shape& row_zero_point,
+                               const Shape& weight_scale, const Shape& weight_colsum, const Shape* bias) {
+  const char* op = "DequantizeRows";
+  const RowsDims dims = rows_of(op, "acc", acc);
+  const Shape leading(acc.begin(), acc.end() - 1);
+  if (row_scale != leading)
+    fail(std::string(op) + ": row_scale must have acc's leading shape " + shape_str(leading) + ", got " +
+         shape_str(row_scale));
+  if (row_zero_point != leading)
+    fail(std::string(op) + ": row_zero_point must have acc's leading shape " + shape_str(leading) + ", got " +
+         shape_str(row_zero_point));
+  check_vector(op, "weight_scale", &weight_scale, dims.width);
+  check_vector(op, "weight_colsum", &weight_colsum, dims.width);
+  check_vector(op, "bias", bias, dims.width);
   return dims;
 }
 
 RowsDims check_skip_layernorm(const Shape& x, const Shape& skip, const Shape& gamma, const Shape* beta,
                               const Shape* bias, const Shape* skip_scale, float epsilon) {
   const char* op = "SkipLayerNorm";
-  if (x.empty()) fail(std::string(op) + ": x must have rank >= 1, got a scalar");
+  const RowsDims dims = rows_of(op, "x", x);
   if (skip != x) fail(std::string(op) + ": skip must have the shape of x " + shape_str(x) + ", got " + shape_str(skip));
-  RowsDims dims;
-  dims.width = x.back();
-  dims.rows = 1;
-  for (size_t i = 0; i + 1 < x.size(); ++i) dims.rows *= x[i];
   check_vector(op, "gamma", &gamma, dims.width);
   check_vector(op, "beta", beta, dims.width);
   check_vector(op, "bias", bias, dims.width);

@@ -49,6 +49,13 @@ struct RowsDims {
 // x [..., N], bias [N].
 RowsDims check_bias_gelu(const Shape& x, const Shape& bias);
 
+// x [..., K].
+RowsDims check_quantize_rows(const Shape& x);
+
+// acc [..., N]; row_scale and row_zero_point acc's leading shape; weight_scale, weight_colsum [N]; bias [N] or null.
+RowsDims check_dequantize_rows(const Shape& acc, const Shape& row_scale, const Shape& row_zero_point,
+                               const Shape& weight_scale, const Shape& weight_colsum, const Shape* bias);
+
 // x [..., H], skip same shape as x, gamma [H], beta/bias/skip_scale [H] or null.
 RowsDims check_skip_layernorm(const Shape& x, const Shape& skip, const Shape& gamma, const Shape* beta,
                               const Shape* bias, const Shape* skip_scale, float epsilon);

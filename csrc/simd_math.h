@@ -62,6 +62,20 @@ BORT_AVX2_INLINE float hsum_ps(__m256 v) {
   return _mm_cvtss_f32(s);
 }
 
+BORT_AVX2_INLINE float hmin_ps(__m256 v) {
+  __m128 s = _mm_min_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_min_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_min_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+// Exact (erf) GELU of 8 floats: 0.5 v (1 + erf(v / sqrt 2)).
+BORT_AVX2_INLINE __m256 gelu_ps(__m256 v) {
+  const __m256 half_v = _mm256_mul_ps(v, _mm256_set1_ps(0.5f));
+  const __m256 e = erf_ps(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752440f)));
+  return _mm256_fmadd_ps(half_v, e, half_v);
+}
+
 BORT_AVX2_INLINE float hmax_ps(__m256 v) {
   __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_max_ps(s, _mm_movehl_ps(s, s));

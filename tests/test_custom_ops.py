@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .test_kernels import (C, TOL, make_mask, ref_attention, ref_gelu, ref_packed_attention, ref_skip_layernorm,
-                           rel_err)
+from .test_kernels import (C, TOL, make_mask, ref_attention, ref_dequantize_rows, ref_gelu, ref_packed_attention,
+                           ref_quantize_rows, ref_skip_layernorm, rel_err)
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -17,20 +17,24 @@ ORT_ERRORS = (ort.capi.onnxruntime_pybind11_state.Fail, ort.capi.onnxruntime_pyb
               ort.capi.onnxruntime_pybind11_state.RuntimeException,
               ort.capi.onnxruntime_pybind11_state.InvalidGraph)
 ELEM = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE, np.int32: TensorProto.INT32,
-        np.int64: TensorProto.INT64, np.float16: TensorProto.FLOAT16}
+        np.int64: TensorProto.INT64, np.float16: TensorProto.FLOAT16, np.uint8: TensorProto.UINT8,
+        np.int8: TensorProto.INT8}
 
 
 def one_node_session(op, feeds: dict, attrs: dict | None = None, input_names=None, threads: int = 1,
-                     ranks: dict | None = None):
+                     output_types=(TensorProto.FLOAT,)):
     """Session of a graph holding one `op` node whose graph inputs are the (non-None) feeds.
 
     input_names: the node's input list (use "" for an absent optional input); defaults to feeds' keys.
+    output_types: element type of each of the node's outputs.
     """
     names = list(feeds) if input_names is None else input_names
     graph_inputs = [helper.make_tensor_value_info(n, ELEM[feeds[n].dtype.type], [None] * feeds[n].ndim)
                     for n in names if n]
-    node = helper.make_node(op, names, ["out"], domain=DOMAIN, **(attrs or {}))
-    graph = helper.make_graph([node], "g", graph_inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    outputs = ["out"] + [f"out{i}" for i in range(1, len(output_types))]
+    node = helper.make_node(op, names, outputs, domain=DOMAIN, **(attrs or {}))
+    graph = helper.make_graph([node], "g", graph_inputs,
+                              [helper.make_tensor_value_info(o, t, None) for o, t in zip(outputs, output_types)])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
     so = ort.SessionOptions()
     so.register_custom_ops_library(C.__file__)
@@ -39,8 +43,12 @@ def one_node_session(op, feeds: dict, attrs: dict | None = None, input_names=Non
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+QUANTIZE_ROWS_OUTPUTS = (TensorProto.UINT8, TensorProto.FLOAT, TensorProto.UINT8)
+
+
 def run(op, feeds, attrs=None, input_names=None, threads=1):
-    sess = one_node_session(op, feeds, attrs, input_names, threads)
+    output_types = QUANTIZE_ROWS_OUTPUTS if op == "QuantizeRows" else (TensorProto.FLOAT,)
+    sess = one_node_session(op, feeds, attrs, input_names, threads, output_types)
     return sess.run(None, {k: v for k, v in feeds.items() if k})[0]
 
 
@@ -143,6 +151,57 @@ def test_skip_layernorm_default_epsilon():
     feeds = {"x": x, "skip": np.zeros_like(x), "gamma": np.ones(64, np.float32)}
     out = run("SkipLayerNorm", feeds)
     assert rel_err(out, ref_skip_layernorm(x, 0, 1, None, None, 1e-12)) <= TOL
+
+
+def int8_linear_session(weight_int8, weight_scale, bias, activation, threads):
+    """QuantizeRows → onnxruntime MatMulInteger → DequantizeRows: the int8 linear the exporter emits."""
+    colsum = weight_int8.astype(np.int32).sum(axis=0).astype(np.int32)
+    inits = [onnx.numpy_helper.from_array(weight_int8, "w"), onnx.numpy_helper.from_array(weight_scale, "ws"),
+             onnx.numpy_helper.from_array(colsum, "colsum"), onnx.numpy_helper.from_array(bias, "bias")]
+    nodes = [helper.make_node("QuantizeRows", ["x"], ["xq", "xs", "xz"], domain=DOMAIN),
+             helper.make_node("MatMulInteger", ["xq", "w"], ["acc"]),
+             helper.make_node("DequantizeRows", ["acc", "xs", "xz", "ws", "colsum", "bias"], ["y"], domain=DOMAIN,
+                              activation=activation)]
+    graph = helper.make_graph(nodes, "int8_linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(C.__file__)
+    so.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+@pytest.mark.parametrize("activation", ["none", "gelu"])
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int8_linear_chain(activation, threads):
+    rng = np.random.default_rng(7)
+    x = (rng.standard_normal((77, 384)) * 3 + 0.5).astype(np.float32)
+    x[5] *= 40  # an outlier row must not cost the other rows their resolution
+    w = rng.standard_normal((384, 200)).astype(np.float32)
+    ws = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    wq = np.clip(np.rint(w / ws), -127, 127).astype(np.int8)
+    bias = rng.standard_normal(200).astype(np.float32)
+    out = int8_linear_session(wq, ws, bias, activation, threads).run(None, {"x": x})[0]
+    # Exactly the math of the two kernels around an exact integer GEMM...
+    q, s, z = ref_quantize_rows(x)
+    acc = q.astype(np.int64) @ wq.astype(np.int64)
+    colsum = wq.astype(np.int64).sum(axis=0)
+    assert rel_err(out, ref_dequantize_rows(acc, s, z, ws, colsum, bias, activation)) <= TOL
+    # ...and close to the float product: each row's error is bounded by its own step, outlier or not.
+    exact = x.astype(np.float64) @ (wq * ws.astype(np.float64)) + bias
+    if activation == "gelu":
+        exact = ref_gelu(exact, 0.0)
+    bound = (s[:, None] * 0.5 * np.abs(wq * ws.astype(np.float64)).sum(axis=0)) * 1.01 + 1e-4
+    assert (np.abs(out - exact) <= bound).all()
+
+
+def test_quantize_rows_op_matches_kernel():
+    x = np.random.default_rng(8).standard_normal((3, 5, 70)).astype(np.float32)
+    q, s, z = one_node_session("QuantizeRows", {"x": x}, output_types=QUANTIZE_ROWS_OUTPUTS).run(None, {"x": x})
+    rq, rs, rz = ref_quantize_rows(x)
+    np.testing.assert_array_equal(q, rq)
+    np.testing.assert_array_equal(s, rs)
+    np.testing.assert_array_equal(z, rz)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -265,6 +324,29 @@ def test_packed_attention_rejects_wrong_rank_and_dtype():
     expect_failure("rank 2", "PackedAttention", {"qkv": Q, "bias": B, "cu_seqlens": cu}, {"num_heads": 1})
     expect_failure("cu_seqlens' must be int32 or int64",
                    "PackedAttention", {"qkv": Q[0], "bias": B, "cu_seqlens": cu.astype(np.float32)}, {"num_heads": 1})
+
+
+ACC = np.zeros((2, 4), np.int32)
+DQ = {"acc": ACC, "row_scale": np.ones(2, np.float32), "row_zero_point": np.zeros(2, np.uint8),
+      "weight_scale": np.ones(4, np.float32), "weight_colsum": np.zeros(4, np.int32)}
+
+
+@pytest.mark.parametrize("change,attrs,match", [
+    ({"row_scale": np.ones(3, np.float32)}, {}, "row_scale must have acc's leading shape"),
+    ({"row_zero_point": np.zeros((2, 2), np.uint8)}, {}, "row_zero_point must have acc's leading shape"),
+    ({"weight_scale": np.ones(5, np.float32)}, {}, "weight_scale must have shape \\[4\\]"),
+    ({"weight_colsum": np.zeros(2, np.int32)}, {}, "weight_colsum must have shape \\[4\\]"),
+    ({"acc": np.zeros(4, np.int32), "row_scale": np.ones(1, np.float32)}, {}, "row_scale must have acc's leading"),
+    ({}, {"activation": "tanh"}, "'activation' must be 'none' or 'gelu'"),
+])
+def test_dequantize_rows_rejects(change, attrs, match):
+    expect_failure(match, "DequantizeRows", {**DQ, **change}, attrs)
+
+
+def test_quantize_rows_rejects_scalar_and_wrong_dtype():
+    expect_failure("rank >= 1", "QuantizeRows", {"x": np.array(1.0, np.float32)})
+    with pytest.raises(ORT_ERRORS):
+        run("QuantizeRows", {"x": np.zeros((2, 3), np.float64)})
 
 
 def test_bias_gelu_rejects_scalar_input():

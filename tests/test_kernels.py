@@ -471,6 +471,119 @@ def test_skip_layernorm_validation(kwargs, match):
 
 
 # ----------------------------------------------------------------------------------------------
+# QuantizeRows / DequantizeRows (the two sides of an int8 GEMM with per-row activation scales)
+
+def ref_quantize_rows(x):
+    """The kernel's float32 arithmetic, step by step: bit-exact expectations."""
+    x = np.asarray(x, np.float32)
+    flat = x.reshape(int(np.prod(x.shape[:-1])), x.shape[-1])
+    with np.errstate(invalid="ignore", over="ignore", divide="ignore"):
+        lo = np.fmin(np.nanmin(np.where(np.isnan(flat), 0, flat), axis=1, initial=0), np.float32(0))
+        hi = np.fmax(np.nanmax(np.where(np.isnan(flat), 0, flat), axis=1, initial=0), np.float32(0))
+        scale = ((hi - lo) / np.float32(255)).astype(np.float32)
+        scale = np.where((scale > 0) & np.isfinite(scale), scale, np.float32(1)).astype(np.float32)
+        zp = np.clip(np.rint(-lo / scale), 0, 255).astype(np.float32)
+        inv = (np.float32(1) / scale).astype(np.float32)
+        q = np.rint(flat * inv[:, None]) + zp[:, None]
+        q = np.where(np.isnan(q), 0, np.clip(q, 0, 255))
+    lead = x.shape[:-1]
+    return q.astype(np.uint8).reshape(x.shape), scale.reshape(lead), zp.astype(np.uint8).reshape(lead)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@FAST
+@given(lead=st.lists(st.integers(1, 5), min_size=0, max_size=2), k=st.integers(0, 1100),
+       scale=st.sampled_from([1e-3, 1.0, 50.0]), shift=st.sampled_from([0.0, 3.0, -3.0]),
+       seed=st.integers(0, 2**31 - 1))
+def test_quantize_rows_matches_reference_bit_for_bit(isa, lead, k, scale, shift, seed):
+    rng = np.random.default_rng(seed)
+    x = ((rng.standard_normal((*lead, k)) + shift) * scale).astype(np.float32)
+    with use_isa(isa):
+        q, s, z = C.quantize_rows(x)
+    rq, rs, rz = ref_quantize_rows(x)
+    np.testing.assert_array_equal(q, rq)
+    np.testing.assert_array_equal(s, rs)
+    np.testing.assert_array_equal(z, rz)
+    # Round trip: every value within half a step (plus float rounding) of the input; 0 stays exact.
+    back = s[..., None].astype(np.float64) * (q.astype(np.float64) - z[..., None])
+    assert np.all(np.abs(back - x) <= s[..., None] * 0.5001 + 1e-30)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_quantize_rows_edge_rows(isa):
+    x = np.array([[0.0] * 40,                      # all zero: scale 1, exact zeros
+                  [5.0] * 40,                      # all positive: zero point 0
+                  [-2.0] * 40,                     # all negative: zero point 255
+                  [np.nan, 1.0, -1.0] + [0.5] * 37,  # NaN: defined (clamped) value, others unaffected
+                  [np.inf, 1.0] + [0.0] * 38],
+                 np.float32)
+    with use_isa(isa):
+        q, s, z = C.quantize_rows(x)
+    rq, rs, rz = ref_quantize_rows(x)
+    np.testing.assert_array_equal(q, rq)
+    np.testing.assert_array_equal(s, rs)
+    np.testing.assert_array_equal(z, rz)
+    assert (q[0] == 0).all() and s[0] == 1 and z[0] == 0
+    assert z[1] == 0 and q[1].max() == 255 and z[2] == 255 and q[2].max() == 0
+
+
+def ref_dequantize_rows(acc, row_scale, row_zero_point, weight_scale, weight_colsum, bias, activation):
+    y = (row_scale.astype(np.float64)[..., None] * weight_scale *
+         (acc.astype(np.float64) - row_zero_point.astype(np.float64)[..., None] * weight_colsum))
+    if bias is not None:
+        y = y + bias
+    return ref_gelu(y, 0.0) if activation == "gelu" else y
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@FAST
+@given(lead=st.lists(st.integers(1, 5), min_size=0, max_size=2), n=st.integers(1, 1100),
+       with_bias=st.booleans(), activation=st.sampled_from(["none", "gelu"]), seed=st.integers(0, 2**31 - 1))
+def test_dequantize_rows_matches_reference(isa, lead, n, with_bias, activation, seed):
+    rng = np.random.default_rng(seed)
+    acc = rng.integers(-2**24, 2**24, size=(*lead, n)).astype(np.int32)
+    row_scale = rng.uniform(1e-4, 1e-2, size=lead).astype(np.float32)
+    row_zp = rng.integers(0, 256, size=lead).astype(np.uint8)
+    weight_scale = rng.uniform(1e-4, 1e-2, n).astype(np.float32)
+    colsum = rng.integers(-20_000, 20_000, n).astype(np.int32)
+    bias = rng.standard_normal(n).astype(np.float32) if with_bias else None
+    with use_isa(isa):
+        out = C.dequantize_rows(acc, row_scale, row_zp, weight_scale, colsum, bias, activation)
+    assert out.shape == acc.shape and out.dtype == np.float32
+    assert rel_err(out, ref_dequantize_rows(acc, row_scale, row_zp, weight_scale, colsum, bias, activation)) <= TOL
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_dequantize_rows_wraps_instead_of_overflowing(isa):
+    # Hostile accumulators: the integer term wraps (defined behaviour under UBSan), never traps.
+    acc = np.array([[2**31 - 1, -2**31, 0]], np.int32)
+    with use_isa(isa):
+        out = C.dequantize_rows(acc, np.ones(1, np.float32), np.array([255], np.uint8), np.ones(3, np.float32),
+                                np.array([2**31 - 1, 2**31 - 1, -2**31], np.int32))
+    assert out.shape == (1, 3) and np.isfinite(out).all()
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(acc=np.zeros((2, 4), np.int64)), "acc must be a int32 array"),
+    (dict(row_scale=np.ones(3, np.float32)), "row_scale must have acc's leading shape \\[2\\]"),
+    (dict(row_zero_point=np.zeros(2, np.int32)), "row_zero_point must be a uint8 array"),
+    (dict(row_zero_point=np.zeros((2, 1), np.uint8)), "row_zero_point must have acc's leading shape"),
+    (dict(weight_scale=np.ones(5, np.float32)), "weight_scale must have shape \\[4\\]"),
+    (dict(weight_colsum=np.zeros(4, np.float32)), "weight_colsum must be a int32 array"),
+    (dict(weight_colsum=np.zeros(3, np.int32)), "weight_colsum must have shape \\[4\\]"),
+    (dict(bias=np.zeros(3, np.float32)), "bias must have shape \\[4\\]"),
+    (dict(activation="relu"), "activation must be 'none' or 'gelu'"),
+    (dict(acc=np.zeros((), np.int32)), "rank >= 1"),
+])
+def test_dequantize_rows_validation(kwargs, match):
+    args = dict(acc=np.zeros((2, 4), np.int32), row_scale=np.ones(2, np.float32), row_zero_point=np.zeros(2, np.uint8),
+                weight_scale=np.ones(4, np.float32), weight_colsum=np.zeros(4, np.int32), bias=None, activation="none")
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        C.dequantize_rows(**args)
+
+
+# ----------------------------------------------------------------------------------------------
 # ISA selection
 
 def test_set_isa_rejects_unknown_names():

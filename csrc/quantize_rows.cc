@@ -1,0 +1,118 @@
+#include "quantize_rows.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "cpu_dispatch.h"
+#include "simd_math.h"
+
+namespace bort {
+namespace {
+
+struct RowParams {
+  float scale;
+  float inv_scale;
+  float zero_point;
+};
+
+// From the row's range (which includes 0). fmin/fmax drop NaNs; a NaN or infinite range gives scale 1.
+RowParams params_from_range(float lo, float hi) {
+  lo = std::fmin(lo, 0.0f);
+  hi = std::fmax(hi, 0.0f);
+  float scale = (hi - lo) / 255.0f;
+  if (!(scale > 0.0f) || !std::isfinite(scale)) scale = 1.0f;
+  const float zero_point = std::fmin(std::fmax(std::nearbyint(-lo / scale), 0.0f), 255.0f);
+  return {scale, 1.0f / scale, zero_point};
+}
+
+// Shared by both paths so that they agree bit for bit: clamp in float (NaN → 0), then round half to even.
+inline uint8_t quantize_one(float x, const RowParams& p) {
+  const float v = std::fmin(std::fmax(std::nearbyint(x * p.inv_scale) + p.zero_point, 0.0f), 255.0f);
+  return static_cast<uint8_t>(v);
+}
+
+void quantize_rows_scalar(const float* x, uint8_t* q, float* scale, uint8_t* zero_point, int64_t rows, int64_t k) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * k;
+    float lo = 0.0f, hi = 0.0f;
+    for (int64_t i = 0; i < k; ++i) {
+      lo = std::fmin(lo, xr[i]);
+      hi = std::fmax(hi, xr[i]);
+    }
+    const RowParams p = params_from_range(lo, hi);
+    for (int64_t i = 0; i < k; ++i) q[r * k + i] = quantize_one(xr[i], p);
+    scale[r] = p.scale;
+    zero_point[r] = static_cast<uint8_t>(p.zero_point);
+  }
+}
+
+// 8 floats → 8 int32 in [0, 255], exactly as quantize_one: round half to even, clamp (NaN → 0).
+BORT_AVX2_INLINE __m256i quantize8(const float* src, __m256 inv, __m256 zp) {
+  const __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(src), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  // max_ps returns its second operand when the first is NaN.
+  return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, zp), _mm256_setzero_ps()),
+                                          _mm256_set1_ps(255.0f)));
+}
+
+BORT_AVX2 void quantize_rows_avx2(const float* x, uint8_t* q, float* scale, uint8_t* zero_point, int64_t rows,
+                                  int64_t k) {
+  const int64_t kv = k & ~int64_t{31};
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * k;
+    uint8_t* qr = q + r * k;
+    // max_ps/min_ps return the second operand when the first is NaN: NaNs never win, as with fmin/fmax.
+    __m256 vlo = _mm256_setzero_ps(), vhi = _mm256_setzero_ps();
+    int64_t i = 0;
+    for (; i + 8 <= k; i += 8) {
+      const __m256 v = _mm256_loadu_ps(xr + i);
+      vlo = _mm256_min_ps(v, vlo);
+      vhi = _mm256_max_ps(v, vhi);
+    }
+    float lo = simd::hmin_ps(vlo);
+    float hi = simd::hmax_ps(vhi);
+    for (; i < k; ++i) {
+      lo = std::fmin(lo, xr[i]);
+      hi = std::fmax(hi, xr[i]);
+    }
+    const RowParams p = params_from_range(lo, hi);
+    const __m256 inv = _mm256_set1_ps(p.inv_scale), zp = _mm256_set1_ps(p.zero_point);
+    for (i = 0; i < kv; i += 32) {
+      // 32 floats → 32 bytes: pack 4 x 8 int32 → 16-bit → 8-bit, then undo the lane interleave.
+      const __m256i a = quantize8(xr + i, inv, zp), b = quantize8(xr + i + 8, inv, zp),
+                    c = quantize8(xr + i + 16, inv, zp), d = quantize8(xr + i + 24, inv, zp);
+      const __m256i ab = _mm256_packus_epi32(a, b), cd = _mm256_packus_epi32(c, d);
+      const __m256i bytes = _mm256_packus_epi16(ab, cd);
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(qr + i),
+                          _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7)));
+    }
+    for (; i < k; ++i) qr[i] = quantize_one(xr[i], p);
+    scale[r] = p.scale;
+    zero_point[r] = static_cast<uint8_t>(p.zero_point);
+  }
+}
+
+}  // namespace
+
+void quantize_rows(const float* x, uint8_t* q, float* scale, uint8_t* zero_point, int64_t rows, int64_t k,
+                   const ParallelFor& pf) {
+  if (rows <= 0) return;
+  if (k <= 0) {
+    std::fill(scale, scale + rows, 1.0f);
+    std::fill(zero_point, zero_point + rows, uint8_t{0});
+    return;
+  }
+  const bool avx2 = active_isa() == Isa::kAvx2;
+  const size_t rows_per_min_task = std::max<int64_t>(1, (int64_t{1} << 13) / k);
+  const size_t tasks = choose_num_tasks(static_cast<size_t>(rows), rows_per_min_task, pf.concurrency());
+  const int64_t per_task = (rows + static_cast<int64_t>(tasks) - 1) / static_cast<int64_t>(tasks);
+  pf.run(tasks, [&](size_t t) {
+    const int64_t r0 = static_cast<int64_t>(t) * per_task, r1 = std::min(rows, r0 + per_task);
+    if (r0 >= r1) return;
+    if (avx2)
+      quantize_rows_avx2(x + r0 * k, q + r0 * k, scale + r0, zero_point + r0, r1 - r0, k);
+    else
+      quantize_rows_scalar(x + r0 * k, q + r0 * k, scale + r0, zero_point + r0, r1 - r0, k);
+  });
+}
+
+}  // namespace bort
