@@ -48,5 +48,5 @@ setup(
     cmdclass={"build_ext": BuildExt},
     packages=["bort_infer", "bort_infer.build", "bort_infer.bench", "bort_infer.models"],
     package_dir={"bort_infer.models": "models"},
-    package_data={"bort_infer.models": ["*.json"]},
+    package_data={"bort_infer.models": ["*.json"], "bort_infer.build": ["data/*.txt"]},
 )

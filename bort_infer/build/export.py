@@ -21,6 +21,7 @@ from .. import __version__
 from ..model_dir import METADATA_FILE, ModelMetadata
 from . import hf
 from .graph_rewrite import FORMS, PACKED_INPUTS, PADDED_INPUTS, emit, fuse_with_onnxruntime, ops_used, recognize
+from .quantize import make_gate
 from .onnx_export import INPUTS as PLAIN_INPUTS
 from .onnx_export import OUTPUT, export_plain_onnx
 
@@ -68,8 +69,9 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
 
     custom_ops: rewrite onto bort-infer's fused kernels (default) or keep onnxruntime's plain graph.
     form: "packed" (default with custom ops: padding-free, CLS-only last layer) or "padded".
-    quantize: None (fp32) or "int8"; max_drop and calibration_texts tune the int8 fidelity gate
-    (see bort_infer.build.quantize).
+    quantize: None (fp32) or "int8". max_drop: the int8 fidelity gate (default
+    bort_infer.build.quantize.DEFAULT_MAX_DROP); calibration_texts: texts for the int8 search (default:
+    the built-in calibration set). See bort_infer.build.quantize.
     """
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
@@ -79,21 +81,22 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
         raise ValueError(f"unknown graph form {form!r}; choose one of {', '.join(FORMS)}")
     if form == "packed" and not custom_ops:
         raise ValueError("the packed graph form runs on bort-infer's ops; it needs custom ops")
-    if max_drop is not None and quantize is None:
-        raise ValueError("--max-drop applies to a quantized export (--quantize int8)")
+    if quantize is None and (max_drop is not None or calibration_texts):
+        raise ValueError("--max-drop and calibration texts apply to a quantized export (--quantize int8)")
+    gate = make_gate(max_drop) if quantize else None
     out = Path(out)
     _prepare_output(out, overwrite)
     directory = hf.resolve_source(src)
     config = hf.read_config(directory)
 
-    steps = ["load", "export", "rewrite", "quantize", "parity", "write"]
-    bar = _progress(steps)
+    bar = _progress(["load", "export", "rewrite", "parity", "quantize", "write"])
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         bar.set_postfix_str("loading the checkpoint")
         defaults = hf.pipeline_defaults(directory, config)
         tokenizer, _ = hf.load_fast_tokenizer(directory, defaults.max_length)
         encoder = hf.load_encoder(directory, attn_implementation="eager")
+        tokenizer.save(str(tmp / "tokenizer.json"), pretty=False)
         bar.update()
 
         bar.set_postfix_str("torch.onnx export")
@@ -102,60 +105,57 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
 
         import onnx
 
-        fidelity = None
+        bar.set_postfix_str("graph rewrite onto bort-infer ops" if custom_ops else "plain graph")
         if custom_ops:
-            bar.set_postfix_str("graph rewrite onto bort-infer ops")
             enc = recognize(fuse_with_onnxruntime(plain_path, config["num_attention_heads"], config["hidden_size"]))
             fp32_model = emit(enc, form)
-            bar.update()
-            model = fp32_model
-            if quantize == "int8":
-                from .quantize import quantize_encoder
-
-                bar.set_postfix_str("int8 quantization and fidelity")
-                model, fidelity = quantize_encoder(enc, form, fp32_model, tokenizer, defaults,
-                                                   calibration_texts=calibration_texts, max_drop=max_drop)
-            bar.update()
-            inputs = PACKED_INPUTS if form == "packed" else PADDED_INPUTS
-            onnx.save(model, str(tmp / "model.onnx"))
             plain_path.unlink()
         else:
-            bar.update()
-            inputs = PLAIN_INPUTS
-            model_path = tmp / "model.onnx"
-            if quantize == "int8":
-                from .quantize import quantize_plain_dynamic
-
-                bar.set_postfix_str("onnxruntime dynamic int8")
-                quantize_plain_dynamic(plain_path, model_path)
-                plain_path.unlink()
-            else:
-                plain_path.rename(model_path)
-            model = onnx.load(str(model_path), load_external_data=False)
-            bar.update()
-        tokenizer.save(str(tmp / "tokenizer.json"))
-
+            fp32_model = onnx.load(str(plain_path))
+        inputs = (PACKED_INPUTS if form == "packed" else PADDED_INPUTS) if custom_ops else PLAIN_INPUTS
+        onnx.save(fp32_model, str(tmp / "model.onnx"))
+        fp32_bytes = (tmp / "model.onnx").stat().st_size
         meta = ModelMetadata(
             architecture=(config.get("architectures") or ["BertModel"])[0], hidden_size=config["hidden_size"],
             num_layers=config["num_hidden_layers"], num_heads=config["num_attention_heads"],
             max_length=defaults.max_length, pooling=defaults.pooling, normalize=defaults.normalize,
-            precision=quantize or "fp32", pad_token_id=int(config.get("pad_token_id") or 0),
-            inputs=tuple(inputs), output=OUTPUT, custom_ops=tuple(ops_used(model)),
-            versions=_versions(), source={"path": str(directory), "sha256": hf.weights_sha256(directory),
-                                          "model_type": config["model_type"], "defaults_from": defaults.origin},
-            fidelity=fidelity)
-        meta.write(tmp)
-
-        bar.set_postfix_str("parity against PyTorch")
-        if quantize is None:
-            parity = check_parity(tmp, encoder, tokenizer, defaults.max_length)
-        else:
-            parity = fidelity.get("fp32_parity") if fidelity else None
-        meta = dataclasses.replace(meta, source={**meta.source, "parity_vs_pytorch": parity})
+            precision="fp32", pad_token_id=int(config.get("pad_token_id") or 0), inputs=tuple(inputs), output=OUTPUT,
+            custom_ops=tuple(ops_used(fp32_model)), versions=_versions(),
+            source={"path": str(directory), "sha256": hf.weights_sha256(directory), "model_type": config["model_type"],
+                    "defaults_from": defaults.origin})
         meta.write(tmp)
         bar.update()
 
+        bar.set_postfix_str("parity against PyTorch")
+        parity = check_parity(tmp, encoder, tokenizer, defaults.max_length)
+        meta = dataclasses.replace(meta, source={**meta.source, "parity_vs_pytorch": parity})
+        bar.update()
+
+        if quantize == "int8":
+            from . import quantize as q
+
+            bar.set_postfix_str("int8 quantization and fidelity")
+            probe = _Probe(tmp / ".probe", tmp / "tokenizer.json", meta)
+            if custom_ops:
+                model, report = q.quantize_encoder(enc, form, probe.embed, probe.run_packed_graph, calibration_texts,
+                                                   gate)
+                onnx.save(model, str(tmp / "model.onnx"))
+            else:
+                q.quantize_plain_dynamic(plain_path, tmp / "model.onnx")
+                plain_path.unlink()
+                model = onnx.load(str(tmp / "model.onnx"))
+                report = {"weights": "int8 per channel (onnxruntime quantize_dynamic)",
+                          "activations": "u8, per-tensor range computed per batch",
+                          **q.measure_and_gate(model, fp32_model, probe.embed, gate)}
+            shutil.rmtree(probe.directory, ignore_errors=True)
+            report["size_bytes"] = {"fp32_model": fp32_bytes, "int8_model": (tmp / "model.onnx").stat().st_size}
+            meta = dataclasses.replace(meta, precision="int8", custom_ops=tuple(ops_used(model)), fidelity=report)
+        elif not custom_ops:
+            plain_path.unlink()
+        bar.update()
+
         bar.set_postfix_str("writing")
+        meta.write(tmp)
         if out.exists():
             shutil.rmtree(out)
         os.replace(tmp, out)
@@ -166,6 +166,48 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s → %s (%s, %s)", src, out, meta.precision, ", ".join(meta.custom_ops) or "no custom ops")
     return meta
+
+
+class _Probe:
+    """Runs candidate graphs during the int8 search through the real run time (a scratch model directory
+    and a Session), so what is measured is what users get."""
+
+    def __init__(self, directory: Path, tokenizer_file: Path, meta: ModelMetadata):
+        self.directory, self.meta = directory, meta
+        directory.mkdir(exist_ok=True)
+        shutil.copy(tokenizer_file, directory / "tokenizer.json")
+        self.tokenizer_file = tokenizer_file
+
+    def embed(self, model, texts: list[str]) -> np.ndarray:
+        """Pooled (model default), unnormalized vectors of `texts` under `model`."""
+        import onnx
+
+        from ..session import Session
+
+        inputs = tuple(i.name for i in model.graph.input)
+        onnx.save(model, str(self.directory / "model.onnx"))
+        dataclasses.replace(self.meta, inputs=inputs, custom_ops=tuple(ops_used(model))).write(self.directory)
+        return Session(self.directory).encode(texts, batch_size=64, normalize=False)
+
+    def run_packed_graph(self, model, outputs: list[str], texts: list[str]):
+        """(output name, value) for each of `outputs` of a packed graph, over batches of `texts`."""
+        import onnxruntime as ort
+        from tokenizers import Tokenizer
+
+        from .. import custom_op_library
+
+        options = ort.SessionOptions()
+        options.register_custom_ops_library(custom_op_library())
+        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        tokenizer = Tokenizer.from_file(str(self.tokenizer_file))
+        for start in range(0, len(texts), 64):
+            encodings = tokenizer.encode_batch(texts[start:start + 64])
+            lengths = np.array([len(e.ids) for e in encodings], dtype=np.int64)
+            cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+            feeds = {"input_ids": np.concatenate([e.ids for e in encodings]).astype(np.int64),
+                     "position_ids": np.concatenate([np.arange(n) for n in lengths]).astype(np.int64),
+                     "cu_seqlens": cu, "query_rows": np.arange(cu[-1], dtype=np.int64)}
+            yield from zip(outputs, session.run(outputs, feeds))
 
 
 def _versions() -> dict[str, str]:

@@ -6,8 +6,8 @@
    with the layer and the pattern named (EncoderPatternError): a model is rewritten whole or not at all,
    never left half on slower ops.
 3. `emit` writes the encoder as a new graph on our ops (domain ai.bort_infer): the QKV, attention output
-   and FFN projections stay GEMMs (fp32 MatMul, or int8 DynamicQuantizeMatMul when quantized), the
-   attention core, bias+GELU and residual+LayerNorm run on our kernels.
+   and FFN projections stay GEMMs (fp32 MatMul; int8: QuantizeRows → MatMulInteger → DequantizeRows),
+   the attention core, bias+GELU and residual+LayerNorm run on our kernels.
 
 Two graph forms:
 - padded: inputs input_ids, attention_mask [batch, seq]; output last_hidden_state [batch, seq, hidden];
@@ -57,6 +57,10 @@ class Layer:
     ln2_gamma: np.ndarray
     ln2_beta: np.ndarray | None
     ln2_eps: float
+    # Set by activation smoothing (bort_infer.build.quantize): the residual into ln1 / ln2 arrives divided
+    # per channel by these and is multiplied back inside SkipLayerNorm.
+    ln1_skip_scale: np.ndarray | None = None
+    ln2_skip_scale: np.ndarray | None = None
 
 
 @dataclass
@@ -228,15 +232,13 @@ def recognize(model) -> Encoder:
 
 @dataclass
 class QuantizedLinear:
-    """int8 weights with one scale per output column; `smooth` [K] divides the activation first (the
-    weight rows were multiplied by it), moving outlier channels' range from activations into weights."""
+    """int8 weights with one scale per output column."""
 
     weight: np.ndarray  # int8 [K, N]
     scale: np.ndarray  # float32 [N]
-    smooth: np.ndarray | None = None
 
     def columns(self, start: int, stop: int) -> "QuantizedLinear":
-        return QuantizedLinear(np.ascontiguousarray(self.weight[:, start:stop]), self.scale[start:stop], self.smooth)
+        return QuantizedLinear(np.ascontiguousarray(self.weight[:, start:stop]), self.scale[start:stop])
 
 
 @dataclass
@@ -249,10 +251,11 @@ class QuantizedTable:
 
 @dataclass
 class Precision:
-    """What emit quantizes: linears by (layer, name) in LINEARS, and optionally the word embedding table."""
+    """What emit quantizes: linears by (layer, name) in LINEARS, and optionally the embedding tables."""
 
     linears: dict[tuple[int, str], QuantizedLinear] = field(default_factory=dict)
     word: QuantizedTable | None = None
+    position: QuantizedTable | None = None
 
 
 class _Builder:
@@ -265,57 +268,76 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
-    def node(self, op: str, inputs: list[str], name: str, domain: str = "", outputs: int = 1, **attrs) -> str:
+    def node(self, op: str, inputs: list[str], name: str, domain: str = "", **attrs) -> str:
+        return self.node_outputs(op, inputs, name, 1, domain, **attrs)[0]
+
+    def node_outputs(self, op: str, inputs: list[str], name: str, outputs: int, domain: str = "", **attrs) -> list[str]:
         from onnx import helper
 
         self._count[name] += 1
         base = name if self._count[name] == 1 else f"{name}_{self._count[name]}"
         outs = [base] if outputs == 1 else [f"{base}:{i}" for i in range(outputs)]
         self.nodes.append(helper.make_node(op, inputs, outs, name=base, domain=domain, **attrs))
-        return outs[0]
+        return outs
 
 
-def _linear(b: _Builder, x: str, weight: np.ndarray, q: QuantizedLinear | None, name: str) -> str:
-    """x @ weight (no bias: the following fused op adds it)."""
+def _linear(b: _Builder, x: str, weight: np.ndarray, q: QuantizedLinear | None, name: str,
+            gelu_bias: np.ndarray | None = None) -> str:
+    """x @ weight; with gelu_bias, gelu(x @ weight + gelu_bias) (the FFN input projection). Other linears
+    leave their bias to the fused op that follows them.
+
+    int8: QuantizeRows (per-row u8) → MatMulInteger (onnxruntime/MLAS, exact int32) → DequantizeRows
+    (row and column scales, zero-point term, and here the bias and GELU too)."""
     if q is None:
-        return b.node("MatMul", [x, b.const(f"{name}.weight", weight.astype(np.float32))], name)
-    if q.smooth is not None:
-        x = b.node("Mul", [x, b.const(f"{name}.inv_smooth", (1.0 / q.smooth).astype(np.float32))], f"{name}/smooth")
-    return b.node("DynamicQuantizeMatMul", [x, b.const(f"{name}.weight_int8", q.weight),
-                                            b.const(f"{name}.weight_scale", q.scale.astype(np.float32))],
-                  name, domain=MS_DOMAIN)
+        y = b.node("MatMul", [x, b.const(f"{name}.weight", weight.astype(np.float32))], name)
+        if gelu_bias is None:
+            return y
+        return b.node("BiasGelu", [y, b.const(f"{name}.bias", gelu_bias)], f"{name}/gelu", domain=DOMAIN)
+    xq, xs, xz = b.node_outputs("QuantizeRows", [x], f"{name}/quantize", 3, domain=DOMAIN)
+    acc = b.node("MatMulInteger", [xq, b.const(f"{name}.weight_int8", q.weight)], f"{name}/matmul")
+    colsum = q.weight.astype(np.int32).sum(axis=0).astype(np.int32)
+    inputs = [acc, xs, xz, b.const(f"{name}.weight_scale", q.scale.astype(np.float32)),
+              b.const(f"{name}.weight_colsum", colsum)]
+    if gelu_bias is None:
+        return b.node("DequantizeRows", inputs, name, domain=DOMAIN)
+    return b.node("DequantizeRows", inputs + [b.const(f"{name}.bias", gelu_bias)], name, domain=DOMAIN,
+                  activation="gelu")
 
 
-def _embedding(b: _Builder, enc: Encoder, precision: Precision, ids: str) -> str:
-    if precision.word is None:
-        return b.node("Gather", [b.const("embeddings.word", enc.word), ids], "embeddings/word")
-    q = precision.word
-    rows = b.node("Gather", [b.const("embeddings.word_int8", q.values), ids], "embeddings/word_int8")
-    scale = b.node("Gather", [b.const("embeddings.word_scale", q.scale.astype(np.float32)), ids],
-                   "embeddings/word_scale")
-    scale = b.node("Unsqueeze", [scale, b.const("embeddings.last_axis", np.array([-1], np.int64))],
-                   "embeddings/word_scale_column")
-    return b.node("Mul", [b.node("Cast", [rows], "embeddings/word_float", to=1), scale], "embeddings/word")
+def _lookup(b: _Builder, table: np.ndarray, q: QuantizedTable | None, ids: str, name: str) -> str:
+    """Rows `ids` of an embedding table (int8 rows times their scale when quantized)."""
+    if q is None:
+        return b.node("Gather", [b.const(f"embeddings.{name}", table), ids], f"embeddings/{name}")
+    rows = b.node("Gather", [b.const(f"embeddings.{name}_int8", q.values), ids], f"embeddings/{name}_int8")
+    scale = b.node("Gather", [b.const(f"embeddings.{name}_scale", q.scale.astype(np.float32)), ids],
+                   f"embeddings/{name}_scale")
+    scale = b.node("Unsqueeze", [scale, b.const(f"embeddings.{name}_last_axis", np.array([-1], np.int64))],
+                   f"embeddings/{name}_scale_column")
+    return b.node("Mul", [b.node("Cast", [rows], f"embeddings/{name}_float", to=1), scale], f"embeddings/{name}")
 
 
-def _layer_body(b: _Builder, enc: Encoder, i: int, x: str, precision: Precision, attention) -> str:
-    """One layer from its input `x`; `attention(qkv_weight_fn)` returns (context, residual rows)."""
+def _layer_body(b: _Builder, enc: Encoder, i: int, precision: Precision, attention) -> str:
+    """One layer; `attention(layer, prefix)` emits the form's attention and returns (context, residual)."""
     layer, p = enc.layers[i], f"layer.{i}"
     q = precision.linears
     ctx, residual = attention(layer, p)
     ao = _linear(b, ctx, layer.attn_out, q.get((i, "attn_out")), f"{p}/attn_out")
     h = b.node("SkipLayerNorm", _sln_inputs(b, ao, residual, layer.ln1_gamma, layer.ln1_beta, layer.attn_out_bias,
-                                            f"{p}/ln1"), f"{p}/ln1", domain=DOMAIN, epsilon=layer.ln1_eps)
-    f = _linear(b, h, layer.ffn_in, q.get((i, "ffn_in")), f"{p}/ffn_in")
-    f = b.node("BiasGelu", [f, b.const(f"{p}/ffn_in.bias", layer.ffn_in_bias)], f"{p}/gelu", domain=DOMAIN)
+                                            layer.ln1_skip_scale, f"{p}/ln1"), f"{p}/ln1", domain=DOMAIN,
+               epsilon=layer.ln1_eps)
+    f = _linear(b, h, layer.ffn_in, q.get((i, "ffn_in")), f"{p}/ffn_in", gelu_bias=layer.ffn_in_bias)
     o = _linear(b, f, layer.ffn_out, q.get((i, "ffn_out")), f"{p}/ffn_out")
     return b.node("SkipLayerNorm", _sln_inputs(b, o, h, layer.ln2_gamma, layer.ln2_beta, layer.ffn_out_bias,
-                                               f"{p}/ln2"), f"{p}/ln2", domain=DOMAIN, epsilon=layer.ln2_eps)
+                                               layer.ln2_skip_scale, f"{p}/ln2"), f"{p}/ln2", domain=DOMAIN,
+                  epsilon=layer.ln2_eps)
 
 
-def _sln_inputs(b: _Builder, x: str, skip: str, gamma, beta, bias, name: str) -> list[str]:
-    return [x, skip, b.const(f"{name}.gamma", gamma), b.const(f"{name}.beta", beta) if beta is not None else "",
-            b.const(f"{name}.bias", bias)]
+def _sln_inputs(b: _Builder, x: str, skip: str, gamma, beta, bias, skip_scale, name: str) -> list[str]:
+    inputs = [x, skip, b.const(f"{name}.gamma", gamma), b.const(f"{name}.beta", beta) if beta is not None else "",
+              b.const(f"{name}.bias", bias)]
+    if skip_scale is not None:
+        inputs.append(b.const(f"{name}.skip_scale", skip_scale.astype(np.float32)))
+    return inputs
 
 
 def _attention_attrs(layer: Layer) -> dict:
@@ -335,18 +357,21 @@ def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None,
     b = _Builder()
     H = enc.hidden_size
     gamma, beta = b.const("embeddings.ln.gamma", enc.emb_gamma), b.const("embeddings.ln.beta", enc.emb_beta)
-    positions = b.const("embeddings.position", enc.position)
     int64 = TensorProto.INT64
 
     if form == "padded":
         inputs = [helper.make_tensor_value_info("input_ids", int64, ["batch", "sequence"]),
                   helper.make_tensor_value_info("attention_mask", int64, ["batch", "sequence"])]
         output = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["batch", "sequence", H])
-        words = _embedding(b, enc, precision, "input_ids")
+        words = _lookup(b, enc.word, precision.word, "input_ids", "word")
         seq = b.node("Gather", [b.node("Shape", ["input_ids"], "embeddings/shape"),
                                 b.const("embeddings.seq_axis", np.array([1], np.int64))], "embeddings/seq_len")
-        pos = b.node("Slice", [positions, b.const("embeddings.zero", np.array([0], np.int64)), seq],
-                     "embeddings/positions")
+        # Positions 0..seq-1 as a slice of a constant (onnxruntime rewrites Gather-of-Range into a Slice
+        # that rejects the scalar bounds Range takes).
+        all_positions = b.const("embeddings.position_ids", np.arange(enc.position.shape[0], dtype=np.int64))
+        position_ids = b.node("Slice", [all_positions, b.const("embeddings.zero", np.array([0], np.int64)), seq],
+                              "embeddings/position_ids")
+        pos = _lookup(b, enc.position, precision.position, position_ids, "position")
         x = b.node("LayerNormalization", [b.node("Add", [words, pos], "embeddings/sum"), gamma, beta],
                    "embeddings/ln", axis=-1, epsilon=enc.emb_eps)
 
@@ -356,15 +381,15 @@ def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None,
                 ctx = b.node("FusedAttention", [qkv, b.const(f"{p}/qkv.bias", layer.qkv_bias), "attention_mask"],
                              f"{p}/attention", domain=DOMAIN, **_attention_attrs(layer))
                 return ctx, x
-            x = _layer_body(b, enc, i, x, precision, attention)
+            x = _layer_body(b, enc, i, precision, attention)
     else:
         inputs = [helper.make_tensor_value_info("input_ids", int64, ["tokens"]),
                   helper.make_tensor_value_info("position_ids", int64, ["tokens"]),
                   helper.make_tensor_value_info("cu_seqlens", int64, ["texts_plus_1"]),
                   helper.make_tensor_value_info("query_rows", int64, ["queries"])]
         output = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["queries", H])
-        words = _embedding(b, enc, precision, "input_ids")
-        pos = b.node("Gather", [positions, "position_ids"], "embeddings/positions")
+        words = _lookup(b, enc.word, precision.word, "input_ids", "word")
+        pos = _lookup(b, enc.position, precision.position, "position_ids", "position")
         x = b.node("SkipLayerNorm", [words, pos, gamma, beta], "embeddings/ln", domain=DOMAIN, epsilon=enc.emb_eps)
 
         last = len(enc.layers) - 1
@@ -383,7 +408,7 @@ def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None,
                 ctx = b.node("PackedAttention", [kv, bias, "cu_seqlens", "query_rows", query], f"{p}/attention",
                              domain=DOMAIN, **_attention_attrs(layer))
                 return ctx, rows
-            x = _layer_body(b, enc, i, x, precision, attention)
+            x = _layer_body(b, enc, i, precision, attention)
 
     # The last node writes the graph output under its public name.
     b.nodes[-1].output[0] = OUTPUT
