@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -187,7 +188,9 @@ class _Probe:
         inputs = tuple(i.name for i in model.graph.input)
         onnx.save(model, str(self.directory / "model.onnx"))
         dataclasses.replace(self.meta, inputs=inputs, custom_ops=tuple(ops_used(model))).write(self.directory)
-        return Session(self.directory).encode(texts, batch_size=64, normalize=False)
+        with warnings.catch_warnings():  # truncation of the probe's own long texts is expected, not news
+            warnings.simplefilter("ignore")
+            return Session(self.directory).encode(texts, batch_size=64, normalize=False)
 
     def run_packed_graph(self, model, outputs: list[str], texts: list[str]):
         """(output name, value) for each of `outputs` of a packed graph, over batches of `texts`."""
