@@ -43,6 +43,8 @@ def read_config(directory: Path) -> dict:
         cfg = json.loads((directory / "config.json").read_text())
     except (OSError, json.JSONDecodeError) as exc:
         raise ValueError(f"{directory / 'config.json'} is not readable JSON: {exc}") from None
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{directory / 'config.json'} is not a JSON object (a Hugging Face config)")
     model_type = cfg.get("model_type")
     if model_type not in SUPPORTED_MODEL_TYPES:
         raise ValueError(f"{directory}: model_type {model_type!r} is not supported; bort-infer exports "

@@ -109,16 +109,33 @@ def train_wordpiece(vocab_size: int, lowercase: bool = True, seed: int = 0):
     """BERT-style WordPiece: [PAD]=0, [UNK]=1, [CLS]=2, [SEP]=3, [MASK]=4; a single text is [CLS] … [SEP]."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
-    tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
-    tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None, clean_text=True,
-                                                handle_chinese_chars=True)
-    tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
-    tok.decoder = decoders.WordPiece()
-    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=["[PAD]", "[UNK]", "[CLS]", "[SEP]",
-                                                                               "[MASK]"], show_progress=False)
-    tok.train_from_iterator(generate_corpus(seed), trainer)
-    _check_size(tok, vocab_size, "WordPiece")
+    def tokenizer(model):
+        tok = Tokenizer(model)
+        tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=None, clean_text=True,
+                                                    handle_chinese_chars=True)
+        tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+        tok.decoder = decoders.WordPiece()
+        return tok
+
+    specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+    corpus = list(generate_corpus(seed))
+    draft = tokenizer(models.WordPiece(unk_token="[UNK]"))
+    # WordPieceTrainer numbers each '##'-prefixed character when it first meets it while walking a hash map,
+    # so those ids, the tie-breaks between equally frequent merges that depend on them, and with them the
+    # learned pieces change from run to run. Registering every continuation character up front, in sorted
+    # order, fixes all ids: the same seed then gives the same tokenizer, byte for byte. A training without
+    # merges (vocab_size 0) lists exactly those characters.
+    draft.train_from_iterator(corpus, trainers.WordPieceTrainer(vocab_size=0, show_progress=False))
+    continuations = sorted(t for t in draft.get_vocab(with_added_tokens=False) if t.startswith("##"))
+    trainer = trainers.WordPieceTrainer(vocab_size=vocab_size, special_tokens=specials + continuations,
+                                        show_progress=False)
+    draft.train_from_iterator(corpus, trainer)
+    _check_size(draft, vocab_size, "WordPiece")
+    # The same pieces, with only the real special tokens registered as such ('##x' are ordinary pieces).
+    tok = tokenizer(models.WordPiece(draft.get_vocab(with_added_tokens=False), unk_token="[UNK]"))
+    tok.add_special_tokens(specials)
     tok.post_processor = processors.BertProcessing(sep=("[SEP]", 3), cls=("[CLS]", 2))
+    _check_size(tok, vocab_size, "WordPiece")
     return tok
 
 
