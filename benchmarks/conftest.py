@@ -14,13 +14,36 @@ THREADS = int(os.environ.get("BORT_BENCH_THREADS", "2"))
 
 # group → (ours, peer, target ratio): what the issues promise.
 TARGETS: dict[str, list[tuple[str, str, float]]] = defaultdict(list)
+# Absolute bounds that are not speed ratios (cold start, memory): name → (key, upper bound, unit).
+BOUNDS: dict[str, tuple[str, float, str]] = {}
+MEASURED: dict[str, dict] = {}
 
 
 def register_target(group: str, ours: str, peer: str, target: float) -> None:
     TARGETS[group].append((ours, peer, target))
 
 
+def register_bound(name: str, key: str, bound: float, unit: str) -> None:
+    BOUNDS[name] = (key, bound, unit)
+
+
+@pytest.fixture
+def record_bound():
+    """record_bound(name, figures): report figures[key] against the bound registered under name."""
+    def record(name: str, figures: dict) -> None:
+        MEASURED[name] = figures
+    return record
+
+
 def pytest_terminal_summary(terminalreporter, config):
+    if MEASURED:
+        terminalreporter.write_sep("=", "bounds (measured in this run)")
+        for name, figures in MEASURED.items():
+            key, bound, unit = BOUNDS[name]
+            verdict = "meets" if figures[key] <= bound else "MISSES"
+            details = ", ".join(f"{k} {v:.3g}" if isinstance(v, float) else f"{k} {v}" for k, v in figures.items())
+            terminalreporter.write_line(f"{name:<22} {key} {figures[key]:.3g} {unit} (bound {bound:g} {unit}: "
+                                        f"{verdict})   [{details}]")
     session = getattr(config, "_benchmarksession", None)
     if session is None or not session.benchmarks:
         return
