@@ -1,6 +1,7 @@
-"""`bort-infer` command line: create-random, export.
+"""`bort-infer` command line: create-random, export, encode.
 
-Build-time subcommands import their (heavy) modules only when they run.
+Each subcommand imports its modules only when it runs: `encode` stays in the run-time world (no torch,
+transformers or onnx; Ray only with --ray), create-random and export load the build-time stack.
 """
 from __future__ import annotations
 
@@ -30,6 +31,12 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _encode(args: argparse.Namespace) -> int:
+    from .encode_file import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bort-infer", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"bort-infer {__version__}")
@@ -50,6 +57,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep the plain onnxruntime graph (no bort-infer fused kernels)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
     p.set_defaults(func=_export)
+
+    from .encode_file import add_arguments as add_encode_arguments  # numpy and the standard library only
+
+    p = sub.add_parser("encode", help="embed a text file (one text per line) into a .npy; --ray: files on a cluster",
+                       description="Embed every line of INPUT (a file, or - for stdin) into OUT, a float32 "
+                                   "(lines, hidden) .npy in input order. OUT appears only when complete; an "
+                                   "interrupted run continues with --resume. With --ray, text or Parquet files "
+                                   "are embedded on a Ray cluster into a directory of Parquet files.")
+    add_encode_arguments(p)
+    p.set_defaults(func=_encode)
     return parser
 
 
@@ -58,7 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.func(args)
-    except (ValueError, RuntimeError, OSError) as exc:
+    except KeyboardInterrupt:
+        return 130  # what has been done was reported where it was done (e.g. encode keeps OUT.partial)
+    except (ValueError, RuntimeError, OSError, ImportError) as exc:
         print(f"bort-infer {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
