@@ -24,10 +24,36 @@ def _create_random(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .build.export import export_model
 
+    calibration = None
+    if args.calibration:
+        try:
+            text = open(args.calibration, encoding="utf-8").read()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ValueError(f"--calibration {args.calibration}: {exc}") from None
+        calibration = [line for line in text.splitlines() if line.strip()]
+        if not calibration:
+            raise ValueError(f"--calibration {args.calibration} holds no text (one text per line)")
     meta = export_model(args.src, args.out, quantize=args.quantize, custom_ops=not args.no_custom_ops,
-                        overwrite=args.overwrite)
+                        overwrite=args.overwrite, form=args.form, max_drop=args.max_drop,
+                        calibration_texts=calibration)
     ops = ", ".join(meta.custom_ops) or "none"
     print(f"exported {args.src} → {args.out} ({meta.precision}, pooling {meta.pooling}, custom ops: {ops})")
+    parity = meta.source.get("parity_vs_pytorch") or {}
+    if parity:
+        print(f"fp32 graph vs PyTorch: min cosine {parity['min_cosine']:.7f}, max abs diff "
+              f"{parity['max_abs_diff']:.2g} over {parity['tokens']} tokens")
+    if meta.fidelity:
+        f = meta.fidelity
+        ev, batch, gate = f["evaluation"], f["batch_consistency"], f["gate"]
+        sizes = f["size_bytes"]
+        print(f"int8 vs fp32 on {ev['texts']} held-out texts: cosine min {ev['cosine_min']:.5f}, "
+              f"p1 {ev['cosine_p1']:.5f}, mean {ev['cosine_mean']:.5f} (gate: min >= {gate['min_cosine']:.3f}, "
+              f"mean >= {gate['mean_cosine']:.3f}: passed)")
+        print(f"same text alone vs in a batch of {batch['batch_size']}: cosine min {batch['cosine_min']:.6f}; "
+              f"model {sizes['fp32_model'] / 1e6:.1f} MB fp32 → {sizes['int8_model'] / 1e6:.1f} MB int8")
+        if f.get("smoothing_alpha") is not None or f.get("fp32_linears"):
+            print(f"activation smoothing alpha {f.get('smoothing_alpha')}; kept in fp32: "
+                  f"{', '.join(f.get('fp32_linears') or []) or 'nothing'}")
     return 0
 
 
@@ -56,6 +82,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-custom-ops", action="store_true",
                    help="keep the plain onnxruntime graph (no bort-infer fused kernels)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output directory")
+    p.add_argument("--form", choices=["packed", "padded"], default=None,
+                   help="graph form with custom ops: packed (default: padding-free, CLS-only last layer) or padded")
+    p.add_argument("--max-drop", type=float, default=None, metavar="D",
+                   help="int8 gate: fail unless every held-out text keeps cosine >= 1 - D to fp32 and the mean "
+                        ">= 1 - D/4 (default 0.02: min 0.98, mean 0.995)")
+    p.add_argument("--calibration", metavar="FILE", default=None,
+                   help="int8: texts (one per line) to calibrate on (default: the built-in calibration set)")
     p.set_defaults(func=_export)
 
     from .encode_file import add_arguments as add_encode_arguments  # numpy and the standard library only

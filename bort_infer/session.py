@@ -82,7 +82,8 @@ class Session:
 
         pooling: None uses the model's default ("cls" or "mean", from export); normalize: None uses the
         model's default (True when the sentence-transformers pipeline ends in Normalize), else as given.
-        batch_size bounds the rows of a batch; max_tokens (optional) bounds rows x padded length.
+        batch_size bounds the texts per model call; max_tokens (optional) bounds the tokens per call: real
+        tokens on a packed (padding-free) model, rows x padded length on a padded one.
         """
         single = isinstance(texts, str)
         items = self._check_texts(texts)
@@ -129,6 +130,7 @@ class Session:
                 pending = pool_.submit(self._tokenize, *first)
             while pending is not None:
                 encodings = pending.result()
+                self._note_truncation(encodings)
                 following = next(chunks, None)
                 pending = pool_.submit(self._tokenize, *following) if following is not None else None
                 out = self._embed_encodings(encodings, batch_size, how, max_tokens)
@@ -139,6 +141,15 @@ class Session:
                 yield out
         if bar is not None:
             bar.close()
+
+    def _note_truncation(self, encodings: list) -> None:
+        """Count and warn (once per chunk, from the caller's thread) about texts cut to the model's limit."""
+        truncated = sum(1 for e in encodings if e.overflowing)
+        if truncated:
+            with self._lock:
+                self.truncated_count += truncated
+            warnings.warn(f"{truncated} of {len(encodings)} texts exceed {self.metadata.max_length} tokens "
+                          "and were truncated", stacklevel=3)
 
     def _tokenize(self, offset: int, chunk: list[str]) -> list:
         for i, t in enumerate(chunk):
@@ -151,12 +162,6 @@ class Session:
             # become U+FFFD, as any UTF-8 decoder would render them; well-formed pairs are joined.
             chunk = [_replace_lone_surrogates(t) for t in chunk]
             encodings = self._tokenizer.encode_batch(chunk)
-        truncated = sum(1 for e in encodings if e.overflowing)
-        if truncated:
-            with self._lock:
-                self.truncated_count += truncated
-            warnings.warn(f"{truncated} of {len(chunk)} texts exceed {self.metadata.max_length} tokens "
-                          "and were truncated", stacklevel=4)
         return encodings
 
     def _embed_encodings(self, encodings: list, batch_size: int, how: str, max_tokens: int | None) -> np.ndarray:

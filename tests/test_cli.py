@@ -24,3 +24,28 @@ def test_export_error_is_reported_not_raised(tmp_path, capsys):
 def test_console_script_help():
     proc = subprocess.run([sys.executable, "-m", "bort_infer.cli", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "create-random" in proc.stdout and "export" in proc.stdout
+
+
+def test_export_int8_prints_its_fidelity_and_honours_calibration(tmp_path, capsys, checkpoints):
+    calibration = tmp_path / "calibration.txt"
+    calibration.write_text("A man is riding a horse.\nTwo dogs play in the snow.\n\nThe market fell sharply.\n")
+    out = tmp_path / "int8"
+    assert main(["export", str(checkpoints("tiny-bort")), str(out), "--quantize", "int8", "--calibration",
+                 str(calibration), "--max-drop", "0.05"]) == 0
+    text = capsys.readouterr().out
+    assert "int8 vs fp32 on" in text and "passed" in text and "same text alone vs in a batch" in text
+    info = Session(out).info
+    assert info["fidelity"]["calibration"]["source"] == "user" and info["fidelity"]["calibration"]["texts"] == 3
+    assert info["fidelity"]["gate"]["max_drop"] == 0.05
+
+
+def test_export_rejects_unusable_options(tmp_path, capsys, checkpoints):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n\n")
+    src = str(checkpoints("tiny-bort"))
+    assert main(["export", src, str(tmp_path / "a"), "--quantize", "int8", "--calibration", str(empty)]) == 2
+    assert "holds no text" in capsys.readouterr().err
+    assert main(["export", src, str(tmp_path / "b"), "--max-drop", "0.1"]) == 2
+    assert "apply to a quantized export" in capsys.readouterr().err
+    assert main(["export", src, str(tmp_path / "c"), "--no-custom-ops", "--form", "packed"]) == 2
+    assert "needs custom ops" in capsys.readouterr().err
