@@ -235,7 +235,13 @@ class Session:
 
     def _run(self, available: dict[str, np.ndarray]) -> np.ndarray:
         feeds = {name: available[name] for name in self.metadata.inputs}
-        return self._ort.run([self.metadata.output], feeds)[0]
+        try:
+            return self._ort.run([self.metadata.output], feeds)[0]
+        except Exception as exc:  # inputs are validated above, so a failure here is the model's
+            if type(exc).__module__.startswith("onnxruntime"):
+                raise ModelDirectoryError(f"{self.path / self.metadata.onnx_file}: the model failed to run: "
+                                          f"{exc}") from None
+            raise
 
     def _run_packed(self, ids: np.ndarray, lengths: np.ndarray, cu: np.ndarray, query_rows: np.ndarray) -> np.ndarray:
         """Concatenated tokens of len(lengths) texts → the last layer's states at query_rows [Q, H]."""

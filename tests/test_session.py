@@ -11,9 +11,14 @@ import pytest
 from bort_infer import Session
 
 
-@pytest.fixture(scope="module")
-def tiny(exports):
-    return Session(exports("tiny-bort", custom_ops=False), threads=1)
+# Every behaviour below holds for the plain onnxruntime graph, for bort-infer's packed graph (the
+# default export: padding-free, custom ops) and for its int8 form.
+SESSION_VARIANTS = {"plain": {"custom_ops": False}, "packed": {}, "packed-int8": {"quantize": "int8"}}
+
+
+@pytest.fixture(scope="module", params=list(SESSION_VARIANTS))
+def tiny(request, exports):
+    return Session(exports("tiny-bort", **SESSION_VARIANTS[request.param]), threads=1)
 
 
 def test_single_string_gives_one_vector(tiny):
@@ -89,7 +94,9 @@ def test_truncation_is_counted_and_warned(tiny):
 
 def test_info_reports_the_model(tiny):
     info = tiny.info
-    assert info["precision"] == "fp32" and info["pooling"] == "cls" and info["hidden_size"] == 128
+    int8 = "DequantizeRows" in info["custom_ops"] or info["fidelity"] is not None
+    assert info["precision"] == ("int8" if int8 else "fp32") and info["pooling"] == "cls" and info["hidden_size"] == 128
+    assert (info["fidelity"] is not None) == int8
     assert info["source"]["sha256"] and info["versions"]["onnxruntime"]
 
 
@@ -100,8 +107,9 @@ def test_forward_validates_shapes(tiny):
         tiny.forward(np.ones((1, 513), np.int64), np.ones((1, 513), np.int64))
 
 
-def test_runtime_never_imports_build_time_libraries(exports):
-    model_dir = exports("tiny-bort", custom_ops=False)
+@pytest.mark.parametrize("variant", list(SESSION_VARIANTS))
+def test_runtime_never_imports_build_time_libraries(exports, variant):
+    model_dir = exports("tiny-bort", **SESSION_VARIANTS[variant])
     code = (
         "import sys, bort_infer\n"
         f"s = bort_infer.Session({str(model_dir)!r})\n"
@@ -271,3 +279,26 @@ def test_same_text_alone_or_in_any_batch(tiny):
         v = tiny.encode(batch, batch_size=8)[-1]
         cos = float(v @ alone / (np.linalg.norm(v) * np.linalg.norm(alone)))
         assert cos >= 0.99999
+
+
+@pytest.mark.parametrize("tamper", ["gamma", "qkv_bias"])
+def test_custom_ops_given_mismatched_shapes_fail_clearly(exports, tmp_path, tamper):
+    """A hostile or corrupted model file: a custom op's weight of the wrong shape is reported, naming the op
+    and the model, never a crash or an out-of-bounds read."""
+    import shutil
+
+    import onnx
+    from onnx import numpy_helper
+
+    d = tmp_path / "m"
+    shutil.copytree(exports("tiny-bort"), d)
+    model = onnx.load(str(d / "model.onnx"))
+    name = {"gamma": "layer.0/ln1.gamma", "qkv_bias": "layer.0/qkv.bias"}[tamper]
+    init = next(i for i in model.graph.initializer if i.name == name)
+    init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init)[:-3], name))
+    onnx.save(model, str(d / "model.onnx"))
+    session = Session(d)
+    op = {"gamma": "SkipLayerNorm: gamma", "qkv_bias": "PackedAttention: bias"}[tamper]
+    with pytest.raises(ValueError, match=f"model.onnx: the model failed to run: .*{op} must have shape"):
+        session.encode(["hello world"])
+    assert session.encode([]).shape == (0, 128)  # the session stays usable for what it can do
