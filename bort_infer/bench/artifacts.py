@@ -44,13 +44,24 @@ EXPORT_VARIANTS = {
 }
 
 
+def _exporter_digest() -> str:
+    """SHA-256 of the exporter's code and data: an export made by other code is rebuilt, not reused."""
+    import hashlib
+
+    root = Path(__file__).resolve().parent.parent / "build"
+    h = hashlib.sha256()
+    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".txt")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
 def _derived(model: str, name: str) -> tuple[Path, dict, bool]:
     """(output dir, stamp, fresh?) for an artifact derived from the model's checkpoint."""
     from .. import __version__
 
     src = checkpoint(model)
     out = cache_root() / model / name
-    stamp = {"bort_infer": __version__, "artifact": name,
+    stamp = {"bort_infer": __version__, "exporter": _exporter_digest(), "artifact": name,
              "source": json.loads((src / ".bort-bench-stamp.json").read_text())}
     return out, stamp, _stamp_ok(out, stamp)
 
