@@ -30,7 +30,8 @@ def checkpoint(model: str, seed: int = 0) -> Path:
     from ..build.random_checkpoint import create_random_checkpoint
 
     out = cache_root() / model / "checkpoint"
-    stamp = {"config": model_spec(model), "seed": seed}
+    stamp = {"config": model_spec(model), "seed": seed,
+             "creator": _code_digest(("random_checkpoint.py", "tokenizer_training.py"))}
     if not _stamp_ok(out, stamp):
         create_random_checkpoint(model, out, seed=seed)
         _write_stamp(out, stamp)
@@ -44,14 +45,16 @@ EXPORT_VARIANTS = {
 }
 
 
-def _exporter_digest() -> str:
-    """SHA-256 of the exporter's code and data: an export made by other code is rebuilt, not reused."""
+def _code_digest(names: tuple[str, ...] = ()) -> str:
+    """SHA-256 of bort_infer/build's code and data (or of the named files in it): an artifact made by other
+    code is rebuilt, not reused."""
     import hashlib
 
     root = Path(__file__).resolve().parent.parent / "build"
     h = hashlib.sha256()
     for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".txt")):
-        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+        if not names or f.name in names:
+            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
 
@@ -61,7 +64,7 @@ def _derived(model: str, name: str) -> tuple[Path, dict, bool]:
 
     src = checkpoint(model)
     out = cache_root() / model / name
-    stamp = {"bort_infer": __version__, "exporter": _exporter_digest(), "artifact": name,
+    stamp = {"bort_infer": __version__, "exporter": _code_digest(), "artifact": name,
              "source": json.loads((src / ".bort-bench-stamp.json").read_text())}
     return out, stamp, _stamp_ok(out, stamp)
 
