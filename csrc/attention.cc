@@ -1,10 +1,14 @@
 #include "attention.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
+#include <cstddef>
 #include <limits>
+#include <new>
 #include <stdexcept>
 #include <string>
+#include <utility>
 
 #include "cpu_dispatch.h"
 #include "simd_math.h"
@@ -331,17 +335,297 @@ BORT_AVX2 void attend_rows_avx2(const SeqView& s, const AttentionShape& sh, cons
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// AVX-512 path (head_dim % 16 == 0): the AVX2 algebra (K bias dropped, V bias added after normalisation,
+// Q bias and scale folded into the query tile) with 16-lane registers and tiles sized for 32 zmm registers.
+// QK^T: 8 queries x 48 keys (three 16-key blocks of the packed K): 24 accumulators, 3 K registers and one
+// broadcast, so 11 loads per 24 FMAs. PV: 8 queries x 48 head dims on the packed V, same shape. (12 x 32
+// needs 14 loads per 24 FMAs; its micro-kernels ran 5-10% slower in isolation, the same end to end.)
+// A tile with fewer than 8 queries (the end of a chunk, the few rows of a query subset) runs an instance
+// compiled for exactly that many rows, so no FMA is spent on padding rows.
+//
+// Layouts, chosen so that each micro-kernel addresses all its rows from one pointer with constant
+// offsets (a pointer per row would not fit in the 15 general registers next to the loop state):
+//   kpack  [key block][d][16]             (pack_keys, as the AVX2 path)
+//   vpack  [dim block][key][16]           (pack_values, as the AVX2 path)
+//   qtile  [dim block][row][16]           scaled query dims 16c..16c+15 of each row
+//   scores [key block][row][16]           scores, then softmax numerators, of each row
+// Scratch is 64-byte aligned so that no zmm access to it splits a cache line. The row max is taken
+// right after each QK^T block, so softmax makes a single pass over the scores.
+
+constexpr int kTileRows512 = 8;
+
+// Grow-only 64-byte-aligned float buffer (std::vector only guarantees 16 bytes).
+class AlignedFloats {
+ public:
+  AlignedFloats() = default;
+  AlignedFloats(const AlignedFloats&) = delete;
+  AlignedFloats& operator=(const AlignedFloats&) = delete;
+  ~AlignedFloats() { ::operator delete(data_, std::align_val_t{64}); }
+
+  float* get(size_t n) {
+    if (n > capacity_) {
+      float* fresh = static_cast<float*>(::operator new(n * sizeof(float), std::align_val_t{64}));
+      ::operator delete(data_, std::align_val_t{64});
+      data_ = fresh;
+      capacity_ = n;
+    }
+    return data_;
+  }
+
+ private:
+  float* data_ = nullptr;
+  size_t capacity_ = 0;
+};
+
+struct Avx512Scratch {
+  AlignedFloats kpack, vpack, scores, qtile, rowmax;
+  std::vector<__mmask16> attend;
+};
+
+// What the tiles of one work item share: packed K and V of one head, which keys attend, the biases.
+struct Avx512Item {
+  const float* kpack;
+  const float* vpack;
+  const __mmask16* attend;  // [num_blocks]: bit i = key 16 * block + i attends
+  float* scores;            // [num_blocks][rows][16]
+  float* qtile;             // [head_dim / 16][rows][16]
+  float* rowmax;            // [rows][16]: lane-wise running max of each row's scores
+  int64_t head_dim;
+  int64_t num_keys;
+  int64_t num_blocks;  // ceil(num_keys / 16)
+  int64_t offset;      // head * head_dim: the head's columns in q, out and each third of the bias
+  const float* bq;     // Q and V bias of the head, or null
+  const float* bv;
+  float scale;
+};
+
+// Scores of the R tile rows against NB 16-key blocks from kb, stored to `scores`; rowmax[r] takes the
+// lane-wise max over the keys that attend. rowmax lives in scratch memory, not in registers: next to 24
+// accumulators, R more live zmm values would spill.
+template <int R, int NB>
+BORT_AVX512_INLINE void qk_blocks512(const Avx512Item& it, int64_t kb) {
+  const int64_t D = it.head_dim;
+  const float* k = it.kpack + kb * D * 16;
+  const float* q = it.qtile;
+  __m512 acc[R][NB];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < D / 16; ++c, k += 16 * 16, q += R * 16) {
+#pragma GCC unroll 2
+    for (int dd = 0; dd < 16; ++dd) {
+      __m512 kv[NB];
+#pragma GCC unroll 4
+      for (int b = 0; b < NB; ++b) kv[b] = _mm512_load_ps(k + b * D * 16 + dd * 16);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const __m512 qv = _mm512_set1_ps(q[r * 16 + dd]);
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_fmadd_ps(qv, kv[b], acc[r][b]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int b = 0; b < NB; ++b) {
+    const __mmask16 attend = it.attend[kb + b];
+    float* s = it.scores + (kb + b) * R * 16;
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      _mm512_store_ps(s + r * 16, acc[r][b]);
+      const __m512 m = _mm512_load_ps(it.rowmax + r * 16);
+      _mm512_store_ps(it.rowmax + r * 16, _mm512_mask_max_ps(m, attend, m, acc[r][b]));
+    }
+  }
+}
+
+// Softmax numerators in place (exp(s - max) for keys that attend, 0 for the others, including the
+// padding keys of the last block, which PV never reads); inv_sum[r] = 1 / row sum.
+template <int R>
+BORT_AVX512_INLINE void softmax_numerators512(const Avx512Item& it, float* inv_sum) {
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_load_ps(it.rowmax + r * 16)));
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();  // two chains hide the add latency
+    float* s = it.scores + r * 16;
+    int64_t kb = 0;
+    for (; kb + 2 <= it.num_blocks; kb += 2) {
+      const __m512 p0 = _mm512_maskz_mov_ps(it.attend[kb], simd::exp_ps(_mm512_sub_ps(_mm512_load_ps(s), m)));
+      const __m512 p1 =
+          _mm512_maskz_mov_ps(it.attend[kb + 1], simd::exp_ps(_mm512_sub_ps(_mm512_load_ps(s + R * 16), m)));
+      _mm512_store_ps(s, p0);
+      _mm512_store_ps(s + R * 16, p1);
+      sum0 = _mm512_add_ps(sum0, p0);
+      sum1 = _mm512_add_ps(sum1, p1);
+      s += 2 * R * 16;
+    }
+    if (kb < it.num_blocks) {
+      const __m512 p0 = _mm512_maskz_mov_ps(it.attend[kb], simd::exp_ps(_mm512_sub_ps(_mm512_load_ps(s), m)));
+      _mm512_store_ps(s, p0);
+      sum0 = _mm512_add_ps(sum0, p0);
+    }
+    inv_sum[r] = 1.0f / _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
+  }
+}
+
+// One key of PV for R rows x NV dim blocks: probabilities at p[r * 16], V at v[n * v_stride].
+template <int R, int NV>
+BORT_AVX512_INLINE void pv_key512(const float* p, const float* v, int64_t v_stride, __m512 (&acc)[R][NV]) {
+  __m512 vv[NV];
+#pragma GCC unroll 4
+  for (int n = 0; n < NV; ++n) vv[n] = _mm512_load_ps(v + n * v_stride);
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    const __m512 pv = _mm512_set1_ps(p[r * 16]);
+#pragma GCC unroll 4
+    for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_fmadd_ps(pv, vv[n], acc[r][n]);
+  }
+}
+
+// out_rows[r][offset + d0 .. + 16*NV) = (sum_j p[r][j] V[j][d0 ..]) * inv_sum[r] + bv[d0 ..].
+template <int R, int NV>
+BORT_AVX512_INLINE void pv_blocks512(const Avx512Item& it, int64_t d0, const float* inv_sum, float* const* out_rows) {
+  const int64_t num_keys = it.num_keys, v_stride = 16 * num_keys;
+  const float* v = it.vpack + d0 * num_keys;
+  const float* p = it.scores;
+  __m512 acc[R][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_setzero_ps();
+  const int64_t full_blocks = num_keys / 16;
+  for (int64_t kb = 0; kb < full_blocks; ++kb, p += R * 16, v += 16 * 16) {
+#pragma GCC unroll 2
+    for (int jj = 0; jj < 16; ++jj) pv_key512<R, NV>(p + jj, v + jj * 16, v_stride, acc);
+  }
+  for (int64_t jj = 0; jj < num_keys % 16; ++jj) pv_key512<R, NV>(p + jj, v + jj * 16, v_stride, acc);
+  const float* bv = it.bv;
+  float* const* out = out_rows;
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    const __m512 inv = _mm512_set1_ps(inv_sum[r]);
+    float* o = out[r] + it.offset + d0;
+#pragma GCC unroll 4
+    for (int n = 0; n < NV; ++n) {
+      const __m512 b = bv ? _mm512_loadu_ps(bv + d0 + 16 * n) : _mm512_setzero_ps();
+      _mm512_storeu_ps(o + 16 * n, _mm512_fmadd_ps(acc[r][n], inv, b));
+    }
+  }
+}
+
+// R query rows (q_rows[0..R)) against every key of the item, written to out_rows[0..R).
+template <int R>
+BORT_AVX512 void attend_tile512(const Avx512Item& it, const float* const* q_rows, float* const* out_rows) {
+  const int64_t D = it.head_dim;
+  const __m512 vscale = _mm512_set1_ps(it.scale);
+  for (int r = 0; r < R; ++r) {
+    const float* q = q_rows[r] + it.offset;
+    float* dst = it.qtile + r * 16;
+    for (int64_t d = 0; d < D; d += 16, dst += R * 16) {
+      __m512 v = _mm512_loadu_ps(q + d);
+      if (it.bq) v = _mm512_add_ps(v, _mm512_loadu_ps(it.bq + d));
+      _mm512_store_ps(dst, _mm512_mul_ps(v, vscale));
+    }
+  }
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int r = 0; r < R; ++r) _mm512_store_ps(it.rowmax + r * 16, neg_inf);
+  int64_t kb = 0;
+  for (; kb + 3 <= it.num_blocks; kb += 3) qk_blocks512<R, 3>(it, kb);
+  if (it.num_blocks - kb == 2) qk_blocks512<R, 2>(it, kb);
+  if (it.num_blocks - kb == 1) qk_blocks512<R, 1>(it, kb);
+  float inv_sum[R];
+  softmax_numerators512<R>(it, inv_sum);
+  int64_t d0 = 0;
+  for (; d0 + 48 <= D; d0 += 48) pv_blocks512<R, 3>(it, d0, inv_sum, out_rows);
+  if (D - d0 == 32) pv_blocks512<R, 2>(it, d0, inv_sum, out_rows);
+  if (D - d0 == 16) pv_blocks512<R, 1>(it, d0, inv_sum, out_rows);
+}
+
+using Tile512 = void (*)(const Avx512Item&, const float* const*, float* const*);
+
+template <size_t... R>
+constexpr std::array<Tile512, sizeof...(R)> tiles512(std::index_sequence<R...>) {
+  return {&attend_tile512<static_cast<int>(R) + 1>...};
+}
+
+// kTiles512[n - 1] handles a tile of n rows.
+constexpr std::array<Tile512, kTileRows512> kTiles512 = tiles512(std::make_index_sequence<kTileRows512>{});
+
+BORT_AVX512 void attend_rows_avx512(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head,
+                                    int64_t q0, int64_t q1) {
+  const SeqKeys& keys = s.keys;
+  if (keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
+  const int64_t D = sh.head_dim, H = sh.hidden();
+  const int64_t num_keys = keys.key_end;
+  const int64_t num_blocks = (num_keys + 15) / 16;
+
+  thread_local Avx512Scratch scratch;
+  Avx512Item it;
+  it.head_dim = D;
+  it.num_keys = num_keys;
+  it.num_blocks = num_blocks;
+  it.offset = head * D;
+  it.bq = bias ? bias + head * D : nullptr;
+  it.bv = bias ? bias + 2 * H + head * D : nullptr;
+  it.scale = sh.scale;
+  float* kpack = scratch.kpack.get(static_cast<size_t>(num_blocks * 16 * D));
+  float* vpack = scratch.vpack.get(static_cast<size_t>(num_keys * D));
+  it.kpack = kpack;
+  it.vpack = vpack;
+  it.scores = scratch.scores.get(static_cast<size_t>(num_blocks * kTileRows512 * 16));
+  it.qtile = scratch.qtile.get(static_cast<size_t>(kTileRows512 * D));
+  it.rowmax = scratch.rowmax.get(kTileRows512 * 16);
+  pack_keys(s.k + head * D, s.kv_stride, D, num_keys, num_blocks * 16, kpack);
+  pack_values(s.v + head * D, s.kv_stride, D, num_keys, vpack);
+
+  scratch.attend.assign(static_cast<size_t>(num_blocks), __mmask16{0xFFFF});
+  __mmask16* attend = scratch.attend.data();
+  if (num_keys % 16 != 0) attend[num_blocks - 1] = static_cast<__mmask16>((1u << (num_keys % 16)) - 1);
+  if (keys.valid != nullptr) {
+    for (int64_t j = 0; j < num_keys; ++j)
+      if (!keys.valid[j]) attend[j / 16] = static_cast<__mmask16>(attend[j / 16] & ~(1u << (j % 16)));
+  }
+  it.attend = attend;
+
+  for (int64_t t = q0; t < q1; t += kTileRows512) {
+    const int64_t rows = std::min<int64_t>(kTileRows512, q1 - t);
+    kTiles512[static_cast<size_t>(rows - 1)](it, s.q + t, s.out + t);
+  }
+}
+
+// Which core runs: AVX-512 needs head dims in whole zmm registers, AVX2 in whole ymm registers.
+enum class AttentionPath { kScalar, kAvx2, kAvx512 };
+
+AttentionPath choose_path(int64_t head_dim) {
+  const Isa isa = active_isa();
+  if (isa >= Isa::kAvx512 && head_dim % 16 == 0) return AttentionPath::kAvx512;
+  if (isa >= Isa::kAvx2 && head_dim % 8 == 0) return AttentionPath::kAvx2;
+  return AttentionPath::kScalar;
+}
+
+int tile_rows(AttentionPath path) {
+  switch (path) {
+    case AttentionPath::kAvx512: return kTileRows512;
+    case AttentionPath::kAvx2: return kTileRows;
+    case AttentionPath::kScalar: break;
+  }
+  return 1;
+}
+
 // Splits the queries of every (sequence, head) into chunks so that ~8 tasks per thread exist (the pool hands
 // them out dynamically, which evens out threads slowed by other load), but never
 // below 24 rows per chunk: each task re-packs K and V (2 x S x D), small next to its 24*S*D*2 FMAs.
-std::vector<WorkItem> plan_work(const std::vector<SeqView>& seqs, int64_t num_heads, size_t concurrency) {
+// Chunks are whole tiles of the path that runs them.
+std::vector<WorkItem> plan_work(const std::vector<SeqView>& seqs, int64_t num_heads, size_t concurrency,
+                                int64_t tile) {
   int64_t total_rows = 0;
   for (const SeqView& s : seqs) total_rows += s.num_queries * num_heads;
   int64_t chunk = std::numeric_limits<int64_t>::max();
   if (concurrency > 1) {
     const int64_t target_tasks = static_cast<int64_t>(8 * concurrency);
     chunk = std::max<int64_t>(24, (total_rows + target_tasks - 1) / target_tasks);
-    chunk = (chunk + kTileRows - 1) / kTileRows * kTileRows;
+    chunk = (chunk + tile - 1) / tile * tile;
   }
   std::vector<WorkItem> items;
   for (int64_t s = 0; s < static_cast<int64_t>(seqs.size()); ++s) {
@@ -352,15 +636,20 @@ std::vector<WorkItem> plan_work(const std::vector<SeqView>& seqs, int64_t num_he
   return items;
 }
 
-void run_items(const std::vector<SeqView>& seqs, const std::vector<WorkItem>& items, const AttentionShape& sh,
-               const float* bias, const ParallelFor& pf) {
-  const bool avx2 = active_isa() == Isa::kAvx2 && sh.head_dim % 8 == 0;
+void run_attention(const std::vector<SeqView>& seqs, const AttentionShape& sh, const float* bias,
+                   const ParallelFor& pf) {
+  const AttentionPath path = choose_path(sh.head_dim);
+  const std::vector<WorkItem> items = plan_work(seqs, sh.num_heads, pf.concurrency(), tile_rows(path));
   pf.run(items.size(), [&](size_t i) {
     const WorkItem& w = items[i];
-    if (avx2)
-      attend_rows_avx2(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
-    else
-      attend_rows_scalar(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
+    switch (path) {
+      case AttentionPath::kAvx512:
+        return attend_rows_avx512(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
+      case AttentionPath::kAvx2:
+        return attend_rows_avx2(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
+      case AttentionPath::kScalar:
+        return attend_rows_scalar(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
+    }
   });
 }
 
@@ -419,7 +708,7 @@ void attention_padded(const float* qkv, const float* bias, const AttentionMask& 
       }
     }
   }
-  run_items(seqs, plan_work(seqs, shape.num_heads, pf.concurrency()), shape, bias, pf);
+  run_attention(seqs, shape, bias, pf);
 }
 
 void check_cu_seqlens(const int64_t* cu_seqlens, int64_t num_seqs, int64_t tokens) {
@@ -480,7 +769,7 @@ void attention_packed(const float* qkv, const float* bias, const int64_t* cu_seq
     v.out = out_rows.data() + first[s];
     v.num_queries = first[s + 1] - first[s];
   }
-  run_items(seqs, plan_work(seqs, shape.num_heads, pf.concurrency()), shape, bias, pf);
+  run_attention(seqs, shape, bias, pf);
 }
 
 }  // namespace bort

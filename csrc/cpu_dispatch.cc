@@ -7,7 +7,10 @@
 namespace bort {
 namespace {
 
-Isa best_supported() { return cpu_has_avx2_fma() ? Isa::kAvx2 : Isa::kScalar; }
+Isa best_supported() {
+  if (cpu_has_avx512()) return Isa::kAvx512;
+  return cpu_has_avx2_fma() ? Isa::kAvx2 : Isa::kScalar;
+}
 
 Isa parse_or_throw(const std::string& name) {
   if (name == "auto") return best_supported();
@@ -16,7 +19,12 @@ Isa parse_or_throw(const std::string& name) {
     if (!cpu_has_avx2_fma()) throw std::runtime_error("BORT_INFER_ISA=avx2 requested but this CPU lacks AVX2/FMA");
     return Isa::kAvx2;
   }
-  throw std::invalid_argument("unknown ISA '" + name + "' (expected 'scalar', 'avx2' or 'auto')");
+  if (name == "avx512") {
+    if (!cpu_has_avx512())
+      throw std::runtime_error("BORT_INFER_ISA=avx512 requested but this CPU lacks AVX-512 (F, DQ, BW, VL)");
+    return Isa::kAvx512;
+  }
+  throw std::invalid_argument("unknown ISA '" + name + "' (expected 'scalar', 'avx2', 'avx512' or 'auto')");
 }
 
 Isa initial_isa() {
@@ -46,10 +54,27 @@ bool cpu_has_avx2_fma() {
   return has;
 }
 
+bool cpu_has_avx512() {
+  // libgcc reports AVX-512 features only when XCR0 shows the OS saves zmm and opmask state.
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return cpu_has_avx2_fma() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
+           __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl");
+  }();
+  return has;
+}
+
 Isa active_isa() { return static_cast<Isa>(isa_slot().load(std::memory_order_relaxed)); }
 
 void set_isa(const std::string& name) { isa_slot().store(static_cast<int>(parse_or_throw(name))); }
 
-const char* isa_name(Isa isa) { return isa == Isa::kAvx2 ? "avx2" : "scalar"; }
+const char* isa_name(Isa isa) {
+  switch (isa) {
+    case Isa::kAvx512: return "avx512";
+    case Isa::kAvx2: return "avx2";
+    case Isa::kScalar: break;
+  }
+  return "scalar";
+}
 
 }  // namespace bort

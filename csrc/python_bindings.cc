@@ -270,9 +270,11 @@ PYBIND11_MODULE(_C, m) {
         "act(row_scale[m] * weight_scale[n] * (acc[m, n] - row_zero_point[m] * weight_colsum[n]) + bias[n]) for "
         "int32 acc [..., N]; activation 'none' or 'gelu'.");
   m.def("erf", &erf_for_tests, py::arg("x"), "erf with the active ISA's implementation (for testing the vectorised erf).");
-  m.def("set_isa", &bort::set_isa, py::arg("isa"), "Select kernels: 'scalar', 'avx2' or 'auto' (best supported).");
+  m.def("set_isa", &bort::set_isa, py::arg("isa"),
+        "Select kernels: 'scalar', 'avx2', 'avx512' or 'auto' (best supported). RuntimeError when the CPU lacks it.");
   m.def("active_isa", [] { return std::string(bort::isa_name(bort::active_isa())); });
   m.def("cpu_has_avx2", &bort::cpu_has_avx2_fma);
+  m.def("cpu_has_avx512", &bort::cpu_has_avx512, "True when the CPU and OS support AVX-512 F, DQ, BW and VL.");
   m.def("set_num_threads", [](int64_t n) {
     if (n < 0) throw std::invalid_argument("num_threads must be >= 0 (0 = all hardware threads)");
     g_num_threads = n == 0 ? bort::hardware_threads() : static_cast<size_t>(n);

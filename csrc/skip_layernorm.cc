@@ -104,12 +104,73 @@ BORT_AVX2 void skip_layernorm_rows_avx2(const float* x, const float* skip, const
   }
 }
 
+// x + skip (* skip_scale) (+ bias) for the 16 lanes of m starting at i (masked-off lanes are 0).
+BORT_AVX512_INLINE __m512 skip_sum16(const float* xr, const float* sr, const float* bias, const float* skip_scale,
+                                     int64_t i, __mmask16 m) {
+  const __m512 x = _mm512_maskz_loadu_ps(m, xr + i), s = _mm512_maskz_loadu_ps(m, sr + i);
+  __m512 t = skip_scale ? _mm512_fmadd_ps(s, _mm512_maskz_loadu_ps(m, skip_scale + i), x) : _mm512_add_ps(x, s);
+  if (bias) t = _mm512_add_ps(t, _mm512_maskz_loadu_ps(m, bias + i));
+  return t;
+}
+
+// The AVX2 pass structure with 16 lanes (two accumulators per sum); a partial last vector is masked
+// rather than finished in scalar code. ~10% faster than the AVX2 path at Bort's shapes.
+BORT_AVX512 void skip_layernorm_rows_avx512(const float* x, const float* skip, const float* gamma, const float* beta,
+                                            const float* bias, const float* skip_scale, float* y, int64_t rows,
+                                            int64_t h, float eps) {
+  const __mmask16 all = 0xFFFF, tail = static_cast<__mmask16>((1u << (h % 16)) - 1);
+  const int64_t h16 = h & ~int64_t{15};
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * h;
+    const float* sr = skip + r * h;
+    float* yr = y + r * h;
+    __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 32 <= h16; i += 32) {
+      const __m512 a = skip_sum16(xr, sr, bias, skip_scale, i, all);
+      const __m512 b = skip_sum16(xr, sr, bias, skip_scale, i + 16, all);
+      _mm512_storeu_ps(yr + i, a);
+      _mm512_storeu_ps(yr + i + 16, b);
+      s0 = _mm512_add_ps(s0, a);
+      s1 = _mm512_add_ps(s1, b);
+    }
+    for (; i < h; i += 16) {
+      const __mmask16 m = i < h16 ? all : tail;
+      const __m512 a = skip_sum16(xr, sr, bias, skip_scale, i, m);
+      _mm512_mask_storeu_ps(yr + i, m, a);
+      s0 = _mm512_add_ps(s0, a);
+    }
+    const float mean = _mm512_reduce_add_ps(_mm512_add_ps(s0, s1)) / static_cast<float>(h);
+    const __m512 vmean = _mm512_set1_ps(mean);
+    __m512 q0 = _mm512_setzero_ps(), q1 = _mm512_setzero_ps();
+    for (i = 0; i + 32 <= h16; i += 32) {
+      const __m512 a = _mm512_sub_ps(_mm512_loadu_ps(yr + i), vmean);
+      const __m512 b = _mm512_sub_ps(_mm512_loadu_ps(yr + i + 16), vmean);
+      q0 = _mm512_fmadd_ps(a, a, q0);
+      q1 = _mm512_fmadd_ps(b, b, q1);
+    }
+    for (; i < h; i += 16) {
+      const __mmask16 m = i < h16 ? all : tail;
+      const __m512 a = _mm512_maskz_sub_ps(m, _mm512_maskz_loadu_ps(m, yr + i), vmean);
+      q0 = _mm512_fmadd_ps(a, a, q0);
+    }
+    const float sq = _mm512_reduce_add_ps(_mm512_add_ps(q0, q1));
+    const __m512 vrstd = _mm512_set1_ps(1.0f / std::sqrt(sq / static_cast<float>(h) + eps));
+    for (i = 0; i < h; i += 16) {
+      const __mmask16 m = i < h16 ? all : tail;
+      const __m512 n = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, yr + i), vmean), vrstd);
+      const __m512 b = beta ? _mm512_maskz_loadu_ps(m, beta + i) : _mm512_setzero_ps();
+      _mm512_mask_storeu_ps(yr + i, m, _mm512_fmadd_ps(n, _mm512_maskz_loadu_ps(m, gamma + i), b));
+    }
+  }
+}
+
 }  // namespace
 
 void skip_layernorm(const float* x, const float* skip, const float* gamma, const float* beta, const float* bias,
                     const float* skip_scale, float* y, int64_t rows, int64_t h, float epsilon, const ParallelFor& pf) {
   if (rows <= 0 || h <= 0) return;
-  const bool avx2 = active_isa() == Isa::kAvx2;
+  const Isa isa = active_isa();
   // >= 8K elements per task (a few microseconds): more than waking a pool thread costs, so even
   // b1 s32 shapes split across two threads.
   const size_t rows_per_min_task = std::max<int64_t>(1, (int64_t{1} << 13) / h);
@@ -120,7 +181,9 @@ void skip_layernorm(const float* x, const float* skip, const float* gamma, const
     const int64_t r1 = std::min(rows, r0 + per_task);
     if (r0 >= r1) return;
     const int64_t off = r0 * h;
-    if (avx2)
+    if (isa >= Isa::kAvx512)
+      skip_layernorm_rows_avx512(x + off, skip + off, gamma, beta, bias, skip_scale, y + off, r1 - r0, h, epsilon);
+    else if (isa >= Isa::kAvx2)
       skip_layernorm_rows_avx2(x + off, skip + off, gamma, beta, bias, skip_scale, y + off, r1 - r0, h, epsilon);
     else
       skip_layernorm_rows_scalar(x + off, skip + off, gamma, beta, bias, skip_scale, y + off, r1 - r0, h, epsilon);

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .test_kernels import (C, TOL, make_mask, ref_attention, ref_dequantize_rows, ref_gelu, ref_packed_attention,
-                           ref_quantize_rows, ref_skip_layernorm, rel_err)
+from .test_kernels import (C, ISAS, TOL, make_mask, ref_attention, ref_dequantize_rows, ref_gelu,
+                           ref_packed_attention, ref_quantize_rows, ref_skip_layernorm, rel_err, use_isa)
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -86,6 +86,36 @@ def test_fused_attention_threads_agree_at_bort_shape():
     two = run("FusedAttention", feeds, {"num_heads": 8}, threads=2)
     np.testing.assert_array_equal(one, two)
     assert rel_err(one, ref_attention(qkv, bias, mask, 8)) <= TOL
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_attention_ops_on_each_isa(isa):
+    """The ops run whichever kernel path is active (the library is the module's own shared object)."""
+    qkv, bias, mask = attention_inputs(batch=2, seq=70, heads=8, head_dim=128, seed=9)
+    cu = np.array([0, 70, 101], np.int64)
+    packed = np.ascontiguousarray(qkv.reshape(-1, qkv.shape[-1])[:101])
+    with use_isa(isa):
+        fused = run("FusedAttention", {"qkv": qkv, "bias": bias, "mask": mask}, {"num_heads": 8}, threads=2)
+        out = run("PackedAttention", {"qkv": packed, "bias": bias, "cu_seqlens": cu}, {"num_heads": 8}, threads=2)
+    assert rel_err(fused, ref_attention(qkv, bias, mask, 8)) <= TOL
+    assert rel_err(out, ref_packed_attention(packed, bias, cu, 8)) <= TOL
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_elementwise_ops_on_each_isa(isa):
+    rng = np.random.default_rng(10)
+    x = (rng.standard_normal((3, 21, 200)) * 3).astype(np.float32)
+    skip = rng.standard_normal(x.shape).astype(np.float32)
+    bias, gamma = rng.standard_normal(200).astype(np.float32), rng.standard_normal(200).astype(np.float32)
+    with use_isa(isa):
+        gelu = run("BiasGelu", {"x": x, "bias": bias}, threads=2)
+        norm = run("SkipLayerNorm", {"x": x, "skip": skip, "gamma": gamma}, {"epsilon": 1e-5}, threads=2)
+        q, s, z = one_node_session("QuantizeRows", {"x": x}, threads=2,
+                                   output_types=QUANTIZE_ROWS_OUTPUTS).run(None, {"x": x})
+    assert rel_err(gelu, ref_gelu(x, bias)) <= TOL
+    assert rel_err(norm, ref_skip_layernorm(x, skip, gamma, None, None, 1e-5)) <= TOL
+    for got, want in zip((q, s, z), ref_quantize_rows(x)):
+        np.testing.assert_array_equal(got, want)
 
 
 @pytest.mark.parametrize("cu_dtype", [np.int32, np.int64])
