@@ -7,6 +7,14 @@ BORT_BENCH_THREADS, default 2), so the numbers include the same per-run overhead
 - BiasGelu (ai.bort_infer) vs com.microsoft BiasGelu, x [B, S, 768] (Bort's FFN width).
 - SkipLayerNorm (ai.bort_infer) vs com.microsoft SkipLayerNormalization, [B, S, 1024] with beta and bias.
 Bort: hidden 1024, 8 heads x 128. Targets (peer median / ours): >= 1.0x, SkipLayerNorm >= 3x.
+
+The int8 GEMM epilogues (ai.bort_infer only; test_epilogue_fusion_speed), one graph per side:
+- dequantize_layernorm_requantize, [B, S, 1024]: DequantizeRows with bias, skip + LayerNorm (gamma, beta) and
+  requantized outputs (y, q, scale, zero point) vs the chain it replaces, DequantizeRows → SkipLayerNorm →
+  QuantizeRows (three nodes, same outputs).
+- dequantize_gelu_requantize, [B, S, 768]: DequantizeRows with bias, GELU and only the requantized outputs vs
+  DequantizeRows(gelu) → QuantizeRows.
+Both sides give the same bits; the ratio (unfused / fused) is what the saved nodes and memory passes are worth.
 Each session has its own intra-op pool, whose workers keep spinning for some 30 ms after a run; timing
 starts only once the other sessions' workers are idle, or they would take the second core from the
 backend being timed (with 2 threads and 2 cores).
@@ -35,13 +43,19 @@ for kernel, target in TARGETS.items():
 
 POOL_SPIN_SECONDS = 0.1  # > how long an idle onnxruntime pool worker spins before it sleeps
 ELEM = {np.dtype(np.float32): TensorProto.FLOAT, np.dtype(np.int32): TensorProto.INT32,
-        np.dtype(np.int64): TensorProto.INT64}
+        np.dtype(np.int64): TensorProto.INT64, np.dtype(np.uint8): TensorProto.UINT8}
 
 
 def session(op: str, domain: str, feeds: dict, threads: int, **attrs):
-    inputs = [helper.make_tensor_value_info(n, ELEM[v.dtype], list(v.shape)) for n, v in feeds.items()]
     node = helper.make_node(op, list(feeds), ["out"], domain=domain, **attrs)
-    graph = helper.make_graph([node], op, inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)])
+    return graph_session([node], domain, feeds, {"out": TensorProto.FLOAT}, threads)
+
+
+def graph_session(nodes: list, domain: str, feeds: dict, outputs: dict, threads: int):
+    """A session of `nodes` whose graph inputs are the feeds and graph outputs `outputs` (name → element type)."""
+    inputs = [helper.make_tensor_value_info(n, ELEM[v.dtype], list(v.shape)) for n, v in feeds.items()]
+    graph = helper.make_graph(nodes, nodes[0].op_type, inputs,
+                              [helper.make_tensor_value_info(n, t, None) for n, t in outputs.items()])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(domain, 1)])
     so = ort.SessionOptions()
     so.intra_op_num_threads = threads
@@ -107,3 +121,63 @@ def test_kernel_speed(benchmark, threads, kernel, b, s, backend):
     time.sleep(POOL_SPIN_SECONDS)
     benchmark.pedantic(sess.run, args=(None, feeds), rounds=60 if b * s <= 1024 else 20, iterations=1,
                        warmup_rounds=3)
+
+
+# ----------------------------------------------------------------------------------------------
+# DequantizeRows epilogues: fused one-node graph vs the unfused chain it replaces
+
+FUSED, UNFUSED = "fused", "unfused"
+EPILOGUE_WIDTH = {"dequantize_layernorm_requantize": HIDDEN, "dequantize_gelu_requantize": FFN}
+for epilogue in EPILOGUE_WIDTH:
+    for b, s in SHAPES:
+        register_target(f"{epilogue} b{b} s{s}", FUSED, UNFUSED, 1.0)
+DEQUANTIZE_INPUTS = ["acc", "row_scale", "row_zero_point", "weight_scale", "weight_colsum", "bias"]
+REQUANTIZED = {"q": TensorProto.UINT8, "scale": TensorProto.FLOAT, "zero_point": TensorProto.UINT8}
+
+
+def epilogue_sessions(epilogue: str, b: int, s: int, threads: int):
+    n = EPILOGUE_WIDTH[epilogue]
+    rng = np.random.default_rng(3)
+    feeds = {"acc": rng.integers(-2**20, 2**20, (b, s, n)).astype(np.int32),
+             "row_scale": rng.uniform(1e-4, 1e-2, (b, s)).astype(np.float32),
+             "row_zero_point": rng.integers(0, 256, (b, s)).astype(np.uint8),
+             "weight_scale": rng.uniform(1e-4, 1e-2, n).astype(np.float32),
+             "weight_colsum": rng.integers(-20_000, 20_000, n).astype(np.int32),
+             "bias": rng.standard_normal(n).astype(np.float32)}
+    d = "ai.bort_infer"
+    if epilogue == "dequantize_layernorm_requantize":
+        feeds.update(skip=rng.standard_normal((b, s, n)).astype(np.float32),
+                     gamma=rng.standard_normal(n).astype(np.float32), beta=rng.standard_normal(n).astype(np.float32))
+        outputs = {"y": TensorProto.FLOAT, **REQUANTIZED}
+        fused = [helper.make_node("DequantizeRows", DEQUANTIZE_INPUTS + ["skip", "gamma", "beta"], list(outputs),
+                                  domain=d, epsilon=1e-5)]
+        unfused = [helper.make_node("DequantizeRows", DEQUANTIZE_INPUTS, ["v"], domain=d),
+                   helper.make_node("SkipLayerNorm", ["v", "skip", "gamma", "beta"], ["y"], domain=d, epsilon=1e-5),
+                   helper.make_node("QuantizeRows", ["y"], list(REQUANTIZED), domain=d)]
+    else:
+        outputs = dict(REQUANTIZED)
+        fused = [helper.make_node("DequantizeRows", DEQUANTIZE_INPUTS, [""] + list(outputs), domain=d,
+                                  activation="gelu")]
+        unfused = [helper.make_node("DequantizeRows", DEQUANTIZE_INPUTS, ["y"], domain=d, activation="gelu"),
+                   helper.make_node("QuantizeRows", ["y"], list(REQUANTIZED), domain=d)]
+    return {FUSED: graph_session(fused, d, feeds, outputs, threads),
+            UNFUSED: graph_session(unfused, d, feeds, outputs, threads)}, feeds
+
+
+@pytest.mark.parametrize("backend", [FUSED, UNFUSED])
+@pytest.mark.parametrize("b,s", SHAPES, ids=[f"b{b}s{s}" for b, s in SHAPES])
+@pytest.mark.parametrize("epilogue", list(EPILOGUE_WIDTH))
+def test_epilogue_fusion_speed(benchmark, threads, epilogue, b, s, backend):
+    key = (epilogue, b, s, threads)
+    if key not in _cache:
+        _cache[key] = epilogue_sessions(epilogue, b, s, threads)
+    sessions, feeds = _cache[key]
+    if backend == FUSED:  # the fused epilogue computes exactly what the chain does
+        for got, want in zip(sessions[FUSED].run(None, feeds), sessions[UNFUSED].run(None, feeds)):
+            np.testing.assert_array_equal(got, want)
+    benchmark.group = f"{epilogue} b{b} s{s}"
+    benchmark.extra_info["backend"] = backend
+    time.sleep(POOL_SPIN_SECONDS)
+    # Small shapes take tens of microseconds, so they get more rounds for a stable median.
+    rounds = 300 if b * s <= 128 else 100 if b * s <= 1024 else 30
+    benchmark.pedantic(sessions[backend].run, args=(None, feeds), rounds=rounds, iterations=1, warmup_rounds=5)

@@ -1,10 +1,13 @@
 #include "dequantize_rows.h"
 
 #include <algorithm>
+#include <vector>
 
 #include "bias_gelu.h"
 #include "cpu_dispatch.h"
+#include "quantize_rows.h"
 #include "simd_math.h"
+#include "skip_layernorm.h"
 
 namespace bort {
 namespace {
@@ -82,33 +85,60 @@ BORT_AVX512 void dequantize_rows_gelu_avx512(const int32_t* acc, const float* ro
   }
 }
 
+// Rows [0, rows) on the calling thread with `isa`'s path.
+void dequantize_rows_serial(Isa isa, const int32_t* acc, const float* row_scale, const uint8_t* row_zero_point,
+                            const float* weight_scale, const int32_t* weight_colsum, const float* bias, Activation act,
+                            float* y, int64_t rows, int64_t n) {
+  if (isa >= Isa::kAvx512 && act == Activation::kGelu)
+    dequantize_rows_gelu_avx512(acc, row_scale, row_zero_point, weight_scale, weight_colsum, bias, y, rows, n);
+  else if (isa < Isa::kAvx2)
+    dequantize_rows_scalar(acc, row_scale, row_zero_point, weight_scale, weight_colsum, bias, act, y, rows, n);
+  else if (act == Activation::kGelu)
+    dequantize_rows_avx2<Activation::kGelu>(acc, row_scale, row_zero_point, weight_scale, weight_colsum, bias, y,
+                                            rows, n);
+  else
+    dequantize_rows_avx2<Activation::kNone>(acc, row_scale, row_zero_point, weight_scale, weight_colsum, bias, y,
+                                            rows, n);
+}
+
 }  // namespace
 
 void dequantize_rows(const int32_t* acc, const float* row_scale, const uint8_t* row_zero_point,
                      const float* weight_scale, const int32_t* weight_colsum, const float* bias, Activation act,
-                     float* y, int64_t rows, int64_t n, const ParallelFor& pf) {
-  if (rows <= 0 || n <= 0) return;
+                     const SkipLayerNormEpilogue& norm, float* y, const RequantizedRows& requantized, int64_t rows,
+                     int64_t n, const ParallelFor& pf) {
+  const bool requantize = requantized.q != nullptr;
+  if (rows <= 0 || (y == nullptr && !requantize)) return;
+  if (n <= 0) {  // nothing to compute, but empty rows still get QuantizeRows' scale 1 and zero point 0
+    if (requantize) quantize_rows_serial(Isa::kScalar, y, requantized.q, requantized.scale, requantized.zero_point,
+                                         rows, 0);
+    return;
+  }
   const Isa isa = active_isa();
+  const bool row_epilogue = norm.skip != nullptr || requantize;
   const size_t rows_per_min_task = std::max<int64_t>(1, (int64_t{1} << 13) / n);
   const size_t tasks = choose_num_tasks(static_cast<size_t>(rows), rows_per_min_task, pf.concurrency());
   const int64_t per_task = (rows + static_cast<int64_t>(tasks) - 1) / static_cast<int64_t>(tasks);
   pf.run(tasks, [&](size_t t) {
     const int64_t r0 = static_cast<int64_t>(t) * per_task, r1 = std::min(rows, r0 + per_task);
     if (r0 >= r1) return;
-    const int32_t* a = acc + r0 * n;
-    float* out = y + r0 * n;
-    if (isa >= Isa::kAvx512 && act == Activation::kGelu)
-      dequantize_rows_gelu_avx512(a, row_scale + r0, row_zero_point + r0, weight_scale, weight_colsum, bias, out,
-                                  r1 - r0, n);
-    else if (isa < Isa::kAvx2)
-      dequantize_rows_scalar(a, row_scale + r0, row_zero_point + r0, weight_scale, weight_colsum, bias, act, out,
-                             r1 - r0, n);
-    else if (act == Activation::kGelu)
-      dequantize_rows_avx2<Activation::kGelu>(a, row_scale + r0, row_zero_point + r0, weight_scale, weight_colsum,
-                                              bias, out, r1 - r0, n);
-    else
-      dequantize_rows_avx2<Activation::kNone>(a, row_scale + r0, row_zero_point + r0, weight_scale, weight_colsum,
-                                              bias, out, r1 - r0, n);
+    if (!row_epilogue) {
+      dequantize_rows_serial(isa, acc + r0 * n, row_scale + r0, row_zero_point + r0, weight_scale, weight_colsum,
+                             bias, act, y + r0 * n, r1 - r0, n);
+      return;
+    }
+    // Without y the float row lives in this task's scratch (one row: it stays in L1 between the stages).
+    std::vector<float> scratch(y == nullptr ? static_cast<size_t>(n) : 0);
+    for (int64_t r = r0; r < r1; ++r) {
+      float* row = y != nullptr ? y + r * n : scratch.data();
+      dequantize_rows_serial(isa, acc + r * n, row_scale + r, row_zero_point + r, weight_scale, weight_colsum, bias,
+                             act, row, 1, n);
+      if (norm.skip != nullptr)
+        skip_layernorm_serial(isa, row, norm.skip + r * n, norm.gamma, norm.beta, /*bias=*/nullptr, norm.skip_scale,
+                              row, 1, n, norm.epsilon);
+      if (requantize)
+        quantize_rows_serial(isa, row, requantized.q + r * n, requantized.scale + r, requantized.zero_point + r, 1, n);
+    }
   });
 }
 

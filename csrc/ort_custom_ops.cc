@@ -147,6 +147,8 @@ void require_int(const std::optional<InputTensor>& t, const char* op, const char
 void* allocate_output(OrtKernelContext* ctx, size_t index, const bort::Shape& shape) {
   OrtValue* out = nullptr;
   Ort::ThrowOnError(api().KernelContext_GetOutput(ctx, index, shape.data(), shape.size(), &out));
+  // onnxruntime hands out no value for an optional output the node leaves out (empty name).
+  if (out == nullptr) throw std::invalid_argument("output " + std::to_string(index) + " is not part of the node");
   void* data = nullptr;
   Ort::ThrowOnError(api().GetTensorMutableData(out, &data));
   return data;
@@ -200,6 +202,24 @@ std::optional<int64_t> int_attribute(const OrtKernelInfo* info, const char* name
   if (st == nullptr) return v;
   api().ReleaseStatus(st);
   return std::nullopt;
+}
+
+// Whether the node names output `index` (an optional output left out has an empty name, or is past the end).
+bool has_output(const OrtKernelInfo* info, size_t index) {
+  size_t count = 0;
+  Ort::ThrowOnError(api().KernelInfo_GetOutputCount(info, &count));
+  if (index >= count) return false;
+  size_t size = 0;  // the name's length including its terminating NUL
+  Ort::ThrowOnError(api().KernelInfo_GetOutputName(info, index, nullptr, &size));
+  return size > 1;
+}
+
+float checked_epsilon(const OrtKernelInfo* info, const char* op) {
+  const float eps = float_attribute(info, "epsilon").value_or(1e-12f);
+  if (!std::isfinite(eps) || eps < 0.0f)
+    throw std::invalid_argument(std::string(op) + ": attribute 'epsilon' must be finite and >= 0, got " +
+                                std::to_string(eps));
+  return eps;
 }
 
 int64_t required_num_heads(const OrtKernelInfo* info, const char* op) {
@@ -351,6 +371,9 @@ struct QuantizeRowsKernel {
 
 struct DequantizeRowsKernel {
   bort::Activation activation;
+  float epsilon;
+  bool output_y;            // output 0
+  bool output_requantized;  // outputs 1-3
 
   OrtStatus* ComputeV2(OrtKernelContext* ctx) try {
     const char* op = "DequantizeRows";
@@ -360,19 +383,41 @@ struct DequantizeRowsKernel {
     const InputTensor weight_scale = require_input(ctx, 3, op, "weight_scale");
     const InputTensor weight_colsum = require_input(ctx, 4, op, "weight_colsum");
     const auto bias = get_input(ctx, 5, op, "bias");
+    const auto skip = get_input(ctx, 6, op, "skip");
+    const auto gamma = get_input(ctx, 7, op, "gamma");
+    const auto beta = get_input(ctx, 8, op, "beta");
+    const auto skip_scale = get_input(ctx, 9, op, "skip_scale");
     require_type(acc, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, op, "acc");
     require_float(row_scale, op, "row_scale");
     require_type(row_zero_point, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, op, "row_zero_point");
     require_float(weight_scale, op, "weight_scale");
     require_type(weight_colsum, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, op, "weight_colsum");
     require_float(bias, op, "bias");
-    const bort::RowsDims dims = bort::check_dequantize_rows(acc.shape, row_scale.shape, row_zero_point.shape,
-                                                            weight_scale.shape, weight_colsum.shape, shape_ptr(bias));
-    auto* out = static_cast<float*>(allocate_output(ctx, 0, acc.shape));
+    require_float(skip, op, "skip");
+    require_float(gamma, op, "gamma");
+    require_float(beta, op, "beta");
+    require_float(skip_scale, op, "skip_scale");
+    const bort::RowsDims dims = bort::check_dequantize_rows(
+        acc.shape, row_scale.shape, row_zero_point.shape, weight_scale.shape, weight_colsum.shape, shape_ptr(bias),
+        shape_ptr(skip), shape_ptr(gamma), shape_ptr(beta), shape_ptr(skip_scale), activation, epsilon);
+    bort::SkipLayerNormEpilogue norm;
+    norm.skip = float_data(skip);
+    norm.gamma = float_data(gamma);
+    norm.beta = float_data(beta);
+    norm.skip_scale = float_data(skip_scale);
+    norm.epsilon = epsilon;
+    float* y = output_y ? static_cast<float*>(allocate_output(ctx, 0, acc.shape)) : nullptr;
+    bort::RequantizedRows requantized;
+    if (output_requantized) {
+      const bort::Shape leading(acc.shape.begin(), acc.shape.end() - 1);
+      requantized.q = static_cast<uint8_t*>(allocate_output(ctx, 1, acc.shape));
+      requantized.scale = static_cast<float*>(allocate_output(ctx, 2, leading));
+      requantized.zero_point = static_cast<uint8_t*>(allocate_output(ctx, 3, leading));
+    }
     bort::dequantize_rows(static_cast<const int32_t*>(acc.data), static_cast<const float*>(row_scale.data),
                           static_cast<const uint8_t*>(row_zero_point.data), static_cast<const float*>(weight_scale.data),
-                          static_cast<const int32_t*>(weight_colsum.data), float_data(bias), activation, out,
-                          dims.rows, dims.width, OrtParallelFor(ctx));
+                          static_cast<const int32_t*>(weight_colsum.data), float_data(bias), activation, norm, y,
+                          requantized, dims.rows, dims.width, OrtParallelFor(ctx));
     return nullptr;
   } catch (const std::exception& e) {
     return to_status(e);
@@ -380,13 +425,14 @@ struct DequantizeRowsKernel {
 };
 
 // ---------------------------------------------------------------------------------------------
-// Op descriptions. `kInputs` lists (required?, element type) per input and `kOutputs` the output
-// types; UNDEFINED accepts any type at graph level (int32 or int64 inputs, checked at run time).
+// Op descriptions. `kInputs` and `kOutputs` list (required?, element type) per input and output;
+// UNDEFINED accepts any type at graph level (int32 or int64 inputs, checked at run time).
 
 struct InputSpec {
   bool required;
   ONNXTensorElementDataType type;
 };
+using OutputSpec = InputSpec;
 
 constexpr auto kFloat = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 constexpr auto kAnyInt = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
@@ -397,7 +443,10 @@ template <typename Derived, typename Kernel>
 struct OpBase : Ort::CustomOpBase<Derived, Kernel, /*WithStatus=*/true> {
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
   size_t GetOutputTypeCount() const { return Derived::kOutputs.size(); }
-  ONNXTensorElementDataType GetOutputType(size_t i) const { return Derived::kOutputs[i]; }
+  ONNXTensorElementDataType GetOutputType(size_t i) const { return Derived::kOutputs[i].type; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {
+    return Derived::kOutputs[i].required ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+  }
   size_t GetInputTypeCount() const { return Derived::kInputs.size(); }
   ONNXTensorElementDataType GetInputType(size_t i) const { return Derived::kInputs[i].type; }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
@@ -412,7 +461,7 @@ struct OpBase : Ort::CustomOpBase<Derived, Kernel, /*WithStatus=*/true> {
   }
 };
 
-constexpr std::array<ONNXTensorElementDataType, 1> kOneFloatOutput{kFloat};
+constexpr std::array<OutputSpec, 1> kOneFloatOutput{{{true, kFloat}}};
 
 struct FusedAttentionOp : OpBase<FusedAttentionOp, FusedAttentionKernel> {
   static constexpr std::array<InputSpec, 3> kInputs{{{true, kFloat}, {false, kFloat}, {false, kAnyInt}}};
@@ -446,30 +495,35 @@ struct SkipLayerNormOp : OpBase<SkipLayerNormOp, SkipLayerNormKernel> {
   static constexpr auto kOutputs = kOneFloatOutput;
   const char* GetName() const { return "SkipLayerNorm"; }
   SkipLayerNormKernel* Make(const OrtKernelInfo* info) const {
-    const float eps = float_attribute(info, "epsilon").value_or(1e-12f);
-    if (!std::isfinite(eps) || eps < 0.0f)
-      throw std::invalid_argument("SkipLayerNorm: attribute 'epsilon' must be finite and >= 0, got " + std::to_string(eps));
-    return new SkipLayerNormKernel{eps};
+    return new SkipLayerNormKernel{checked_epsilon(info, GetName())};
   }
 };
 
 struct QuantizeRowsOp : OpBase<QuantizeRowsOp, QuantizeRowsKernel> {
   static constexpr std::array<InputSpec, 1> kInputs{{{true, kFloat}}};
-  static constexpr std::array<ONNXTensorElementDataType, 3> kOutputs{kUint8, kFloat, kUint8};
+  static constexpr std::array<OutputSpec, 3> kOutputs{{{true, kUint8}, {true, kFloat}, {true, kUint8}}};
   const char* GetName() const { return "QuantizeRows"; }
   QuantizeRowsKernel* Make(const OrtKernelInfo*) const { return new QuantizeRowsKernel{}; }
 };
 
 struct DequantizeRowsOp : OpBase<DequantizeRowsOp, DequantizeRowsKernel> {
-  static constexpr std::array<InputSpec, 6> kInputs{
-      {{true, kInt32}, {true, kFloat}, {true, kUint8}, {true, kFloat}, {true, kInt32}, {false, kFloat}}};
-  static constexpr auto kOutputs = kOneFloatOutput;
+  // acc, row_scale, row_zero_point, weight_scale, weight_colsum, bias, then the skip + LayerNorm epilogue's
+  // skip, gamma, beta, skip_scale.
+  static constexpr std::array<InputSpec, 10> kInputs{{{true, kInt32}, {true, kFloat}, {true, kUint8}, {true, kFloat},
+                                                      {true, kInt32}, {false, kFloat}, {false, kFloat},
+                                                      {false, kFloat}, {false, kFloat}, {false, kFloat}}};
+  // y, then the requantized y_quantized, y_scale, y_zero_point; which of them the node names is checked
+  // when the kernel is created.
+  static constexpr std::array<OutputSpec, 4> kOutputs{{{false, kFloat}, {false, kUint8}, {false, kFloat}, {false, kUint8}}};
   const char* GetName() const { return "DequantizeRows"; }
   DequantizeRowsKernel* Make(const OrtKernelInfo* info) const {
     const std::string act = string_attribute(info, "activation").value_or("none");
     if (act != "none" && act != "gelu")
       throw std::invalid_argument("DequantizeRows: attribute 'activation' must be 'none' or 'gelu', got '" + act + "'");
-    return new DequantizeRowsKernel{act == "gelu" ? bort::Activation::kGelu : bort::Activation::kNone};
+    const bool y = has_output(info, 0), y_quantized = has_output(info, 1);
+    bort::check_dequantize_rows_outputs(y, y_quantized, has_output(info, 2), has_output(info, 3));
+    return new DequantizeRowsKernel{act == "gelu" ? bort::Activation::kGelu : bort::Activation::kNone,
+                                    checked_epsilon(info, GetName()), y, y_quantized};
   }
 };
 

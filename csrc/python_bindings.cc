@@ -205,32 +205,65 @@ py::array_t<T, py::array::c_style | py::array::forcecast> as_exact(const py::obj
   return py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(arr);
 }
 
-py::array_t<float> dequantize_rows(const py::object& acc_obj, const py::object& row_scale_obj,
-                                   const py::object& row_zero_point_obj, const py::object& weight_scale_obj,
-                                   const py::object& weight_colsum_obj, const py::object& bias_obj,
-                                   const std::string& activation) {
+// Returns y; (y, q, scale, zero_point) with requantize; (q, scale, zero_point) with requantize and no y.
+py::object dequantize_rows(const py::object& acc_obj, const py::object& row_scale_obj,
+                           const py::object& row_zero_point_obj, const py::object& weight_scale_obj,
+                           const py::object& weight_colsum_obj, const py::object& bias_obj,
+                           const std::string& activation, const py::object& skip_obj, const py::object& gamma_obj,
+                           const py::object& beta_obj, const py::object& skip_scale_obj, float epsilon,
+                           bool requantize, bool output_float) {
   auto acc = as_exact<int32_t>(acc_obj, "acc", "int32");
   FloatArray row_scale = as_float(row_scale_obj, "row_scale");
   auto row_zero_point = as_exact<uint8_t>(row_zero_point_obj, "row_zero_point", "uint8");
   FloatArray weight_scale = as_float(weight_scale_obj, "weight_scale");
   auto weight_colsum = as_exact<int32_t>(weight_colsum_obj, "weight_colsum", "int32");
   auto bias = as_optional_float(bias_obj, "bias");
+  auto skip = as_optional_float(skip_obj, "skip");
+  auto gamma = as_optional_float(gamma_obj, "gamma");
+  auto beta = as_optional_float(beta_obj, "beta");
+  auto skip_scale = as_optional_float(skip_scale_obj, "skip_scale");
   const bort::Activation act = parse_activation(activation);
   const bort::Shape bias_shape = bias ? shape_of(*bias) : bort::Shape{};
-  const bort::RowsDims dims =
-      bort::check_dequantize_rows(shape_of(acc), shape_of(row_scale), shape_of(row_zero_point), shape_of(weight_scale),
-                                  shape_of(weight_colsum), bias ? &bias_shape : nullptr);
-  py::array_t<float> out(shape_of(acc));
+  const bort::Shape skip_shape = skip ? shape_of(*skip) : bort::Shape{};
+  const bort::Shape gamma_shape = gamma ? shape_of(*gamma) : bort::Shape{};
+  const bort::Shape beta_shape = beta ? shape_of(*beta) : bort::Shape{};
+  const bort::Shape scale_shape = skip_scale ? shape_of(*skip_scale) : bort::Shape{};
+  const bort::Shape acc_shape = shape_of(acc);
+  const bort::RowsDims dims = bort::check_dequantize_rows(
+      acc_shape, shape_of(row_scale), shape_of(row_zero_point), shape_of(weight_scale), shape_of(weight_colsum),
+      bias ? &bias_shape : nullptr, skip ? &skip_shape : nullptr, gamma ? &gamma_shape : nullptr,
+      beta ? &beta_shape : nullptr, skip_scale ? &scale_shape : nullptr, act, epsilon);
+  bort::check_dequantize_rows_outputs(output_float, requantize, requantize, requantize);
+  const bort::Shape leading(acc_shape.begin(), acc_shape.end() - 1);
+  std::optional<py::array_t<float>> out;
+  std::optional<py::array_t<uint8_t>> q, zero_point;
+  std::optional<py::array_t<float>> scale;
+  if (output_float) out.emplace(acc_shape);
+  bort::RequantizedRows requantized;
+  if (requantize) {
+    q.emplace(acc_shape);
+    scale.emplace(leading);
+    zero_point.emplace(leading);
+    requantized = {q->mutable_data(), scale->mutable_data(), zero_point->mutable_data()};
+  }
+  bort::SkipLayerNormEpilogue norm;
+  norm.skip = data_or_null(skip);
+  norm.gamma = data_or_null(gamma);
+  norm.beta = data_or_null(beta);
+  norm.skip_scale = data_or_null(skip_scale);
+  norm.epsilon = epsilon;
   const int32_t *ap = acc.data(), *cp = weight_colsum.data();
   const float *rsp = row_scale.data(), *wsp = weight_scale.data(), *bp = data_or_null(bias);
   const uint8_t* zp = row_zero_point.data();
-  float* o = out.mutable_data();
+  float* o = out ? out->mutable_data() : nullptr;
   {
     py::gil_scoped_release release;
     bort::ThreadFor pf(g_num_threads.load());
-    bort::dequantize_rows(ap, rsp, zp, wsp, cp, bp, act, o, dims.rows, dims.width, pf);
+    bort::dequantize_rows(ap, rsp, zp, wsp, cp, bp, act, norm, o, requantized, dims.rows, dims.width, pf);
   }
-  return out;
+  if (!requantize) return std::move(*out);
+  if (!output_float) return py::make_tuple(*q, *scale, *zero_point);
+  return py::make_tuple(*out, *q, *scale, *zero_point);
 }
 
 py::array_t<float> erf_for_tests(const py::object& x_obj) {
@@ -267,8 +300,14 @@ PYBIND11_MODULE(_C, m) {
         "zero_point uint8 [...]) with x ~= scale * (q - zero_point).");
   m.def("dequantize_rows", &dequantize_rows, py::arg("acc"), py::arg("row_scale"), py::arg("row_zero_point"),
         py::arg("weight_scale"), py::arg("weight_colsum"), py::arg("bias") = py::none(), py::arg("activation") = "none",
-        "act(row_scale[m] * weight_scale[n] * (acc[m, n] - row_zero_point[m] * weight_colsum[n]) + bias[n]) for "
-        "int32 acc [..., N]; activation 'none' or 'gelu'.");
+        py::arg("skip") = py::none(), py::arg("gamma") = py::none(), py::arg("beta") = py::none(),
+        py::arg("skip_scale") = py::none(), py::arg("epsilon") = 1e-12f, py::arg("requantize") = false,
+        py::arg("output_float") = true,
+        "v = act(row_scale[m] * weight_scale[n] * (acc[m, n] - row_zero_point[m] * weight_colsum[n]) + bias[n]) for "
+        "int32 acc [..., N]; activation 'none' or 'gelu'. With skip (acc's shape; needs gamma, excludes gelu): "
+        "v = LayerNorm(v + skip [* skip_scale]) * gamma [+ beta]. Returns y = v; with requantize, (y, q, scale, "
+        "zero_point) where the last three are quantize_rows(y) exactly; with requantize and output_float=False, "
+        "(q, scale, zero_point) only.");
   m.def("erf", &erf_for_tests, py::arg("x"), "erf with the active ISA's implementation (for testing the vectorised erf).");
   m.def("set_isa", &bort::set_isa, py::arg("isa"),
         "Select kernels: 'scalar', 'avx2', 'avx512' or 'auto' (best supported). RuntimeError when the CPU lacks it.");

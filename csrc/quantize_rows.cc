@@ -126,6 +126,16 @@ BORT_AVX512 void quantize_rows_avx512(const float* x, uint8_t* q, float* scale, 
 
 }  // namespace
 
+void quantize_rows_serial(Isa isa, const float* x, uint8_t* q, float* scale, uint8_t* zero_point, int64_t rows,
+                          int64_t k) {
+  if (isa >= Isa::kAvx512)
+    quantize_rows_avx512(x, q, scale, zero_point, rows, k);
+  else if (isa >= Isa::kAvx2)
+    quantize_rows_avx2(x, q, scale, zero_point, rows, k);
+  else
+    quantize_rows_scalar(x, q, scale, zero_point, rows, k);
+}
+
 void quantize_rows(const float* x, uint8_t* q, float* scale, uint8_t* zero_point, int64_t rows, int64_t k,
                    const ParallelFor& pf) {
   if (rows <= 0) return;
@@ -141,12 +151,7 @@ void quantize_rows(const float* x, uint8_t* q, float* scale, uint8_t* zero_point
   pf.run(tasks, [&](size_t t) {
     const int64_t r0 = static_cast<int64_t>(t) * per_task, r1 = std::min(rows, r0 + per_task);
     if (r0 >= r1) return;
-    if (isa >= Isa::kAvx512)
-      quantize_rows_avx512(x + r0 * k, q + r0 * k, scale + r0, zero_point + r0, r1 - r0, k);
-    else if (isa >= Isa::kAvx2)
-      quantize_rows_avx2(x + r0 * k, q + r0 * k, scale + r0, zero_point + r0, r1 - r0, k);
-    else
-      quantize_rows_scalar(x + r0 * k, q + r0 * k, scale + r0, zero_point + r0, r1 - r0, k);
+    quantize_rows_serial(isa, x + r0 * k, q + r0 * k, scale + r0, zero_point + r0, r1 - r0, k);
   });
 }
 

@@ -7,6 +7,7 @@
 
 #include <cstdint>
 
+#include "cpu_dispatch.h"
 #include "parallel.h"
 
 namespace bort {
@@ -16,5 +17,10 @@ namespace bort {
 // So x ~= scale * (q - zero_point), 0 is exact, and NaN inputs quantize to a defined (clamped) value.
 void quantize_rows(const float* x, uint8_t* q, float* scale, uint8_t* zero_point, int64_t rows, int64_t k,
                    const ParallelFor& pf);
+
+// The same on the calling thread with `isa`'s path (k >= 0): for fused epilogues that quantize rows they
+// have just produced (DequantizeRows' requantized outputs), so that they match QuantizeRows bit for bit.
+void quantize_rows_serial(Isa isa, const float* x, uint8_t* q, float* scale, uint8_t* zero_point, int64_t rows,
+                          int64_t k);
 
 }  // namespace bort

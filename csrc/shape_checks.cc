@@ -2,6 +2,7 @@
 
 #include <cmath>
 #include <stdexcept>
+#include <utility>
 
 namespace bort {
 namespace {
@@ -126,7 +127,9 @@ RowsDims check_bias_gelu(const Shape& x, const Shape& bias) {
 RowsDims check_quantize_rows(const Shape& x) { return rows_of("QuantizeRows", "x", x); }
 
 RowsDims check_dequantize_rows(const Shape& acc, const Shape& row_scale, const Shape& row_zero_point,
-                               const Shape& weight_scale, const Shape& weight_colsum, const Shape* bias) {
+                               const Shape& weight_scale, const Shape& weight_colsum, const Shape* bias,
+                               const Shape* skip, const Shape* gamma, const Shape* beta, const Shape* skip_scale,
+                               Activation activation, float epsilon) {
   const char* op = "DequantizeRows";
   const RowsDims dims = rows_of(op, "acc", acc);
   const Shape leading(acc.begin(), acc.end() - 1);
@@ -139,7 +142,36 @@ RowsDims check_dequantize_rows(const Shape& acc, const Shape& row_scale, const S
   check_vector(op, "weight_scale", &weight_scale, dims.width);
   check_vector(op, "weight_colsum", &weight_colsum, dims.width);
   check_vector(op, "bias", bias, dims.width);
+  if (skip == nullptr) {
+    // Without skip these inputs would be silently ignored: a graph that passes them meant something else.
+    const std::pair<const char*, const Shape*> layernorm_inputs[] = {
+        {"gamma", gamma}, {"beta", beta}, {"skip_scale", skip_scale}};
+    for (const auto& [name, shape] : layernorm_inputs)
+      if (shape != nullptr)
+        fail(std::string(op) + ": " + name + " belongs to the skip + LayerNorm epilogue and needs skip, which is absent");
+  } else {
+    if (*skip != acc)
+      fail(std::string(op) + ": skip must have the shape of acc " + shape_str(acc) + ", got " + shape_str(*skip));
+    if (gamma == nullptr) fail(std::string(op) + ": skip needs gamma (the LayerNorm scale), which is absent");
+    if (activation == Activation::kGelu)
+      fail(std::string(op) + ": activation 'gelu' cannot be combined with skip (there is no GELU + LayerNorm epilogue)");
+  }
+  check_vector(op, "gamma", gamma, dims.width);
+  check_vector(op, "beta", beta, dims.width);
+  check_vector(op, "skip_scale", skip_scale, dims.width);
+  if (!(epsilon >= 0.0f) || !std::isfinite(epsilon))
+    fail(std::string(op) + ": epsilon must be finite and >= 0, got " + std::to_string(epsilon));
   return dims;
+}
+
+void check_dequantize_rows_outputs(bool y, bool y_quantized, bool y_scale, bool y_zero_point) {
+  const char* op = "DequantizeRows";
+  if (y_quantized != y_scale || y_quantized != y_zero_point)
+    fail(std::string(op) + ": the requantized outputs y_quantized, y_scale and y_zero_point must be requested "
+         "together or not at all (requested: y_quantized " + (y_quantized ? "yes" : "no") + ", y_scale " +
+         (y_scale ? "yes" : "no") + ", y_zero_point " + (y_zero_point ? "yes" : "no") + ")");
+  if (!y && !y_quantized)
+    fail(std::string(op) + ": no output is requested (want y, the requantized outputs, or both)");
 }
 
 RowsDims check_skip_layernorm(const Shape& x, const Shape& skip, const Shape& gamma, const Shape* beta,

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "attention.h"
+#include "dequantize_rows.h"
 
 namespace bort {
 
@@ -53,8 +54,17 @@ RowsDims check_bias_gelu(const Shape& x, const Shape& bias);
 RowsDims check_quantize_rows(const Shape& x);
 
 // acc [..., N]; row_scale and row_zero_point acc's leading shape; weight_scale, weight_colsum [N]; bias [N] or null.
+// The skip + LayerNorm epilogue: skip (acc's shape) or null; gamma [N], required with skip; beta and skip_scale
+// [N] or null; gamma, beta and skip_scale are rejected without skip, and so is skip with the GELU activation.
+// epsilon finite and >= 0.
 RowsDims check_dequantize_rows(const Shape& acc, const Shape& row_scale, const Shape& row_zero_point,
-                               const Shape& weight_scale, const Shape& weight_colsum, const Shape* bias);
+                               const Shape& weight_scale, const Shape& weight_colsum, const Shape* bias,
+                               const Shape* skip, const Shape* gamma, const Shape* beta, const Shape* skip_scale,
+                               Activation activation, float epsilon);
+
+// Which of DequantizeRows' outputs are requested: y (float) and the requantized y_quantized, y_scale and
+// y_zero_point, which come all together or not at all; at least one output.
+void check_dequantize_rows_outputs(bool y, bool y_quantized, bool y_scale, bool y_zero_point);
 
 // x [..., H], skip same shape as x, gamma [H], beta/bias/skip_scale [H] or null.
 RowsDims check_skip_layernorm(const Shape& x, const Shape& skip, const Shape& gamma, const Shape* beta,

@@ -167,6 +167,17 @@ BORT_AVX512 void skip_layernorm_rows_avx512(const float* x, const float* skip, c
 
 }  // namespace
 
+void skip_layernorm_serial(Isa isa, const float* x, const float* skip, const float* gamma, const float* beta,
+                           const float* bias, const float* skip_scale, float* y, int64_t rows, int64_t h,
+                           float epsilon) {
+  if (isa >= Isa::kAvx512)
+    skip_layernorm_rows_avx512(x, skip, gamma, beta, bias, skip_scale, y, rows, h, epsilon);
+  else if (isa >= Isa::kAvx2)
+    skip_layernorm_rows_avx2(x, skip, gamma, beta, bias, skip_scale, y, rows, h, epsilon);
+  else
+    skip_layernorm_rows_scalar(x, skip, gamma, beta, bias, skip_scale, y, rows, h, epsilon);
+}
+
 void skip_layernorm(const float* x, const float* skip, const float* gamma, const float* beta, const float* bias,
                     const float* skip_scale, float* y, int64_t rows, int64_t h, float epsilon, const ParallelFor& pf) {
   if (rows <= 0 || h <= 0) return;
@@ -181,12 +192,7 @@ void skip_layernorm(const float* x, const float* skip, const float* gamma, const
     const int64_t r1 = std::min(rows, r0 + per_task);
     if (r0 >= r1) return;
     const int64_t off = r0 * h;
-    if (isa >= Isa::kAvx512)
-      skip_layernorm_rows_avx512(x + off, skip + off, gamma, beta, bias, skip_scale, y + off, r1 - r0, h, epsilon);
-    else if (isa >= Isa::kAvx2)
-      skip_layernorm_rows_avx2(x + off, skip + off, gamma, beta, bias, skip_scale, y + off, r1 - r0, h, epsilon);
-    else
-      skip_layernorm_rows_scalar(x + off, skip + off, gamma, beta, bias, skip_scale, y + off, r1 - r0, h, epsilon);
+    skip_layernorm_serial(isa, x + off, skip + off, gamma, beta, bias, skip_scale, y + off, r1 - r0, h, epsilon);
   });
 }
 

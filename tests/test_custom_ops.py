@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .test_kernels import (C, ISAS, TOL, make_mask, ref_attention, ref_dequantize_rows, ref_gelu,
-                           ref_packed_attention, ref_quantize_rows, ref_skip_layernorm, rel_err, use_isa)
+from .test_kernels import (C, ISAS, TOL, assert_close_to_reference, dequantize_inputs, make_mask, ref_attention,
+                           ref_dequantize_epilogue, ref_dequantize_rows, ref_gelu, ref_packed_attention,
+                           ref_quantize_rows, ref_skip_layernorm, rel_err, use_isa)
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -22,19 +23,20 @@ ELEM = {np.float32: TensorProto.FLOAT, np.float64: TensorProto.DOUBLE, np.int32:
 
 
 def one_node_session(op, feeds: dict, attrs: dict | None = None, input_names=None, threads: int = 1,
-                     output_types=(TensorProto.FLOAT,)):
+                     output_types=(TensorProto.FLOAT,), output_names=None):
     """Session of a graph holding one `op` node whose graph inputs are the (non-None) feeds.
 
     input_names: the node's input list (use "" for an absent optional input); defaults to feeds' keys.
     output_types: element type of each of the node's outputs.
+    output_names: the node's output list (use "" for an absent optional output); defaults to out, out1, ...
     """
     names = list(feeds) if input_names is None else input_names
     graph_inputs = [helper.make_tensor_value_info(n, ELEM[feeds[n].dtype.type], [None] * feeds[n].ndim)
                     for n in names if n]
-    outputs = ["out"] + [f"out{i}" for i in range(1, len(output_types))]
+    outputs = ["out"] + [f"out{i}" for i in range(1, len(output_types))] if output_names is None else output_names
     node = helper.make_node(op, names, outputs, domain=DOMAIN, **(attrs or {}))
     graph = helper.make_graph([node], "g", graph_inputs,
-                              [helper.make_tensor_value_info(o, t, None) for o, t in zip(outputs, output_types)])
+                              [helper.make_tensor_value_info(o, t, None) for o, t in zip(outputs, output_types) if o])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
     so = ort.SessionOptions()
     so.register_custom_ops_library(C.__file__)
@@ -234,6 +236,183 @@ def test_quantize_rows_op_matches_kernel():
     np.testing.assert_array_equal(z, rz)
 
 
+# DequantizeRows with its epilogues: skip + LayerNorm, requantized outputs, y optional
+
+DEQUANTIZE_INPUTS = ["acc", "row_scale", "row_zero_point", "weight_scale", "weight_colsum", "bias", "skip", "gamma",
+                     "beta", "skip_scale"]
+DEQUANTIZE_OUTPUT_TYPES = (TensorProto.FLOAT, TensorProto.UINT8, TensorProto.FLOAT, TensorProto.UINT8)
+# Which outputs the node names: y only, y and the requantized three, the requantized three only.
+DEQUANTIZE_OUTPUTS = {"y": ["y"], "y+quantized": ["y", "q", "scale", "zero_point"],
+                      "quantized": ["", "q", "scale", "zero_point"]}
+
+
+def dequantize_session(feeds: dict, attrs=None, outputs=("y",), threads=1):
+    """One DequantizeRows node: the present feeds at their input positions ("" for the absent ones)."""
+    names = [n if n in feeds else "" for n in DEQUANTIZE_INPUTS]
+    while names[-1] == "":
+        names.pop()
+    return one_node_session("DequantizeRows", feeds, attrs, names, threads, DEQUANTIZE_OUTPUT_TYPES, list(outputs))
+
+
+def dequantize_feeds(rng, lead, n, with_bias, epilogue):
+    acc, row_scale, row_zp, weight_scale, colsum, bias = dequantize_inputs(rng, lead, n, with_bias)
+    feeds = {"acc": acc, "row_scale": row_scale, "row_zero_point": row_zp, "weight_scale": weight_scale,
+             "weight_colsum": colsum}
+    if bias is not None:
+        feeds["bias"] = bias
+    if epilogue.startswith("layernorm"):
+        feeds["skip"] = (rng.standard_normal((*lead, n)) * 10).astype(np.float32)
+        feeds["gamma"] = rng.standard_normal(n).astype(np.float32)
+        if "beta" in epilogue:
+            feeds["beta"] = rng.standard_normal(n).astype(np.float32)
+        if "skip_scale" in epilogue:
+            feeds["skip_scale"] = rng.uniform(0.05, 20, n).astype(np.float32)
+    return feeds
+
+
+EPILOGUES = ["none", "gelu", "layernorm", "layernorm+beta", "layernorm+skip_scale", "layernorm+beta+skip_scale"]
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("outputs", list(DEQUANTIZE_OUTPUTS))
+@pytest.mark.parametrize("epilogue", EPILOGUES)
+@pytest.mark.parametrize("with_bias", [False, True], ids=["no_bias", "bias"])
+def test_dequantize_rows_op_combinations(with_bias, epilogue, outputs, threads):
+    rng = np.random.default_rng(20)
+    feeds = dequantize_feeds(rng, (3, 11), 200, with_bias, epilogue)
+    attrs = {"activation": "gelu"} if epilogue == "gelu" else {}
+    if epilogue.startswith("layernorm"):
+        attrs["epsilon"] = 1e-5
+    got = dequantize_session(feeds, attrs, DEQUANTIZE_OUTPUTS[outputs], threads).run(None, feeds)
+    requantize = outputs != "y"
+    want = C.dequantize_rows(**feeds, activation=attrs.get("activation", "none"), epsilon=attrs.get("epsilon", 1e-12),
+                             requantize=requantize, output_float=outputs != "quantized")
+    want = list(want) if requantize else [want]
+    assert len(got) == len(want)
+    for g, w in zip(got, want):  # rows are independent, so the op equals the direct call bit for bit
+        assert g.dtype == w.dtype
+        np.testing.assert_array_equal(g, w)
+    if outputs != "quantized":
+        ref, allowance = ref_dequantize_epilogue(**feeds, activation=attrs.get("activation", "none"),
+                                                 epsilon=attrs.get("epsilon", 1e-12))
+        assert_close_to_reference(got[0], ref, allowance)
+    if outputs == "y+quantized":
+        for g, w in zip(got[1:], ref_quantize_rows(got[0])):
+            np.testing.assert_array_equal(g, w)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_dequantize_rows_op_on_each_isa(isa):
+    rng = np.random.default_rng(21)
+    feeds = dequantize_feeds(rng, (2, 33), 1024, True, "layernorm+beta+skip_scale")
+    with use_isa(isa):
+        y, q, s, z = dequantize_session(feeds, {"epsilon": 1e-5}, DEQUANTIZE_OUTPUTS["y+quantized"],
+                                        threads=2).run(None, feeds)
+        expected = C.dequantize_rows(**feeds, epsilon=1e-5, requantize=True)
+    for got, want in zip((y, q, s, z), expected):
+        np.testing.assert_array_equal(got, want)
+    for got, want in zip((q, s, z), ref_quantize_rows(y)):
+        np.testing.assert_array_equal(got, want)
+    ref, allowance = ref_dequantize_epilogue(**feeds, epsilon=1e-5)
+    assert_close_to_reference(y, ref, allowance)
+
+
+def quantize_weight(rng, k, n):
+    """Symmetric per-column int8 weights (as the exporter makes them) and their scales."""
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    scale = (np.abs(w).max(axis=0) / 127).astype(np.float32)
+    return np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale
+
+
+def int8_layer_session(p, threads):
+    """The int8 layer the fused epilogues serve, one op per stage:
+    QuantizeRows(x) → MatMulInteger → DequantizeRows(+x, LayerNorm, requantize) = h (float and u8)
+    → MatMulInteger → DequantizeRows(gelu, requantize, no float output) = g (u8 only)
+    → MatMulInteger → DequantizeRows(+h, LayerNorm, requantize) = out (float and u8, the next layer's input)."""
+    inits = [onnx.numpy_helper.from_array(v, k) for k, v in p.items()]
+    int8_gemm = [["xq", "w_attn", "acc_attn"], ["hq", "w_in", "acc_in"], ["gq", "w_out", "acc_out"]]
+    nodes = [helper.make_node("QuantizeRows", ["x"], ["xq", "xs", "xz"], domain=DOMAIN)]
+    nodes += [helper.make_node("MatMulInteger", [a, w], [o]) for a, w, o in int8_gemm]
+    nodes += [
+        helper.make_node("DequantizeRows", ["acc_attn", "xs", "xz", "ws_attn", "cs_attn", "b_attn", "x", "gamma1",
+                                            "beta1", "skip_scale1"], ["h", "hq", "hs", "hz"], domain=DOMAIN,
+                         epsilon=1e-5),
+        helper.make_node("DequantizeRows", ["acc_in", "hs", "hz", "ws_in", "cs_in", "b_in"], ["", "gq", "gs", "gz"],
+                         domain=DOMAIN, activation="gelu"),
+        helper.make_node("DequantizeRows", ["acc_out", "gs", "gz", "ws_out", "cs_out", "b_out", "h", "gamma2",
+                                            "beta2"], ["out", "oq", "os", "oz"], domain=DOMAIN, epsilon=1e-5),
+    ]
+    types = {"h": TensorProto.FLOAT, "hq": TensorProto.UINT8, "hs": TensorProto.FLOAT, "hz": TensorProto.UINT8,
+             "gq": TensorProto.UINT8, "gs": TensorProto.FLOAT, "gz": TensorProto.UINT8, "out": TensorProto.FLOAT,
+             "oq": TensorProto.UINT8, "os": TensorProto.FLOAT, "oz": TensorProto.UINT8}
+    graph = helper.make_graph(nodes, "int8_layer",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
+                              [helper.make_tensor_value_info(k, t, None) for k, t in types.items()], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(C.__file__)
+    so.intra_op_num_threads = threads
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]), list(types)
+
+
+def int64_gemm(q, wq):
+    return q.astype(np.int64) @ wq.astype(np.int64)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+def test_int8_layer_chain_with_fused_epilogues(threads):
+    rng = np.random.default_rng(22)
+    hidden, ffn, rows = 200, 136, 37  # neither a multiple of 16: vector tails in every stage
+    x = (rng.standard_normal((rows, hidden)) + 0.3).astype(np.float32)
+    x[5] *= 40  # an outlier row must not cost the other rows their resolution
+    p = {}
+    for name, (k, n) in {"attn": (hidden, hidden), "in": (hidden, ffn), "out": (ffn, hidden)}.items():
+        p[f"w_{name}"], p[f"ws_{name}"] = quantize_weight(rng, k, n)
+        p[f"cs_{name}"] = p[f"w_{name}"].astype(np.int32).sum(axis=0).astype(np.int32)
+        p[f"b_{name}"] = (rng.standard_normal(n) * 0.1).astype(np.float32)
+    for i in (1, 2):
+        p[f"gamma{i}"] = rng.uniform(0.5, 1.5, hidden).astype(np.float32)
+        p[f"beta{i}"] = (rng.standard_normal(hidden) * 0.1).astype(np.float32)
+    p["skip_scale1"] = rng.uniform(0.5, 2, hidden).astype(np.float32)
+    sess, names = int8_layer_session(p, threads)
+    got = dict(zip(names, sess.run(None, {"x": x})))
+
+    def dequantize(stage, acc, s, z, **epilogue):
+        return ref_dequantize_epilogue(acc, s, z, p[f"ws_{stage}"], p[f"cs_{stage}"].astype(np.int64),
+                                       p[f"b_{stage}"], **epilogue)
+
+    # Stage by stage, each from the previous stage's actual (exactly known) quantized output.
+    xq, xs, xz = ref_quantize_rows(x)
+    h_ref, allowance = dequantize("attn", int64_gemm(xq, p["w_attn"]), xs, xz, skip=x, gamma=p["gamma1"],
+                                  beta=p["beta1"], skip_scale=p["skip_scale1"], epsilon=1e-5)
+    assert_close_to_reference(got["h"], h_ref, allowance)
+    for key, want in zip(("hq", "hs", "hz"), ref_quantize_rows(got["h"])):
+        np.testing.assert_array_equal(got[key], want)
+    g_ref, _ = dequantize("in", int64_gemm(got["hq"], p["w_in"]), got["hs"], got["hz"], activation="gelu")
+    # g has no float output: its quantization must represent the float64 GELU to half a step.
+    gs, gz = got["gs"].astype(np.float64)[:, None], got["gz"].astype(np.float64)[:, None]
+    assert np.all(np.abs(gs * (got["gq"] - gz) - g_ref) <= 0.5001 * gs + TOL * np.abs(g_ref).max())
+    np.testing.assert_allclose(got["gs"], ref_quantize_rows(g_ref.astype(np.float32))[1], rtol=1e-5)
+    out_ref, allowance = dequantize("out", int64_gemm(got["gq"], p["w_out"]), got["gs"], got["gz"], skip=got["h"],
+                                    gamma=p["gamma2"], beta=p["beta2"], epsilon=1e-5)
+    assert_close_to_reference(got["out"], out_ref, allowance)
+    for key, want in zip(("oq", "os", "oz"), ref_quantize_rows(got["out"])):
+        np.testing.assert_array_equal(got[key], want)
+
+    # And the whole layer close to its float64 original (int8 rounding of three GEMM inputs, nothing more).
+    def layernorm(t, gamma, beta):
+        return (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, keepdims=True) + 1e-5) * gamma + beta
+
+    def weight(stage):
+        return p[f"w_{stage}"] * p[f"ws_{stage}"].astype(np.float64)
+
+    x64 = x.astype(np.float64)
+    h = layernorm(x64 @ weight("attn") + p["b_attn"] + x64 * p["skip_scale1"], p["gamma1"], p["beta1"])
+    g = ref_gelu(h @ weight("in"), p["b_in"])
+    out = layernorm(g @ weight("out") + p["b_out"] + h, p["gamma2"], p["beta2"])
+    assert np.abs(got["out"] - out).max() <= 0.02 * np.abs(out).max()
+
+
 # ----------------------------------------------------------------------------------------------
 # Hostile graphs: each must raise an onnxruntime error naming the problem, and the process survives.
 
@@ -371,6 +550,57 @@ DQ = {"acc": ACC, "row_scale": np.ones(2, np.float32), "row_zero_point": np.zero
 ])
 def test_dequantize_rows_rejects(change, attrs, match):
     expect_failure(match, "DequantizeRows", {**DQ, **change}, attrs)
+
+
+DQ_NORM = {"skip": np.zeros((2, 4), np.float32), "gamma": np.ones(4, np.float32)}
+
+
+@pytest.mark.parametrize("change,attrs,match", [
+    ({"gamma": np.ones(4, np.float32)}, {}, "gamma belongs to the skip \\+ LayerNorm epilogue and needs skip"),
+    ({"beta": np.ones(4, np.float32)}, {}, "beta belongs to the skip \\+ LayerNorm epilogue and needs skip"),
+    ({"skip_scale": np.ones(4, np.float32)}, {}, "skip_scale belongs to the skip \\+ LayerNorm epilogue"),
+    ({"gamma": np.ones(4, np.float32), "beta": np.ones(4, np.float32)}, {}, "gamma belongs to the skip"),
+    ({"skip": np.zeros((2, 4), np.float32)}, {}, "skip needs gamma"),
+    (DQ_NORM, {"activation": "gelu"}, "'gelu' cannot be combined with skip"),
+    ({**DQ_NORM, "skip": np.zeros((2, 5), np.float32)}, {}, "skip must have the shape of acc \\[2, 4\\]"),
+    ({**DQ_NORM, "skip": np.zeros((1, 2, 4), np.float32)}, {}, "skip must have the shape of acc"),
+    ({**DQ_NORM, "skip": np.zeros(8, np.float32)}, {}, "skip must have the shape of acc"),
+    ({**DQ_NORM, "gamma": np.ones(3, np.float32)}, {}, "gamma must have shape \\[4\\]"),
+    ({**DQ_NORM, "beta": np.ones((4, 1), np.float32)}, {}, "beta must have shape \\[4\\]"),
+    ({**DQ_NORM, "skip_scale": np.ones(5, np.float32)}, {}, "skip_scale must have shape \\[4\\]"),
+    (DQ_NORM, {"epsilon": -1.0}, "'epsilon' must be finite and >= 0"),
+    (DQ_NORM, {"epsilon": float("inf")}, "'epsilon' must be finite"),
+    ({**DQ_NORM, "skip": np.zeros((2, 4), np.float64)}, {}, "skip"),
+    ({**DQ_NORM, "gamma": np.ones(4, np.float16)}, {}, "gamma"),
+    ({**DQ_NORM, "beta": np.ones(4, np.int32)}, {}, "beta"),
+    ({**DQ_NORM, "skip_scale": np.ones(4, np.float64)}, {}, "skip_scale"),
+    ({"acc": np.zeros((2, 4), np.int64)}, {}, "acc"),
+    ({"row_zero_point": np.zeros(2, np.int8)}, {}, "row_zero_point"),
+])
+@pytest.mark.parametrize("outputs", list(DEQUANTIZE_OUTPUTS))
+def test_dequantize_rows_epilogue_rejects(change, attrs, match, outputs):
+    with pytest.raises(ORT_ERRORS, match=match):
+        dequantize_session({**DQ, **change}, attrs, DEQUANTIZE_OUTPUTS[outputs]).run(None, {**DQ, **change})
+
+
+@pytest.mark.parametrize("outputs,match", [
+    (["y", "q"], "must be requested together"),
+    (["y", "q", "scale"], "must be requested together"),
+    (["y", "", "scale", "zero_point"], "must be requested together"),
+    (["", "q", "scale", ""], "must be requested together"),
+    (["", "", "", "zero_point"], "must be requested together"),
+    (["", "", "", ""], "no output is requested"),
+    ([""], "no output is requested"),
+    ([], "no output is requested"),
+])
+def test_dequantize_rows_rejects_output_combinations(outputs, match):
+    with pytest.raises(ORT_ERRORS, match=match):
+        dequantize_session(DQ, {}, outputs).run(None, DQ)
+
+
+def test_dequantize_rows_rejects_too_many_outputs():
+    with pytest.raises(ORT_ERRORS):
+        dequantize_session(DQ, {}, ["y", "q", "scale", "zero_point", "extra"]).run(None, DQ)
 
 
 def test_quantize_rows_rejects_scalar_and_wrong_dtype():

@@ -116,6 +116,17 @@ def ref_gelu(x, bias):
     return 0.5 * t * (1.0 + _erf64(t / math.sqrt(2.0)))
 
 
+def layernorm_rounding_allowance(t, gamma, eps, magnitude=None):
+    """What float32 rounding before a LayerNorm may add to each output row, beyond TOL.
+
+    A kernel forms the pre-normalisation row t (float64 here) in float32: each value carries up to a few ulps
+    of its operands' magnitude (default |t|), and normalising divides that by the row's spread. Large only for
+    rows whose values nearly coincide (e.g. values near 100 that differ by 1)."""
+    magnitude = np.abs(t) if magnitude is None else magnitude
+    spread = np.sqrt(t.var(-1, keepdims=True) + eps)
+    return 4 * np.finfo(np.float32).eps * magnitude.max(-1, keepdims=True) / spread * np.abs(gamma).max()
+
+
 def ref_skip_layernorm(x, skip, gamma, beta, bias, eps, skip_scale=None):
     t = x.astype(np.float64) + (skip if skip_scale is None else np.asarray(skip, np.float64) * skip_scale)
     if bias is not None:
@@ -461,14 +472,12 @@ def test_skip_layernorm_matches_reference(isa, lead, h, with_beta, with_bias, wi
         out = C.skip_layernorm(x, skip, gamma, beta, bias, eps, skip_scale)
     assert out.shape == x.shape
     ref = ref_skip_layernorm(x, skip, gamma, beta, bias, eps, skip_scale)
-    # The kernel sums x + skip (+ bias) in float32 before normalising: each sum carries up to a few ulps of
-    # its magnitude, and normalising divides that by the row's spread. So each row is held to 1e-5 plus
-    # that inherent rounding (large only for rows whose values nearly coincide, e.g. two values near 100).
+    # The kernel sums x + skip (+ bias) in float32 before normalising: each row is held to 1e-5 plus that
+    # inherent rounding.
     t = x.astype(np.float64) + (skip if skip_scale is None else skip * skip_scale.astype(np.float64))
     if bias is not None:
         t = t + bias
-    spread = np.sqrt(t.var(-1, keepdims=True) + eps)
-    inherent = 4 * np.finfo(np.float32).eps * np.abs(t).max(-1, keepdims=True) / spread * np.abs(gamma).max()
+    inherent = layernorm_rounding_allowance(t, gamma, eps)
     assert np.all(np.abs(out - ref) <= TOL * np.maximum(1.0, np.abs(ref).max()) + inherent)
 
 
@@ -605,6 +614,191 @@ def test_dequantize_rows_validation(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         C.dequantize_rows(**args)
+
+
+# DequantizeRows epilogues: skip + LayerNorm, and the requantized outputs (QuantizeRows of y, fused)
+
+def dequantize_inputs(rng, lead, n, with_bias=True, bias_offset=0.0):
+    """Accumulators and quantization parameters of an int8 GEMM, as the kernels see them."""
+    acc = rng.integers(-2**24, 2**24, size=(*lead, n)).astype(np.int32)
+    row_scale = rng.uniform(1e-4, 1e-2, size=lead).astype(np.float32)
+    row_zp = rng.integers(0, 256, size=lead).astype(np.uint8)
+    weight_scale = rng.uniform(1e-4, 1e-2, n).astype(np.float32)
+    colsum = rng.integers(-20_000, 20_000, n).astype(np.int32)
+    bias = (rng.standard_normal(n) + bias_offset).astype(np.float32) if with_bias else None
+    return acc, row_scale, row_zp, weight_scale, colsum, bias
+
+
+def ref_dequantize_epilogue(acc, row_scale, row_zero_point, weight_scale, weight_colsum, bias=None,
+                            activation="none", skip=None, gamma=None, beta=None, skip_scale=None, epsilon=1e-12):
+    """float64 y of DequantizeRows with its epilogue, and the per-row LayerNorm allowance (0 without skip)."""
+    v = ref_dequantize_rows(acc, row_scale, row_zero_point, weight_scale, weight_colsum, bias, activation)
+    if skip is None:
+        return v, 0.0
+    scaled_skip = np.asarray(skip, np.float64) * (1.0 if skip_scale is None else skip_scale.astype(np.float64))
+    # The kernel rounds each product and the bias before the skip is added: those are the operands.
+    unbiased = v if bias is None else v - bias
+    magnitude = np.abs(unbiased) + (0.0 if bias is None else np.abs(bias)) + np.abs(scaled_skip)
+    allowance = layernorm_rounding_allowance(v + scaled_skip, gamma, epsilon, magnitude)
+    return ref_skip_layernorm(v, skip, gamma, beta, None, epsilon, skip_scale), allowance
+
+
+def assert_close_to_reference(y, ref, allowance):
+    assert np.all(np.abs(y - ref) <= TOL * max(1.0, float(np.abs(ref).max(initial=0))) + allowance)
+
+
+def assert_requantized_is_quantize_rows_of(quantized, y):
+    """The fused requantized outputs equal QuantizeRows run on y, bit for bit (same ISA)."""
+    for got, want in zip(quantized, C.quantize_rows(y)):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@FAST
+@given(lead=st.lists(st.integers(1, 5), min_size=0, max_size=2),
+       n=st.one_of(st.integers(1, 300), st.sampled_from([768, 1023, 1024, 1100])), with_bias=st.booleans(),
+       epilogue=st.sampled_from(["none", "gelu", "layernorm"]), with_beta=st.booleans(),
+       with_skip_scale=st.booleans(), eps=st.sampled_from([1e-12, 1e-5]), bias_offset=st.sampled_from([0.0, 100.0]),
+       requantize=st.booleans(), output_float=st.booleans(), seed=st.integers(0, 2**31 - 1))
+def test_dequantize_rows_epilogues_match_reference(isa, lead, n, with_bias, epilogue, with_beta, with_skip_scale, eps,
+                                                    bias_offset, requantize, output_float, seed):
+    rng = np.random.default_rng(seed)
+    acc, row_scale, row_zp, weight_scale, colsum, bias = dequantize_inputs(rng, lead, n, with_bias, bias_offset)
+    norm = {}
+    if epilogue == "layernorm":
+        norm = dict(skip=(rng.standard_normal((*lead, n)) * 10).astype(np.float32),
+                    gamma=rng.standard_normal(n).astype(np.float32),
+                    beta=rng.standard_normal(n).astype(np.float32) if with_beta else None,
+                    skip_scale=rng.uniform(0.05, 20, n).astype(np.float32) if with_skip_scale else None)
+    activation = "gelu" if epilogue == "gelu" else "none"
+    args = (acc, row_scale, row_zp, weight_scale, colsum, bias, activation)
+    with use_isa(isa):
+        full = C.dequantize_rows(*args, **norm, epsilon=eps, requantize=requantize)
+        y, quantized = (full[0], full[1:]) if requantize else (full, None)
+        if requantize:
+            assert_requantized_is_quantize_rows_of(quantized, y)
+            if not output_float:  # from the per-thread scratch row instead of y: the same bits
+                for got, want in zip(C.dequantize_rows(*args, **norm, epsilon=eps, requantize=True,
+                                                       output_float=False), quantized):
+                    np.testing.assert_array_equal(got, want)
+    assert y.shape == acc.shape and y.dtype == np.float32
+    ref, allowance = ref_dequantize_epilogue(*args, **norm, epsilon=eps)
+    assert_close_to_reference(y, ref, allowance)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+@pytest.mark.parametrize("rows,n,epilogue", [(33, 1024, "layernorm"), (33, 768, "gelu"), (130, 1024, "layernorm"),
+                                             (7, 24, "layernorm"), (7, 8, "gelu"), (1, 1, "layernorm")])
+def test_dequantize_rows_epilogue_at_bort_shapes(isa, rows, n, epilogue):
+    """Bort's attention-output / FFN-output LayerNorm (1024) and FFN-input GELU (768), plus short rows that are
+    all tail (fewer than one vector)."""
+    rng = np.random.default_rng(rows * n)
+    acc, row_scale, row_zp, weight_scale, colsum, bias = dequantize_inputs(rng, (rows,), n)
+    norm = {}
+    if epilogue == "layernorm":
+        norm = dict(skip=rng.standard_normal((rows, n)).astype(np.float32),
+                    gamma=rng.standard_normal(n).astype(np.float32), beta=rng.standard_normal(n).astype(np.float32),
+                    skip_scale=rng.uniform(0.05, 20, n).astype(np.float32))
+    activation = "gelu" if epilogue == "gelu" else "none"
+    args = (acc, row_scale, row_zp, weight_scale, colsum, bias, activation)
+    with use_isa(isa):
+        y, *quantized = C.dequantize_rows(*args, **norm, epsilon=1e-5, requantize=True)
+        assert_requantized_is_quantize_rows_of(quantized, y)
+        unfused = C.dequantize_rows(*args)
+        if norm:
+            unfused = C.skip_layernorm(unfused, norm["skip"], norm["gamma"], norm["beta"], None, 1e-5,
+                                       norm["skip_scale"])
+    ref, allowance = ref_dequantize_epilogue(*args, **norm, epsilon=1e-5)
+    assert_close_to_reference(y, ref, allowance)
+    # The chain it replaces gives the same values up to the order of float32 additions.
+    assert_close_to_reference(unfused, ref, allowance)
+
+
+def test_dequantize_rows_epilogue_threads_do_not_change_results():
+    rng = np.random.default_rng(11)
+    acc, row_scale, row_zp, weight_scale, colsum, bias = dequantize_inputs(rng, (4, 50), 1024)
+    kwargs = dict(skip=rng.standard_normal((4, 50, 1024)).astype(np.float32),
+                  gamma=rng.standard_normal(1024).astype(np.float32), requantize=True)
+    before = C.get_num_threads()
+    try:
+        C.set_num_threads(1)
+        one = C.dequantize_rows(acc, row_scale, row_zp, weight_scale, colsum, bias, **kwargs)
+        C.set_num_threads(2)
+        two = C.dequantize_rows(acc, row_scale, row_zp, weight_scale, colsum, bias, **kwargs)
+        scratch = C.dequantize_rows(acc, row_scale, row_zp, weight_scale, colsum, bias, **kwargs, output_float=False)
+    finally:
+        C.set_num_threads(before)
+    for a, b in zip(one, two):
+        np.testing.assert_array_equal(a, b)
+    for a, b in zip(one[1:], scratch):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("isa", ISAS)
+def test_dequantize_rows_epilogue_non_finite_rows_stay_defined(isa):
+    # An inf or NaN in the residual makes that row's LayerNorm NaN; its requantization is still QuantizeRows'
+    # defined (clamped) value, and the other rows are untouched.
+    rng = np.random.default_rng(12)
+    acc, row_scale, row_zp, weight_scale, colsum, bias = dequantize_inputs(rng, (4,), 40)
+    skip = rng.standard_normal((4, 40)).astype(np.float32)
+    skip[1, 3], skip[2, 0] = np.inf, np.nan
+    gamma = np.ones(40, np.float32)
+    with use_isa(isa):
+        y, *quantized = C.dequantize_rows(acc, row_scale, row_zp, weight_scale, colsum, bias, skip=skip, gamma=gamma,
+                                          requantize=True)
+        assert_requantized_is_quantize_rows_of(quantized, y)
+    assert np.isnan(y[1:3]).all() and np.isfinite(y[[0, 3]]).all()
+
+
+@pytest.mark.parametrize("shape", [(3, 0), (0, 8), (2, 0, 5)])
+def test_dequantize_rows_epilogue_empty(shape):
+    acc = np.zeros(shape, np.int32)
+    lead, n = shape[:-1], shape[-1]
+    y, q, s, z = C.dequantize_rows(acc, np.ones(lead, np.float32), np.zeros(lead, np.uint8), np.ones(n, np.float32),
+                                   np.zeros(n, np.int32), skip=np.zeros(shape, np.float32),
+                                   gamma=np.ones(n, np.float32), requantize=True)
+    assert y.shape == q.shape == shape and s.shape == z.shape == lead
+    assert_requantized_is_quantize_rows_of((q, s, z), y)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(gamma=np.ones(4, np.float32)), "gamma belongs to the skip \\+ LayerNorm epilogue and needs skip"),
+    (dict(beta=np.ones(4, np.float32)), "beta belongs to the skip \\+ LayerNorm epilogue and needs skip"),
+    (dict(skip_scale=np.ones(4, np.float32)), "skip_scale belongs to the skip \\+ LayerNorm epilogue"),
+    (dict(skip=np.zeros((2, 4), np.float32)), "skip needs gamma"),
+    (dict(skip=np.zeros((2, 4), np.float32), gamma=np.ones(4, np.float32), activation="gelu"),
+     "'gelu' cannot be combined with skip"),
+    (dict(skip=np.zeros((2, 3), np.float32), gamma=np.ones(4, np.float32)), "skip must have the shape of acc \\[2, 4\\]"),
+    (dict(skip=np.zeros((1, 2, 4), np.float32), gamma=np.ones(4, np.float32)), "skip must have the shape of acc"),
+    (dict(skip=np.zeros(8, np.float32), gamma=np.ones(4, np.float32)), "skip must have the shape of acc"),
+    (dict(skip=np.zeros((2, 4), np.float32), gamma=np.ones(5, np.float32)), "gamma must have shape \\[4\\]"),
+    (dict(skip=np.zeros((2, 4), np.float32), gamma=np.ones((1, 4), np.float32)), "gamma must have shape \\[4\\]"),
+    (dict(skip=np.zeros((2, 4), np.float32), gamma=np.ones(4, np.float32), beta=np.ones(3, np.float32)),
+     "beta must have shape \\[4\\]"),
+    (dict(skip=np.zeros((2, 4), np.float32), gamma=np.ones(4, np.float32), skip_scale=np.ones(2, np.float32)),
+     "skip_scale must have shape \\[4\\]"),
+    (dict(skip=np.zeros((2, 4), np.float32), gamma=np.ones(4, np.float32), epsilon=-1.0), "epsilon must be finite"),
+    (dict(skip=np.zeros((2, 4), np.float32), gamma=np.ones(4, np.float32), epsilon=float("nan")),
+     "epsilon must be finite"),
+    (dict(skip=np.array([["a"] * 4] * 2), gamma=np.ones(4, np.float32)), "skip must be a real numeric array"),
+    (dict(output_float=False), "no output is requested"),
+])
+def test_dequantize_rows_epilogue_validation(kwargs, match):
+    args = dict(acc=np.zeros((2, 4), np.int32), row_scale=np.ones(2, np.float32), row_zero_point=np.zeros(2, np.uint8),
+                weight_scale=np.ones(4, np.float32), weight_colsum=np.zeros(4, np.int32))
+    args.update(kwargs)
+    with pytest.raises(ValueError, match=match):
+        C.dequantize_rows(**args)
+
+
+def test_dequantize_rows_return_forms():
+    args = (np.zeros((2, 4), np.int32), np.ones(2, np.float32), np.zeros(2, np.uint8), np.ones(4, np.float32),
+            np.zeros(4, np.int32))
+    assert isinstance(C.dequantize_rows(*args), np.ndarray)
+    assert [a.dtype for a in C.dequantize_rows(*args, requantize=True)] == [np.float32, np.uint8, np.float32, np.uint8]
+    assert [a.dtype for a in C.dequantize_rows(*args, requantize=True, output_float=False)] == \
+        [np.uint8, np.float32, np.uint8]
 
 
 # ----------------------------------------------------------------------------------------------

@@ -281,27 +281,77 @@ class _Builder:
         return outs
 
 
-def _linear(b: _Builder, x: str, weight: np.ndarray, q: QuantizedLinear | None, name: str,
-            gelu_bias: np.ndarray | None = None) -> str:
-    """x @ weight; with gelu_bias, gelu(x @ weight + gelu_bias) (the FFN input projection). Other linears
-    leave their bias to the fused op that follows them.
+@dataclass
+class _Value:
+    """An activation [rows, width]: its float tensor and, once made, its per-row int8 form (u8 values,
+    row scales, row zero points) for the int8 GEMMs that read it."""
 
-    int8: QuantizeRows (per-row u8) → MatMulInteger (onnxruntime/MLAS, exact int32) → DequantizeRows
-    (row and column scales, zero-point term, and here the bias and GELU too)."""
-    if q is None:
-        y = b.node("MatMul", [x, b.const(f"{name}.weight", weight.astype(np.float32))], name)
-        if gelu_bias is None:
-            return y
-        return b.node("BiasGelu", [y, b.const(f"{name}.bias", gelu_bias)], f"{name}/gelu", domain=DOMAIN)
-    xq, xs, xz = b.node_outputs("QuantizeRows", [x], f"{name}/quantize", 3, domain=DOMAIN)
+    fp32: str | None
+    quantized: tuple[str, str, str] | None = None
+
+
+def _quantized(b: _Builder, v: _Value, name: str) -> tuple[str, str, str]:
+    """v's int8 form, made once (QuantizeRows) unless its producer already emitted it."""
+    if v.quantized is None:
+        v.quantized = tuple(b.node_outputs("QuantizeRows", [v.fp32], f"{name}/quantize", 3, domain=DOMAIN))
+    return v.quantized
+
+
+def _int8_gemm(b: _Builder, x: _Value, q: QuantizedLinear, name: str) -> list[str]:
+    """MatMulInteger (onnxruntime/MLAS, exact int32) of x's u8 rows by int8 weights: the first five inputs
+    of DequantizeRows (accumulator, row scales and zero points, column scales, column sums)."""
+    xq, xs, xz = _quantized(b, x, name)
     acc = b.node("MatMulInteger", [xq, b.const(f"{name}.weight_int8", q.weight)], f"{name}/matmul")
     colsum = q.weight.astype(np.int32).sum(axis=0).astype(np.int32)
-    inputs = [acc, xs, xz, b.const(f"{name}.weight_scale", q.scale.astype(np.float32)),
-              b.const(f"{name}.weight_colsum", colsum)]
-    if gelu_bias is None:
-        return b.node("DequantizeRows", inputs, name, domain=DOMAIN)
-    return b.node("DequantizeRows", inputs + [b.const(f"{name}.bias", gelu_bias)], name, domain=DOMAIN,
-                  activation="gelu")
+    return [acc, xs, xz, b.const(f"{name}.weight_scale", q.scale.astype(np.float32)),
+            b.const(f"{name}.weight_colsum", colsum)]
+
+
+def _matmul(b: _Builder, x: _Value, weight: np.ndarray, name: str) -> str:
+    return b.node("MatMul", [x.fp32, b.const(f"{name}.weight", weight.astype(np.float32))], name)
+
+
+def _linear(b: _Builder, x: _Value, weight: np.ndarray, q: QuantizedLinear | None, name: str) -> str:
+    """x @ weight, without bias (the attention op that follows adds it)."""
+    if q is None:
+        return _matmul(b, x, weight, name)
+    return b.node("DequantizeRows", _int8_gemm(b, x, q, name), name, domain=DOMAIN)
+
+
+def _linear_gelu(b: _Builder, x: _Value, weight: np.ndarray, q: QuantizedLinear | None, bias: np.ndarray,
+                 name: str, int8_consumer: bool) -> _Value:
+    """gelu(x @ weight + bias): the FFN input projection. int8: one DequantizeRows with the bias and GELU in
+    its epilogue, emitting only the int8 rows when the FFN output projection is int8 too."""
+    bias_name = b.const(f"{name}.bias", bias)
+    if q is None:
+        return _Value(b.node("BiasGelu", [_matmul(b, x, weight, name), bias_name], f"{name}/gelu", domain=DOMAIN))
+    inputs = _int8_gemm(b, x, q, name) + [bias_name]
+    if not int8_consumer:
+        return _Value(b.node("DequantizeRows", inputs, name, domain=DOMAIN, activation="gelu"))
+    outs = b.node_outputs("DequantizeRows", inputs, name, 4, domain=DOMAIN, activation="gelu")
+    outs[0] = ""  # the float result is not needed: only the next int8 GEMM reads it
+    b.nodes[-1].output[0] = ""
+    return _Value(None, tuple(outs[1:]))
+
+
+def _linear_skip_layernorm(b: _Builder, x: _Value, weight: np.ndarray, q: QuantizedLinear | None, bias: np.ndarray,
+                           residual: str, gamma, beta, skip_scale, eps: float, name: str, ln: str,
+                           int8_consumer: bool) -> _Value:
+    """LayerNorm(x @ weight + bias + residual [* skip_scale]) * gamma + beta: the attention-output and
+    FFN-output projections with BERT's residual + LayerNorm. int8: one DequantizeRows whose epilogue adds
+    the residual, normalises and, when the next GEMM is int8, also emits the result's int8 rows."""
+    norm = [b.const(f"{ln}.gamma", gamma), b.const(f"{ln}.beta", beta) if beta is not None else ""]
+    scale = [b.const(f"{ln}.skip_scale", skip_scale.astype(np.float32))] if skip_scale is not None else []
+    bias_name = b.const(f"{ln}.bias", bias)
+    if q is None:
+        y = b.node("SkipLayerNorm", [_matmul(b, x, weight, name), residual, *norm, bias_name, *scale], ln,
+                   domain=DOMAIN, epsilon=eps)
+        return _Value(y)
+    inputs = _int8_gemm(b, x, q, name) + [bias_name, residual, *norm, *scale]
+    if not int8_consumer:
+        return _Value(b.node("DequantizeRows", inputs, ln, domain=DOMAIN, epsilon=eps))
+    y, *quantized = b.node_outputs("DequantizeRows", inputs, ln, 4, domain=DOMAIN, epsilon=eps)
+    return _Value(y, tuple(quantized))
 
 
 def _lookup(b: _Builder, table: np.ndarray, q: QuantizedTable | None, ids: str, name: str) -> str:
@@ -316,28 +366,19 @@ def _lookup(b: _Builder, table: np.ndarray, q: QuantizedTable | None, ids: str, 
     return b.node("Mul", [b.node("Cast", [rows], f"embeddings/{name}_float", to=1), scale], f"embeddings/{name}")
 
 
-def _layer_body(b: _Builder, enc: Encoder, i: int, precision: Precision, attention) -> str:
-    """One layer; `attention(layer, prefix)` emits the form's attention and returns (context, residual)."""
-    layer, p = enc.layers[i], f"layer.{i}"
-    q = precision.linears
-    ctx, residual = attention(layer, p)
-    ao = _linear(b, ctx, layer.attn_out, q.get((i, "attn_out")), f"{p}/attn_out")
-    h = b.node("SkipLayerNorm", _sln_inputs(b, ao, residual, layer.ln1_gamma, layer.ln1_beta, layer.attn_out_bias,
-                                            layer.ln1_skip_scale, f"{p}/ln1"), f"{p}/ln1", domain=DOMAIN,
-               epsilon=layer.ln1_eps)
-    f = _linear(b, h, layer.ffn_in, q.get((i, "ffn_in")), f"{p}/ffn_in", gelu_bias=layer.ffn_in_bias)
-    o = _linear(b, f, layer.ffn_out, q.get((i, "ffn_out")), f"{p}/ffn_out")
-    return b.node("SkipLayerNorm", _sln_inputs(b, o, h, layer.ln2_gamma, layer.ln2_beta, layer.ffn_out_bias,
-                                               layer.ln2_skip_scale, f"{p}/ln2"), f"{p}/ln2", domain=DOMAIN,
-                  epsilon=layer.ln2_eps)
-
-
-def _sln_inputs(b: _Builder, x: str, skip: str, gamma, beta, bias, skip_scale, name: str) -> list[str]:
-    inputs = [x, skip, b.const(f"{name}.gamma", gamma), b.const(f"{name}.beta", beta) if beta is not None else "",
-              b.const(f"{name}.bias", bias)]
-    if skip_scale is not None:
-        inputs.append(b.const(f"{name}.skip_scale", skip_scale.astype(np.float32)))
-    return inputs
+def _layer_body(b: _Builder, enc: Encoder, i: int, precision: Precision, x: _Value, attention) -> _Value:
+    """One layer from its input x; `attention(layer, prefix, x)` emits the form's attention and returns
+    (context, residual). Each output is also emitted in int8 form when the GEMM that reads it is int8."""
+    layer, p, linears = enc.layers[i], f"layer.{i}", precision.linears
+    ctx, residual = attention(layer, p, x)
+    h = _linear_skip_layernorm(b, _Value(ctx), layer.attn_out, linears.get((i, "attn_out")), layer.attn_out_bias,
+                               residual.fp32, layer.ln1_gamma, layer.ln1_beta, layer.ln1_skip_scale, layer.ln1_eps,
+                               f"{p}/attn_out", f"{p}/ln1", int8_consumer=(i, "ffn_in") in linears)
+    f = _linear_gelu(b, h, layer.ffn_in, linears.get((i, "ffn_in")), layer.ffn_in_bias, f"{p}/ffn_in",
+                     int8_consumer=(i, "ffn_out") in linears)
+    return _linear_skip_layernorm(b, f, layer.ffn_out, linears.get((i, "ffn_out")), layer.ffn_out_bias, h.fp32,
+                                  layer.ln2_gamma, layer.ln2_beta, layer.ln2_skip_scale, layer.ln2_eps,
+                                  f"{p}/ffn_out", f"{p}/ln2", int8_consumer=(i + 1, "qkv") in linears)
 
 
 def _attention_attrs(layer: Layer) -> dict:
@@ -372,16 +413,16 @@ def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None,
         position_ids = b.node("Slice", [all_positions, b.const("embeddings.zero", np.array([0], np.int64)), seq],
                               "embeddings/position_ids")
         pos = _lookup(b, enc.position, precision.position, position_ids, "position")
-        x = b.node("LayerNormalization", [b.node("Add", [words, pos], "embeddings/sum"), gamma, beta],
-                   "embeddings/ln", axis=-1, epsilon=enc.emb_eps)
+        x = _Value(b.node("LayerNormalization", [b.node("Add", [words, pos], "embeddings/sum"), gamma, beta],
+                          "embeddings/ln", axis=-1, epsilon=enc.emb_eps))
 
         for i in range(len(enc.layers)):
-            def attention(layer, p, x=x, i=i):
+            def attention(layer, p, x, i=i):
                 qkv = _linear(b, x, layer.qkv, precision.linears.get((i, "qkv")), f"{p}/qkv")
                 ctx = b.node("FusedAttention", [qkv, b.const(f"{p}/qkv.bias", layer.qkv_bias), "attention_mask"],
                              f"{p}/attention", domain=DOMAIN, **_attention_attrs(layer))
                 return ctx, x
-            x = _layer_body(b, enc, i, precision, attention)
+            x = _layer_body(b, enc, i, precision, x, attention)
     else:
         inputs = [helper.make_tensor_value_info("input_ids", int64, ["tokens"]),
                   helper.make_tensor_value_info("position_ids", int64, ["tokens"]),
@@ -390,11 +431,12 @@ def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None,
         output = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["queries", H])
         words = _lookup(b, enc.word, precision.word, "input_ids", "word")
         pos = _lookup(b, enc.position, precision.position, "position_ids", "position")
-        x = b.node("SkipLayerNorm", [words, pos, gamma, beta], "embeddings/ln", domain=DOMAIN, epsilon=enc.emb_eps)
+        x = _Value(b.node("SkipLayerNorm", [words, pos, gamma, beta], "embeddings/ln", domain=DOMAIN,
+                          epsilon=enc.emb_eps))
 
         last = len(enc.layers) - 1
         for i in range(len(enc.layers)):
-            def attention(layer, p, x=x, i=i):
+            def attention(layer, p, x, i=i):
                 bias = b.const(f"{p}/qkv.bias", layer.qkv_bias)
                 qq = precision.linears.get((i, "qkv"))
                 if i < last:
@@ -402,16 +444,17 @@ def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None,
                     return b.node("PackedAttention", [qkv, bias, "cu_seqlens"], f"{p}/attention", domain=DOMAIN,
                                   **_attention_attrs(layer)), x
                 # Last layer: keys and values for every token, queries only for the rows asked for.
-                rows = b.node("Gather", [x, "query_rows"], f"{p}/query_inputs", axis=0)
+                rows = _Value(b.node("Gather", [x.fp32, "query_rows"], f"{p}/query_inputs", axis=0))
                 query = _linear(b, rows, layer.qkv[:, :H], qq.columns(0, H) if qq else None, f"{p}/q")
                 kv = _linear(b, x, layer.qkv[:, H:], qq.columns(H, 3 * H) if qq else None, f"{p}/kv")
                 ctx = b.node("PackedAttention", [kv, bias, "cu_seqlens", "query_rows", query], f"{p}/attention",
                              domain=DOMAIN, **_attention_attrs(layer))
                 return ctx, rows
-            x = _layer_body(b, enc, i, precision, attention)
+            x = _layer_body(b, enc, i, precision, x, attention)
 
-    # The last node writes the graph output under its public name.
-    b.nodes[-1].output[0] = OUTPUT
+    # The node producing the last layer's float output writes it under its public name.
+    producer = next(n for n in reversed(b.nodes) if x.fp32 in n.output)
+    producer.output[list(producer.output).index(x.fp32)] = OUTPUT
     graph = helper.make_graph(b.nodes, name, inputs, [output], b.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1),
                                                     helper.make_opsetid(MS_DOMAIN, 1)],
