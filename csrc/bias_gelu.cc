@@ -83,15 +83,7 @@ BORT_AVX512 void erf_array_avx512(const float* x, float* y, int64_t n) {
 void bias_gelu(const float* x, const float* bias, float* y, int64_t rows, int64_t n, const ParallelFor& pf) {
   if (rows <= 0 || n <= 0) return;
   const Isa isa = active_isa();
-  // >= 8K elements per task (a few microseconds): more than waking a pool thread costs, so even
-  // b1 s32 shapes split across two threads.
-  const size_t rows_per_min_task = std::max<int64_t>(1, (int64_t{1} << 13) / n);
-  const size_t tasks = choose_num_tasks(static_cast<size_t>(rows), rows_per_min_task, pf.concurrency());
-  const int64_t per_task = (rows + static_cast<int64_t>(tasks) - 1) / static_cast<int64_t>(tasks);
-  pf.run(tasks, [&](size_t t) {
-    const int64_t r0 = static_cast<int64_t>(t) * per_task;
-    const int64_t r1 = std::min(rows, r0 + per_task);
-    if (r0 >= r1) return;
+  for_each_row_block(rows, n, pf, [&](int64_t r0, int64_t r1) {
     if (isa >= Isa::kAvx512)
       bias_gelu_rows_avx512(x + r0 * n, bias, y + r0 * n, r1 - r0, n);
     else if (isa >= Isa::kAvx2)

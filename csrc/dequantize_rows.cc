@@ -116,12 +116,7 @@ void dequantize_rows(const int32_t* acc, const float* row_scale, const uint8_t* 
   }
   const Isa isa = active_isa();
   const bool row_epilogue = norm.skip != nullptr || requantize;
-  const size_t rows_per_min_task = std::max<int64_t>(1, (int64_t{1} << 13) / n);
-  const size_t tasks = choose_num_tasks(static_cast<size_t>(rows), rows_per_min_task, pf.concurrency());
-  const int64_t per_task = (rows + static_cast<int64_t>(tasks) - 1) / static_cast<int64_t>(tasks);
-  pf.run(tasks, [&](size_t t) {
-    const int64_t r0 = static_cast<int64_t>(t) * per_task, r1 = std::min(rows, r0 + per_task);
-    if (r0 >= r1) return;
+  for_each_row_block(rows, n, pf, [&](int64_t r0, int64_t r1) {
     if (!row_epilogue) {
       dequantize_rows_serial(isa, acc + r0 * n, row_scale + r0, row_zero_point + r0, weight_scale, weight_colsum,
                              bias, act, y + r0 * n, r1 - r0, n);

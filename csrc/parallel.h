@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <atomic>
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <mutex>
 #include <thread>
@@ -90,6 +91,21 @@ inline size_t choose_num_tasks(size_t n, size_t min_items_per_task, size_t concu
   const size_t by_size = std::max<size_t>(1, n / std::max<size_t>(1, min_items_per_task));
   const size_t wanted = concurrency <= 1 ? 1 : 4 * concurrency;
   return std::min(by_size, wanted);
+}
+
+// Runs fn(r0, r1) over blocks of consecutive rows of a [rows, width] row-wise kernel. Tasks hold >= 8K
+// elements (a few microseconds): more than waking a pool thread costs, so even b1 s32 shapes split
+// across two threads.
+template <typename F>
+void for_each_row_block(int64_t rows, int64_t width, const ParallelFor& pf, const F& fn) {
+  if (rows <= 0) return;
+  const size_t rows_per_min_task = static_cast<size_t>(std::max<int64_t>(1, (int64_t{1} << 13) / std::max<int64_t>(width, 1)));
+  const size_t tasks = choose_num_tasks(static_cast<size_t>(rows), rows_per_min_task, pf.concurrency());
+  const int64_t per_task = (rows + static_cast<int64_t>(tasks) - 1) / static_cast<int64_t>(tasks);
+  pf.run(tasks, [&](size_t t) {
+    const int64_t r0 = static_cast<int64_t>(t) * per_task, r1 = std::min(rows, r0 + per_task);
+    if (r0 < r1) fn(r0, r1);
+  });
 }
 
 }  // namespace bort

@@ -145,12 +145,7 @@ void quantize_rows(const float* x, uint8_t* q, float* scale, uint8_t* zero_point
     return;
   }
   const Isa isa = active_isa();
-  const size_t rows_per_min_task = std::max<int64_t>(1, (int64_t{1} << 13) / k);
-  const size_t tasks = choose_num_tasks(static_cast<size_t>(rows), rows_per_min_task, pf.concurrency());
-  const int64_t per_task = (rows + static_cast<int64_t>(tasks) - 1) / static_cast<int64_t>(tasks);
-  pf.run(tasks, [&](size_t t) {
-    const int64_t r0 = static_cast<int64_t>(t) * per_task, r1 = std::min(rows, r0 + per_task);
-    if (r0 >= r1) return;
+  for_each_row_block(rows, k, pf, [&](int64_t r0, int64_t r1) {
     quantize_rows_serial(isa, x + r0 * k, q + r0 * k, scale + r0, zero_point + r0, r1 - r0, k);
   });
 }

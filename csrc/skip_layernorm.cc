@@ -184,13 +184,7 @@ void skip_layernorm(const float* x, const float* skip, const float* gamma, const
   const Isa isa = active_isa();
   // >= 8K elements per task (a few microseconds): more than waking a pool thread costs, so even
   // b1 s32 shapes split across two threads.
-  const size_t rows_per_min_task = std::max<int64_t>(1, (int64_t{1} << 13) / h);
-  const size_t tasks = choose_num_tasks(static_cast<size_t>(rows), rows_per_min_task, pf.concurrency());
-  const int64_t per_task = (rows + static_cast<int64_t>(tasks) - 1) / static_cast<int64_t>(tasks);
-  pf.run(tasks, [&](size_t t) {
-    const int64_t r0 = static_cast<int64_t>(t) * per_task;
-    const int64_t r1 = std::min(rows, r0 + per_task);
-    if (r0 >= r1) return;
+  for_each_row_block(rows, h, pf, [&](int64_t r0, int64_t r1) {
     const int64_t off = r0 * h;
     skip_layernorm_serial(isa, x + off, skip + off, gamma, beta, bias, skip_scale, y + off, r1 - r0, h, epsilon);
   });

@@ -112,6 +112,29 @@ def openvino_fp32(model: str, threads: int) -> Forward:
     return forward
 
 
+# What each backend needs built (cached by bench.artifacts) before it can load; built in a separate process
+# ahead of loading anything, so that building BERT-large artifacts never shares memory with loaded sessions.
+BUILDS: dict[str, tuple[tuple[str, ...], Callable[[str], object]]] = {
+    # backend: (modules it needs, builder)
+    "torch-fp32": (("torch", "transformers"), artifacts.checkpoint),
+    "ort-fp32": ((), lambda m: artifacts.export(m, "plain-fp32")),
+    "ort-fused-fp32": ((), artifacts.ort_fused_fp32),
+    "ort-int8": ((), artifacts.ort_dynamic_int8),
+    "bort-infer-fp32": ((), lambda m: artifacts.export(m, "bort-infer-fp32")),
+    "bort-infer-int8": ((), lambda m: artifacts.export(m, "bort-infer-int8")),
+    "ctranslate2-int8": (("ctranslate2",), artifacts.ctranslate2_int8),
+    "openvino-fp32": (("openvino",), lambda m: artifacts.export(m, "plain-fp32")),
+}
+
+
+def build(model: str, backend: str) -> None:
+    """Build (or find cached) what `backend` needs for `model`; BackendUnavailable if its library is missing."""
+    modules, builder = BUILDS[backend]
+    for module in modules:
+        _require(module, "pip install 'bort-infer[bench]'")
+    builder(model)
+
+
 BACKENDS: dict[str, Callable[[str, int], Forward]] = {
     "torch-fp32": torch_fp32,
     "ort-fp32": ort_fp32,

@@ -95,21 +95,50 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def prepare(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
-    """Build (once, cached) and load every (model, backend); a backend that cannot run is skipped with why."""
+def _build_all(pairs: list[tuple[str, str]]) -> dict[str, str]:
+    """Build every (model, backend)'s artifacts, one after another (run in a child process); returns
+    {backend: why} for the backends that cannot be built here."""
     from tqdm.auto import tqdm
 
-    forwards, skipped = {}, {}
+    from .backends import build
+
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    skipped: dict[str, str] = {}
+    for model, backend in tqdm(pairs, desc="building", unit="artifact", file=sys.stderr):
+        if backend in skipped:
+            continue
+        try:
+            build(model, backend)
+        except BackendUnavailable as exc:
+            skipped[backend] = str(exc)
+        except Exception as exc:  # a peer failing to build must not take the whole bench down
+            skipped[backend] = f"could not be built for {model}: {type(exc).__name__}: {exc}"
+    return skipped
+
+
+def prepare(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
+    """Build (once, cached) and load every (model, backend); a backend that cannot run is skipped with why.
+
+    Building runs in a child process first: exporting and quantizing BERT-large takes several GB for a
+    while, and none of it should be held next to the sessions loaded afterwards."""
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    from tqdm.auto import tqdm
+
     pairs = [(m, b) for m in args.models for b in args.backends]
-    for model, backend in tqdm(pairs, desc="preparing", unit="backend", file=sys.stderr):
+    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
+        skipped = pool.submit(_build_all, pairs).result()
+    forwards = {}
+    for model, backend in tqdm(pairs, desc="loading", unit="backend", file=sys.stderr):
         if backend in skipped:
             continue
         try:
             forwards[(model, backend)] = BACKENDS[backend](model, args.threads)
         except BackendUnavailable as exc:
             skipped[backend] = str(exc)
-        except Exception as exc:  # a peer failing to build must not take the whole bench down
-            skipped[backend] = f"could not be prepared for {model}: {type(exc).__name__}: {exc}"
+        except Exception as exc:
+            skipped[backend] = f"could not be loaded for {model}: {type(exc).__name__}: {exc}"
     for key in [k for k in forwards if k[1] in skipped]:
         del forwards[key]
     return forwards, skipped

@@ -60,11 +60,19 @@ def read_config(directory: Path) -> dict:
 def load_encoder(src: str | os.PathLike, attn_implementation: str | None = None):
     """The checkpoint's encoder as a transformers BertModel in eval mode (float32, CPU)."""
     from transformers import BertModel
+    from transformers.utils import logging as hf_logging
 
     directory = resolve_source(src)
     read_config(directory)
     kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
-    model = BertModel.from_pretrained(directory, add_pooling_layer=False, **kwargs)
+    # Without the pooler (embeddings come from token states), so a checkpoint's pooler weights go unused:
+    # expected, and not worth transformers' three-line notice on every load.
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = BertModel.from_pretrained(directory, add_pooling_layer=False, **kwargs)
+    finally:
+        hf_logging.set_verbosity(verbosity)
     return model.float().eval()
 
 
