@@ -58,7 +58,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch", default="1,8", help="comma-separated batch sizes")
     p.add_argument("--seq", default="32,128,512", help="comma-separated sequence lengths (tokens)")
     p.add_argument("--threads", type=int, default=min(2, os.cpu_count() or 1), help="threads for every backend")
-    p.add_argument("--repeat", type=int, default=15, help="timed repeats per cell (upper bound)")
+    p.add_argument("--repeat", type=int, default=15, help="interleaved rounds per shape (upper bound)")
     p.add_argument("--shape-budget", type=float, default=45.0,
                    help="seconds one shape's interleaved rotations may take; repeats shrink (to 3) to fit")
     p.add_argument("--quick", action="store_true", help="one shape (b1 s32), 3 repeats: a smoke run")
