@@ -176,6 +176,7 @@ def test_bad_rows_get_a_null_embedding_and_the_job_goes_on(ray_local, model, ses
         np.testing.assert_allclose(vectors[good], session.encode([values[i] for i in good]), atol=2e-5)
 
 
+@pytest.mark.fails_a_ray_job
 def test_bad_rows_can_stop_the_job_with_an_error_naming_their_ids(ray_local, model):
     rows = [{"id": i, "text": f"fine {i}"} for i in range(40)]
     rows[7]["text"] = None
@@ -251,6 +252,7 @@ def test_encode_files_text_and_parquet(ray_local, model, session, tmp_path):
                                session.encode([f"parquet text {i}" for i in order]), atol=2e-5)
 
 
+@pytest.mark.fails_a_ray_job
 def test_encode_files_errors(ray_local, model, tmp_path, monkeypatch):
     src = tmp_path / "in.parquet"
     pq.write_table(pa.table({"doc_id": ["a", "b", "c"], "body": ["x", None, "z"]}), src)
