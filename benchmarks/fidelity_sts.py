@@ -23,17 +23,6 @@ import numpy as np
 STSB = Path(__file__).resolve().parents[2] / "shared" / "data" / "stsb"
 
 
-def sts_split(split: str) -> tuple[list[str], np.ndarray]:
-    """Sentences (pairs flattened: a0, b0, a1, b1, ...) and gold scores of one STS-B split."""
-    texts, gold = [], []
-    for line in (STSB / f"sts-{split}.tsv").read_text(encoding="utf-8").splitlines():
-        cols = line.split("\t")
-        if len(cols) >= 7:
-            texts += [cols[5], cols[6]]
-            gold.append(float(cols[4]))
-    return texts, np.array(gold)
-
-
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     from scipy.stats import spearmanr
 
@@ -57,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from bort_infer import Session
     from bort_infer.build.export import export_model
-    from tests.conftest import minilm_dir
+    from tests.conftest import minilm_dir, sts_pairs
 
     src = minilm_dir()
     if src is None or not STSB.is_dir():
@@ -65,8 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     work = args.work or Path(tempfile.mkdtemp(prefix="bort-fidelity-"))
     work.mkdir(parents=True, exist_ok=True)
-    calibration, _ = sts_split("train")
-    dev, gold = sts_split("dev")
+    calibration, _ = sts_pairs("train")
+    dev, gold = sts_pairs("dev")
     builds = {
         "fp32": dict(),
         "onnxruntime quantize_dynamic per-channel": dict(custom_ops=False, quantize="int8", max_drop=0.5),

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -48,16 +49,23 @@ def minilm_dir() -> Path | None:
     return d if (d / "config.json").is_file() else None
 
 
-def stsb_sentences(split: str = "dev") -> list[str]:
+def sts_pairs(split: str = "dev") -> tuple[list[str], np.ndarray]:
+    """Sentences of an STS-B split, pairs flattened (a0, b0, a1, b1, ...), and the gold scores; skips the
+    calling test when the data is absent."""
     path = STSB_DIR / f"sts-{split}.tsv"
     if not path.is_file():
         pytest.skip(f"STS-B data not found at {path}")
-    out = []
+    texts, gold = [], []
     for line in path.read_text(encoding="utf-8").splitlines():
         cols = line.split("\t")
         if len(cols) >= 7:
-            out += [cols[5], cols[6]]
-    return out
+            texts += [cols[5], cols[6]]
+            gold.append(float(cols[4]))
+    return texts, np.array(gold)
+
+
+def stsb_sentences(split: str = "dev") -> list[str]:
+    return sts_pairs(split)[0]
 
 
 @pytest.fixture(scope="session")

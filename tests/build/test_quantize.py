@@ -9,20 +9,7 @@ from bort_infer import Session
 from bort_infer.build import quantize as q
 from bort_infer.build.graph_rewrite import emit
 
-from ..conftest import STSB_DIR, minilm_dir, stsb_sentences
-
-
-def sts_pairs(split: str) -> tuple[list[str], np.ndarray]:
-    path = STSB_DIR / f"sts-{split}.tsv"
-    if not path.is_file():
-        pytest.skip(f"STS-B data not found at {path}")
-    texts, gold = [], []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        cols = line.split("\t")
-        if len(cols) >= 7:
-            texts += [cols[5], cols[6]]
-            gold.append(float(cols[4]))
-    return texts, np.array(gold)
+from ..conftest import minilm_dir, sts_pairs, stsb_sentences
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
