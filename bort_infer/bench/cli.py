@@ -95,40 +95,65 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _build_all(pairs: list[tuple[str, str]]) -> dict[str, str]:
-    """Build every (model, backend)'s artifacts, one after another (run in a child process); returns
-    {backend: why} for the backends that cannot be built here."""
-    from tqdm.auto import tqdm
-
+def _build_one(model: str, backend: str, conn) -> None:
+    """Child process: build one (model, backend)'s artifacts; sends None, or why it cannot be built."""
     from .backends import build
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    skipped: dict[str, str] = {}
-    for model, backend in tqdm(pairs, desc="building", unit="artifact", file=sys.stderr):
-        if backend in skipped:
-            continue
-        try:
-            build(model, backend)
-        except BackendUnavailable as exc:
-            skipped[backend] = str(exc)
-        except Exception as exc:  # a peer failing to build must not take the whole bench down
-            skipped[backend] = f"could not be built for {model}: {type(exc).__name__}: {exc}"
-    return skipped
+    try:
+        build(model, backend)
+        conn.send(None)
+    except BackendUnavailable as exc:
+        conn.send(str(exc))
+    except Exception as exc:  # a peer failing to build must not take the whole bench down
+        conn.send(f"could not be built for {model}: {type(exc).__name__}: {exc}")
 
 
-def prepare(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
-    """Build (once, cached) and load every (model, backend); a backend that cannot run is skipped with why.
+def _died(exitcode: int | None) -> str:
+    import signal
 
-    Building runs in a child process first: exporting and quantizing BERT-large takes several GB for a
-    while, and none of it should be held next to the sessions loaded afterwards."""
-    from concurrent.futures import ProcessPoolExecutor
+    if exitcode is not None and exitcode < 0:
+        name = signal.Signals(-exitcode).name
+        likely = "; most likely the kernel's out-of-memory killer" if -exitcode == signal.SIGKILL else ""
+        return f"killed by {name}{likely}"
+    return f"exited with code {exitcode} without a result"
+
+
+def build_artifacts(pairs: list[tuple[str, str]], build_one=_build_one) -> dict[str, str]:
+    """Build (once, cached) every (model, backend)'s artifacts, each in a fresh child process: exporting
+    and quantizing BERT-large needs several GB for a while, and none of it should outlive its build, add up
+    across builds, or sit next to the sessions loaded afterwards. Returns {backend: why} for the backends
+    that cannot be built here. `build_one(model, backend, conn)` runs in the child."""
     from multiprocessing import get_context
 
     from tqdm.auto import tqdm
 
+    context = get_context("spawn")
+    skipped: dict[str, str] = {}
+    for model, backend in tqdm(pairs, desc="building", unit="artifact", file=sys.stderr):
+        if backend in skipped:
+            continue
+        receive, send = context.Pipe(duplex=False)
+        child = context.Process(target=build_one, args=(model, backend, send), name=f"build {model} {backend}")
+        child.start()
+        send.close()  # so that a child that dies leaves an end-of-file here, not a hang
+        try:
+            why = receive.recv()
+        except EOFError:
+            child.join()
+            why = f"its build for {model} failed: the build process was {_died(child.exitcode)}"
+        child.join()
+        if why is not None:
+            skipped[backend] = why
+    return skipped
+
+
+def prepare(args: argparse.Namespace) -> tuple[dict, dict[str, str]]:
+    """Build (once, cached) and load every (model, backend); a backend that cannot run is skipped with why."""
+    from tqdm.auto import tqdm
+
     pairs = [(m, b) for m in args.models for b in args.backends]
-    with ProcessPoolExecutor(max_workers=1, mp_context=get_context("spawn")) as pool:
-        skipped = pool.submit(_build_all, pairs).result()
+    skipped = build_artifacts(pairs)
     forwards = {}
     for model, backend in tqdm(pairs, desc="loading", unit="backend", file=sys.stderr):
         if backend in skipped:

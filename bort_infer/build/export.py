@@ -9,6 +9,7 @@ export never leaves a directory that looks complete.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import shutil
@@ -101,7 +102,11 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
         bar.update()
 
         bar.set_postfix_str("torch.onnx export")
+        pad_token_id = int(config.get("pad_token_id") or 0)
+        reference = parity_reference(encoder, tokenizer, pad_token_id)
         plain_path = export_plain_onnx(encoder, tmp / "plain.onnx")
+        del encoder  # PyTorch's part is done: its reference states are kept, not its weights
+        _release()
         bar.update()
 
         import onnx
@@ -109,6 +114,7 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
         bar.set_postfix_str("graph rewrite onto bort-infer ops" if custom_ops else "plain graph")
         if custom_ops:
             enc = recognize(fuse_with_onnxruntime(plain_path, config["num_attention_heads"], config["hidden_size"]))
+            _release()
             fp32_model = emit(enc, form)
             plain_path.unlink()
         else:
@@ -120,7 +126,7 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
             architecture=(config.get("architectures") or ["BertModel"])[0], hidden_size=config["hidden_size"],
             num_layers=config["num_hidden_layers"], num_heads=config["num_attention_heads"],
             max_length=defaults.max_length, pooling=defaults.pooling, normalize=defaults.normalize,
-            precision="fp32", pad_token_id=int(config.get("pad_token_id") or 0), inputs=tuple(inputs), output=OUTPUT,
+            precision="fp32", pad_token_id=pad_token_id, inputs=tuple(inputs), output=OUTPUT,
             custom_ops=tuple(ops_used(fp32_model)), versions=_versions(),
             source={"path": str(directory), "sha256": hf.weights_sha256(directory), "model_type": config["model_type"],
                     "defaults_from": defaults.origin})
@@ -128,8 +134,11 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
         bar.update()
 
         bar.set_postfix_str("parity against PyTorch")
-        parity = check_parity(tmp, encoder, tokenizer, defaults.max_length)
+        parity = check_parity(tmp, reference)
         meta = dataclasses.replace(meta, source={**meta.source, "parity_vs_pytorch": parity})
+        if custom_ops:  # the int8 search emits its own graphs from `enc`
+            del fp32_model
+        _release()
         bar.update()
 
         if quantize == "int8":
@@ -140,6 +149,7 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
             if custom_ops:
                 model, report = q.quantize_encoder(enc, form, probe.embed, probe.run_packed_graph, calibration_texts,
                                                    gate)
+                del enc
                 onnx.save(model, str(tmp / "model.onnx"))
             else:
                 q.quantize_plain_dynamic(plain_path, tmp / "model.onnx")
@@ -167,6 +177,13 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s → %s (%s, %s)", src, out, meta.precision, ", ".join(meta.custom_ops) or "no custom ops")
     return meta
+
+
+def _release() -> None:
+    """Collect garbage now: torch.onnx's and onnxruntime's optimizer's object graphs hold reference cycles
+    over whole copies of the weights (several GB for BERT-large), which the export would otherwise carry
+    into its next steps until Python happens to run a full collection."""
+    gc.collect()
 
 
 class _Probe:
@@ -199,9 +216,14 @@ class _Probe:
 
         from .. import custom_op_library
 
+        import onnx
+
         options = ort.SessionOptions()
         options.register_custom_ops_library(custom_op_library())
-        session = ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        path = self.directory / "graph.onnx"  # from a file: no second in-memory copy of the weights
+        onnx.save(model, str(path))
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        path.unlink()
         tokenizer = Tokenizer.from_file(str(self.tokenizer_file))
         for start in range(0, len(texts), 64):
             encodings = tokenizer.encode_batch(texts[start:start + 64])
@@ -232,20 +254,24 @@ def torch_token_states(encoder, input_ids: np.ndarray, attention_mask: np.ndarra
                        attention_mask=torch.from_numpy(attention_mask)).last_hidden_state.numpy()
 
 
-def check_parity(model_dir: Path, encoder, tokenizer, max_length: int) -> dict:
-    """fp32 export vs PyTorch on PARITY_TEXTS in one padded batch: every real token's state."""
-    from ..session import Session
-
-    session = Session(model_dir, threads=None)
+def parity_reference(encoder, tokenizer, pad_token_id: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """PyTorch's token states for PARITY_TEXTS in one padded batch: (input ids, mask, states)."""
     encodings = tokenizer.encode_batch(PARITY_TEXTS)
     seq = max(len(e.ids) for e in encodings)
-    ids = np.full((len(encodings), seq), session.metadata.pad_token_id, dtype=np.int64)
+    ids = np.full((len(encodings), seq), pad_token_id, dtype=np.int64)
     mask = np.zeros_like(ids)
     for row, e in enumerate(encodings):
         ids[row, :len(e.ids)] = e.ids
         mask[row, :len(e.ids)] = 1
-    ref = torch_token_states(encoder, ids, mask)
-    got = session.forward(ids, mask)
+    return ids, mask, torch_token_states(encoder, ids, mask)
+
+
+def check_parity(model_dir: Path, reference: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:
+    """fp32 export vs PyTorch (see parity_reference): every real token's state."""
+    from ..session import Session
+
+    ids, mask, ref = reference
+    got = Session(model_dir, threads=None).forward(ids, mask)
     valid = mask.astype(bool)
     a, b = got[valid].astype(np.float64), ref[valid].astype(np.float64)
     cos = (a * b).sum(1) / np.maximum(np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1), 1e-30)
