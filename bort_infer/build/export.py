@@ -211,12 +211,11 @@ class _Probe:
 
     def run_packed_graph(self, model, outputs: list[str], texts: list[str]):
         """(output name, value) for each of `outputs` of a packed graph, over batches of `texts`."""
+        import onnx
         import onnxruntime as ort
         from tokenizers import Tokenizer
 
         from .. import custom_op_library
-
-        import onnx
 
         options = ort.SessionOptions()
         options.register_custom_ops_library(custom_op_library())
