@@ -47,7 +47,7 @@ ext = Pybind11Extension(
 setup(
     ext_modules=[ext],
     cmdclass={"build_ext": BuildExt},
-    packages=["bort_infer", "bort_infer.build", "bort_infer.bench", "bort_infer.models"],
+    packages=["bort_infer", "bort_infer.export", "bort_infer.bench", "bort_infer.models"],
     package_dir={"bort_infer.models": "models"},
-    package_data={"bort_infer.models": ["*.json"], "bort_infer.build": ["data/*.txt"]},
+    package_data={"bort_infer.models": ["*.json"], "bort_infer.export": ["data/*.txt"]},
 )

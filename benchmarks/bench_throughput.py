@@ -90,7 +90,7 @@ def test_minilm_sentences_per_second(benchmark, threads, sentences, backend, tmp
         run = lambda: model.encode(sentences, batch_size=32)  # noqa: E731
     else:
         from bort_infer import Session
-        from bort_infer.build.export import export_model
+        from bort_infer.export.export import export_model
 
         out = tmp_path_factory.mktemp("minilm-int8")
         export_model(str(src), out, quantize="int8", overwrite=True)

@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     from bort_infer import Session
-    from bort_infer.build.export import export_model
+    from bort_infer.export.export import export_model
     from tests.conftest import minilm_dir, sts_pairs
 
     src = minilm_dir()

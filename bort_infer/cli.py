@@ -14,7 +14,7 @@ from .registry import known_models
 
 
 def _create_random(args: argparse.Namespace) -> int:
-    from .build.random_checkpoint import create_random_checkpoint
+    from .export.random_checkpoint import create_random_checkpoint
 
     out = create_random_checkpoint(args.model, args.out, seed=args.seed)
     print(f"wrote random-init {args.model} checkpoint to {out}")
@@ -22,7 +22,7 @@ def _create_random(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .build.export import export_model
+    from .export.export import export_model
 
     calibration = None
     if args.calibration:

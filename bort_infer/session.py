@@ -65,7 +65,7 @@ class Session:
             raise ModelDirectoryError(f"{tok_path}: not a valid tokenizers file: {exc}") from None
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=meta.max_length)
-        self.packed = "cu_seqlens" in graph_inputs  # padding-free graph, see bort_infer/build/graph_rewrite.py
+        self.packed = "cu_seqlens" in graph_inputs  # padding-free graph, see bort_infer/export/graph_rewrite.py
         self.truncated_count = 0
         self._lock = threading.Lock()
 

@@ -71,7 +71,7 @@ def stsb_sentences(split: str = "dev") -> list[str]:
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """Lazily created random-init checkpoints: checkpoints("tiny-bort") → HF directory."""
-    from bort_infer.build.random_checkpoint import create_random_checkpoint
+    from bort_infer.export.random_checkpoint import create_random_checkpoint
 
     made: dict[str, Path] = {}
 
@@ -85,7 +85,7 @@ def checkpoints(tmp_path_factory):
 @pytest.fixture(scope="session")
 def exports(tmp_path_factory, checkpoints):
     """Lazily exported model directories: exports("tiny-bort", custom_ops=False) → model directory."""
-    from bort_infer.build.export import export_model
+    from bort_infer.export.export import export_model
 
     made: dict[tuple, Path] = {}
 

@@ -18,7 +18,7 @@ def torch_cls(checkpoint, texts: list[str], max_length: int) -> np.ndarray:
     import torch
     from transformers import AutoTokenizer
 
-    from bort_infer.build.hf import load_encoder
+    from bort_infer.export.hf import load_encoder
 
     tok = AutoTokenizer.from_pretrained(checkpoint)
     model = load_encoder(checkpoint, attn_implementation="eager")

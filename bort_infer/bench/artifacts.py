@@ -27,7 +27,7 @@ def _write_stamp(directory: Path, stamp: dict) -> None:
 
 def checkpoint(model: str, seed: int = 0) -> Path:
     """Random-init HF checkpoint of a known model (exact config), created once."""
-    from ..build.random_checkpoint import create_random_checkpoint
+    from ..export.random_checkpoint import create_random_checkpoint
 
     out = cache_root() / model / "checkpoint"
     stamp = {"config": model_spec(model), "seed": seed,
@@ -46,11 +46,11 @@ EXPORT_VARIANTS = {
 
 
 def _code_digest(names: tuple[str, ...] = ()) -> str:
-    """SHA-256 of bort_infer/build's code and data (or of the named files in it): an artifact made by other
+    """SHA-256 of bort_infer/export's code and data (or of the named files in it): an artifact made by other
     code is rebuilt, not reused."""
     import hashlib
 
-    root = Path(__file__).resolve().parent.parent / "build"
+    root = Path(__file__).resolve().parent.parent / "export"
     h = hashlib.sha256()
     for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".txt")):
         if not names or f.name in names:
@@ -71,7 +71,7 @@ def _derived(model: str, name: str) -> tuple[Path, dict, bool]:
 
 def export(model: str, variant: str) -> Path:
     """A bort-infer model directory of one of EXPORT_VARIANTS."""
-    from ..build.export import export_model
+    from ..export.export import export_model
 
     out, stamp, fresh = _derived(model, variant)
     if not fresh:

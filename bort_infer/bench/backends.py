@@ -27,7 +27,7 @@ def torch_fp32(model: str, threads: int) -> Forward:
     _require("transformers", "pip install 'bort-infer[export]'")
     import torch
 
-    from ..build.hf import load_encoder
+    from ..export.hf import load_encoder
 
     torch.set_num_threads(threads)
     net = load_encoder(artifacts.checkpoint(model))

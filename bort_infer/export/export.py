@@ -72,8 +72,8 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
     custom_ops: rewrite onto bort-infer's fused kernels (default) or keep onnxruntime's plain graph.
     form: "packed" (default with custom ops: padding-free, CLS-only last layer) or "padded".
     quantize: None (fp32) or "int8". max_drop: the int8 fidelity gate (default
-    bort_infer.build.quantize.DEFAULT_MAX_DROP); calibration_texts: texts for the int8 search (default:
-    the built-in calibration set). See bort_infer.build.quantize.
+    bort_infer.export.quantize.DEFAULT_MAX_DROP); calibration_texts: texts for the int8 search (default:
+    the built-in calibration set). See bort_infer.export.quantize.
     """
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")

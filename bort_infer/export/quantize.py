@@ -70,7 +70,7 @@ class Gate:
 
 def builtin_texts() -> tuple[list[str], list[str]]:
     """(calibration, evaluation) halves of the built-in text set."""
-    text = resources.files("bort_infer.build").joinpath("data/fidelity_texts.txt").read_text(encoding="utf-8")
+    text = resources.files("bort_infer.export").joinpath("data/fidelity_texts.txt").read_text(encoding="utf-8")
     lines = [line for line in text.splitlines() if line.strip()]
     return lines[0::2], lines[1::2]
 

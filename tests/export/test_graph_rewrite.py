@@ -1,4 +1,4 @@
-"""Graph rewrite (bort_infer.build.graph_rewrite): onnxruntime's fused BERT graph read layer by layer and
+"""Graph rewrite (bort_infer.export.graph_rewrite): onnxruntime's fused BERT graph read layer by layer and
 re-emitted on bort-infer's ops, checked against the plain onnxruntime graph on Bort, BERT-large-shaped and
 MiniLM encoders; and the graphs it must refuse, with the layer and pattern named."""
 from __future__ import annotations
@@ -13,7 +13,7 @@ ort = pytest.importorskip("onnxruntime")
 from onnx import helper  # noqa: E402
 
 from bort_infer import custom_op_library  # noqa: E402
-from bort_infer.build.graph_rewrite import EncoderPatternError, emit, ops_used, recognize  # noqa: E402
+from bort_infer.export.graph_rewrite import EncoderPatternError, emit, ops_used, recognize  # noqa: E402
 
 from .conftest import bert_large_shaped_config  # noqa: E402
 

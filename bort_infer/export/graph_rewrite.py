@@ -57,7 +57,7 @@ class Layer:
     ln2_gamma: np.ndarray
     ln2_beta: np.ndarray | None
     ln2_eps: float
-    # Set by activation smoothing (bort_infer.build.quantize): the residual into ln1 / ln2 arrives divided
+    # Set by activation smoothing (bort_infer.export.quantize): the residual into ln1 / ln2 arrives divided
     # per channel by these and is multiplied back inside SkipLayerNorm.
     ln1_skip_scale: np.ndarray | None = None
     ln2_skip_scale: np.ndarray | None = None

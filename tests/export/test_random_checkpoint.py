@@ -1,4 +1,4 @@
-"""Random-init checkpoints (bort_infer.build.random_checkpoint): real Hugging Face checkpoint directories
+"""Random-init checkpoints (bort_infer.export.random_checkpoint): real Hugging Face checkpoint directories
 with the exact configurations of models/*.json, deterministic per seed."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from bort_infer.build.random_checkpoint import create_random_checkpoint
+from bort_infer.export.random_checkpoint import create_random_checkpoint
 from bort_infer.registry import model_spec
 
 

@@ -39,7 +39,7 @@ def bert_large_shaped_encoder():
     import torch
     from transformers import BertConfig, BertModel
 
-    from bort_infer.build.random_checkpoint import _randomize_affine_parameters
+    from bort_infer.export.random_checkpoint import _randomize_affine_parameters
 
     config = bert_large_shaped_config()
     config.pop("model_type")
@@ -52,7 +52,7 @@ def bert_large_shaped_encoder():
 def _checkpoint_case(name: str, source: Path, plain_onnx: Path) -> RewriteCase:
     from safetensors.numpy import load_file
 
-    from bort_infer.build.graph_rewrite import fuse_with_onnxruntime
+    from bort_infer.export.graph_rewrite import fuse_with_onnxruntime
 
     config = json.loads((source / "config.json").read_text())
     return RewriteCase(name, config, load_file(str(source / "model.safetensors")), plain_onnx,
@@ -60,8 +60,8 @@ def _checkpoint_case(name: str, source: Path, plain_onnx: Path) -> RewriteCase:
 
 
 def _bert_large_shaped_case(directory: Path) -> RewriteCase:
-    from bort_infer.build.graph_rewrite import fuse_with_onnxruntime
-    from bort_infer.build.onnx_export import export_plain_onnx
+    from bort_infer.export.graph_rewrite import fuse_with_onnxruntime
+    from bort_infer.export.onnx_export import export_plain_onnx
 
     model = bert_large_shaped_encoder()
     config = model.config.to_dict()
@@ -87,7 +87,7 @@ def rewrite_case(request, checkpoints, exports, tmp_path_factory) -> RewriteCase
 @pytest.fixture(scope="session")
 def tiny_bort_fused(checkpoints, exports):
     """onnxruntime's fusion of tiny-bort's plain graph (tests copy it before breaking it)."""
-    from bort_infer.build.graph_rewrite import fuse_with_onnxruntime
+    from bort_infer.export.graph_rewrite import fuse_with_onnxruntime
 
     config = json.loads((checkpoints("tiny-bort") / "config.json").read_text())
     return fuse_with_onnxruntime(exports("tiny-bort", custom_ops=False) / "model.onnx",

@@ -1,4 +1,4 @@
-"""Tokenizer training (bort_infer.build.tokenizer_training): Bort's RoBERTa-style byte-level BPE and
+"""Tokenizer training (bort_infer.export.tokenizer_training): Bort's RoBERTa-style byte-level BPE and
 BERT's WordPiece, trained locally and deterministically."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import itertools
 
 import pytest
 
-from bort_infer.build.tokenizer_training import generate_corpus, train_byte_level_bpe, train_wordpiece
+from bort_infer.export.tokenizer_training import generate_corpus, train_byte_level_bpe, train_wordpiece
 
 VOCAB_SIZE = 1000  # tiny-bort's and tiny-bert-large's; the trainers behave alike at Bort's 50265
 

@@ -1,4 +1,4 @@
-"""Reading Hugging Face checkpoints (bort_infer.build.hf): sources, configs we refuse, sentence-transformers
+"""Reading Hugging Face checkpoints (bort_infer.export.hf): sources, configs we refuse, sentence-transformers
 pipeline defaults and the weights checksum."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 
 import pytest
 
-from bort_infer.build import hf
+from bort_infer.export import hf
 
 from ..conftest import minilm_dir
 

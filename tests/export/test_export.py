@@ -1,4 +1,4 @@
-"""fp32 export (bort_infer.build.export.export_model): the self-describing model directory, safe handling of
+"""fp32 export (bort_infer.export.export.export_model): the self-describing model directory, safe handling of
 the output directory, and the parity gate that refuses to write a model that disagrees with PyTorch."""
 from __future__ import annotations
 
@@ -12,10 +12,10 @@ ort = pytest.importorskip("onnxruntime")
 
 import bort_infer  # noqa: E402
 from bort_infer import Session  # noqa: E402
-from bort_infer.build import export as export_module  # noqa: E402
-from bort_infer.build import hf  # noqa: E402
-from bort_infer.build.export import PARITY_TEXTS, export_model  # noqa: E402
-from bort_infer.build.graph_rewrite import ops_used  # noqa: E402
+from bort_infer.export import export as export_module  # noqa: E402
+from bort_infer.export import hf  # noqa: E402
+from bort_infer.export.export import PARITY_TEXTS, export_model  # noqa: E402
+from bort_infer.export.graph_rewrite import ops_used  # noqa: E402
 from bort_infer.model_dir import read_metadata  # noqa: E402
 
 from ..conftest import minilm_dir  # noqa: E402

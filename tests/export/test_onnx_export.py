@@ -1,4 +1,4 @@
-"""PyTorch → ONNX (bort_infer.build.onnx_export): the plain graph, with dynamic axes, equal to PyTorch, and
+"""PyTorch → ONNX (bort_infer.export.onnx_export): the plain graph, with dynamic axes, equal to PyTorch, and
 an encoder left as it was given (eval mode)."""
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from bort_infer.build.hf import load_encoder  # noqa: E402
-from bort_infer.build.onnx_export import INPUTS, OPSET, OUTPUT, export_plain_onnx  # noqa: E402
+from bort_infer.export.hf import load_encoder  # noqa: E402
+from bort_infer.export.onnx_export import INPUTS, OPSET, OUTPUT, export_plain_onnx  # noqa: E402
 
 
 def test_plain_export_keeps_the_encoder_in_eval_mode_and_matches_it(checkpoints, tmp_path):
