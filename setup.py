@@ -14,7 +14,7 @@ from pybind11.setup_helpers import Pybind11Extension, build_ext
 from setuptools import setup
 
 ROOT = Path(__file__).resolve().parent
-sys.path.insert(0, str(ROOT / "build_tools"))
+sys.path.insert(0, str(ROOT / "tools"))
 from ort_headers import find_ort_include_dir  # noqa: E402
 
 
