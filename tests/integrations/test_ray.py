@@ -18,7 +18,8 @@ pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
 from bort_infer import Session, cli  # noqa: E402
-from bort_infer.integrations import ray as bort_ray  # noqa: E402
+from bort_infer.integrations.ray import file_job  # noqa: E402
+from bort_infer.integrations.ray import udf as udf_module  # noqa: E402
 from bort_infer.integrations.ray import (BadTextError, EmbedBatch, ShippedModel, embed_dataset,  # noqa: E402
                                          embeddings_to_numpy, encode_files, plan_actors, ship_model)
 
@@ -114,7 +115,7 @@ def test_embed_batch_in_each_batch_format_names_bad_rows(model, session, caplog,
     batch = {"pyarrow": table, "pandas": table.to_pandas(),
              "numpy": {name: table[name].to_numpy(zero_copy_only=False) for name in table.column_names}}[batch_format]
     udf = EmbedBatch(model, threads=1, id_column="id")
-    with caplog.at_level(logging.WARNING, logger=bort_ray.__name__):
+    with caplog.at_level(logging.WARNING, logger=udf_module.__name__):
         out = udf(batch)
     assert out.column_names == ["id", "text", "embedding"] and out["id"].to_pylist() == [10, 11, 12]
     vectors = embeddings_to_numpy(out["embedding"])
@@ -275,13 +276,13 @@ def test_encode_files_errors(ray_local, model, tmp_path, monkeypatch):
         encode_files(model, str(src), str(out), column="body", on_error="raise", num_actors=1, threads_per_actor=1)
     assert not out.exists() and not (tmp_path / "out.partial").exists()
     # an output that does not hold every input row exactly once is removed, never completed
-    plan_inputs = bort_ray._plan_inputs
+    plan_inputs = file_job._plan_inputs
 
     def one_row_more(*args):
         rows, pieces = plan_inputs(*args)
         return rows + 1, pieces
 
-    monkeypatch.setattr(bort_ray, "_plan_inputs", one_row_more)
+    monkeypatch.setattr(file_job, "_plan_inputs", one_row_more)
     with pytest.raises(RuntimeError, match="wrote 3 rows for 4 input rows"):
         encode_files(model, str(src), str(out), column="body", num_actors=1, threads_per_actor=1)
     assert not out.exists() and not (tmp_path / "out.partial").exists()
@@ -312,10 +313,10 @@ def test_text_pieces_cover_every_line_once_under_the_rules_of_encode(tmp_path):
     path = tmp_path / "t.txt"
     path.write_bytes(data)
     texts = split_lines(data)
-    rows, pieces = bort_ray._plan_text_file(str(path), piece_bytes=20)
+    rows, pieces = file_job._plan_text_file(str(path), piece_bytes=20)
     assert rows == len(texts) and len(pieces) > 10
     assert [p["start"] for p in pieces[1:]] == [p["end"] for p in pieces[:-1]] and pieces[-1]["end"] == len(data)
-    tables = list(bort_ray._read_text_pieces({k: [p[k] for p in pieces] for k in pieces[0]}, rows_per_block=3))
+    tables = list(file_job._read_text_pieces({k: [p[k] for p in pieces] for k in pieces[0]}, rows_per_block=3))
     table = pa.concat_tables(tables)
     assert table["text"].to_pylist() == texts and table["line"].to_pylist() == list(range(rows))
     assert max(t.num_rows for t in tables) <= 3
@@ -328,12 +329,12 @@ def test_one_large_file_is_read_as_many_pieces(ray_local, tmp_path):
     """Ray Data gives all rows of one read task to one actor call: one large file must become many tasks."""
     path = tmp_path / "one.txt"
     path.write_text("".join(f"sentence number {i} with a few words\n" for i in range(20000)))
-    rows, pieces = bort_ray._plan_inputs([str(path)], "text", "text", 1024)
+    rows, pieces = file_job._plan_inputs([str(path)], "text", "text", 1024)
     assert rows == 20000 and len(pieces) >= 8  # PIECES_PER_CPU per CPU of the 2-CPU cluster
 
     table = pa.table({"body": [f"t{i}" for i in range(5000)]})
     pq.write_table(table, tmp_path / "one.parquet", row_group_size=3000)
-    rows, pieces = bort_ray._plan_inputs([str(tmp_path / "one.parquet")], "parquet", "body", 256)
+    rows, pieces = file_job._plan_inputs([str(tmp_path / "one.parquet")], "parquet", "body", 256)
     assert rows == 5000 and len(pieces) == 8
-    read = pa.concat_tables(bort_ray._read_parquet_pieces({k: [p[k] for p in pieces] for k in pieces[0]}, 100))
+    read = pa.concat_tables(file_job._read_parquet_pieces({k: [p[k] for p in pieces] for k in pieces[0]}, 100))
     assert read.equals(table)
