@@ -1,13 +1,7 @@
-"""`bort-infer encode MODEL_DIR INPUT OUT.npy`: embed a text file, one text per line, into a .npy file.
+"""Embed a text file, one text per line (the rules of ``bort_infer.textlines``), into a float32 (lines, hidden)
+.npy in input order, resumably: the engine of `bort-infer encode` without --ray.
 
-Run-time world: onnxruntime, numpy, tokenizers and tqdm only (``--ray`` hands over to
-``bort_infer.integrations.ray``, which imports Ray).
-
-Lines. A line ends at ``\\n`` (a ``\\r\\n`` pair is one line ending; a UTF-8 byte-order mark at the start of
-the input is dropped). Every line is one text, an empty line included, and a final ``\\n`` does not start
-another text: ``"a\\n\\nb\\n"`` is three texts. Nothing else splits a line (not ``\\r`` alone, ``\\x0b``,
-``\\x0c``, ``\\x1c``-``\\x1e``, ``\\x85`` or U+2028, which ``str.splitlines`` would split on), so row i of
-the output is always line i + 1 of the input.
+Run-time world: onnxruntime, numpy, tokenizers and tqdm only.
 
 Output. Rows go to ``OUT.partial`` as they are computed, one chunk at a time, and ``OUT`` appears only
 when every row is there (an atomic rename): a file named ``OUT`` is always complete. For a file input the
@@ -19,15 +13,12 @@ an interrupted run from its last chunk, after checking that input, model and opt
 """
 from __future__ import annotations
 
-import argparse
-import codecs
 import hashlib
 import io
 import json
 import os
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
@@ -35,13 +26,12 @@ from typing import BinaryIO
 import numpy as np
 
 from .model_dir import METADATA_FILE, ModelDirectoryError
+from .textlines import count_lines, decode_line, iter_raw_lines
 
 PARTIAL_SUFFIX = ".partial"
 PROGRESS_SUFFIX = ".progress"
 PROGRESS_FORMAT = "bort-infer-encode-progress"
 PROGRESS_VERSION = 1
-_BOM = codecs.BOM_UTF8
-_BLOCK = 1 << 24  # bytes per read when counting lines
 
 
 @dataclass(frozen=True)
@@ -60,82 +50,6 @@ class EncodeResult:
     def sentences_per_second(self) -> float:
         done = self.rows - self.resumed_rows
         return done / self.embed_seconds if self.embed_seconds > 0 else 0.0
-
-
-# ---------------------------------------------------------------------------------------------- lines
-
-def count_lines(path: str | Path) -> int:
-    """Texts in a file under this module's line rules, checking on the way that it is valid UTF-8
-    (an error names the line), so that a bad byte stops the run before any model work."""
-    with open(path, "rb") as f:
-        return scan_lines(f, str(path))[0]
-
-
-def scan_lines(stream: BinaryIO, source: str, cut_bytes: int | None = None,
-               block_size: int = _BLOCK) -> tuple[int, list[tuple[int, int]]]:
-    """(texts in the stream, cuts), checking that it is valid UTF-8 (an error names the line).
-
-    With ``cut_bytes``, cuts are (byte offset, line index) of line starts about ``cut_bytes`` apart, the
-    first at or after byte ``cut_bytes``: they split the input into pieces of whole lines (used to spread
-    one large file over many Ray tasks). A cut is never at the very end of the input."""
-    rows = 0
-    last = b""
-    decoder = codecs.getincrementaldecoder("utf-8")("strict")
-    consumed = 0
-    cuts: list[tuple[int, int]] = []
-    next_cut = cut_bytes
-    while True:
-        block = stream.read(block_size)
-        if not block:
-            break
-        pending = len(decoder.getstate()[0])  # an unfinished sequence carried over from the last block
-        try:
-            decoder.decode(block)
-        except UnicodeDecodeError as exc:
-            at = max(exc.start - pending, 0)
-            line = rows + block.count(b"\n", 0, at) + 1
-            raise ValueError(f"{source}: line {line} is not valid UTF-8 (byte offset {consumed + at}): "
-                             f"{exc.reason}") from None
-        while next_cut is not None and next_cut < consumed + len(block):
-            newline = block.find(b"\n", max(next_cut - consumed, 0))
-            if newline < 0:
-                break  # the line holding the cut goes on in the next block
-            cuts.append((consumed + newline + 1, rows + block.count(b"\n", 0, newline + 1)))
-            next_cut = cuts[-1][0] + cut_bytes
-        rows += block.count(b"\n")
-        last = block[-1:]
-        consumed += len(block)
-    try:
-        decoder.decode(b"", final=True)
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{source}: line {rows + 1} is not valid UTF-8 (truncated sequence at the end of the "
-                         f"input): {exc.reason}") from None
-    if cuts and cuts[-1][0] == consumed:
-        cuts.pop()
-    return rows + (1 if last not in (b"", b"\n") else 0), cuts
-
-
-def iter_raw_lines(stream: BinaryIO) -> Iterator[bytes]:
-    """The input's lines as raw bytes, each with its line ending (the last one may have none)."""
-    yield from stream  # a binary stream splits on b"\n" only; decode_line drops a leading BOM
-
-
-def decode_line(raw: bytes, line_number: int, source: str, first: bool = False) -> str:
-    """One raw line → its text: line ending (``\\n`` or ``\\r\\n``) removed, UTF-8 decoded strictly."""
-    if raw.endswith(b"\n"):
-        raw = raw[:-2] if raw.endswith(b"\r\n") else raw[:-1]
-    if first and raw.startswith(_BOM):
-        raw = raw[len(_BOM):]
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ValueError(f"{source}: line {line_number} is not valid UTF-8: {exc.reason}") from None
-
-
-def split_lines(data: bytes, source: str = "input") -> list[str]:
-    """All texts of an in-memory input (the same rules as a streamed file)."""
-    stream = io.BytesIO(data)
-    return [decode_line(raw, i + 1, source, first=(i == 0)) for i, raw in enumerate(iter_raw_lines(stream))]
 
 
 # ---------------------------------------------------------------------------------------------- .npy helpers
@@ -462,88 +376,3 @@ class _StdinWriter:
         if self._f is not None:
             self._f.close()
             self._f = None
-
-
-# ---------------------------------------------------------------------------------------------- CLI
-
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
-# Options of one path only, and their defaults: giving one on the other path is an error, not a no-op.
-_RAY_ONLY = {"column": None, "actors": None, "on_error": None, "model_on_shared_path": False}
-_LOCAL_ONLY = {"chunk_size": None, "resume": False}
-
-
-def add_arguments(p: argparse.ArgumentParser) -> None:
-    """The `bort-infer encode` arguments (cli.py registers the subparser and calls `run`)."""
-    p.add_argument("model", help="exported bort-infer model directory")
-    p.add_argument("input", help="text file, one text per line (UTF-8), or - for stdin; with --ray a text or "
-                                 "Parquet file, or a directory of them")
-    p.add_argument("out", help="output .npy file (with --ray: an output directory of Parquet files)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="texts per model call (default 32)")
-    p.add_argument("--max-tokens", type=_positive_int, default=None, help="token budget per model call (optional)")
-    p.add_argument("--pooling", choices=["cls", "mean"], default=None, help="default: the model's")
-    p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
-                   help="L2-normalize the vectors (default: the model's)")
-    p.add_argument("--threads", type=_positive_int, default=None,
-                   help="onnxruntime threads (default: one per core); with --ray, threads per actor")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (or an interrupted run)")
-    local = p.add_argument_group("one machine (.npy output)")
-    local.add_argument("--chunk-size", type=_positive_int, default=None,
-                       help="lines read, embedded and flushed at a time; bounds memory (default 4096)")
-    local.add_argument("--resume", action="store_true",
-                       help="continue an interrupted run from OUT.partial and OUT.progress")
-    ray = p.add_argument_group("Ray cluster (Parquet output; pip install 'bort-infer[ray]')")
-    ray.add_argument("--ray", metavar="ADDRESS", default=None,
-                     help="run on a Ray cluster: 'auto' (the running cluster), 'local' (start one here) or "
-                          "an address such as ray://head:10001; writes Parquet (the input's columns + embedding)")
-    ray.add_argument("--column", default=None, help="text column of a Parquet input (default: text)")
-    ray.add_argument("--actors", type=_positive_int, default=None,
-                     help="actor pool size (default: the cluster's CPUs // --threads)")
-    ray.add_argument("--on-error", choices=["null", "raise"], default=None,
-                     help="a row whose text is not a string (None, a number): give it a null embedding, name such "
-                          "rows at the end and exit 1 (null, the default); or stop the job with an error naming "
-                          "them (raise)")
-    ray.add_argument("--model-on-shared-path", action="store_true",
-                     help="workers read MODEL from the same path (shared filesystem) instead of receiving it "
-                          "through Ray's object store")
-
-
-def _given(args: argparse.Namespace, defaults: dict) -> list[str]:
-    return ["--" + name.replace("_", "-") for name, default in defaults.items() if getattr(args, name) != default]
-
-
-def run(args: argparse.Namespace) -> int:
-    """`bort-infer encode` entry point (argparse namespace from add_arguments)."""
-    if args.ray is not None:
-        misplaced = _given(args, _LOCAL_ONLY)
-        if misplaced:
-            raise ValueError(f"not with --ray (a --ray run is rerun whole): {', '.join(misplaced)}")
-        if str(args.input) == "-":
-            raise ValueError("--ray reads text or Parquet files that every node can read, not stdin")
-        from .integrations.ray import encode_files
-
-        summary = encode_files(args.model, args.input, args.out, address=args.ray, column=args.column,
-                               threads_per_actor=args.threads, num_actors=args.actors, batch_size=args.batch_size,
-                               max_tokens=args.max_tokens, pooling=args.pooling, normalize=args.normalize,
-                               on_error=args.on_error or "null", ship=not args.model_on_shared_path,
-                               overwrite=args.overwrite)
-        print(summary.describe())
-        return 1 if summary.error_rows else 0
-    misplaced = _given(args, _RAY_ONLY)
-    if misplaced:
-        raise ValueError(f"only with --ray ADDRESS: {', '.join(misplaced)}")
-    result = encode_file(args.model, args.input, args.out, batch_size=args.batch_size, pooling=args.pooling,
-                         normalize=args.normalize, threads=args.threads, chunk_size=args.chunk_size or 4096,
-                         max_tokens=args.max_tokens, resume=args.resume, overwrite=args.overwrite)
-    resumed = f", {result.resumed_rows} of them from an earlier run" if result.resumed_rows else ""
-    print(f"wrote {result.rows} x {result.hidden_size} float32 embeddings to {result.path}{resumed} "
-          f"in {result.seconds:.1f}s ({result.sentences_per_second:.1f} sentences/s)")
-    return 0

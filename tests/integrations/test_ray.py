@@ -17,7 +17,8 @@ pytest.importorskip("ray.data", reason="ray[data] is not installed")
 pa = pytest.importorskip("pyarrow")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from bort_infer import Session, cli  # noqa: E402
+from bort_infer import Session  # noqa: E402
+from bort_infer.cli import main as cli  # noqa: E402
 from bort_infer.integrations.ray import file_job  # noqa: E402
 from bort_infer.integrations.ray import udf as udf_module  # noqa: E402
 from bort_infer.integrations.ray import (BadTextError, EmbedBatch, ShippedModel, embed_dataset,  # noqa: E402
@@ -306,7 +307,7 @@ def test_cli_encode_with_ray(ray_local, model, tmp_path, capsys):
 
 
 def test_text_pieces_cover_every_line_once_under_the_rules_of_encode(tmp_path):
-    from bort_infer.encode_file import scan_lines, split_lines
+    from bort_infer.textlines import scan_lines, split_lines
 
     data = ("\ufeffbom\r\n\r\nsplit\u2028not\x0bhere\r\nlone\rcr\n\n" + "".join(f"line {i}\n" for i in range(40))
             + "no final newline\r").encode()

@@ -2,6 +2,7 @@
 embedding) out, every input row exactly once."""
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import time
@@ -13,6 +14,7 @@ import pyarrow as pa
 import ray
 
 from ...model_dir import read_metadata
+from ...textlines import iter_texts, scan_lines
 from .actor_plan import ActorPlan, cluster_node_cpus, plan_actors
 from .udf import DEFAULT_ROWS_PER_CALL, BadTextError, check_on_error, describe_row, embed_dataset
 
@@ -89,8 +91,6 @@ MAX_PIECE_CALLS = 64  # a Parquet piece holds at most this many rows_per_call
 
 def _plan_text_file(path: str, piece_bytes: int) -> tuple[int, list[dict]]:
     """Ray task: a text file's line count and its pieces, checking on the way that it is valid UTF-8."""
-    from ...encode_file import scan_lines
-
     filesystem, local = _filesystem(path)
     with filesystem.open_input_stream(local) as f:
         rows, cuts = scan_lines(f, path, cut_bytes=piece_bytes)
@@ -139,36 +139,17 @@ def _plan_inputs(files: list[str], fmt: str, column: str, rows_per_call: int) ->
 
 
 def _read_text_pieces(batch: dict, rows_per_block: int):
-    """Ray task: text pieces → rows (path, line, text) under bort_infer.encode_file's line rules."""
-    from ...encode_file import decode_line
-
+    """Ray task: text pieces (line-aligned byte ranges) -> rows (path, line, text), under bort_infer.textlines'
+    line rules."""
     for path, start, end, line in zip(batch["path"], batch["start"], batch["end"], batch["line"]):
         path, start, end, line = str(path), int(start), int(end), int(line)
         filesystem, local = _filesystem(path)
         with filesystem.open_input_file(local) as f:
             f.seek(start)
-            left = end - start
-            texts: list[str] = []
-            first = line
-            rest = b""
-            while left > 0:
-                block = f.read(min(1 << 22, left))
-                if not block:
-                    break
-                left -= len(block)
-                pieces = (rest + block).split(b"\n")
-                rest = pieces.pop()
-                for raw in pieces:  # each ended with b"\n": a b"\r" before it is part of the line ending
-                    raw = raw[:-1] if raw.endswith(b"\r") else raw
-                    texts.append(decode_line(raw, line + 1, path, first=(line == 0)))
-                    line += 1
-                while len(texts) >= rows_per_block:
-                    yield _text_table(path, first, texts[:rows_per_block])
-                    first, texts = first + rows_per_block, texts[rows_per_block:]
-            if rest:  # the last line of a file without a final newline
-                texts.append(decode_line(rest, line + 1, path, first=(line == 0)))
-            if texts:
-                yield _text_table(path, first, texts)
+            texts = iter_texts(f, path, first_line=line, limit=end - start)
+            while block := list(itertools.islice(texts, rows_per_block)):
+                yield _text_table(path, line, block)
+                line += len(block)
 
 
 def _text_table(path: str, start: int, texts: list[str]) -> pa.Table:

@@ -9,12 +9,13 @@ import argparse
 import logging
 import sys
 
-from . import __version__
-from .registry import known_models
+from .. import __version__
+from ..registry import known_models
+from . import encode
 
 
 def _create_random(args: argparse.Namespace) -> int:
-    from .export.random_checkpoint import create_random_checkpoint
+    from ..export.random_checkpoint import create_random_checkpoint
 
     out = create_random_checkpoint(args.model, args.out, seed=args.seed)
     print(f"wrote random-init {args.model} checkpoint to {out}")
@@ -22,7 +23,7 @@ def _create_random(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from .export.export import export_model
+    from ..export.export import export_model
 
     calibration = None
     if args.calibration:
@@ -57,12 +58,6 @@ def _export(args: argparse.Namespace) -> int:
     return 0
 
 
-def _encode(args: argparse.Namespace) -> int:
-    from .encode_file import run
-
-    return run(args)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bort-infer", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"bort-infer {__version__}")
@@ -91,15 +86,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: texts (one per line) to calibrate on (default: the built-in calibration set)")
     p.set_defaults(func=_export)
 
-    from .encode_file import add_arguments as add_encode_arguments  # numpy and the standard library only
-
     p = sub.add_parser("encode", help="embed a text file (one text per line) into a .npy; --ray: files on a cluster",
                        description="Embed every line of INPUT (a file, or - for stdin) into OUT, a float32 "
                                    "(lines, hidden) .npy in input order. OUT appears only when complete; an "
                                    "interrupted run continues with --resume. With --ray, text or Parquet files "
                                    "are embedded on a Ray cluster into a directory of Parquet files.")
-    add_encode_arguments(p)
-    p.set_defaults(func=_encode)
+    encode.add_arguments(p)
+    p.set_defaults(func=encode.run)
     return parser
 
 

@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 from bort_infer import Session
-from bort_infer.cli import main
+from bort_infer.cli.main import main
 
 
 def test_create_random_then_export_then_encode(tmp_path, capsys):
@@ -22,7 +22,7 @@ def test_export_error_is_reported_not_raised(tmp_path, capsys):
 
 
 def test_console_script_help():
-    proc = subprocess.run([sys.executable, "-m", "bort_infer.cli", "--help"], capture_output=True, text=True)
+    proc = subprocess.run([sys.executable, "-m", "bort_infer.cli.main", "--help"], capture_output=True, text=True)
     assert proc.returncode == 0 and "create-random" in proc.stdout and "export" in proc.stdout
 
 
