@@ -26,6 +26,7 @@ from typing import BinaryIO
 import numpy as np
 
 from .model_dir import METADATA_FILE, ModelDirectoryError
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_FILE_CHUNK_SIZE, EncodeOptions, progress_bar_disabled
 from .textlines import count_lines, decode_line, iter_raw_lines
 
 PARTIAL_SUFFIX = ".partial"
@@ -98,8 +99,8 @@ def _model_fingerprint(model_dir: Path) -> str:
 # ---------------------------------------------------------------------------------------------- encode
 
 def encode_file(model_dir: str | Path, input_path: str | Path, output_path: str | Path, *,
-                batch_size: int = 32, pooling: str | None = None, normalize: bool | None = None,
-                threads: int | None = None, chunk_size: int = 4096, max_tokens: int | None = None,
+                batch_size: int = DEFAULT_BATCH_SIZE, pooling: str | None = None, normalize: bool | None = None,
+                threads: int | None = None, chunk_size: int = DEFAULT_FILE_CHUNK_SIZE, max_tokens: int | None = None,
                 resume: bool = False, overwrite: bool = False, show_progress: bool | None = None,
                 stdin: BinaryIO | None = None, session=None) -> EncodeResult:
     """Embed every line of ``input_path`` (``"-"``: stdin) into a float32 (lines, hidden) .npy at
@@ -108,17 +109,11 @@ def encode_file(model_dir: str | Path, input_path: str | Path, output_path: str 
     Memory is bounded by ``chunk_size`` lines (and their vectors), not by the corpus. ``session`` (an open
     ``bort_infer.Session`` for ``model_dir``) may be passed to reuse one.
     """
-    from .pooling import POOLINGS
     from .session import Session
 
     started = time.perf_counter()
-    for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size), ("max_tokens", max_tokens)):
-        if value is None and name == "max_tokens":
-            continue
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
-    if pooling is not None and pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)}")
+    options = EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize,
+                            show_progress_bar=show_progress, chunk_size=chunk_size)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: choose one")
 
@@ -158,8 +153,8 @@ def encode_file(model_dir: str | Path, input_path: str | Path, output_path: str 
         session = Session(model_dir, threads=threads)
     hidden = session.hidden_size
     meta = session.metadata
-    how = meta.pooling if pooling is None else pooling
-    do_normalize = meta.normalize if normalize is None else bool(normalize)
+    how = options.pooling_for(meta.pooling)
+    do_normalize = options.normalize_for(meta.normalize)
     try:
         fingerprint = _model_fingerprint(model_dir)
     except OSError as exc:
@@ -212,8 +207,7 @@ def encode_file(model_dir: str | Path, input_path: str | Path, output_path: str 
 
     from tqdm.auto import tqdm
 
-    disable = (not show_progress) if show_progress is not None else (
-        True if os.environ.get("BORT_INFER_PROGRESS") == "0" else None)
+    disable = progress_bar_disabled(options.show_progress_bar)
     embed_started = time.perf_counter()
     bar = tqdm(total=total, initial=done, desc="encode", unit=" sentences", disable=disable, dynamic_ncols=True)
     owns_stream = stdin is None and not from_stdin
@@ -241,15 +235,15 @@ def encode_file(model_dir: str | Path, input_path: str | Path, output_path: str 
             raws = []
             for raw in lines:
                 raws.append(raw)
-                if len(raws) == chunk_size:
+                if len(raws) == options.chunk_size:
                     break
             if not raws:
                 break
             texts = [decode_line(r, row + i + 1, source, first=(row + i == 0)) for i, r in enumerate(raws)]
             if total is not None and row + len(texts) > total:
                 raise ValueError(f"{source} grew while being encoded (more than the {total} lines counted)")
-            vectors = session.encode(texts, batch_size=batch_size, pooling=how, normalize=do_normalize,
-                                     max_tokens=max_tokens)
+            vectors = session.encode(texts, batch_size=options.batch_size, max_tokens=options.max_tokens,
+                                     pooling=how, normalize=do_normalize)
             writer.write(row, vectors)
             for raw in raws:
                 hasher.update(raw)

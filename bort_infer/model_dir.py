@@ -10,10 +10,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .pooling import POOLINGS
+
 METADATA_FILE = "bort_infer.json"
 FORMAT_NAME = "bort-infer-model"
 FORMAT_VERSION = 1
-POOLINGS = ("cls", "mean")
 PRECISIONS = ("fp32", "int8")
 
 

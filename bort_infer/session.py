@@ -14,7 +14,8 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 from .model_dir import ModelDirectoryError, ModelMetadata, read_metadata
-from .pooling import POOLINGS, l2_normalize, pool
+from .options import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, EncodeOptions, check_positive_int
+from .pooling import l2_normalize, pool
 
 
 # Tokens per model call on a packed (padding-free) model when max_tokens is not given. A call's activations
@@ -34,8 +35,7 @@ class Session:
         self.path = Path(path)
         self.metadata: ModelMetadata = read_metadata(self.path)
         meta = self.metadata
-        if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads < 1):
-            raise ValueError(f"threads must be a positive integer or None, got {threads!r}")
+        check_positive_int("threads", threads, optional=True)
         self.threads = threads
 
         options = ort.SessionOptions()
@@ -81,55 +81,53 @@ class Session:
         meta["threads"] = self.threads
         return meta
 
-    def encode(self, texts: str | Iterable[str], batch_size: int = 32, pooling: str | None = None,
-               normalize: bool | None = None, show_progress_bar: bool | None = None,
-               max_tokens: int | None = None) -> np.ndarray:
+    def encode(self, texts: str | Iterable[str], *, batch_size: int = DEFAULT_BATCH_SIZE,
+               max_tokens: int | None = None, pooling: str | None = None, normalize: bool | None = None,
+               show_progress_bar: bool | None = None, normalize_embeddings: bool | None = None) -> np.ndarray:
         """Embed texts: float32 (n, hidden) in input order; a single str gives shape (hidden,).
 
-        pooling: None uses the model's default ("cls" or "mean", from export); normalize: None uses the
-        model's default (True when the sentence-transformers pipeline ends in Normalize), else as given.
-        batch_size bounds the texts per model call; max_tokens bounds the tokens per call: real tokens on a
-        packed (padding-free) model (default DEFAULT_PACKED_TOKEN_BUDGET), rows x padded length on a padded
-        one (default: no bound). A text longer than the budget still gets its own call.
+        The options are keyword-only and checked by bort_infer.options.EncodeOptions. pooling: None uses the
+        model's default ("cls" or "mean", from export); normalize (or normalize_embeddings, as
+        sentence-transformers spells it): None uses the model's default (True when the sentence-transformers
+        pipeline ends in Normalize), else as given. batch_size bounds the texts per model call; max_tokens
+        bounds the tokens per call: real tokens on a packed (padding-free) model (default
+        DEFAULT_PACKED_TOKEN_BUDGET), rows x padded length on a padded one (default: no bound). A text longer
+        than the budget still gets its own call. show_progress_bar: None or False shows none.
         """
         single = isinstance(texts, str)
         items = self._check_texts(texts)
-        parts = list(self.encode_iter(items, batch_size=batch_size, pooling=pooling, normalize=normalize,
-                                      show_progress_bar=show_progress_bar, max_tokens=max_tokens,
-                                      chunk_size=max(len(items), 1)))
+        options = EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize,
+                                show_progress_bar=show_progress_bar, chunk_size=max(len(items), 1),
+                                normalize_embeddings=normalize_embeddings)
+        parts = list(self._encode_chunks(items, options))
         out = np.concatenate(parts) if parts else np.empty((0, self.hidden_size), dtype=np.float32)
         return out[0] if single else out
 
-    def encode_iter(self, texts: Iterable[str], batch_size: int = 32, pooling: str | None = None,
-                    normalize: bool | None = None, show_progress_bar: bool | None = None,
-                    max_tokens: int | None = None, chunk_size: int = 1024) -> Iterator[np.ndarray]:
+    def encode_iter(self, texts: Iterable[str], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                    max_tokens: int | None = None, pooling: str | None = None, normalize: bool | None = None,
+                    show_progress_bar: bool | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                    normalize_embeddings: bool | None = None) -> Iterator[np.ndarray]:
         """Embed any iterable of texts (a generator over a huge file is fine), yielding float32 arrays of
         up to `chunk_size` rows in input order. Memory is bounded by the chunk, not the corpus; the next
-        chunk is tokenized on a second thread while the current one runs."""
+        chunk is tokenized on a second thread while the current one runs. Options as for encode()."""
         if isinstance(texts, str):
             raise TypeError("encode_iter takes an iterable of str; use encode() for a single text")
         if texts is None or not isinstance(texts, Iterable):
             raise TypeError(f"texts must be an iterable of str, got {type(texts).__name__}")
-        for name, value in (("batch_size", batch_size), ("chunk_size", chunk_size), ("max_tokens", max_tokens)):
-            if value is None and name == "max_tokens":
-                continue
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{name} must be a positive integer, got {value!r}")
-        how = self.metadata.pooling if pooling is None else pooling
-        if how not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)} (or None)")
-        do_normalize = self.metadata.normalize if normalize is None else bool(normalize)
-        return self._encode_chunks(texts, batch_size, how, do_normalize, bool(show_progress_bar), max_tokens,
-                                   chunk_size)
+        options = EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize,
+                                show_progress_bar=show_progress_bar, chunk_size=chunk_size,
+                                normalize_embeddings=normalize_embeddings)
+        return self._encode_chunks(texts, options)
 
-    def _encode_chunks(self, texts: Iterable[str], batch_size: int, how: str, do_normalize: bool,
-                       show_progress: bool, max_tokens: int | None, chunk_size: int) -> Iterator[np.ndarray]:
+    def _encode_chunks(self, texts: Iterable[str], options: EncodeOptions) -> Iterator[np.ndarray]:
+        how = options.pooling_for(self.metadata.pooling)
+        do_normalize = options.normalize_for(self.metadata.normalize)
         bar = None
-        if show_progress:
+        if options.show_progress_bar:
             from tqdm.auto import tqdm
 
             bar = tqdm(desc="encode", unit="text")
-        chunks = _chunked(texts, chunk_size)
+        chunks = _chunked(texts, options.chunk_size)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="bort-tokenize") as pool_:
             pending = None
             first = next(chunks, None)
@@ -140,7 +138,7 @@ class Session:
                 self._note_truncation(encodings)
                 following = next(chunks, None)
                 pending = pool_.submit(self._tokenize, *following) if following is not None else None
-                out = self._embed_encodings(encodings, batch_size, how, max_tokens)
+                out = self._embed_encodings(encodings, options.batch_size, how, options.max_tokens)
                 if do_normalize and len(out):
                     out = l2_normalize(out)
                 if bar is not None:
@@ -205,12 +203,11 @@ class Session:
             hidden[valid] = self._run_packed(ids[valid], lengths, cu, np.arange(cu[-1]))
         return hidden
 
-    def embed_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray, pooling: str | None = None) -> np.ndarray:
+    def embed_tokens(self, input_ids: np.ndarray, attention_mask: np.ndarray, *,
+                     pooling: str | None = None) -> np.ndarray:
         """Pooled vectors [B, hidden] from token ids [B, S] and a mask, with no tokenization (no
         normalization). On a packed model CLS pooling runs the last layer on the CLS rows only."""
-        how = self.metadata.pooling if pooling is None else pooling
-        if how not in POOLINGS:
-            raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)} (or None)")
+        how = EncodeOptions(pooling=pooling).pooling_for(self.metadata.pooling)
         ids, mask = self._check_token_inputs(input_ids, attention_mask)
         if not self.packed or how == "mean":
             return pool(self.forward(ids, mask), mask, how)

@@ -1,20 +1,22 @@
 """`bort-infer encode MODEL INPUT OUT`: the arguments, and the choice between one machine (a .npy, see
 bort_infer.encode_file) and a Ray cluster (--ray: Parquet, see bort_infer.integrations.ray.file_job).
 
-Imports the standard library only until it runs: no Ray without --ray, never the build-time stack.
+Imports no Ray without --ray, and never the build-time stack.
 """
 from __future__ import annotations
 
 import argparse
 
+from ..options import DEFAULT_BATCH_SIZE, DEFAULT_FILE_CHUNK_SIZE, check_positive_int
+
 
 def _positive_int(text: str) -> int:
+    """argparse type: a positive integer (the rule of bort_infer.options)."""
     try:
         value = int(text)
+        check_positive_int("value", value)
     except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}") from None
     return value
 
 
@@ -29,7 +31,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("input", help="text file, one text per line (UTF-8), or - for stdin; with --ray a text or "
                                  "Parquet file, or a directory of them")
     p.add_argument("out", help="output .npy file (with --ray: an output directory of Parquet files)")
-    p.add_argument("--batch-size", type=_positive_int, default=32, help="texts per model call (default 32)")
+    p.add_argument("--batch-size", type=_positive_int, default=DEFAULT_BATCH_SIZE,
+                   help=f"texts per model call (default {DEFAULT_BATCH_SIZE})")
     p.add_argument("--max-tokens", type=_positive_int, default=None, help="token budget per model call (optional)")
     p.add_argument("--pooling", choices=["cls", "mean"], default=None, help="default: the model's")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
@@ -39,7 +42,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (or an interrupted run)")
     local = p.add_argument_group("one machine (.npy output)")
     local.add_argument("--chunk-size", type=_positive_int, default=None,
-                       help="lines read, embedded and flushed at a time; bounds memory (default 4096)")
+                       help=f"lines read, embedded and flushed at a time; bounds memory (default {DEFAULT_FILE_CHUNK_SIZE})")
     local.add_argument("--resume", action="store_true",
                        help="continue an interrupted run from OUT.partial and OUT.progress")
     ray = p.add_argument_group("Ray cluster (Parquet output; pip install 'bort-infer[ray]')")
@@ -85,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     from ..encode_file import encode_file
 
     result = encode_file(args.model, args.input, args.out, batch_size=args.batch_size, pooling=args.pooling,
-                         normalize=args.normalize, threads=args.threads, chunk_size=args.chunk_size or 4096,
+                         normalize=args.normalize, threads=args.threads, chunk_size=args.chunk_size or DEFAULT_FILE_CHUNK_SIZE,
                          max_tokens=args.max_tokens, resume=args.resume, overwrite=args.overwrite)
     resumed = f", {result.resumed_rows} of them from an earlier run" if result.resumed_rows else ""
     print(f"wrote {result.rows} x {result.hidden_size} float32 embeddings to {result.path}{resumed} "

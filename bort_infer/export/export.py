@@ -21,6 +21,7 @@ import numpy as np
 
 from .. import __version__
 from ..model_dir import METADATA_FILE, ModelMetadata
+from ..options import progress_bar_disabled
 from . import hf
 from .graph_rewrite import FORMS, PACKED_INPUTS, PADDED_INPUTS, emit, fuse_with_onnxruntime, ops_used, recognize
 from .quantize import make_gate
@@ -45,8 +46,7 @@ PARITY_TEXTS = [
 def _progress(steps: list[str]):
     from tqdm.auto import tqdm
 
-    disable = True if os.environ.get("BORT_INFER_PROGRESS") == "0" else None
-    return tqdm(total=len(steps), desc="export", unit="step", disable=disable, leave=False)
+    return tqdm(total=len(steps), desc="export", unit="step", disable=progress_bar_disabled(None), leave=False)
 
 
 def _prepare_output(out: Path, overwrite: bool) -> None:

@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import ray
 
+from ...options import check_positive_int
+
 DEFAULT_THREADS_PER_ACTOR = 2
 
 
@@ -31,9 +33,8 @@ def plan_actors(node_cpus: list[float], threads_per_actor: int | None = None, nu
     if not nodes:
         raise RuntimeError("the Ray cluster has no CPUs")
     total = sum(nodes)
-    for name, value in (("threads_per_actor", threads_per_actor), ("num_actors", num_actors)):
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+    check_positive_int("threads_per_actor", threads_per_actor, optional=True)
+    check_positive_int("num_actors", num_actors, optional=True)
     if reserve_cpus < 0:
         raise ValueError(f"reserve_cpus must be >= 0, got {reserve_cpus!r}")
     threads = threads_per_actor or max(1, min(DEFAULT_THREADS_PER_ACTOR, int(max(nodes))))

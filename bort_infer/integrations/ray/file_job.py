@@ -14,6 +14,7 @@ import pyarrow as pa
 import ray
 
 from ...model_dir import read_metadata
+from ...options import DEFAULT_BATCH_SIZE, EncodeOptions, progress_bar_disabled
 from ...textlines import iter_texts, scan_lines
 from .actor_plan import ActorPlan, cluster_node_cpus, plan_actors
 from .udf import DEFAULT_ROWS_PER_CALL, BadTextError, check_on_error, describe_row, embed_dataset
@@ -183,7 +184,8 @@ def _read_parquet_pieces(batch: dict, rows_per_block: int):
 
 def encode_files(model_dir: str | Path, input_path: str, output_path: str, *, address: str = "auto",
                  column: str | None = None, threads_per_actor: int | None = None, num_actors: int | None = None,
-                 batch_size: int = 32, max_tokens: int | None = None, rows_per_call: int = DEFAULT_ROWS_PER_CALL,
+                 batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int | None = None,
+                 rows_per_call: int = DEFAULT_ROWS_PER_CALL,
                  pooling: str | None = None, normalize: bool | None = None, on_error: str = "null",
                  ship: bool = True, overwrite: bool = False,
                  show_progress: bool | None = None) -> RayEncodeSummary:
@@ -205,6 +207,7 @@ def encode_files(model_dir: str | Path, input_path: str, output_path: str, *, ad
 
     started = time.perf_counter()
     check_on_error(on_error)
+    EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize)  # before Ray
     if ship or Path(model_dir).exists():
         read_metadata(model_dir)  # a bad model directory is named here, before any Ray work
     files, fmt = _list_inputs(str(input_path))
@@ -236,9 +239,7 @@ def encode_files(model_dir: str | Path, input_path: str, output_path: str, *, ad
         started_ray = True
     try:
         ctx = ray.data.DataContext.get_current()
-        if show_progress is None:
-            show_progress = os.environ.get("BORT_INFER_PROGRESS") != "0"
-        ctx.enable_progress_bars = bool(show_progress)
+        ctx.enable_progress_bars = progress_bar_disabled(show_progress) is not True
         expected, pieces = _plan_inputs(files, fmt, column, rows_per_call)
         reader = _read_parquet_pieces if fmt == "parquet" else _read_text_pieces
         nodes = cluster_node_cpus()

@@ -10,6 +10,7 @@ import pyarrow as pa
 import ray
 
 from ...model_dir import read_metadata
+from ...options import DEFAULT_BATCH_SIZE, EncodeOptions, check_positive_int
 from .actor_plan import cluster_node_cpus, plan_actors
 from .shipping import ShippedModel, ship_model
 
@@ -35,20 +36,19 @@ class EmbedBatch:
     """
 
     def __init__(self, model: ShippedModel | str | Path, column: str = "text", output_column: str = "embedding",
-                 threads: int | None = 1, batch_size: int = 32, max_tokens: int | None = None,
+                 threads: int | None = 1, batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int | None = None,
                  pooling: str | None = None, normalize: bool | None = None, on_error: str = "null",
                  id_column: str | list[str] | None = None):
         from ...session import Session
 
         check_on_error(on_error)
+        self.options = EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize)
         path = model.materialize() if isinstance(model, ShippedModel) else Path(model)
         self.session = Session(path, threads=threads)
         self.hidden = self.session.hidden_size
         self.column, self.output_column = column, output_column
-        self.encode_kwargs = dict(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize)
         self.on_error = on_error
         self.id_columns = [id_column] if isinstance(id_column, str) else list(id_column or [])
-        self.session.encode([], **self.encode_kwargs)  # bad options fail here, at actor start
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         if not isinstance(batch, pa.Table):  # batch_format "pandas" or "numpy"
@@ -73,12 +73,12 @@ class EmbedBatch:
             bad_set = set(bad)
             good = [i for i in range(len(texts)) if i not in bad_set]
             if good:
-                vectors[good] = self.session.encode([texts[i] for i in good], **self.encode_kwargs)
+                vectors[good] = self.session.encode([texts[i] for i in good], **self.options.session_kwargs())
             valid = np.ones(len(texts), dtype=bool)
             valid[bad] = False
         else:
             if texts:
-                vectors[:] = self.session.encode(texts, **self.encode_kwargs)
+                vectors[:] = self.session.encode(texts, **self.options.session_kwargs())
             valid = None
         return batch.append_column(self.output_column, _fixed_size_list(vectors, valid))
 
@@ -134,7 +134,7 @@ def embeddings_to_numpy(column) -> np.ndarray:
 
 def embed_dataset(ds: ray.data.Dataset, model: ShippedModel | str | Path, column: str = "text", *,
                   output_column: str = "embedding", threads_per_actor: int | None = None,
-                  num_actors: int | None = None, batch_size: int = 32, max_tokens: int | None = None,
+                  num_actors: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int | None = None,
                   rows_per_call: int = DEFAULT_ROWS_PER_CALL, pooling: str | None = None,
                   normalize: bool | None = None, on_error: str = "null", id_column: str | list[str] | None = None,
                   ship: bool = True, reserve_cpus: float = 1.0,
@@ -151,11 +151,9 @@ def embed_dataset(ds: ray.data.Dataset, model: ShippedModel | str | Path, column
     ``Dataset.map_batches`` (e.g. ``max_task_retries=N`` to bound the retries of a batch whose actor died;
     Ray Data's default retries without limit). Lazy, like every Ray Data transform.
     """
-    from ...pooling import POOLINGS
-
     check_on_error(on_error)
-    if pooling is not None and pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; choose one of {', '.join(POOLINGS)} (or None)")
+    EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize)  # fail here
+    check_positive_int("rows_per_call", rows_per_call)
     if not ray.is_initialized():
         ray.init()
     if not isinstance(model, ShippedModel):
