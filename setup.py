@@ -10,8 +10,9 @@ import sys
 from glob import glob
 from pathlib import Path
 
-from pybind11.setup_helpers import Pybind11Extension, build_ext
+from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
+from setuptools.command.build_py import build_py
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "tools"))
@@ -27,6 +28,22 @@ class BuildExt(build_ext):
             ext.include_dirs.append(include)
         super().build_extensions()
 
+
+class BuildPy(build_py):
+    """Ships the known models, models/*.json at the top of the source tree, as bort_infer/models/*.json
+    (bort_infer.registry reads them there when installed, from the checkout otherwise)."""
+
+    def run(self):
+        super().run()
+        if not self.editable_mode:
+            target = Path(self.build_lib) / "bort_infer" / "models"
+            self.mkpath(str(target))
+            for spec in sorted((ROOT / "models").glob("*.json")):
+                self.copy_file(str(spec), str(target / spec.name))
+
+
+# One compiler per core (NPY_NUM_BUILD_JOBS overrides): the kernels build in half the time on 2 cores.
+ParallelCompile("NPY_NUM_BUILD_JOBS").install()
 
 extra_compile_args = ["-O3", "-fvisibility=hidden", "-fno-math-errno"]
 extra_link_args = []
@@ -46,8 +63,5 @@ ext = Pybind11Extension(
 
 setup(
     ext_modules=[ext],
-    cmdclass={"build_ext": BuildExt},
-    packages=["bort_infer", "bort_infer.export", "bort_infer.bench", "bort_infer.models"],
-    package_dir={"bort_infer.models": "models"},
-    package_data={"bort_infer.models": ["*.json"], "bort_infer.export": ["data/*.txt"]},
+    cmdclass={"build_ext": BuildExt, "build_py": BuildPy},
 )
