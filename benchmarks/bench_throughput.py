@@ -6,6 +6,7 @@ Skips when ../shared/data/stsb is absent. BORT_BENCH_SENTENCES sets how many sen
 from __future__ import annotations
 
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -67,7 +68,7 @@ def test_bort_sentences_per_second(benchmark, threads, sentences, backend):
     else:
         plain = artifacts.export("bort", "plain-fp32")
         run = ort_padded(artifacts.ort_dynamic_int8("bort"), plain / "tokenizer.json", threads)
-        run = (lambda f=run: f(sentences))
+        run = partial(run, sentences)
     benchmark.group = "sts-b bort"
     benchmark.extra_info["backend"] = backend
     benchmark.pedantic(run, rounds=3, warmup_rounds=1)

@@ -101,7 +101,8 @@ def read_metadata(directory: str | Path) -> ModelMetadata:
             "re-export the model with this version of bort-infer")
     for key in _REQUIRED_INT:
         if not isinstance(raw.get(key), int) or isinstance(raw.get(key), bool) or raw[key] < 0:
-            raise ModelDirectoryError(f"{meta_path}: field {key!r} must be a non-negative integer, got {raw.get(key)!r}")
+            raise ModelDirectoryError(f"{meta_path}: field {key!r} must be a non-negative integer, "
+                                      f"got {raw.get(key)!r}")
     if raw["hidden_size"] < 1 or raw["max_length"] < 2:
         raise ModelDirectoryError(f"{meta_path}: hidden_size must be >= 1 and max_length >= 2")
     if raw.get("pooling") not in POOLINGS:

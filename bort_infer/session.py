@@ -17,7 +17,6 @@ from .model_dir import ModelDirectoryError, ModelMetadata, read_metadata
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, EncodeOptions, check_positive_int
 from .pooling import l2_normalize, pool
 
-
 # Tokens per model call on a packed (padding-free) model when max_tokens is not given. A call's activations
 # grow with its tokens, so this bounds peak memory whatever the texts' lengths (Bort int8 streaming STS-B:
 # ~290 MB for 2k or 20k texts); throughput measured flat from 1k to 8k tokens per call, and falls beyond.
@@ -221,7 +220,8 @@ class Session:
         ids = np.asarray(input_ids)
         mask = np.asarray(attention_mask)
         if ids.ndim != 2 or mask.shape != ids.shape:
-            raise ValueError(f"input_ids and attention_mask must both be [batch, seq]; got {ids.shape} and {mask.shape}")
+            raise ValueError(f"input_ids and attention_mask must both be [batch, seq]; got {ids.shape} and "
+                             f"{mask.shape}")
         if ids.shape[1] > self.metadata.max_length:
             raise ValueError(f"sequence length {ids.shape[1]} exceeds the model's limit {self.metadata.max_length}")
         for name, a in (("input_ids", ids), ("attention_mask", mask)):

@@ -5,9 +5,23 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from .test_kernels import (C, ISAS, TOL, assert_close_to_reference, dequantize_inputs, make_mask, ref_attention,
-                           ref_dequantize_epilogue, ref_dequantize_rows, ref_gelu, ref_packed_attention,
-                           ref_quantize_rows, ref_skip_layernorm, rel_err, use_isa)
+from .test_kernels import (
+    ISAS,
+    TOL,
+    C,
+    assert_close_to_reference,
+    dequantize_inputs,
+    make_mask,
+    ref_attention,
+    ref_dequantize_epilogue,
+    ref_dequantize_rows,
+    ref_gelu,
+    ref_packed_attention,
+    ref_quantize_rows,
+    ref_skip_layernorm,
+    rel_err,
+    use_isa,
+)
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
@@ -194,7 +208,8 @@ def int8_linear_session(weight_int8, weight_scale, bias, activation, threads):
              helper.make_node("MatMulInteger", ["xq", "w"], ["acc"]),
              helper.make_node("DequantizeRows", ["acc", "xs", "xz", "ws", "colsum", "bias"], ["y"], domain=DOMAIN,
                               activation=activation)]
-    graph = helper.make_graph(nodes, "int8_linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
+    graph = helper.make_graph(nodes, "int8_linear",
+                              [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, None])],
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
     so = ort.SessionOptions()

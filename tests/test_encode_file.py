@@ -1,4 +1,5 @@
-"""The file encoder (bort_infer.encode_file): one row per line in order, bounded chunks, atomic output, resumable after a kill.
+"""The file encoder (bort_infer.encode_file): one row per line in order, bounded chunks, atomic output, resumable
+after a kill.
 
 Runs the product's default export (bort-infer custom ops, packed graph)."""
 from __future__ import annotations
@@ -105,7 +106,7 @@ def test_real_stdin_through_a_subprocess(tmp_path, model, session):
     code = ("import sys; from bort_infer.encode_file import encode_file; "
             "encode_file(sys.argv[1], '-', sys.argv[2], chunk_size=2)")
     proc = subprocess.run([sys.executable, "-c", code, str(model), str(tmp_path / "out.npy")], cwd=ROOT,
-                          input="first\n\nthird line\n".encode(), capture_output=True)
+                          input=b"first\n\nthird line\n", capture_output=True)
     assert proc.returncode == 0, proc.stderr.decode()
     assert_rows(tmp_path / "out.npy", session, texts)
 

@@ -769,7 +769,8 @@ def test_dequantize_rows_epilogue_empty(shape):
     (dict(skip=np.zeros((2, 4), np.float32)), "skip needs gamma"),
     (dict(skip=np.zeros((2, 4), np.float32), gamma=np.ones(4, np.float32), activation="gelu"),
      "'gelu' cannot be combined with skip"),
-    (dict(skip=np.zeros((2, 3), np.float32), gamma=np.ones(4, np.float32)), "skip must have the shape of acc \\[2, 4\\]"),
+    (dict(skip=np.zeros((2, 3), np.float32), gamma=np.ones(4, np.float32)),
+     "skip must have the shape of acc \\[2, 4\\]"),
     (dict(skip=np.zeros((1, 2, 4), np.float32), gamma=np.ones(4, np.float32)), "skip must have the shape of acc"),
     (dict(skip=np.zeros(8, np.float32), gamma=np.ones(4, np.float32)), "skip must have the shape of acc"),
     (dict(skip=np.zeros((2, 4), np.float32), gamma=np.ones(5, np.float32)), "gamma must have shape \\[4\\]"),
@@ -840,8 +841,8 @@ def test_isa_environment_variable(value, expected):
     import subprocess
     import sys
 
-    code = ("import importlib.util as u; s = u.spec_from_file_location('bort_infer._C', %r); "
-            "m = u.module_from_spec(s); s.loader.exec_module(m); print(m.active_isa())" % C.__file__)
+    code = (f"import importlib.util as u; s = u.spec_from_file_location('bort_infer._C', {C.__file__!r}); "
+            "m = u.module_from_spec(s); s.loader.exec_module(m); print(m.active_isa())")
     env = dict(os.environ, BORT_INFER_ISA=value)
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
     assert out.strip() == expected

@@ -10,7 +10,6 @@ import pytest
 
 from bort_infer import Session
 
-
 # Every behaviour below holds for the plain onnxruntime graph, for bort-infer's packed graph (the
 # default export: padding-free, custom ops) and for its int8 form.
 SESSION_VARIANTS = {"plain": {"custom_ops": False}, "packed": {}, "packed-int8": {"quantize": "int8"}}

@@ -114,7 +114,8 @@ def ort_fused_fp32(model: str) -> Path:
     if not fresh:
         cfg = model_spec(model)["hf_config"]
         out.mkdir(parents=True, exist_ok=True)
-        optimize_model(str(export(model, "plain-fp32") / "model.onnx"), model_type="bert",
-                       num_heads=cfg["num_attention_heads"], hidden_size=cfg["hidden_size"]).save_model_to_file(str(target))
+        optimized = optimize_model(str(export(model, "plain-fp32") / "model.onnx"), model_type="bert",
+                                   num_heads=cfg["num_attention_heads"], hidden_size=cfg["hidden_size"])
+        optimized.save_model_to_file(str(target))
         _write_stamp(out, stamp)
     return target

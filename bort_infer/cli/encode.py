@@ -42,7 +42,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (or an interrupted run)")
     local = p.add_argument_group("one machine (.npy output)")
     local.add_argument("--chunk-size", type=_positive_int, default=None,
-                       help=f"lines read, embedded and flushed at a time; bounds memory (default {DEFAULT_FILE_CHUNK_SIZE})")
+                       help="lines read, embedded and flushed at a time; bounds memory "
+                            f"(default {DEFAULT_FILE_CHUNK_SIZE})")
     local.add_argument("--resume", action="store_true",
                        help="continue an interrupted run from OUT.partial and OUT.progress")
     ray = p.add_argument_group("Ray cluster (Parquet output; pip install 'bort-infer[ray]')")
@@ -88,7 +89,8 @@ def run(args: argparse.Namespace) -> int:
     from ..encode_file import encode_file
 
     result = encode_file(args.model, args.input, args.out, batch_size=args.batch_size, pooling=args.pooling,
-                         normalize=args.normalize, threads=args.threads, chunk_size=args.chunk_size or DEFAULT_FILE_CHUNK_SIZE,
+                         normalize=args.normalize, threads=args.threads,
+                         chunk_size=args.chunk_size or DEFAULT_FILE_CHUNK_SIZE,
                          max_tokens=args.max_tokens, resume=args.resume, overwrite=args.overwrite)
     resumed = f", {result.resumed_rows} of them from an earlier run" if result.resumed_rows else ""
     print(f"wrote {result.rows} x {result.hidden_size} float32 embeddings to {result.path}{resumed} "

@@ -24,9 +24,9 @@ from ..model_dir import METADATA_FILE, ModelMetadata
 from ..options import progress_bar_disabled
 from . import hf
 from .graph_rewrite import FORMS, PACKED_INPUTS, PADDED_INPUTS, emit, fuse_with_onnxruntime, ops_used, recognize
-from .quantize import make_gate
 from .onnx_export import INPUTS as PLAIN_INPUTS
 from .onnx_export import OUTPUT, export_plain_onnx
+from .quantize import make_gate
 
 log = logging.getLogger(__name__)
 QUANTIZATIONS = ("int8",)

@@ -237,7 +237,7 @@ class QuantizedLinear:
     weight: np.ndarray  # int8 [K, N]
     scale: np.ndarray  # float32 [N]
 
-    def columns(self, start: int, stop: int) -> "QuantizedLinear":
+    def columns(self, start: int, stop: int) -> QuantizedLinear:
         return QuantizedLinear(np.ascontiguousarray(self.weight[:, start:stop]), self.scale[start:stop])
 
 

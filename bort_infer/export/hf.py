@@ -25,7 +25,8 @@ def resolve_source(src: str | os.PathLike) -> Path:
         if not (path / "config.json").is_file():
             raise ValueError(f"source {path} is not a Hugging Face checkpoint: config.json is missing")
         return path
-    looks_like_hub_id = text.count("/") <= 1 and not text.startswith((".", "/", "~")) and os.sep not in text.replace("/", "", 1)
+    looks_like_hub_id = (text.count("/") <= 1 and not text.startswith((".", "/", "~"))
+                         and os.sep not in text.replace("/", "", 1))
     if not looks_like_hub_id:
         raise ValueError(f"source {path} does not exist")
     try:

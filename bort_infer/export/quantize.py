@@ -9,8 +9,8 @@ DynamicQuantizeMatMul uses one range per tensor, i.e. per batch).
 
 Beyond plain per-channel quantization, three measured steps, each kept only when the calibration texts
 say it helps:
-1. Activation smoothing (SmoothQuant, Xiao et al. 2022), kept when it helps: the LayerNorm outputs that feed QKV and the FFN
-   carry a few outlier channels whose range would dominate each token's activation scale. Each such
+1. Activation smoothing (SmoothQuant, Xiao et al. 2022), kept when it helps: the LayerNorm outputs that feed QKV and
+   the FFN carry a few outlier channels whose range would dominate each token's activation scale. Each such
    channel k is divided by s_k = max|x_k|^alpha / max|W_k|^(1-alpha), folded into the producing LayerNorm's
    gamma and beta, and the weight rows are multiplied by s_k; the residual path gets s back inside
    SkipLayerNorm (skip_scale). The folding is exact in real arithmetic and costs nothing at run time.
@@ -94,8 +94,9 @@ def quantize_rows(table: np.ndarray) -> QuantizedTable:
 
 
 def full_int8(enc: Encoder, keep_fp32: frozenset = frozenset()) -> Precision:
-    return Precision({(i, n): quantize_columns(getattr(layer, n)) for i, layer in enumerate(enc.layers)
-                      for n in LINEARS if (i, n) not in keep_fp32}, quantize_rows(enc.word), quantize_rows(enc.position))
+    columns = {(i, n): quantize_columns(getattr(layer, n)) for i, layer in enumerate(enc.layers)
+               for n in LINEARS if (i, n) not in keep_fp32}
+    return Precision(columns, quantize_rows(enc.word), quantize_rows(enc.position))
 
 
 def linear_flops(enc: Encoder, name: str) -> int:

@@ -51,8 +51,8 @@ def test_cli_encode_file_and_stdin(tmp_path, model, session):
     src = write_lines(tmp_path / "in.txt", ["x", "", "y"])
     assert cli.main(["encode", str(model), str(src), str(tmp_path / "v.npy")]) == 0
     assert_rows(tmp_path / "v.npy", session, ["x", "", "y"])
-    proc = subprocess.run([sys.executable, "-m", "bort_infer.cli.main", "encode", str(model), "-", str(tmp_path / "w.npy")],
-                          cwd=ROOT, input=b"x\n\ny\n", capture_output=True)
+    proc = subprocess.run([sys.executable, "-m", "bort_infer.cli.main", "encode", str(model), "-",
+                           str(tmp_path / "w.npy")], cwd=ROOT, input=b"x\n\ny\n", capture_output=True)
     assert proc.returncode == 0, proc.stderr.decode()
     assert b"wrote 3 x 128 float32 embeddings" in proc.stdout
     assert_rows(tmp_path / "w.npy", session, ["x", "", "y"])

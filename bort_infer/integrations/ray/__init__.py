@@ -26,7 +26,6 @@ keeps only the output of a batch that completed, so each row appears exactly onc
 the input's: ids travel with their vectors.
 """
 from __future__ import annotations
-from __future__ import annotations
 
 try:
     import pyarrow  # noqa: F401

@@ -19,7 +19,6 @@ from ...textlines import iter_texts, scan_lines
 from .actor_plan import ActorPlan, cluster_node_cpus, plan_actors
 from .udf import DEFAULT_ROWS_PER_CALL, BadTextError, check_on_error, describe_row, embed_dataset
 
-
 SUCCESS_FILE = "_SUCCESS"
 
 

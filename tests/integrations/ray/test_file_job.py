@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 
 import numpy as np
-
 import pytest
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'bort-infer[ray]')")

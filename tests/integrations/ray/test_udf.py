@@ -10,7 +10,6 @@ import logging
 import os
 
 import numpy as np
-
 import pytest
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'bort-infer[ray]')")
@@ -18,12 +17,10 @@ pytest.importorskip("ray.data", reason="ray[data] is not installed")
 pa = pytest.importorskip("pyarrow")
 
 from bort_infer import Session  # noqa: E402
+from bort_infer.integrations.ray import BadTextError, EmbedBatch, embed_dataset, embeddings_to_numpy, ship_model  # noqa: E402
 from bort_infer.integrations.ray import udf as udf_module  # noqa: E402
-from bort_infer.integrations.ray import (BadTextError, EmbedBatch, embed_dataset, embeddings_to_numpy,  # noqa: E402
-                                         ship_model)
 
 from .conftest import N, check_exactly_once, collect, id_dataset  # noqa: E402
-
 
 # ------------------------------------------------------------------------------------------------ EmbedBatch (no Ray)
 
