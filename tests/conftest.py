@@ -81,6 +81,20 @@ def stsb_sentences(split: str = "dev") -> list[str]:
     return sts_pairs(split)[0]
 
 
+@pytest.fixture(scope="module")
+def model(exports):
+    """tiny-bort in the product's default export (bort-infer custom ops, packed graph); a folder may override it."""
+    return exports("tiny-bort")
+
+
+@pytest.fixture(scope="module")
+def session(model):
+    """A one-thread Session of `model`."""
+    from bort_infer import Session
+
+    return Session(model, threads=1)
+
+
 @pytest.fixture(scope="session")
 def checkpoints(tmp_path_factory):
     """Lazily created random-init checkpoints: checkpoints("tiny-bort") → HF directory."""

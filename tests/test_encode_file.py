@@ -13,23 +13,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bort_infer import ModelDirectoryError, Session
+from bort_infer import ModelDirectoryError
 from bort_infer.encode_file import PARTIAL_SUFFIX, PROGRESS_SUFFIX, encode_file
 from bort_infer.textlines import count_lines
 
 from .conftest import VARIED_TEXTS, assert_rows, write_lines
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def model(exports):
-    return exports("tiny-bort")
-
-
-@pytest.fixture(scope="module")
-def session(model):
-    return Session(model, threads=1)
 
 
 def corpus(n: int) -> list[str]:

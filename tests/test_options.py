@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from bort_infer import Session
 from bort_infer.options import EncodeOptions, check_positive_int, progress_bar_disabled
 
 
@@ -46,11 +45,6 @@ def test_progress_bar_switch(monkeypatch):
     assert progress_bar_disabled(None) is True and progress_bar_disabled(True) is False
     monkeypatch.delenv("BORT_INFER_PROGRESS")
     assert progress_bar_disabled(None) is None and progress_bar_disabled(False) is True
-
-
-@pytest.fixture(scope="module")
-def session(exports):
-    return Session(exports("tiny-bort"), threads=1)
 
 
 def test_session_takes_the_sentence_transformers_keyword(session):

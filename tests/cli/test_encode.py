@@ -12,7 +12,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bort_infer import Session
 from bort_infer.cli import main as cli
 from bort_infer.cli.encode import add_arguments, run
 from bort_infer.encode_file import PARTIAL_SUFFIX
@@ -20,16 +19,6 @@ from bort_infer.encode_file import PARTIAL_SUFFIX
 from ..conftest import assert_rows, write_lines
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def model(exports):
-    return exports("tiny-bort")
-
-
-@pytest.fixture(scope="module")
-def session(model):
-    return Session(model, threads=1)
 
 
 def parse(argv):

@@ -8,8 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bort_infer import Session
-
 from ...conftest import STSB_DIR, VARIED_TEXTS
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -75,17 +73,13 @@ N = 5000
 
 @pytest.fixture(scope="module")
 def model(exports):
+    """The plain export: these tests are about the Ray plumbing (the packed one has its own test)."""
     return exports("tiny-bort", custom_ops=False)
 
 
 @pytest.fixture(scope="module")
 def packed_model(exports):
     return exports("tiny-bort")
-
-
-@pytest.fixture(scope="module")
-def session(model):
-    return Session(model, threads=1)
 
 
 @pytest.fixture(scope="module")
