@@ -1,9 +1,9 @@
 """Build of bort_infer._C: the fused kernels as one shared object that is both a pybind11 module and an
 onnxruntime custom-op library (it exports ``RegisterCustomOps``).
 
-Kernels are compiled for baseline x86-64; the AVX2+FMA and AVX-512 paths are marked with GCC ``target``
-attributes and chosen at run time from CPUID (``BORT_INFER_ISA=scalar|avx2|avx512|auto``), so one build
-runs on any x86-64 CPU.
+Kernels are compiled for baseline x86-64; the AVX2+FMA, AVX-512 (VNNI, BF16) and AMX paths are marked with
+GCC ``target`` attributes and chosen at run time from CPUID
+(``BORT_INFER_ISA=scalar|avx2|avx512|avx512_vnni|avx512_bf16|amx|auto``), so one build runs on any x86-64 CPU.
 """
 import os
 import sys

@@ -8,6 +8,7 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "attention.h"
 #include "bias_gelu.h"
@@ -72,9 +73,8 @@ py::array_t<float> attention(const py::object& qkv_obj, const py::object& bias_o
   const bort::Shape qkv_shape = shape_of(qkv);
   const bort::Shape bias_shape = bias ? shape_of(*bias) : bort::Shape{};
   const bort::Shape mask_shape = mask ? shape_of(*mask) : bort::Shape{};
-  const bort::AttentionDims dims = bort::check_attention(qkv_shape, bias ? &bias_shape : nullptr,
-                                                         mask ? &mask_shape : nullptr, num_heads,
-                                                         scale ? &*scale : nullptr);
+  const bort::AttentionDims dims = bort::check_attention(
+      qkv_shape, bias ? &bias_shape : nullptr, mask ? &mask_shape : nullptr, num_heads, scale ? &*scale : nullptr);
   bort::AttentionMask m;
   m.kind = dims.mask_kind;
   if (mask) {
@@ -106,9 +106,9 @@ py::array_t<float> packed_attention(const py::object& qkv_obj, const py::object&
   const bort::Shape bias_shape = bias ? shape_of(*bias) : bort::Shape{};
   const bort::Shape rows_shape = rows ? shape_of(*rows) : bort::Shape{};
   const bort::Shape query_shape = query ? shape_of(*query) : bort::Shape{};
-  const bort::PackedAttentionDims dims = bort::check_packed_attention(
-      qkv_shape, bias ? &bias_shape : nullptr, shape_of(cu), rows ? &rows_shape : nullptr,
-      query ? &query_shape : nullptr, num_heads, scale ? &*scale : nullptr);
+  const bort::PackedAttentionDims dims =
+      bort::check_packed_attention(qkv_shape, bias ? &bias_shape : nullptr, shape_of(cu), rows ? &rows_shape : nullptr,
+                                   query ? &query_shape : nullptr, num_heads, scale ? &*scale : nullptr);
   py::array_t<float> out({dims.num_queries, dims.shape.hidden()});
   bort::PackedQueries queries;
   if (rows) {
@@ -156,9 +156,9 @@ py::array_t<float> skip_layernorm(const py::object& x_obj, const py::object& ski
   const bort::Shape beta_shape = beta ? shape_of(*beta) : bort::Shape{};
   const bort::Shape bias_shape = bias ? shape_of(*bias) : bort::Shape{};
   const bort::Shape scale_shape = skip_scale ? shape_of(*skip_scale) : bort::Shape{};
-  const bort::RowsDims dims = bort::check_skip_layernorm(shape_of(x), shape_of(skip), shape_of(gamma),
-                                                         beta ? &beta_shape : nullptr, bias ? &bias_shape : nullptr,
-                                                         skip_scale ? &scale_shape : nullptr, epsilon);
+  const bort::RowsDims dims =
+      bort::check_skip_layernorm(shape_of(x), shape_of(skip), shape_of(gamma), beta ? &beta_shape : nullptr,
+                                 bias ? &bias_shape : nullptr, skip_scale ? &scale_shape : nullptr, epsilon);
   py::array_t<float> out(shape_of(x));
   const float *xp = x.data(), *sp = skip.data(), *gp = gamma.data();
   const float *bep = data_or_null(beta), *bip = data_or_null(bias), *ssp = data_or_null(skip_scale);
@@ -198,7 +198,7 @@ bort::Activation parse_activation(const std::string& name) {
 
 template <typename T>
 py::array_t<T, py::array::c_style | py::array::forcecast> as_exact(const py::object& obj, const char* name,
-                                                                  const char* expected) {
+                                                                   const char* expected) {
   py::array arr = py::array::ensure(obj);
   if (!arr || !arr.dtype().is(py::dtype::of<T>()))
     throw std::invalid_argument(std::string(name) + " must be a " + expected + " array");
@@ -210,8 +210,8 @@ py::object dequantize_rows(const py::object& acc_obj, const py::object& row_scal
                            const py::object& row_zero_point_obj, const py::object& weight_scale_obj,
                            const py::object& weight_colsum_obj, const py::object& bias_obj,
                            const std::string& activation, const py::object& skip_obj, const py::object& gamma_obj,
-                           const py::object& beta_obj, const py::object& skip_scale_obj, float epsilon,
-                           bool requantize, bool output_float) {
+                           const py::object& beta_obj, const py::object& skip_scale_obj, float epsilon, bool requantize,
+                           bool output_float) {
   auto acc = as_exact<int32_t>(acc_obj, "acc", "int32");
   FloatArray row_scale = as_float(row_scale_obj, "row_scale");
   auto row_zero_point = as_exact<uint8_t>(row_zero_point_obj, "row_zero_point", "uint8");
@@ -276,6 +276,9 @@ py::array_t<float> erf_for_tests(const py::object& x_obj) {
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
+  // A bad BORT_INFER_ISA fails the import (ImportError naming the accepted values) rather than running
+  // silently on another path than the one asked for.
+  if (!bort::isa_environment_error().empty()) throw std::invalid_argument(bort::isa_environment_error());
   m.doc() =
       "bort-infer fused CPU kernels (attention core, bias+GELU, skip+LayerNorm). The same shared object "
       "is an onnxruntime custom-op library (domain 'ai.bort_infer'): pass its __file__ to "
@@ -308,15 +311,34 @@ PYBIND11_MODULE(_C, m) {
         "v = LayerNorm(v + skip [* skip_scale]) * gamma [+ beta]. Returns y = v; with requantize, (y, q, scale, "
         "zero_point) where the last three are quantize_rows(y) exactly; with requantize and output_float=False, "
         "(q, scale, zero_point) only.");
-  m.def("erf", &erf_for_tests, py::arg("x"), "erf with the active ISA's implementation (for testing the vectorised erf).");
+  m.def("erf", &erf_for_tests, py::arg("x"),
+        "erf with the active ISA's implementation (for testing the vectorised erf).");
   m.def("set_isa", &bort::set_isa, py::arg("isa"),
-        "Select kernels: 'scalar', 'avx2', 'avx512' or 'auto' (best supported). RuntimeError when the CPU lacks it.");
+        ("Select the kernel level: one of " + bort::isa_names_accepted() +
+         " ('auto' = best supported). ValueError for an unknown name, RuntimeError when the CPU lacks it.")
+            .c_str());
   m.def("active_isa", [] { return std::string(bort::isa_name(bort::active_isa())); });
+  m.def("best_isa", [] { return std::string(bort::isa_name(bort::best_isa())); }, "What 'auto' selects.");
+  m.def(
+      "supported_isas",
+      [] {
+        std::vector<std::string> names;
+        for (bort::Isa isa : bort::supported_isas()) names.emplace_back(bort::isa_name(isa));
+        return names;
+      },
+      "Every kernel level this CPU supports, lowest first.");
   m.def("cpu_has_avx2", &bort::cpu_has_avx2_fma);
   m.def("cpu_has_avx512", &bort::cpu_has_avx512, "True when the CPU and OS support AVX-512 F, DQ, BW and VL.");
-  m.def("set_num_threads", [](int64_t n) {
-    if (n < 0) throw std::invalid_argument("num_threads must be >= 0 (0 = all hardware threads)");
-    g_num_threads = n == 0 ? bort::hardware_threads() : static_cast<size_t>(n);
-  }, py::arg("num_threads"), "Threads used by the direct Python calls (ORT ops use the session's pool).");
+  m.def("has_avx512_vnni", &bort::has_avx512_vnni, "AVX-512 plus VNNI (vpdpbusd).");
+  m.def("has_avx512_bf16", &bort::has_avx512_bf16, "AVX-512 VNNI plus AVX512-BF16 (vdpbf16ps).");
+  m.def("has_amx_int8", &bort::has_amx_int8, "AMX-INT8 tiles, usable by this process (OS permission granted).");
+  m.def("has_amx_bf16", &bort::has_amx_bf16, "AMX-BF16 tiles, usable by this process (OS permission granted).");
+  m.def(
+      "set_num_threads",
+      [](int64_t n) {
+        if (n < 0) throw std::invalid_argument("num_threads must be >= 0 (0 = all hardware threads)");
+        g_num_threads = n == 0 ? bort::hardware_threads() : static_cast<size_t>(n);
+      },
+      py::arg("num_threads"), "Threads used by the direct Python calls (ORT ops use the session's pool).");
   m.def("get_num_threads", [] { return g_num_threads.load(); });
 }

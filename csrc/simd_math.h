@@ -22,6 +22,17 @@
 #define BORT_AVX512 __attribute__((target(BORT_AVX512_TARGET)))
 #define BORT_AVX512_INLINE __attribute__((target(BORT_AVX512_TARGET), always_inline)) inline
 
+// The levels above AVX-512 (see cpu_dispatch.h), each a superset of the one before.
+#define BORT_AVX512_VNNI_TARGET BORT_AVX512_TARGET ",avx512vnni"
+#define BORT_AVX512_VNNI __attribute__((target(BORT_AVX512_VNNI_TARGET)))
+#define BORT_AVX512_VNNI_INLINE __attribute__((target(BORT_AVX512_VNNI_TARGET), always_inline)) inline
+#define BORT_AVX512_BF16_TARGET BORT_AVX512_VNNI_TARGET ",avx512bf16"
+#define BORT_AVX512_BF16 __attribute__((target(BORT_AVX512_BF16_TARGET)))
+#define BORT_AVX512_BF16_INLINE __attribute__((target(BORT_AVX512_BF16_TARGET), always_inline)) inline
+#define BORT_AMX_TARGET BORT_AVX512_BF16_TARGET ",amx-tile,amx-int8,amx-bf16"
+#define BORT_AMX __attribute__((target(BORT_AMX_TARGET)))
+#define BORT_AMX_INLINE __attribute__((target(BORT_AMX_TARGET), always_inline)) inline
+
 namespace bort {
 namespace simd {
 

@@ -37,7 +37,6 @@ def _load_c():
 C = _load_c()
 TOL = 1e-5
 ISAS = ["scalar"] + (["avx2"] if C.cpu_has_avx2() else []) + (["avx512"] if C.cpu_has_avx512() else [])
-BEST_ISA = ISAS[-1]  # what "auto" must pick
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 F32_MIN = float(np.finfo(np.float32).min)
 
@@ -800,49 +799,3 @@ def test_dequantize_rows_return_forms():
     assert [a.dtype for a in C.dequantize_rows(*args, requantize=True)] == [np.float32, np.uint8, np.float32, np.uint8]
     assert [a.dtype for a in C.dequantize_rows(*args, requantize=True, output_float=False)] == \
         [np.uint8, np.float32, np.uint8]
-
-
-# ----------------------------------------------------------------------------------------------
-# ISA selection
-
-def test_set_isa_rejects_unknown_names():
-    for name in ("avx1024", "AVX2", "sse"):
-        with pytest.raises(ValueError, match="unknown ISA"):
-            C.set_isa(name)
-    C.set_isa("auto")
-    assert C.active_isa() == BEST_ISA
-
-
-@pytest.mark.parametrize("isa,supported", [("avx2", C.cpu_has_avx2()), ("avx512", C.cpu_has_avx512())])
-def test_set_isa_selects_supported_and_refuses_unsupported(isa, supported):
-    try:
-        if supported:
-            C.set_isa(isa)
-            assert C.active_isa() == isa
-        else:
-            with pytest.raises(RuntimeError, match="lacks"):
-                C.set_isa(isa)
-    finally:
-        C.set_isa("auto")
-
-
-def test_avx512_implies_avx2():
-    # The dispatch treats the ISAs as ordered (AVX-512 code calls AVX2 helpers).
-    assert not C.cpu_has_avx512() or C.cpu_has_avx2()
-
-
-# Unsupported or unknown values fall back to the best supported ISA rather than making the library unloadable.
-@pytest.mark.parametrize("value,expected", [
-    ("scalar", "scalar"), ("auto", BEST_ISA), ("bogus", BEST_ISA),
-    ("avx2", "avx2" if C.cpu_has_avx2() else BEST_ISA),
-    ("avx512", "avx512" if C.cpu_has_avx512() else BEST_ISA),
-])
-def test_isa_environment_variable(value, expected):
-    import subprocess
-    import sys
-
-    code = (f"import importlib.util as u; s = u.spec_from_file_location('bort_infer._C', {C.__file__!r}); "
-            "m = u.module_from_spec(s); s.loader.exec_module(m); print(m.active_isa())")
-    env = dict(os.environ, BORT_INFER_ISA=value)
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == expected
