@@ -4,7 +4,7 @@ from __future__ import annotations
 import itertools
 import threading
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -13,14 +13,10 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from .batching import plan_batches
 from .model_dir import ModelDirectoryError, ModelMetadata, read_metadata
 from .options import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, EncodeOptions, check_positive_int
 from .pooling import l2_normalize, pool
-
-# Tokens per model call on a packed (padding-free) model when max_tokens is not given. A call's activations
-# grow with its tokens, so this bounds peak memory whatever the texts' lengths (Bort int8 streaming STS-B:
-# ~290 MB for 2k or 20k texts); throughput measured flat from 1k to 8k tokens per call, and falls beyond.
-DEFAULT_PACKED_TOKEN_BUDGET = 2048
 
 
 class Session:
@@ -73,6 +69,11 @@ class Session:
         return self.metadata.hidden_size
 
     @property
+    def vocab_size(self) -> int:
+        """Token ids this model's tokenizer can give: 0 .. vocab_size - 1 (added tokens included)."""
+        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+
+    @property
     def info(self) -> dict[str, Any]:
         """What this session serves: architecture, precision, pooling, custom ops, fidelity figures."""
         meta = self.metadata.to_json()
@@ -118,6 +119,38 @@ class Session:
                                 normalize_embeddings=normalize_embeddings)
         return self._encode_chunks(texts, options)
 
+    def tokenize(self, texts: Sequence[str]) -> list:
+        """tokenizers Encodings of texts as encode() sees them: special tokens added, cut to the model's
+        max_length (an Encoding whose ``overflowing`` is not empty was cut). A non-str item is a TypeError
+        naming its index."""
+        if isinstance(texts, str):
+            raise TypeError("tokenize takes a sequence of str; wrap a single text in a list")
+        return self._tokenize(0, list(texts))
+
+    def embed_ids(self, sequences: Sequence[Sequence[int]], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                  max_tokens: int | None = None, pooling: str | None = None) -> np.ndarray:
+        """Pooled, not normalized, float32 vectors (n, hidden) in input order from token id sequences, each
+        one text's whole model input as tokenize() gives it (special tokens included), batched as encode()
+        batches. Each sequence needs 1 to max_length ids in [0, vocab_size); else a ValueError naming it."""
+        options = EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling)
+        sequences = list(sequences)
+        limit, vocab = self.metadata.max_length, self.vocab_size
+        for i, ids in enumerate(sequences):
+            if isinstance(ids, (str, bytes)) or not isinstance(ids, Sequence):
+                raise ValueError(f"sequences[{i}] must be a sequence of token ids, got {type(ids).__name__}")
+            if not 1 <= len(ids) <= limit:
+                raise ValueError(f"sequences[{i}] has {len(ids)} token ids; this model takes 1 to {limit}")
+        flat = np.asarray(list(itertools.chain.from_iterable(sequences)))
+        if flat.size and (flat.ndim != 1 or flat.dtype.kind not in "iu"):
+            raise ValueError(f"token ids must be integers (got {flat.dtype} values)")
+        if flat.size and (flat.min() < 0 or flat.max() >= vocab):
+            bad = next(i for i, ids in enumerate(sequences) if min(ids) < 0 or max(ids) >= vocab)
+            raise ValueError(f"sequences[{bad}] holds a token id outside this model's vocabulary [0, {vocab})")
+        if not sequences:
+            return np.empty((0, self.hidden_size), dtype=np.float32)
+        return self._embed_ids(sequences, options.batch_size, options.pooling_for(self.metadata.pooling),
+                               options.max_tokens)
+
     def _encode_chunks(self, texts: Iterable[str], options: EncodeOptions) -> Iterator[np.ndarray]:
         how = options.pooling_for(self.metadata.pooling)
         do_normalize = options.normalize_for(self.metadata.normalize)
@@ -137,7 +170,7 @@ class Session:
                 self._note_truncation(encodings)
                 following = next(chunks, None)
                 pending = pool_.submit(self._tokenize, *following) if following is not None else None
-                out = self._embed_encodings(encodings, options.batch_size, how, options.max_tokens)
+                out = self._embed_ids([e.ids for e in encodings], options.batch_size, how, options.max_tokens)
                 if do_normalize and len(out):
                     out = l2_normalize(out)
                 if bar is not None:
@@ -168,25 +201,13 @@ class Session:
             encodings = self._tokenizer.encode_batch(chunk)
         return encodings
 
-    def _embed_encodings(self, encodings: list, batch_size: int, how: str, max_tokens: int | None) -> np.ndarray:
-        out = np.empty((len(encodings), self.hidden_size), dtype=np.float32)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        # Longest first: a padded batch pads to a length close to its members'; a packed batch fills its
-        # token budget with few, similar texts.
-        order = np.argsort(-lengths, kind="stable")
-        start = 0
-        while start < len(order):
-            if self.packed:
-                # A packed batch holds up to batch_size texts and max_tokens real tokens (no padding).
-                budget = max_tokens if max_tokens is not None else DEFAULT_PACKED_TOKEN_BUDGET
-                rows = int(np.searchsorted(np.cumsum(lengths[order[start:start + batch_size]]), budget, "right"))
-            else:
-                longest = int(lengths[order[start]])
-                rows = batch_size if max_tokens is None else min(batch_size, max_tokens // max(longest, 1))
-            idx = order[start:start + max(rows, 1)]
-            batch = [encodings[i] for i in idx]
+    def _embed_ids(self, sequences: Sequence[Sequence[int]], batch_size: int, how: str,
+                   max_tokens: int | None) -> np.ndarray:
+        out = np.empty((len(sequences), self.hidden_size), dtype=np.float32)
+        lengths = np.fromiter((len(ids) for ids in sequences), dtype=np.int64, count=len(sequences))
+        for idx in plan_batches(lengths, batch_size=batch_size, max_tokens=max_tokens, packed=self.packed):
+            batch = [sequences[i] for i in idx]
             out[idx] = self._embed_packed(batch, how) if self.packed else self._embed_padded(batch, how)
-            start += len(idx)
         return out
 
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
@@ -253,22 +274,22 @@ class Session:
         return self._run({"input_ids": ids, "position_ids": positions, "cu_seqlens": cu,
                           "query_rows": query_rows.astype(np.int64, copy=False)})
 
-    def _embed_packed(self, encodings: list, how: str) -> np.ndarray:
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
-        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
+    def _embed_packed(self, sequences: list, how: str) -> np.ndarray:
+        lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
+        ids = np.fromiter(itertools.chain.from_iterable(sequences), dtype=np.int64)
         cu = _offsets(lengths)
         if how == "cls":  # the last layer computes only each text's first row
             return self._run_packed(ids, lengths, cu, cu[:-1])
         states = self._run_packed(ids, lengths, cu, np.arange(cu[-1]))
         return (np.add.reduceat(states, cu[:-1], axis=0) / lengths[:, None]).astype(np.float32)
 
-    def _embed_padded(self, encodings: list, how: str) -> np.ndarray:
-        batch, seq = len(encodings), max(len(e.ids) for e in encodings)
+    def _embed_padded(self, sequences: list, how: str) -> np.ndarray:
+        batch, seq = len(sequences), max(len(s) for s in sequences)
         ids = np.full((batch, seq), self.metadata.pad_token_id, dtype=np.int64)
         mask = np.zeros((batch, seq), dtype=np.int64)
-        for row, e in enumerate(encodings):
-            n = len(e.ids)
-            ids[row, :n] = e.ids
+        for row, s in enumerate(sequences):
+            n = len(s)
+            ids[row, :n] = s
             mask[row, :n] = 1
         hidden = self._run({"input_ids": ids, "attention_mask": mask})
         return pool(hidden, mask, how)

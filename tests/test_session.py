@@ -301,3 +301,36 @@ def test_custom_ops_given_mismatched_shapes_fail_clearly(exports, tmp_path, tamp
     with pytest.raises(ValueError, match=f"model.onnx: the model failed to run: .*{op} must have shape"):
         session.encode(["hello world"])
     assert session.encode([]).shape == (0, 128)  # the session stays usable for what it can do
+
+
+class TestTokenIds:
+    """tokenize() and embed_ids(): the token-level entry points a server batches across requests."""
+
+    def test_embed_ids_of_tokenize_equals_encode(self, tiny):
+        texts = ["hello world", "", "a longer sentence with several words in it", "x"]
+        ids = [e.ids for e in tiny.tokenize(texts)]
+        np.testing.assert_allclose(tiny.embed_ids(ids), tiny.encode(texts, normalize=False), atol=1e-5)
+
+    def test_tokenize_marks_texts_cut_to_the_limit(self, tiny):
+        long, short = tiny.tokenize(["word " * 2000, "short"])
+        assert len(long.ids) == tiny.metadata.max_length and long.overflowing
+        assert not short.overflowing
+
+    def test_tokenize_names_a_non_str_item(self, tiny):
+        with pytest.raises(TypeError, match=r"texts\[1\]"):
+            tiny.tokenize(["a", 3])
+
+    @pytest.mark.parametrize("bad, match", [
+        ([[0, 5], []], r"sequences\[1\] has 0 token ids"),
+        ([[0, -1, 2]], r"sequences\[0\] holds a token id outside"),
+        ([[0, 2], [0, 10**9]], r"sequences\[1\] holds a token id outside"),
+        ([[0, 2.5]], "must be integers"),
+        (["abc"], r"sequences\[0\] must be a sequence of token ids"),
+    ])
+    def test_embed_ids_names_a_bad_sequence(self, tiny, bad, match):
+        with pytest.raises(ValueError, match=match):
+            tiny.embed_ids(bad)
+
+    def test_embed_ids_rejects_a_sequence_past_the_limit(self, tiny):
+        with pytest.raises(ValueError, match=r"sequences\[0\] has"):
+            tiny.embed_ids([[0] * (tiny.metadata.max_length + 1)])
