@@ -5,6 +5,7 @@
 #include <pybind11/stl.h>
 
 #include <atomic>
+#include <memory>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -14,6 +15,8 @@
 #include "bias_gelu.h"
 #include "cpu_dispatch.h"
 #include "dequantize_rows.h"
+#include "gemm_bf16.h"
+#include "linear_bf16.h"
 #include "parallel.h"
 #include "quantize_rows.h"
 #include "shape_checks.h"
@@ -266,6 +269,95 @@ py::object dequantize_rows(const py::object& acc_obj, const py::object& row_scal
   return py::make_tuple(*out, *q, *scale, *zero_point);
 }
 
+// ------------------------------------------------------------------------------------------------ bf16
+
+using Uint16Array = py::array_t<uint16_t, py::array::c_style | py::array::forcecast>;
+
+// uint16 arrays are bf16 bit patterns; anything else real-valued is converted to float32.
+bool is_bf16_bits(const py::array& a) { return a.dtype().is(py::dtype::of<uint16_t>()); }
+
+std::shared_ptr<bort::PackedBf16Weights> pack_bf16_weights(const py::object& obj) {
+  py::array arr = py::array::ensure(obj);
+  if (!arr) throw std::invalid_argument("weight must be array-like");
+  if (arr.ndim() != 2)
+    throw std::invalid_argument("weight must have shape [K, N], got " + bort::shape_str(shape_of(arr)));
+  const int64_t k = arr.shape(0), n = arr.shape(1);
+  if (is_bf16_bits(arr)) {
+    Uint16Array w = Uint16Array::ensure(arr);
+    py::gil_scoped_release release;
+    return std::make_shared<bort::PackedBf16Weights>(bort::PackedBf16Weights::from_bf16(w.data(), k, n));
+  }
+  FloatArray w = as_float(arr, "weight");
+  py::gil_scoped_release release;
+  return std::make_shared<bort::PackedBf16Weights>(bort::PackedBf16Weights::from_float(w.data(), k, n));
+}
+
+py::array_t<uint16_t> unpack_bf16_weights(const bort::PackedBf16Weights& w) {
+  py::array_t<uint16_t> out({w.k(), w.n()});
+  w.unpack(out.mutable_data());
+  return out;
+}
+
+py::array_t<uint16_t> float_to_bf16(const py::object& x_obj) {
+  FloatArray x = as_float(x_obj, "x");
+  py::array_t<uint16_t> out(shape_of(x));
+  bort::float_to_bf16_array(x.data(), out.mutable_data(), static_cast<int64_t>(x.size()));
+  return out;
+}
+
+// a [..., K] (float32, or uint16 bf16 bits) → [..., N].
+py::array_t<float> gemm_bf16(const py::object& a_obj, const bort::PackedBf16Weights& w) {
+  py::array arr = py::array::ensure(a_obj);
+  if (!arr) throw std::invalid_argument("a must be array-like");
+  const bool bits = is_bf16_bits(arr);
+  if (!bits && !is_numeric(arr))
+    throw std::invalid_argument("a must be float32 rows or uint16 bf16 bits, got dtype " +
+                                py::str(arr.dtype()).cast<std::string>());
+  bort::Shape shape = shape_of(arr);
+  if (shape.empty() || shape.back() != w.k())
+    throw std::invalid_argument("gemm_bf16: a must have shape [..., " + std::to_string(w.k()) + "], got " +
+                                bort::shape_str(shape));
+  const bort::RowsDims dims = bort::check_quantize_rows(shape);  // rows of [..., K]
+  shape.back() = w.n();
+  py::array_t<float> out(shape);
+  float* o = out.mutable_data();
+  if (bits) {
+    Uint16Array a = Uint16Array::ensure(arr);
+    const uint16_t* ap = a.data();
+    py::gil_scoped_release release;
+    bort::ThreadFor pf(g_num_threads.load());
+    bort::gemm_bf16_rows(ap, w.k(), dims.rows, w, {}, o, pf);
+  } else {
+    FloatArray a = FloatArray::ensure(arr);
+    const float* ap = a.data();
+    py::gil_scoped_release release;
+    bort::ThreadFor pf(g_num_threads.load());
+    bort::gemm_bf16(ap, dims.rows, w, {}, o, pf);
+  }
+  return out;
+}
+
+py::array_t<float> linear_bf16(const py::object& x_obj, const bort::PackedBf16Weights& w, const py::object& bias_obj,
+                               const std::string& activation) {
+  FloatArray x = as_float(x_obj, "x");
+  auto bias = as_optional_float(bias_obj, "bias");
+  const bort::Activation act = parse_activation(activation);
+  const bort::Shape bias_shape = bias ? shape_of(*bias) : bort::Shape{};
+  bort::Shape shape = shape_of(x);
+  const bort::RowsDims dims = bort::check_linear_bf16(shape, {w.k(), w.n()}, bias ? &bias_shape : nullptr);
+  shape.back() = w.n();
+  py::array_t<float> out(shape);
+  const float* xp = x.data();
+  const float* bp = data_or_null(bias);
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bort::ThreadFor pf(g_num_threads.load());
+    bort::linear_bf16(xp, dims.rows, w, bp, act, o, pf);
+  }
+  return out;
+}
+
 py::array_t<float> erf_for_tests(const py::object& x_obj) {
   FloatArray x = as_float(x_obj, "x");
   py::array_t<float> out(shape_of(x));
@@ -311,6 +403,28 @@ PYBIND11_MODULE(_C, m) {
         "v = LayerNorm(v + skip [* skip_scale]) * gamma [+ beta]. Returns y = v; with requantize, (y, q, scale, "
         "zero_point) where the last three are quantize_rows(y) exactly; with requantize and output_float=False, "
         "(q, scale, zero_point) only.");
+  py::class_<bort::PackedBf16Weights, std::shared_ptr<bort::PackedBf16Weights>>(
+      m, "PackedBf16Weights",
+      "Weights [K, N] packed once in the bf16 kernels' layout. From float32 (rounded to nearest even, as "
+      "float_to_bf16) or from uint16 bf16 bit patterns.")
+      .def(py::init(&pack_bf16_weights), py::arg("weight"))
+      .def_property_readonly("k", &bort::PackedBf16Weights::k)
+      .def_property_readonly("n", &bort::PackedBf16Weights::n)
+      .def_property_readonly("nbytes", &bort::PackedBf16Weights::bytes, "Bytes of the packed weights.")
+      .def("unpack", &unpack_bf16_weights, "The stored weights as uint16 bf16 bits [K, N].");
+  m.def("float_to_bf16", &float_to_bf16, py::arg("x"),
+        "float32 → bf16 bit patterns (uint16), round to nearest even; NaN stays NaN, fp32 subnormals become "
+        "signed zero (as vcvtne2ps2bf16).");
+  m.def("gemm_bf16", &gemm_bf16, py::arg("a"), py::arg("weights"),
+        "a [..., K] (float32 rounded to bf16, or uint16 bf16 bits) @ weights (PackedBf16Weights) → float32 "
+        "[..., N]; products and sums in fp32.");
+  m.def("linear_bf16", &linear_bf16, py::arg("x"), py::arg("weights"), py::arg("bias") = py::none(),
+        py::arg("activation") = "none",
+        "act(x [..., K] @ weights + bias) → float32 [..., N]: x rounded to bf16, fp32 accumulation, bias and "
+        "activation ('none' or 'gelu', exact erf GELU) applied to the accumulators.");
+  m.def(
+      "bf16_path", [] { return std::string(bort::bf16_path_name(bort::active_bf16_path())); },
+      "The bf16 GEMM path the active ISA runs: 'amx', 'avx512_bf16', 'avx2' or 'scalar'.");
   m.def("erf", &erf_for_tests, py::arg("x"),
         "erf with the active ISA's implementation (for testing the vectorised erf).");
   m.def("set_isa", &bort::set_isa, py::arg("isa"),

@@ -93,7 +93,8 @@ PackedAttentionDims check_packed_attention(const Shape& qkv, const Shape* bias, 
     dims.shape = check_heads(op, qkv[1], num_heads, scale);
   } else {
     if (query_rows == nullptr) fail(std::string(op) + ": query needs query_rows (the tokens it belongs to)");
-    if (query->size() != 2) fail(std::string(op) + ": query must have rank 2 [queries, hidden], got " + shape_str(*query));
+    if (query->size() != 2)
+      fail(std::string(op) + ": query must have rank 2 [queries, hidden], got " + shape_str(*query));
     const int64_t hidden = (*query)[1];
     if (qkv.size() != 2 || qkv[1] != 2 * hidden)
       fail(std::string(op) + ": with a separate query the first input holds K | V and must have shape [tokens, " +
@@ -126,6 +127,21 @@ RowsDims check_bias_gelu(const Shape& x, const Shape& bias) {
 
 RowsDims check_quantize_rows(const Shape& x) { return rows_of("QuantizeRows", "x", x); }
 
+void check_linear_bf16_weight(const Shape& weight) {
+  if (weight.size() != 2) fail("LinearBf16: weight must have shape [K, N] (rank 2), got " + shape_str(weight));
+}
+
+RowsDims check_linear_bf16(const Shape& x, const Shape& weight, const Shape* bias) {
+  const char* op = "LinearBf16";
+  check_linear_bf16_weight(weight);
+  const RowsDims dims = rows_of(op, "x", x);
+  if (dims.width != weight[0])
+    fail(std::string(op) + ": x's last dimension " + std::to_string(dims.width) + " does not match weight " +
+         shape_str(weight) + " (expected [..., " + std::to_string(weight[0]) + "])");
+  check_vector(op, "bias", bias, weight[1]);
+  return dims;
+}
+
 RowsDims check_dequantize_rows(const Shape& acc, const Shape& row_scale, const Shape& row_zero_point,
                                const Shape& weight_scale, const Shape& weight_colsum, const Shape* bias,
                                const Shape* skip, const Shape* gamma, const Shape* beta, const Shape* skip_scale,
@@ -148,13 +164,15 @@ RowsDims check_dequantize_rows(const Shape& acc, const Shape& row_scale, const S
         {"gamma", gamma}, {"beta", beta}, {"skip_scale", skip_scale}};
     for (const auto& [name, shape] : layernorm_inputs)
       if (shape != nullptr)
-        fail(std::string(op) + ": " + name + " belongs to the skip + LayerNorm epilogue and needs skip, which is absent");
+        fail(std::string(op) + ": " + name +
+             " belongs to the skip + LayerNorm epilogue and needs skip, which is absent");
   } else {
     if (*skip != acc)
       fail(std::string(op) + ": skip must have the shape of acc " + shape_str(acc) + ", got " + shape_str(*skip));
     if (gamma == nullptr) fail(std::string(op) + ": skip needs gamma (the LayerNorm scale), which is absent");
     if (activation == Activation::kGelu)
-      fail(std::string(op) + ": activation 'gelu' cannot be combined with skip (there is no GELU + LayerNorm epilogue)");
+      fail(std::string(op) +
+           ": activation 'gelu' cannot be combined with skip (there is no GELU + LayerNorm epilogue)");
   }
   check_vector(op, "gamma", gamma, dims.width);
   check_vector(op, "beta", beta, dims.width);
@@ -167,11 +185,12 @@ RowsDims check_dequantize_rows(const Shape& acc, const Shape& row_scale, const S
 void check_dequantize_rows_outputs(bool y, bool y_quantized, bool y_scale, bool y_zero_point) {
   const char* op = "DequantizeRows";
   if (y_quantized != y_scale || y_quantized != y_zero_point)
-    fail(std::string(op) + ": the requantized outputs y_quantized, y_scale and y_zero_point must be requested "
-         "together or not at all (requested: y_quantized " + (y_quantized ? "yes" : "no") + ", y_scale " +
-         (y_scale ? "yes" : "no") + ", y_zero_point " + (y_zero_point ? "yes" : "no") + ")");
-  if (!y && !y_quantized)
-    fail(std::string(op) + ": no output is requested (want y, the requantized outputs, or both)");
+    fail(std::string(op) +
+         ": the requantized outputs y_quantized, y_scale and y_zero_point must be requested "
+         "together or not at all (requested: y_quantized " +
+         (y_quantized ? "yes" : "no") + ", y_scale " + (y_scale ? "yes" : "no") + ", y_zero_point " +
+         (y_zero_point ? "yes" : "no") + ")");
+  if (!y && !y_quantized) fail(std::string(op) + ": no output is requested (want y, the requantized outputs, or both)");
 }
 
 RowsDims check_skip_layernorm(const Shape& x, const Shape& skip, const Shape& gamma, const Shape* beta,

@@ -53,6 +53,10 @@ RowsDims check_bias_gelu(const Shape& x, const Shape& bias);
 // x [..., K].
 RowsDims check_quantize_rows(const Shape& x);
 
+// LinearBf16: weight [K, N]; x [..., K]; bias [N] or null. Returns x's rows and width K.
+void check_linear_bf16_weight(const Shape& weight);
+RowsDims check_linear_bf16(const Shape& x, const Shape& weight, const Shape* bias);
+
 // acc [..., N]; row_scale and row_zero_point acc's leading shape; weight_scale, weight_colsum [N]; bias [N] or null.
 // The skip + LayerNorm epilogue: skip (acc's shape) or null; gamma [N], required with skip; beta and skip_scale
 // [N] or null; gamma, beta and skip_scale are rejected without skip, and so is skip with the GELU activation.
