@@ -48,8 +48,7 @@ struct WorkItem {
 };
 
 // All queries of a sequence in which no key attends get the mean of V (+ V bias) over every key, as in HF.
-void uniform_rows(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head, int64_t q0,
-                  int64_t q1) {
+void uniform_rows(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head, int64_t q0, int64_t q1) {
   const int64_t D = sh.head_dim, H = sh.hidden();
   for (int64_t d = 0; d < D; ++d) {
     double acc = 0.0;
@@ -268,8 +267,8 @@ BORT_AVX2 void pv_tile(const float* probs, int64_t padded_keys, const float* vbl
   }
 }
 
-BORT_AVX2 void attend_rows_avx2(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head,
-                                int64_t q0, int64_t q1) {
+BORT_AVX2 void attend_rows_avx2(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head, int64_t q0,
+                                int64_t q1) {
   const SeqKeys& keys = s.keys;
   if (keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
   const int64_t D = sh.head_dim, H = sh.hidden();
@@ -617,8 +616,7 @@ int tile_rows(AttentionPath path) {
 // them out dynamically, which evens out threads slowed by other load), but never
 // below 24 rows per chunk: each task re-packs K and V (2 x S x D), small next to its 24*S*D*2 FMAs.
 // Chunks are whole tiles of the path that runs them.
-std::vector<WorkItem> plan_work(const std::vector<SeqView>& seqs, int64_t num_heads, size_t concurrency,
-                                int64_t tile) {
+std::vector<WorkItem> plan_work(const std::vector<SeqView>& seqs, int64_t num_heads, size_t concurrency, int64_t tile) {
   int64_t total_rows = 0;
   for (const SeqView& s : seqs) total_rows += s.num_queries * num_heads;
   int64_t chunk = std::numeric_limits<int64_t>::max();
@@ -643,12 +641,9 @@ void run_attention(const std::vector<SeqView>& seqs, const AttentionShape& sh, c
   pf.run(items.size(), [&](size_t i) {
     const WorkItem& w = items[i];
     switch (path) {
-      case AttentionPath::kAvx512:
-        return attend_rows_avx512(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
-      case AttentionPath::kAvx2:
-        return attend_rows_avx2(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
-      case AttentionPath::kScalar:
-        return attend_rows_scalar(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
+      case AttentionPath::kAvx512: return attend_rows_avx512(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
+      case AttentionPath::kAvx2: return attend_rows_avx2(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
+      case AttentionPath::kScalar: return attend_rows_scalar(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
     }
   });
 }
@@ -686,9 +681,7 @@ void attention_padded(const float* qkv, const float* bias, const AttentionMask& 
     v.out = out_rows.data() + b * seq;
     v.num_queries = seq;
     switch (mask.kind) {
-      case MaskKind::kNone:
-        v.keys.key_end = seq;
-        break;
+      case MaskKind::kNone: v.keys.key_end = seq; break;
       case MaskKind::kLengths:
         // Lengths come from the model's inputs: clamp instead of trusting them as bounds.
         v.keys.key_end = std::min<int64_t>(std::max<int64_t>(value(b), 0), seq);
@@ -716,8 +709,8 @@ void check_cu_seqlens(const int64_t* cu_seqlens, int64_t num_seqs, int64_t token
   if (cu_seqlens[0] != 0) throw std::invalid_argument("cu_seqlens[0] must be 0, got " + std::to_string(cu_seqlens[0]));
   for (int64_t s = 0; s < num_seqs; ++s) {
     if (cu_seqlens[s + 1] < cu_seqlens[s])
-      throw std::invalid_argument("cu_seqlens must be non-decreasing (cu_seqlens[" + std::to_string(s + 1) +
-                                  "] = " + std::to_string(cu_seqlens[s + 1]) + " < " + std::to_string(cu_seqlens[s]) + ")");
+      throw std::invalid_argument("cu_seqlens must be non-decreasing (cu_seqlens[" + std::to_string(s + 1) + "] = " +
+                                  std::to_string(cu_seqlens[s + 1]) + " < " + std::to_string(cu_seqlens[s]) + ")");
   }
   if (cu_seqlens[num_seqs] != tokens)
     throw std::invalid_argument("cu_seqlens[-1] = " + std::to_string(cu_seqlens[num_seqs]) +
@@ -729,17 +722,19 @@ void attention_packed(const float* qkv, const float* bias, const int64_t* cu_seq
                       const ParallelFor& pf) {
   check_cu_seqlens(cu_seqlens, num_seqs, tokens);
   const int64_t H = shape.hidden();
-  const bool separate_q = queries.values != nullptr;
-  if (separate_q && queries.rows == nullptr)
+  const bool separate_q = queries.separate_values;
+  if (separate_q && !queries.selected)
     throw std::invalid_argument("query values need query_rows to say which tokens they belong to");
+  if (queries.selected && queries.count < 0)
+    throw std::invalid_argument("query_rows count must be >= 0, got " + std::to_string(queries.count));
   const int64_t kv_stride = separate_q ? 2 * H : 3 * H;
   const float* k_base = separate_q ? qkv : qkv + H;
-  const int64_t num_queries = queries.rows ? queries.count : tokens;
+  const int64_t num_queries = queries.selected ? queries.count : tokens;
 
   // Query i (output row i) belongs to the sequence holding token rows[i]; group queries by sequence.
   std::vector<int64_t> seq_of(static_cast<size_t>(num_queries));
   for (int64_t i = 0; i < num_queries; ++i) {
-    const int64_t row = queries.rows ? queries.rows[i] : i;
+    const int64_t row = queries.selected ? queries.rows[i] : i;
     if (row < 0 || row >= tokens)
       throw std::invalid_argument("query_rows[" + std::to_string(i) + "] = " + std::to_string(row) +
                                   " is not a token index in [0, " + std::to_string(tokens) + ")");
@@ -752,7 +747,7 @@ void attention_packed(const float* qkv, const float* bias, const int64_t* cu_seq
   std::vector<float*> out_rows(static_cast<size_t>(num_queries));
   std::vector<int64_t> fill(first.begin(), first.end() - 1);
   for (int64_t i = 0; i < num_queries; ++i) {
-    const int64_t row = queries.rows ? queries.rows[i] : i;
+    const int64_t row = queries.selected ? queries.rows[i] : i;
     const int64_t slot = fill[seq_of[i]]++;
     q_rows[slot] = separate_q ? queries.values + i * H : qkv + row * 3 * H;
     out_rows[slot] = out + i * H;

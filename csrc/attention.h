@@ -35,12 +35,15 @@ void attention_padded(const float* qkv, const float* bias, const AttentionMask& 
                       int64_t seq, const AttentionShape& shape, const ParallelFor& pf);
 
 // Which rows of a packed batch to compute. Default: every token, in order (out has `tokens` rows).
-// rows: [count] token indices (any order, repeats allowed): out row i is token rows[i]'s output; this is
-// how a last layer computes only each text's CLS row while its keys and values cover every token.
-// values: [count, hidden] projected queries of those rows; then the first input holds only K | V.
+// selected: out row i is token rows[i]'s output, for i < count (any order, repeats allowed, count may be 0);
+// this is how a last layer computes only each text's CLS row while its keys and values cover every token.
+// separate_values: values [count, hidden] hold the projected queries of those rows, and the first input
+// holds only K | V. Flags, not null pointers, say what is given: an empty tensor's data pointer may be null.
 struct PackedQueries {
+  bool selected = false;
   const int64_t* rows = nullptr;
   int64_t count = 0;
+  bool separate_values = false;
   const float* values = nullptr;
 };
 

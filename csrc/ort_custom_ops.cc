@@ -1,5 +1,6 @@
 // onnxruntime custom-op front end: domain "ai.bort_infer", ops FusedAttention, PackedAttention,
-// BiasGelu, SkipLayerNorm, QuantizeRows and DequantizeRows. Registration entry point: RegisterCustomOps (exported, C linkage).
+// BiasGelu, SkipLayerNorm, QuantizeRows and DequantizeRows. Registration entry point: RegisterCustomOps (exported, C
+// linkage).
 //
 // Every input's presence, rank, shape and dtype and every attribute is validated before a kernel
 // runs; errors become an ORT error status (never an exception across the C boundary, never a crash).
@@ -174,34 +175,51 @@ const bort::Shape* shape_ptr(const std::optional<InputTensor>& t) { return t ? &
 
 OrtStatus* to_status(const std::exception& e) { return api().CreateStatus(ORT_INVALID_ARGUMENT, e.what()); }
 
-// Optional attributes: nullopt when absent. Any other error (wrong attribute type) is reported.
-std::optional<float> float_attribute(const OrtKernelInfo* info, const char* name) {
-  float v = 0.0f;
-  OrtStatus* st = api().KernelInfoGetAttribute_float(info, name, &v);
-  if (st == nullptr) return v;
-  api().ReleaseStatus(st);
+// The type of attribute `name` when the node has it under a type other than the one asked for, else nullopt.
+// onnxruntime's getters fail alike for an absent attribute and one of another type; the other getters tell
+// them apart (and name the type for the message). `message` is the failed getter's error.
+std::optional<std::string> other_attribute_type(const OrtKernelInfo* info, const char* name,
+                                                const std::string& message) {
+  const Ort::ConstKernelInfo k{info};
+  const auto holds = [](auto get) {
+    try {
+      return get();
+    } catch (const Ort::Exception&) {
+      return false;
+    }
+  };
+  if (holds([&] { return (k.GetAttribute<int64_t>(name), true); })) return "int";
+  if (holds([&] { return (k.GetAttribute<float>(name), true); })) return "float";
+  if (holds([&] { return (k.GetAttribute<std::string>(name), true); })) return "string";
+  // The list getters answer an empty list for an attribute of another type: only a non-empty list counts.
+  if (holds([&] { return !k.GetAttributes<int64_t>(name).empty(); })) return "ints";
+  if (holds([&] { return !k.GetAttributes<float>(name).empty(); })) return "floats";
+  if (holds([&] { return (k.GetTensorAttribute(name, Ort::AllocatorWithDefaultOptions()), true); })) return "tensor";
+  // A type no getter reads (strings, graphs, ...): onnxruntime's message still says the type is wrong.
+  if (message.find("type don't match") != std::string::npos) return "another type";
   return std::nullopt;
 }
 
-std::optional<std::string> string_attribute(const OrtKernelInfo* info, const char* name) {
-  size_t size = 0;
-  OrtStatus* st = api().KernelInfoGetAttribute_string(info, name, nullptr, &size);
-  if (st != nullptr) {
-    api().ReleaseStatus(st);
+// An attribute the node may leave out: nullopt when absent; present with another type is an error naming the op.
+template <typename T>
+std::optional<T> optional_attribute(const OrtKernelInfo* info, const char* op, const char* name, const char* type) {
+  try {
+    return Ort::ConstKernelInfo{info}.GetAttribute<T>(name);
+  } catch (const Ort::Exception& e) {
+    if (auto other = other_attribute_type(info, name, e.what()))
+      throw std::invalid_argument(std::string(op) + ": attribute '" + name + "' must be " + type + ", got " + *other);
     return std::nullopt;
   }
-  std::string value(size, '\0');
-  Ort::ThrowOnError(api().KernelInfoGetAttribute_string(info, name, value.data(), &size));
-  value.resize(size > 0 ? size - 1 : 0);  // size counts the terminating NUL
-  return value;
 }
 
-std::optional<int64_t> int_attribute(const OrtKernelInfo* info, const char* name) {
-  int64_t v = 0;
-  OrtStatus* st = api().KernelInfoGetAttribute_int64(info, name, &v);
-  if (st == nullptr) return v;
-  api().ReleaseStatus(st);
-  return std::nullopt;
+std::optional<float> float_attribute(const OrtKernelInfo* info, const char* op, const char* name) {
+  return optional_attribute<float>(info, op, name, "a float");
+}
+std::optional<int64_t> int_attribute(const OrtKernelInfo* info, const char* op, const char* name) {
+  return optional_attribute<int64_t>(info, op, name, "an int");
+}
+std::optional<std::string> string_attribute(const OrtKernelInfo* info, const char* op, const char* name) {
+  return optional_attribute<std::string>(info, op, name, "a string");
 }
 
 // Whether the node names output `index` (an optional output left out has an empty name, or is past the end).
@@ -215,7 +233,7 @@ bool has_output(const OrtKernelInfo* info, size_t index) {
 }
 
 float checked_epsilon(const OrtKernelInfo* info, const char* op) {
-  const float eps = float_attribute(info, "epsilon").value_or(1e-12f);
+  const float eps = float_attribute(info, op, "epsilon").value_or(1e-12f);
   if (!std::isfinite(eps) || eps < 0.0f)
     throw std::invalid_argument(std::string(op) + ": attribute 'epsilon' must be finite and >= 0, got " +
                                 std::to_string(eps));
@@ -223,14 +241,15 @@ float checked_epsilon(const OrtKernelInfo* info, const char* op) {
 }
 
 int64_t required_num_heads(const OrtKernelInfo* info, const char* op) {
-  auto heads = int_attribute(info, "num_heads");
+  auto heads = int_attribute(info, op, "num_heads");
   if (!heads) throw std::invalid_argument(std::string(op) + ": integer attribute 'num_heads' is required");
-  if (*heads <= 0) throw std::invalid_argument(std::string(op) + ": num_heads must be positive, got " + std::to_string(*heads));
+  if (*heads <= 0)
+    throw std::invalid_argument(std::string(op) + ": num_heads must be positive, got " + std::to_string(*heads));
   return *heads;
 }
 
 std::optional<float> checked_scale(const OrtKernelInfo* info, const char* op) {
-  auto scale = float_attribute(info, "scale");
+  auto scale = float_attribute(info, op, "scale");
   if (scale && !std::isfinite(*scale))
     throw std::invalid_argument(std::string(op) + ": attribute 'scale' must be finite");
   return scale;
@@ -283,17 +302,18 @@ struct PackedAttentionKernel {
     require_int(cu, op, "cu_seqlens");
     require_int(rows, op, "query_rows");
     require_float(query, op, "query");
-    const bort::PackedAttentionDims dims =
-        bort::check_packed_attention(qkv.shape, shape_ptr(bias), cu.shape, shape_ptr(rows), shape_ptr(query),
-                                     num_heads, scale ? &*scale : nullptr);
+    const bort::PackedAttentionDims dims = bort::check_packed_attention(
+        qkv.shape, shape_ptr(bias), cu.shape, shape_ptr(rows), shape_ptr(query), num_heads, scale ? &*scale : nullptr);
     const std::vector<int64_t> offsets = to_int64(cu, static_cast<size_t>(dims.num_seqs + 1));
     std::vector<int64_t> row_indices;
     bort::PackedQueries queries;
-    if (rows) {
+    if (rows) {  // present but empty selects no row: a zero-row result
       row_indices = to_int64(*rows, static_cast<size_t>(dims.num_queries));
+      queries.selected = true;
       queries.rows = row_indices.data();
       queries.count = dims.num_queries;
     }
+    queries.separate_values = query.has_value();
     queries.values = float_data(query);
     float* out = allocate_output(ctx, {dims.num_queries, dims.shape.hidden()});
     bort::attention_packed(static_cast<const float*>(qkv.data), float_data(bias), offsets.data(), dims.num_seqs,
@@ -343,8 +363,7 @@ struct SkipLayerNormKernel {
     float* out = allocate_output(ctx, x.shape);
     bort::skip_layernorm(static_cast<const float*>(x.data), static_cast<const float*>(skip.data),
                          static_cast<const float*>(gamma.data), float_data(beta), float_data(bias),
-                         float_data(skip_scale), out, dims.rows,
-                         dims.width, epsilon, OrtParallelFor(ctx));
+                         float_data(skip_scale), out, dims.rows, dims.width, epsilon, OrtParallelFor(ctx));
     return nullptr;
   } catch (const std::exception& e) {
     return to_status(e);
@@ -415,9 +434,10 @@ struct DequantizeRowsKernel {
       requantized.zero_point = static_cast<uint8_t*>(allocate_output(ctx, 3, leading));
     }
     bort::dequantize_rows(static_cast<const int32_t*>(acc.data), static_cast<const float*>(row_scale.data),
-                          static_cast<const uint8_t*>(row_zero_point.data), static_cast<const float*>(weight_scale.data),
-                          static_cast<const int32_t*>(weight_colsum.data), float_data(bias), activation, norm, y,
-                          requantized, dims.rows, dims.width, OrtParallelFor(ctx));
+                          static_cast<const uint8_t*>(row_zero_point.data),
+                          static_cast<const float*>(weight_scale.data), static_cast<const int32_t*>(weight_colsum.data),
+                          float_data(bias), activation, norm, y, requantized, dims.rows, dims.width,
+                          OrtParallelFor(ctx));
     return nullptr;
   } catch (const std::exception& e) {
     return to_status(e);
@@ -509,15 +529,23 @@ struct QuantizeRowsOp : OpBase<QuantizeRowsOp, QuantizeRowsKernel> {
 struct DequantizeRowsOp : OpBase<DequantizeRowsOp, DequantizeRowsKernel> {
   // acc, row_scale, row_zero_point, weight_scale, weight_colsum, bias, then the skip + LayerNorm epilogue's
   // skip, gamma, beta, skip_scale.
-  static constexpr std::array<InputSpec, 10> kInputs{{{true, kInt32}, {true, kFloat}, {true, kUint8}, {true, kFloat},
-                                                      {true, kInt32}, {false, kFloat}, {false, kFloat},
-                                                      {false, kFloat}, {false, kFloat}, {false, kFloat}}};
+  static constexpr std::array<InputSpec, 10> kInputs{{{true, kInt32},
+                                                      {true, kFloat},
+                                                      {true, kUint8},
+                                                      {true, kFloat},
+                                                      {true, kInt32},
+                                                      {false, kFloat},
+                                                      {false, kFloat},
+                                                      {false, kFloat},
+                                                      {false, kFloat},
+                                                      {false, kFloat}}};
   // y, then the requantized y_quantized, y_scale, y_zero_point; which of them the node names is checked
   // when the kernel is created.
-  static constexpr std::array<OutputSpec, 4> kOutputs{{{false, kFloat}, {false, kUint8}, {false, kFloat}, {false, kUint8}}};
+  static constexpr std::array<OutputSpec, 4> kOutputs{
+      {{false, kFloat}, {false, kUint8}, {false, kFloat}, {false, kUint8}}};
   const char* GetName() const { return "DequantizeRows"; }
   DequantizeRowsKernel* Make(const OrtKernelInfo* info) const {
-    const std::string act = string_attribute(info, "activation").value_or("none");
+    const std::string act = string_attribute(info, GetName(), "activation").value_or("none");
     if (act != "none" && act != "gelu")
       throw std::invalid_argument("DequantizeRows: attribute 'activation' must be 'none' or 'gelu', got '" + act + "'");
     const bool y = has_output(info, 0), y_quantized = has_output(info, 1);

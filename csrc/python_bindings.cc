@@ -114,10 +114,12 @@ py::array_t<float> packed_attention(const py::object& qkv_obj, const py::object&
                                    query ? &query_shape : nullptr, num_heads, scale ? &*scale : nullptr);
   py::array_t<float> out({dims.num_queries, dims.shape.hidden()});
   bort::PackedQueries queries;
-  if (rows) {
+  if (rows) {  // present but empty selects no row: a zero-row result
+    queries.selected = true;
     queries.rows = rows->data();
     queries.count = dims.num_queries;
   }
+  queries.separate_values = query.has_value();
   queries.values = data_or_null(query);
   const float* q = qkv.data();
   const float* b = data_or_null(bias);

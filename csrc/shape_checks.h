@@ -32,7 +32,7 @@ AttentionDims check_attention(const Shape& qkv, const Shape* bias, const Shape* 
 struct PackedAttentionDims {
   int64_t tokens = 0;
   int64_t num_seqs = 0;
-  int64_t num_queries = 0;  // output rows: query_rows' length, else tokens
+  int64_t num_queries = 0;  // output rows: query_rows' length (0 when it is present but empty), else tokens
   AttentionShape shape;
 };
 
