@@ -1,5 +1,12 @@
-"""Build of bort_infer._C: the fused kernels as one shared object that is both a pybind11 module and an
-onnxruntime custom-op library (it exports ``RegisterCustomOps``).
+"""Build of the fused kernels as two shared objects in bort_infer/:
+
+- ``libbort_infer_ops.so``: every kernel and the onnxruntime custom-op registration behind the C entry points of
+  bort_infer/include/bort_infer_ops.h (``RegisterCustomOps``, version, ISA choice); no Python: it needs only the
+  C/C++ runtimes, exports nothing else, and is what ``bort_infer.custom_op_library()`` returns;
+- ``_C``: the pybind11 module (csrc/python_bindings.cc) over the same kernel objects, linked against the ops
+  library (rpath $ORIGIN) so that ``_C.set_isa`` also steers the kernels onnxruntime runs.
+
+Every kernel source is compiled once and linked into both.
 
 Kernels are compiled for baseline x86-64; the AVX2+FMA, AVX-512 (VNNI, BF16) and AMX paths are marked with
 GCC ``target`` attributes and chosen at run time from CPUID
@@ -13,20 +20,57 @@ from pathlib import Path
 from pybind11.setup_helpers import ParallelCompile, Pybind11Extension, build_ext
 from setuptools import setup
 from setuptools.command.build_py import build_py
+from setuptools.modified import newer_group
 
 ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(ROOT / "tools"))
 from ort_headers import find_ort_include_dir  # noqa: E402
 
+OPS_LIBRARY = "libbort_infer_ops.so"
+PUBLIC_INCLUDE = "bort_infer/include"
+BINDINGS = "csrc/python_bindings.cc"
+# Only in the ops library: the onnxruntime registration and the other C entry points.
+OPS_ENTRY_POINTS = ["csrc/ort_custom_ops.cc", "csrc/ops_library.cc"]
+KERNELS = sorted(set(glob("csrc/*.cc")) - {BINDINGS, *OPS_ENTRY_POINTS})
+VERSION_SCRIPT = "csrc/libbort_infer_ops.map"
+
 
 class BuildExt(build_ext):
-    """Finds (or fetches) onnxruntime's headers only when the extension is really built."""
+    """Builds the ops library, then _C over the same kernel objects. onnxruntime's headers are found (or
+    fetched) only when something is really built."""
 
     def build_extensions(self):
-        include = str(find_ort_include_dir(ROOT))
-        for ext in self.extensions:
-            ext.include_dirs.append(include)
+        (c_ext,) = self.extensions
+        c_path = self.get_ext_fullpath(c_ext.name)
+        ops_path = self._built_ops_library()
+        inputs = sorted(glob("csrc/*")) + glob(f"{PUBLIC_INCLUDE}/*.h")
+        c_ext.depends = inputs
+        if not (self.force or any(newer_group(inputs, out, missing="newer") for out in (c_path, ops_path))):
+            return super().build_extensions()  # both up to date: build_ext skips _C as well
+        c_ext.include_dirs.append(str(find_ort_include_dir(ROOT)))
+        objects = self.compiler.compile(KERNELS + OPS_ENTRY_POINTS, output_dir=self.build_temp,
+                                        include_dirs=c_ext.include_dirs, extra_postargs=c_ext.extra_compile_args,
+                                        depends=inputs)
+        kernels = objects[:len(KERNELS)]
+        self.mkpath(os.path.dirname(ops_path))
+        # Linked by hand, not with Python's LDSHARED: that would add the interpreter's library path as rpath.
+        linker = getattr(self.compiler, "linker_so_cxx", None) or [self.compiler.compiler_cxx[0], "-shared"]
+        self.compiler.spawn([*linker, *objects, "-o", ops_path, f"-Wl,-soname,{OPS_LIBRARY}",
+                             f"-Wl,--version-script={VERSION_SCRIPT}", *ops_link_args])
+        c_ext.extra_objects = [*kernels, ops_path]
+        self.force = True  # _C links against the new ops library
         super().build_extensions()
+
+    def copy_extensions_to_source(self):
+        super().copy_extensions_to_source()  # --inplace: _C, and the ops library beside it
+        package_dir = self.get_finalized_command("build_py").get_package_dir("bort_infer")
+        self.copy_file(self._built_ops_library(), os.path.join(package_dir, OPS_LIBRARY), level=self.verbose)
+
+    def _built_ops_library(self):
+        return os.path.join(self.build_lib, "bort_infer", OPS_LIBRARY)
+
+    def get_outputs(self):
+        return [*super().get_outputs(), self._built_ops_library()]
 
 
 class BuildPy(build_py):
@@ -45,20 +89,23 @@ class BuildPy(build_py):
 # One compiler per core (NPY_NUM_BUILD_JOBS overrides): the kernels build in half the time on 2 cores.
 ParallelCompile("NPY_NUM_BUILD_JOBS").install()
 
-extra_compile_args = ["-O3", "-fvisibility=hidden", "-fno-math-errno"]
-extra_link_args = []
+# Sections per function let the linker drop the unused ones; the ops library ships stripped.
+extra_compile_args = ["-O3", "-fvisibility=hidden", "-fno-math-errno", "-ffunction-sections", "-fdata-sections"]
+extra_link_args = ["-Wl,--gc-sections"]
+ops_link_args = ["-Wl,--gc-sections", "-Wl,--as-needed", "-s"]
 if os.environ.get("BORT_INFER_SANITIZE"):
     # Debug build of the kernels for `make asan`: address + undefined-behaviour sanitizers.
     extra_compile_args = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"]
     extra_link_args = ["-fsanitize=address,undefined"]
+    ops_link_args = extra_link_args
 
 ext = Pybind11Extension(
     "bort_infer._C",
-    sorted(glob("csrc/*.cc")),
-    include_dirs=["csrc"],
+    [BINDINGS],
+    include_dirs=["csrc", PUBLIC_INCLUDE],
     cxx_std=17,
     extra_compile_args=extra_compile_args,
-    extra_link_args=extra_link_args,
+    extra_link_args=[*extra_link_args, "-Wl,-rpath,$ORIGIN"],
 )
 
 setup(

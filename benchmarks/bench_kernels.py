@@ -61,9 +61,9 @@ def graph_session(nodes: list, domain: str, feeds: dict, outputs: dict, threads:
     so.intra_op_num_threads = threads
     so.inter_op_num_threads = 1
     if domain == "ai.bort_infer":
-        from bort_infer import _C
+        from bort_infer import custom_op_library
 
-        so.register_custom_ops_library(_C.__file__)
+        so.register_custom_ops_library(custom_op_library())
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 

@@ -13,6 +13,7 @@
 
 #include "attention.h"
 #include "bias_gelu.h"
+#include "bort_infer_ops.h"
 #include "cpu_dispatch.h"
 #include "dequantize_rows.h"
 #include "gemm_bf16.h"
@@ -360,6 +361,14 @@ py::array_t<float> linear_bf16(const py::object& x_obj, const bort::PackedBf16We
   return out;
 }
 
+// This module's kernels and the ops library's (those onnxruntime runs) are separate copies of the same code:
+// one choice steers both.
+void set_isa(const std::string& name) {
+  bort::set_isa(name);  // throws on an unknown or unsupported name, before anything changes
+  char error[256];
+  if (bort_infer_set_isa(name.c_str(), error, sizeof error) != 0) throw std::runtime_error(error);
+}
+
 py::array_t<float> erf_for_tests(const py::object& x_obj) {
   FloatArray x = as_float(x_obj, "x");
   py::array_t<float> out(shape_of(x));
@@ -429,8 +438,8 @@ PYBIND11_MODULE(_C, m) {
       "The bf16 GEMM path the active ISA runs: 'amx', 'avx512_bf16', 'avx2' or 'scalar'.");
   m.def("erf", &erf_for_tests, py::arg("x"),
         "erf with the active ISA's implementation (for testing the vectorised erf).");
-  m.def("set_isa", &bort::set_isa, py::arg("isa"),
-        ("Select the kernel level: one of " + bort::isa_names_accepted() +
+  m.def("set_isa", &set_isa, py::arg("isa"),
+        ("Select the kernel level of this module and of the ops library: one of " + bort::isa_names_accepted() +
          " ('auto' = best supported). ValueError for an unknown name, RuntimeError when the CPU lacks it.")
             .c_str());
   m.def("active_isa", [] { return std::string(bort::isa_name(bort::active_isa())); });

@@ -1,4 +1,4 @@
-"""onnxruntime custom ops of bort_infer._C (domain ai.bort_infer): tiny one-node graphs against the numpy
+"""onnxruntime custom ops of libbort_infer_ops.so (domain ai.bort_infer): tiny one-node graphs against the numpy
 references, thread-count independence, and hostile graphs that must fail with a clear error, never crash."""
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import pytest
 
 from .test_kernels import (
     ISAS,
+    OPS_LIBRARY,
     TOL,
     C,
     assert_close_to_reference,
@@ -57,7 +58,7 @@ def one_node_session(op, feeds: dict, attrs: dict | None = None, input_names=Non
                               [helper.make_tensor_value_info(o, t, None) for o, t in zip(outputs, output_types) if o])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
     so = ort.SessionOptions()
-    so.register_custom_ops_library(C.__file__)
+    so.register_custom_ops_library(OPS_LIBRARY)
     so.intra_op_num_threads = threads
     so.log_severity_level = 4  # expected failures below would otherwise spam stderr
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
@@ -217,7 +218,7 @@ def int8_linear_session(weight_int8, weight_scale, bias, activation, threads):
                               [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
     so = ort.SessionOptions()
-    so.register_custom_ops_library(C.__file__)
+    so.register_custom_ops_library(OPS_LIBRARY)
     so.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
@@ -369,7 +370,7 @@ def int8_layer_session(p, threads):
                               [helper.make_tensor_value_info(k, t, None) for k, t in types.items()], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
     so = ort.SessionOptions()
-    so.register_custom_ops_library(C.__file__)
+    so.register_custom_ops_library(OPS_LIBRARY)
     so.intra_op_num_threads = threads
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]), list(types)
 

@@ -3,8 +3,8 @@ float64 numpy references, on the scalar path and on every vector path the CPU su
 
 Error measure: max|out - ref| / max(1, max|ref|) <= 1e-5 (absolute near zero, relative for large outputs).
 
-Set BORT_INFER_C_DIR to a directory holding another build of _C (e.g. the sanitizer build of `make asan`)
-to test that build instead of the in-place one.
+Set BORT_INFER_C_DIR to a directory holding another build of _C and libbort_infer_ops.so (e.g. the sanitizer
+build of `make asan`) to test that build instead of the in-place one.
 """
 from __future__ import annotations
 
@@ -35,6 +35,8 @@ def _load_c():
 
 
 C = _load_c()
+# The onnxruntime custom-op library built with this _C (its kernels follow C.set_isa too).
+OPS_LIBRARY = os.path.join(os.path.dirname(C.__file__), "libbort_infer_ops.so")
 TOL = 1e-5
 ISAS = ["scalar"] + (["avx2"] if C.cpu_has_avx2() else []) + (["avx512"] if C.cpu_has_avx512() else [])
 FAST = settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])

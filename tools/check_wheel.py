@@ -1,6 +1,8 @@
 """Check the regular (non-editable) wheel: build it, install it into a fresh venv outside the checkout, and
 there import every module of the run-time world and of the Ray integration, run each console script's
---help, and check that the package data (the known models, the calibration texts) is in the wheel.
+--help, check that the package data (the known models, the calibration texts, the C header) and the
+Python-free custom-op library are in the wheel, and register that library with onnxruntime's
+RegisterCustomOpsLibrary from the venv.
 
 Usage: python tools/check_wheel.py [--wheel PATH] [--keep]
 
@@ -53,6 +55,11 @@ except ImportError:
     has_ray = False
 for name in [n for n in names if n.startswith(ray_pkg)] if has_ray else []:
     files[name] = importlib.import_module(name).__file__
+# The custom-op library the wheel ships, through onnxruntime's RegisterCustomOpsLibrary.
+import onnxruntime
+onnxruntime.SessionOptions().register_custom_ops_library(bort_infer.custom_op_library())
+files["ops library"] = bort_infer.custom_op_library()
+files["include dir"] = bort_infer.include_dir()
 print(json.dumps({"modules": names, "run_time": run_time, "files": files, "build_time_loaded": leaked,
                   "ray": has_ray}))
 """
@@ -82,7 +89,8 @@ def check(wheel: Path, work: Path) -> list[str]:
     problems = []
     names = set(zipfile.ZipFile(wheel).namelist())
     for data in ("bort_infer/models/bort.json", "bort_infer/models/bert-large.json",
-                 "bort_infer/export/data/fidelity_texts.txt"):
+                 "bort_infer/export/data/fidelity_texts.txt", "bort_infer/libbort_infer_ops.so",
+                 "bort_infer/include/bort_infer_ops.h"):
         if data not in names:
             problems.append(f"{data} is not in the wheel")
     packages = sorted(str(p.parent.relative_to(ROOT)).replace(os.sep, ".")
