@@ -5,7 +5,10 @@ Every problem with it is reported as a ModelDirectoryError naming the path and w
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,3 +151,24 @@ def read_metadata(directory: str | Path) -> ModelMetadata:
         source=dict(raw.get("source") or {}),
         fidelity=raw.get("fidelity"),
     )
+
+
+def file_digests(directory: str | Path, skip: Iterable[str | Path] = ()) -> dict[str, str]:
+    """SHA-256 of every file under a model directory, keyed by relative POSIX path: what a model is, for
+    telling whether it changed. Files are streamed (a large model.onnx is never read whole); ``skip``
+    names files to leave out (an output written inside the directory)."""
+    d = Path(directory)
+    skipped = {os.path.realpath(p) for p in skip}
+    digests = {}
+    for path in sorted(d.rglob("*")):
+        if not path.is_file() or os.path.realpath(path) in skipped:
+            continue
+        h = hashlib.sha256()
+        try:
+            with open(path, "rb") as f:
+                while block := f.read(1 << 20):
+                    h.update(block)
+        except OSError as exc:
+            raise ModelDirectoryError(f"{path}: cannot read this model file: {exc.strerror or exc}") from None
+        digests[path.relative_to(d).as_posix()] = h.hexdigest()
+    return digests

@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -190,6 +192,236 @@ def test_existing_output_needs_overwrite(tmp_path, model):
     with pytest.raises(FileExistsError, match="--overwrite"):
         encode_file(model, src, out)
     encode_file(model, src, out, overwrite=True)
+
+
+# ---------------------------------------------------------------------------------------- OUT.partial vs OUT.progress
+
+def read_header(path: Path) -> tuple[dict, int]:
+    """(the .npy header's fields, its length in bytes)."""
+    with open(path, "rb") as f:
+        np.lib.format.read_magic(f)
+        shape, fortran, dtype = np.lib.format.read_array_header_1_0(f)
+        return {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": fortran, "shape": shape}, f.tell()
+
+
+def rewrite_header(path: Path, **changes) -> None:
+    fields, length = read_header(path)
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {**fields, **changes})
+    assert len(buf.getvalue()) == length
+    with open(path, "r+b") as f:
+        f.write(buf.getvalue())
+
+
+ROW_BYTES = 128 * 4  # tiny-bort: hidden 128, float32
+
+
+def damage(partial: Path, how: str) -> str:
+    """Make OUT.partial disagree with OUT.progress (30 rows done of a 10-row-chunk run); returns what the
+    error must say."""
+    _, header = read_header(partial)
+    if how == "shorter":
+        with open(partial, "r+b") as f:
+            f.truncate(header + 20 * ROW_BYTES)
+        return "bytes"
+    if how == "longer":  # more than the one chunk a kill between write and progress can leave
+        with open(partial, "ab") as f:
+            f.write(b"\0" * (11 * ROW_BYTES) + b"\0" * ((57 - 30) * ROW_BYTES))
+        return "bytes"
+    if how == "dtype":
+        rewrite_header(partial, descr="<f8")
+        return "float64"
+    if how == "fortran":
+        rewrite_header(partial, fortran_order=True)
+        return "Fortran"
+    if how == "hidden":
+        fields, _ = read_header(partial)
+        rewrite_header(partial, shape=(fields["shape"][0], 64))
+        return "shape"
+    if how == "rows":
+        rewrite_header(partial, shape=(9, 128))
+        return "shape"
+    if how == "not-npy":
+        with open(partial, "r+b") as f:
+            f.write(b"PK\x03\x04 a zip file")
+        return "not a .npy"
+    raise AssertionError(how)
+
+
+@pytest.mark.parametrize("mode", ["file", "stdin"])
+@pytest.mark.parametrize("how", ["shorter", "longer", "dtype", "fortran", "hidden", "rows", "not-npy"])
+def test_resume_refuses_a_partial_output_that_disagrees_with_its_progress_file(tmp_path, model, mode, how):
+    texts = corpus(57)
+    src = write_lines(tmp_path / "in.txt", texts)
+    out = tmp_path / "out.npy"
+    kill_during_run(model, src, out, 3, mode)
+    partial = tmp_path / ("out.npy" + PARTIAL_SUFFIX)
+    says = damage(partial, how)
+    before = partial.read_bytes()
+    stdin = open(src, "rb") if mode == "stdin" else None
+    with pytest.raises(ValueError, match=f"cannot resume {partial}: .*{says}.*--overwrite"):
+        encode_file(model, "-" if stdin else src, out, chunk_size=10, resume=True, stdin=stdin)
+    assert partial.read_bytes() == before and not out.exists()  # nothing touched: the user decides
+
+
+@pytest.mark.parametrize("mode", ["file", "stdin"])
+def test_resume_drops_rows_written_after_the_last_recorded_chunk(tmp_path, model, session, mode):
+    """A kill between writing a chunk and recording it leaves up to one chunk of rows beyond the progress
+    file: they are rewritten, not trusted."""
+    texts = corpus(57)
+    src = write_lines(tmp_path / "in.txt", texts)
+    out = tmp_path / "out.npy"
+    kill_during_run(model, src, out, 3, mode)
+    partial = tmp_path / ("out.npy" + PARTIAL_SUFFIX)
+    with open(partial, "ab") as f:
+        f.write(np.full((7, 128), 9.0, dtype="<f4").tobytes() + b"\1\2\3")  # 7 rows and a torn one
+    stdin = open(src, "rb") if mode == "stdin" else None
+    assert encode_file(model, "-" if stdin else src, out, chunk_size=10, resume=True, stdin=stdin).resumed_rows == 30
+    assert_rows(out, session, texts)
+
+
+def test_resume_refuses_a_changed_model_directory(tmp_path, model, session):
+    import onnx
+
+    own = shutil.copytree(model, tmp_path / "model")
+    src = write_lines(tmp_path / "in.txt", corpus(40))
+    out = tmp_path / "out.npy"
+    kill_during_run(own, src, out, 2)
+    graph = onnx.load(str(own / "model.onnx"))
+    graph.doc_string = "re-exported: same inputs and outputs, other weights"
+    onnx.save(graph, str(own / "model.onnx"))
+    with pytest.raises(ValueError, match=r"cannot resume .*out.npy.partial: the model directory .*model changed "
+                                         r"since its rows were written \(model.onnx changed\).*--overwrite"):
+        encode_file(own, src, out, chunk_size=10, resume=True)
+    shutil.copy(model / "model.onnx", own / "model.onnx")
+    (own / "notes.txt").write_text("an added file")
+    with pytest.raises(ValueError, match=r"\(notes.txt added\)"):
+        encode_file(own, src, out, chunk_size=10, resume=True)
+    (own / "notes.txt").unlink()
+    assert encode_file(own, src, out, chunk_size=10, resume=True).resumed_rows == 20
+
+
+def test_an_output_inside_the_model_directory_still_resumes(tmp_path, model, session):
+    own = shutil.copytree(model, tmp_path / "model")
+    texts = corpus(25)
+    src = write_lines(tmp_path / "in.txt", texts)
+    kill_during_run(own, src, own / "out.npy", 1)
+    assert encode_file(own, src, own / "out.npy", chunk_size=10, resume=True).resumed_rows == 10
+    assert_rows(own / "out.npy", session, texts)
+
+
+# ---------------------------------------------------------------------------------------- failures, disks, locks
+
+def test_a_run_that_fails_before_its_first_chunk_leaves_nothing_behind(tmp_path, model, monkeypatch):
+    from bort_infer import Session
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("the model failed")
+
+    src = write_lines(tmp_path / "in.txt", corpus(25))
+    monkeypatch.setattr(Session, "encode", fail)
+    with pytest.raises(RuntimeError, match="the model failed"):
+        encode_file(model, src, tmp_path / "out.npy", chunk_size=10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt"]
+
+
+def test_a_run_that_fails_later_keeps_its_finished_chunks_for_resume(tmp_path, model, session, monkeypatch):
+    from bort_infer import Session
+
+    real = Session.encode
+    calls = []
+
+    def fail_on_the_third_chunk(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise RuntimeError("the model failed")
+        return real(self, *args, **kwargs)
+
+    texts = corpus(25)
+    src = write_lines(tmp_path / "in.txt", texts)
+    out = tmp_path / "out.npy"
+    monkeypatch.setattr(Session, "encode", fail_on_the_third_chunk)
+    with pytest.raises(RuntimeError, match="the model failed"):
+        encode_file(model, src, out, chunk_size=10)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "out.npy.partial", "out.npy.progress"]
+    monkeypatch.setattr(Session, "encode", real)
+    assert encode_file(model, src, out, chunk_size=10, resume=True).resumed_rows == 20
+    assert_rows(out, session, texts)
+
+
+@pytest.fixture
+def small_filesystem(tmp_path):
+    """A 64 KiB tmpfs at tmp_path / "small" (mounting needs root: skips where it is not permitted)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    mount = shutil.which("mount")
+    proc = mount and subprocess.run([mount, "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)], capture_output=True)
+    if not proc or proc.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here: {proc.stderr.decode().strip() if proc else 'no mount'}")
+    yield mnt
+    subprocess.run([shutil.which("umount"), str(mnt)], capture_output=True)
+
+
+def test_a_full_disk_is_a_clear_error_and_the_run_resumes(tmp_path, model, session, small_filesystem):
+    texts = corpus(300)  # 300 rows x 512 bytes: more than the 64 KiB filesystem holds
+    src = write_lines(tmp_path / "in.txt", texts)
+    out = small_filesystem / "out.npy"
+    command = [sys.executable, "-m", "bort_infer.cli.main", "encode", str(model), str(src), str(out),
+               "--chunk-size", "40"]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 2, (proc.returncode, proc.stderr)  # not killed by SIGBUS (-7)
+    error = proc.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in proc.stderr and error.startswith("bort-infer encode: error: no space left on the device")
+    assert str(small_filesystem / "out.npy.") in error and "--resume" in error
+    assert not out.exists()
+    subprocess.run(["mount", "-o", "remount,size=1m", str(small_filesystem)], check=True)
+    proc = subprocess.run(command + ["--resume"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert_rows(out, session, texts)
+
+
+PAUSE_AFTER_FIRST_CHUNK = """
+import sys, time
+from pathlib import Path
+from bort_infer import Session
+from bort_infer.encode_file import encode_file
+real = Session.encode
+calls = 0
+def encode(self, *a, **k):
+    global calls
+    calls += 1
+    if calls == 2:  # the first chunk is on disk
+        Path(sys.argv[4]).touch()
+        while not Path(sys.argv[5]).exists():
+            time.sleep(0.02)
+    return real(self, *a, **k)
+Session.encode = encode
+encode_file(sys.argv[1], sys.argv[2], sys.argv[3], chunk_size=10, overwrite=True)
+"""
+
+
+def test_a_second_run_on_the_same_output_is_refused_at_once(tmp_path, model, session):
+    texts, others = corpus(30), ["another input"] * 30
+    src, other = write_lines(tmp_path / "in.txt", texts), write_lines(tmp_path / "other.txt", others)
+    out, ready, go = tmp_path / "out.npy", tmp_path / "ready", tmp_path / "go"
+    first = subprocess.Popen([sys.executable, "-c", PAUSE_AFTER_FIRST_CHUNK, str(model), str(src), str(out),
+                              str(ready), str(go)], cwd=ROOT, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while not ready.exists():
+            assert first.poll() is None, first.stderr.read().decode()
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        partial = tmp_path / ("out.npy" + PARTIAL_SUFFIX)
+        for flags in ({"overwrite": True}, {"resume": True}, {}):
+            with pytest.raises(BlockingIOError, match=f"another bort-infer encode is writing {partial}"):
+                encode_file(model, other, out, chunk_size=10, **flags)
+    finally:
+        go.touch()
+        assert first.wait(timeout=120) == 0, first.stderr.read().decode()
+    assert_rows(out, session, texts)  # the first run's rows, whole
+    encode_file(model, other, out, chunk_size=10, overwrite=True)  # the lock went with the first run
+    assert_rows(out, session, others)
 
 
 # ------------------------------------------------------------------------------------------------ errors

@@ -17,6 +17,7 @@ from bort_infer.cli.encode import add_arguments, run
 from bort_infer.encode_file import PARTIAL_SUFFIX
 
 from ..conftest import assert_rows, write_lines
+from ..test_encode_file import corpus, kill_during_run
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -78,6 +79,19 @@ def test_cli_names_a_bad_model_directory(tmp_path, model, capsys, how, says):
     err = capsys.readouterr().err
     assert err.startswith("bort-infer encode: error:") and str(bad) in err and says in err
     assert not (tmp_path / "v.npy").exists() and not (tmp_path / ("v.npy" + PARTIAL_SUFFIX)).exists()
+
+
+def test_cli_refuses_to_resume_a_truncated_partial_output_in_one_line(tmp_path, model, capsys):
+    src = write_lines(tmp_path / "in.txt", corpus(40))
+    out = tmp_path / "v.npy"
+    kill_during_run(model, src, out, 3)
+    partial = tmp_path / ("v.npy" + PARTIAL_SUFFIX)
+    with open(partial, "r+b") as f:
+        f.truncate(partial.stat().st_size - 1000)
+    assert cli.main(["encode", str(model), str(src), str(out), "--chunk-size", "10", "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"bort-infer encode: error: cannot resume {partial}: it has ")
+    assert "pass --overwrite to start over" in err and not out.exists()
 
 
 @pytest.mark.parametrize("argv, says", [
