@@ -1,9 +1,12 @@
-// onnxruntime custom-op front end: domain "ai.bort_infer", ops FusedAttention, PackedAttention,
-// BiasGelu, SkipLayerNorm, QuantizeRows and DequantizeRows. Registration entry point: RegisterCustomOps (exported, C
-// linkage).
+// onnxruntime custom-op front end: domain "ai.bort_infer", ops FusedAttention, PackedAttention, BiasGelu,
+// SkipLayerNorm, QuantizeRows and DequantizeRows. Registration entry point: RegisterCustomOps (exported, C linkage).
 //
-// Every input's presence, rank, shape and dtype and every attribute is validated before a kernel
-// runs; errors become an ORT error status (never an exception across the C boundary, never a crash).
+// Thin on purpose. An op is one kernel struct: its name, its inputs and outputs (name, required or optional, element
+// type; the one place each name is written, used for the schema and every message), its attributes read when the
+// session creates the kernel, and Compute. The plumbing below checks every input's presence, tensor-ness, element
+// type and dimensions against that table before Compute runs; Compute checks shapes with csrc/shape_checks.* and
+// calls a kernel that knows nothing of onnxruntime. Every failure becomes an error status naming the op, never an
+// exception across the C boundary, never a crash. To add an op: one kernel struct here, one entry in kOps.
 #define ORT_API_MANUAL_INIT
 #include <onnxruntime_cxx_api.h>
 #undef ORT_API_MANUAL_INIT
@@ -11,7 +14,6 @@
 #include <array>
 #include <cmath>
 #include <exception>
-#include <memory>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -30,41 +32,28 @@ namespace {
 
 constexpr const char* kDomain = "ai.bort_infer";
 
-const OrtApi& api() { return Ort::GetApi(); }
+[[noreturn]] void fail(const char* op, const std::string& message) {
+  throw std::invalid_argument(std::string(op) + ": " + message);
+}
 
-// Runs kernel tasks on the session's intra-op thread pool (serially when it has one thread).
-class OrtParallelFor final : public bort::ParallelFor {
- public:
-  explicit OrtParallelFor(const OrtKernelContext* ctx) : ctx_(ctx) {}
+// ---------------------------------------------------------------------------------------------
+// Op tables
 
-  void run(size_t num_tasks, bort::TaskRef task) const override {
-    if (num_tasks <= 1) {
-      if (num_tasks == 1) task(0);
-      return;
-    }
-    struct Call {
-      bort::TaskRef task;
-      std::mutex mutex;
-      std::exception_ptr error;
-    } call{task, {}, {}};
-    auto trampoline = [](void* user, size_t i) {
-      auto* c = static_cast<Call*>(user);
-      try {
-        c->task(i);
-      } catch (...) {  // exceptions must not unwind through ORT's thread pool
-        std::lock_guard<std::mutex> lock(c->mutex);
-        if (!c->error) c->error = std::current_exception();
-      }
-    };
-    Ort::ThrowOnError(api().KernelContext_ParallelFor(ctx_, trampoline, num_tasks, 0, &call));
-    if (call.error) std::rethrow_exception(call.error);
-  }
-  // The pool size is not visible through the C API; it only steers task granularity.
-  size_t concurrency() const override { return bort::hardware_threads(); }
-
- private:
-  const OrtKernelContext* ctx_;
+struct Port {
+  const char* name;
+  bool required;
+  ONNXTensorElementDataType type;  // kAnyInt: int32 or int64, told apart at run time
 };
+
+constexpr bool kRequired = true;
+constexpr bool kOptional = false;
+constexpr auto kFloat = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+constexpr auto kUint8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+constexpr auto kInt32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+constexpr auto kAnyInt = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // the schema lets any type through
+
+template <size_t N>
+using Ports = std::array<Port, N>;
 
 const char* type_name(ONNXTensorElementDataType t) {
   switch (t) {
@@ -82,228 +71,250 @@ const char* type_name(ONNXTensorElementDataType t) {
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT64: return "uint64";
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_BOOL: return "bool";
     case ONNX_TENSOR_ELEMENT_DATA_TYPE_STRING: return "string";
+    case ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED: return "int32 or int64";
     default: return "another type";
   }
 }
 
-struct InputTensor {
+// ---------------------------------------------------------------------------------------------
+// Inputs and outputs of one Compute call
+
+// An input tensor as the kernels see it. The data of an empty tensor may be null.
+struct Tensor {
   bort::Shape shape;
-  ONNXTensorElementDataType type = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-  const void* data = nullptr;
+  ONNXTensorElementDataType type;
+  const void* data;
+
+  template <typename T>
+  const T* as() const {
+    return static_cast<const T*>(data);
+  }
+  bool is_int64() const { return type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64; }
 };
 
-// Returns nullopt for an absent optional input (empty name in the node, or fewer inputs given).
-std::optional<InputTensor> get_input(OrtKernelContext* ctx, size_t index, const char* op, const char* name) {
-  size_t count = 0;
-  Ort::ThrowOnError(api().KernelContext_GetInputCount(ctx, &count));
-  if (index >= count) return std::nullopt;
-  const OrtValue* value = nullptr;
-  Ort::ThrowOnError(api().KernelContext_GetInput(ctx, index, &value));
-  if (value == nullptr) return std::nullopt;
-  int is_tensor = 0;
-  Ort::ThrowOnError(api().IsTensor(value, &is_tensor));
-  if (!is_tensor) throw std::invalid_argument(std::string(op) + ": input '" + name + "' must be a tensor");
-  OrtTensorTypeAndShapeInfo* info = nullptr;
-  Ort::ThrowOnError(api().GetTensorTypeAndShape(value, &info));
-  std::unique_ptr<OrtTensorTypeAndShapeInfo, void (*)(OrtTensorTypeAndShapeInfo*)> guard(
-      info, [](OrtTensorTypeAndShapeInfo* p) { Ort::GetApi().ReleaseTensorTypeAndShapeInfo(p); });
-  InputTensor t;
-  Ort::ThrowOnError(api().GetTensorElementType(info, &t.type));
-  size_t rank = 0;
-  Ort::ThrowOnError(api().GetDimensionsCount(info, &rank));
-  t.shape.resize(rank);
-  Ort::ThrowOnError(api().GetDimensions(info, t.shape.data(), rank));
-  for (int64_t d : t.shape)
-    if (d < 0) throw std::invalid_argument(std::string(op) + ": input '" + name + "' has a negative dimension");
-  // API 21 has no const accessor; the data is only read.
-  void* data = nullptr;
-  Ort::ThrowOnError(api().GetTensorMutableData(const_cast<OrtValue*>(value), &data));
-  t.data = data;
-  return t;
-}
-
-InputTensor require_input(OrtKernelContext* ctx, size_t index, const char* op, const char* name) {
-  auto t = get_input(ctx, index, op, name);
-  if (!t) throw std::invalid_argument(std::string(op) + ": required input '" + name + "' is missing");
-  return *t;
-}
-
-void require_float(const std::optional<InputTensor>& t, const char* op, const char* name) {
-  if (t && t->type != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
-    throw std::invalid_argument(std::string(op) + ": input '" + name + "' must be float32, got " + type_name(t->type));
-}
-
-void require_type(const InputTensor& t, ONNXTensorElementDataType type, const char* op, const char* name) {
-  if (t.type != type)
-    throw std::invalid_argument(std::string(op) + ": input '" + name + "' must be " + type_name(type) + ", got " +
-                                type_name(t.type));
-}
-
-void require_int(const std::optional<InputTensor>& t, const char* op, const char* name) {
-  if (t && t->type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32 && t->type != ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64)
-    throw std::invalid_argument(std::string(op) + ": input '" + name + "' must be int32 or int64, got " +
-                                type_name(t->type));
-}
-
-void* allocate_output(OrtKernelContext* ctx, size_t index, const bort::Shape& shape) {
-  OrtValue* out = nullptr;
-  Ort::ThrowOnError(api().KernelContext_GetOutput(ctx, index, shape.data(), shape.size(), &out));
-  // onnxruntime hands out no value for an optional output the node leaves out (empty name).
-  if (out == nullptr) throw std::invalid_argument("output " + std::to_string(index) + " is not part of the node");
-  void* data = nullptr;
-  Ort::ThrowOnError(api().GetTensorMutableData(out, &data));
-  return data;
-}
-
-float* allocate_output(OrtKernelContext* ctx, const bort::Shape& shape) {
-  return static_cast<float*>(allocate_output(ctx, 0, shape));
-}
+// Optional inputs are `const Tensor*`, null when absent.
+const bort::Shape* shape_of(const Tensor* t) { return t ? &t->shape : nullptr; }
+const float* floats(const Tensor* t) { return t ? t->as<float>() : nullptr; }
 
 // An int32 or int64 tensor of `count` elements as int64 (the caller checked the shape).
-std::vector<int64_t> to_int64(const InputTensor& t, size_t count) {
+std::vector<int64_t> to_int64(const Tensor& t, size_t count) {
   std::vector<int64_t> out(count);
-  for (size_t i = 0; i < count; ++i)
-    out[i] = t.type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64 ? static_cast<const int64_t*>(t.data)[i]
-                                                           : static_cast<const int32_t*>(t.data)[i];
+  for (size_t i = 0; i < count; ++i) out[i] = t.is_int64() ? t.as<int64_t>()[i] : t.as<int32_t>()[i];
   return out;
 }
 
-const float* float_data(const std::optional<InputTensor>& t) {
-  return t ? static_cast<const float*>(t->data) : nullptr;
-}
-const bort::Shape* shape_ptr(const std::optional<InputTensor>& t) { return t ? &t->shape : nullptr; }
+// Runs kernel tasks on the session's intra-op thread pool (serially when it has one thread).
+class OrtParallelFor final : public bort::ParallelFor {
+ public:
+  explicit OrtParallelFor(const Ort::KernelContext& ctx) : ctx_(ctx) {}
 
-OrtStatus* to_status(const std::exception& e) { return api().CreateStatus(ORT_INVALID_ARGUMENT, e.what()); }
-
-// The type of attribute `name` when the node has it under a type other than the one asked for, else nullopt.
-// onnxruntime's getters fail alike for an absent attribute and one of another type; the other getters tell
-// them apart (and name the type for the message). `message` is the failed getter's error.
-std::optional<std::string> other_attribute_type(const OrtKernelInfo* info, const char* name,
-                                                const std::string& message) {
-  const Ort::ConstKernelInfo k{info};
-  const auto holds = [](auto get) {
-    try {
-      return get();
-    } catch (const Ort::Exception&) {
-      return false;
+  void run(size_t num_tasks, bort::TaskRef task) const override {
+    if (num_tasks <= 1) {
+      if (num_tasks == 1) task(0);
+      return;
     }
-  };
-  if (holds([&] { return (k.GetAttribute<int64_t>(name), true); })) return "int";
-  if (holds([&] { return (k.GetAttribute<float>(name), true); })) return "float";
-  if (holds([&] { return (k.GetAttribute<std::string>(name), true); })) return "string";
-  // The list getters answer an empty list for an attribute of another type: only a non-empty list counts.
-  if (holds([&] { return !k.GetAttributes<int64_t>(name).empty(); })) return "ints";
-  if (holds([&] { return !k.GetAttributes<float>(name).empty(); })) return "floats";
-  if (holds([&] { return (k.GetTensorAttribute(name, Ort::AllocatorWithDefaultOptions()), true); })) return "tensor";
-  // A type no getter reads (strings, graphs, ...): onnxruntime's message still says the type is wrong.
-  if (message.find("type don't match") != std::string::npos) return "another type";
-  return std::nullopt;
-}
+    struct Call {
+      bort::TaskRef task;
+      std::mutex mutex;
+      std::exception_ptr error;
+    } call{task, {}, {}};
+    auto trampoline = [](void* user, size_t i) {
+      auto* c = static_cast<Call*>(user);
+      try {
+        c->task(i);
+      } catch (...) {  // exceptions must not unwind through onnxruntime's thread pool
+        std::lock_guard<std::mutex> lock(c->mutex);
+        if (!c->error) c->error = std::current_exception();
+      }
+    };
+    ctx_.ParallelFor(trampoline, num_tasks, 0, &call);
+    if (call.error) std::rethrow_exception(call.error);
+  }
+  // The pool size is not visible through the API; it only steers task granularity.
+  size_t concurrency() const override { return bort::hardware_threads(); }
 
-// An attribute the node may leave out: nullopt when absent; present with another type is an error naming the op.
-template <typename T>
-std::optional<T> optional_attribute(const OrtKernelInfo* info, const char* op, const char* name, const char* type) {
-  try {
-    return Ort::ConstKernelInfo{info}.GetAttribute<T>(name);
-  } catch (const Ort::Exception& e) {
-    if (auto other = other_attribute_type(info, name, e.what()))
-      throw std::invalid_argument(std::string(op) + ": attribute '" + name + "' must be " + type + ", got " + *other);
+ private:
+  const Ort::KernelContext& ctx_;
+};
+
+// One Compute call: the node's inputs, each checked against the op's table (present if required, a tensor, of the
+// table's element type, no negative dimension), the outputs and the thread pool.
+class Io {
+ public:
+  template <size_t N>
+  Io(OrtKernelContext* ctx, const char* op, const Ports<N>& inputs) : ctx_(ctx), op_(op), pool_(ctx_) {
+    const size_t given = ctx_.GetInputCount();
+    inputs_.resize(N);
+    for (size_t i = 0; i < N; ++i) {
+      if (i < given) inputs_[i] = fetch(ctx_.GetInput(i), inputs[i]);
+      if (inputs[i].required && !inputs_[i])
+        fail(op_, std::string("required input '") + inputs[i].name + "' is missing");
+    }
+  }
+
+  const Tensor& in(size_t i) const { return *inputs_[i]; }  // a required input
+  const Tensor* optional(size_t i) const { return inputs_[i] ? &*inputs_[i] : nullptr; }
+
+  template <typename T>
+  T* out(size_t i, const bort::Shape& shape) const {
+    Ort::UnownedValue value = ctx_.GetOutput(i, shape);
+    // onnxruntime hands out no value for an optional output the node leaves out (empty name).
+    if (value == nullptr) fail(op_, "output " + std::to_string(i) + " is not part of the node");
+    return static_cast<T*>(value.GetTensorMutableRawData());
+  }
+
+  const bort::ParallelFor& pool() const { return pool_; }
+
+ private:
+  std::optional<Tensor> fetch(Ort::ConstValue value, const Port& port) const {
+    if (value == nullptr) return std::nullopt;  // an optional input the node leaves out
+    if (!value.IsTensor()) fail(op_, std::string("input '") + port.name + "' must be a tensor");
+    const auto info = value.GetTensorTypeAndShapeInfo();
+    Tensor t{info.GetShape(), info.GetElementType(), nullptr};
+    const bool type_ok = port.type == kAnyInt ? t.type == kInt32 || t.is_int64() : t.type == port.type;
+    if (!type_ok)
+      fail(op_,
+           std::string("input '") + port.name + "' must be " + type_name(port.type) + ", got " + type_name(t.type));
+    for (int64_t d : t.shape)
+      if (d < 0) fail(op_, std::string("input '") + port.name + "' has a negative dimension");
+    t.data = value.GetTensorRawData();
+    return t;
+  }
+
+  Ort::KernelContext ctx_;
+  const char* op_;
+  OrtParallelFor pool_;
+  std::vector<std::optional<Tensor>> inputs_;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Attributes, read when the session creates a kernel
+
+class Attributes {
+ public:
+  Attributes(const OrtKernelInfo* info, const char* op) : info_(info), op_(op) {}
+
+  std::optional<float> optional_float(const char* name) const { return get<float>(name, "a float"); }
+  std::optional<int64_t> optional_int(const char* name) const { return get<int64_t>(name, "an int"); }
+  std::optional<std::string> optional_string(const char* name) const { return get<std::string>(name, "a string"); }
+
+  int64_t required_int(const char* name) const {
+    auto v = optional_int(name);
+    if (!v) fail(op_, std::string("integer attribute '") + name + "' is required");
+    return *v;
+  }
+
+  // Whether the node names output `index` (an optional output left out has an empty name, or is past the end).
+  bool has_output(size_t index) const { return index < info_.GetOutputCount() && !info_.GetOutputName(index).empty(); }
+
+  const char* op() const { return op_; }
+
+ private:
+  // nullopt when absent; present with another type is an error naming the op, the attribute and both types.
+  template <typename T>
+  std::optional<T> get(const char* name, const char* wanted) const {
+    try {
+      return info_.GetAttribute<T>(name);
+    } catch (const Ort::Exception& e) {
+      if (auto other = other_type(name, e.what()))
+        fail(op_, std::string("attribute '") + name + "' must be " + wanted + ", got " + *other);
+      return std::nullopt;
+    }
+  }
+
+  // onnxruntime's getters fail alike for an absent attribute and one of another type; the other getters tell
+  // them apart (and name the type). `message` is the failed getter's error.
+  std::optional<std::string> other_type(const char* name, const std::string& message) const {
+    const auto holds = [](auto get) {
+      try {
+        return get();
+      } catch (const Ort::Exception&) {
+        return false;
+      }
+    };
+    if (holds([&] { return (info_.GetAttribute<int64_t>(name), true); })) return "int";
+    if (holds([&] { return (info_.GetAttribute<float>(name), true); })) return "float";
+    if (holds([&] { return (info_.GetAttribute<std::string>(name), true); })) return "string";
+    // The list getters answer an empty list for an attribute of another type: only a non-empty list counts.
+    if (holds([&] { return !info_.GetAttributes<int64_t>(name).empty(); })) return "ints";
+    if (holds([&] { return !info_.GetAttributes<float>(name).empty(); })) return "floats";
+    if (holds([&] { return (info_.GetTensorAttribute(name, Ort::AllocatorWithDefaultOptions()), true); }))
+      return "tensor";
+    // A type no getter reads (strings, graphs, ...): onnxruntime's message still says the type is wrong.
+    if (message.find("type don't match") != std::string::npos) return "another type";
     return std::nullopt;
   }
-}
 
-std::optional<float> float_attribute(const OrtKernelInfo* info, const char* op, const char* name) {
-  return optional_attribute<float>(info, op, name, "a float");
-}
-std::optional<int64_t> int_attribute(const OrtKernelInfo* info, const char* op, const char* name) {
-  return optional_attribute<int64_t>(info, op, name, "an int");
-}
-std::optional<std::string> string_attribute(const OrtKernelInfo* info, const char* op, const char* name) {
-  return optional_attribute<std::string>(info, op, name, "a string");
-}
+  Ort::ConstKernelInfo info_;
+  const char* op_;
+};
 
-// Whether the node names output `index` (an optional output left out has an empty name, or is past the end).
-bool has_output(const OrtKernelInfo* info, size_t index) {
-  size_t count = 0;
-  Ort::ThrowOnError(api().KernelInfo_GetOutputCount(info, &count));
-  if (index >= count) return false;
-  size_t size = 0;  // the name's length including its terminating NUL
-  Ort::ThrowOnError(api().KernelInfo_GetOutputName(info, index, nullptr, &size));
-  return size > 1;
-}
-
-float checked_epsilon(const OrtKernelInfo* info, const char* op) {
-  const float eps = float_attribute(info, op, "epsilon").value_or(1e-12f);
+float checked_epsilon(const Attributes& a) {
+  const float eps = a.optional_float("epsilon").value_or(1e-12f);
   if (!std::isfinite(eps) || eps < 0.0f)
-    throw std::invalid_argument(std::string(op) + ": attribute 'epsilon' must be finite and >= 0, got " +
-                                std::to_string(eps));
+    fail(a.op(), "attribute 'epsilon' must be finite and >= 0, got " + std::to_string(eps));
   return eps;
 }
 
-int64_t required_num_heads(const OrtKernelInfo* info, const char* op) {
-  auto heads = int_attribute(info, op, "num_heads");
-  if (!heads) throw std::invalid_argument(std::string(op) + ": integer attribute 'num_heads' is required");
-  if (*heads <= 0)
-    throw std::invalid_argument(std::string(op) + ": num_heads must be positive, got " + std::to_string(*heads));
-  return *heads;
+int64_t checked_num_heads(const Attributes& a) {
+  const int64_t heads = a.required_int("num_heads");
+  if (heads <= 0) fail(a.op(), "num_heads must be positive, got " + std::to_string(heads));
+  return heads;
 }
 
-std::optional<float> checked_scale(const OrtKernelInfo* info, const char* op) {
-  auto scale = float_attribute(info, op, "scale");
-  if (scale && !std::isfinite(*scale))
-    throw std::invalid_argument(std::string(op) + ": attribute 'scale' must be finite");
+std::optional<float> checked_scale(const Attributes& a) {
+  auto scale = a.optional_float("scale");
+  if (scale && !std::isfinite(*scale)) fail(a.op(), "attribute 'scale' must be finite");
   return scale;
 }
 
 // ---------------------------------------------------------------------------------------------
+// Kernels: the table, the attributes, Compute.
 
-struct FusedAttentionKernel {
+struct FusedAttention {
+  static constexpr const char* kName = "FusedAttention";
+  static constexpr Ports<3> kInputs{
+      {{"qkv", kRequired, kFloat}, {"bias", kOptional, kFloat}, {"mask", kOptional, kAnyInt}}};
+  static constexpr Ports<1> kOutputs{{{"out", kRequired, kFloat}}};
   int64_t num_heads;
   std::optional<float> scale;
 
-  OrtStatus* ComputeV2(OrtKernelContext* ctx) try {
-    const char* op = "FusedAttention";
-    const InputTensor qkv = require_input(ctx, 0, op, "qkv");
-    const auto bias = get_input(ctx, 1, op, "bias");
-    const auto mask = get_input(ctx, 2, op, "mask");
-    require_float(qkv, op, "qkv");
-    require_float(bias, op, "bias");
-    require_int(mask, op, "mask");
+  explicit FusedAttention(const Attributes& a) : num_heads(checked_num_heads(a)), scale(checked_scale(a)) {}
+
+  void Compute(const Io& io) const {
+    const Tensor& qkv = io.in(0);
+    const Tensor *bias = io.optional(1), *mask = io.optional(2);
     const bort::AttentionDims dims =
-        bort::check_attention(qkv.shape, shape_ptr(bias), shape_ptr(mask), num_heads, scale ? &*scale : nullptr);
+        bort::check_attention(qkv.shape, shape_of(bias), shape_of(mask), num_heads, scale ? &*scale : nullptr);
     bort::AttentionMask m;
     m.kind = dims.mask_kind;
     if (mask) {
       m.data = mask->data;
-      m.is_int64 = mask->type == ONNX_TENSOR_ELEMENT_DATA_TYPE_INT64;
+      m.is_int64 = mask->is_int64();
     }
-    float* out = allocate_output(ctx, {dims.batch, dims.seq, dims.shape.hidden()});
-    bort::attention_padded(static_cast<const float*>(qkv.data), float_data(bias), m, out, dims.batch, dims.seq,
-                           dims.shape, OrtParallelFor(ctx));
-    return nullptr;
-  } catch (const std::exception& e) {
-    return to_status(e);
+    float* out = io.out<float>(0, {dims.batch, dims.seq, dims.shape.hidden()});
+    bort::attention_padded(qkv.as<float>(), floats(bias), m, out, dims.batch, dims.seq, dims.shape, io.pool());
   }
 };
 
-struct PackedAttentionKernel {
+struct PackedAttention {
+  static constexpr const char* kName = "PackedAttention";
+  static constexpr Ports<5> kInputs{{{"qkv", kRequired, kFloat},
+                                     {"bias", kOptional, kFloat},
+                                     {"cu_seqlens", kRequired, kAnyInt},
+                                     {"query_rows", kOptional, kAnyInt},
+                                     {"query", kOptional, kFloat}}};
+  static constexpr Ports<1> kOutputs{{{"out", kRequired, kFloat}}};
   int64_t num_heads;
   std::optional<float> scale;
 
-  OrtStatus* ComputeV2(OrtKernelContext* ctx) try {
-    const char* op = "PackedAttention";
-    const InputTensor qkv = require_input(ctx, 0, op, "qkv");
-    const auto bias = get_input(ctx, 1, op, "bias");
-    const InputTensor cu = require_input(ctx, 2, op, "cu_seqlens");
-    const auto rows = get_input(ctx, 3, op, "query_rows");
-    const auto query = get_input(ctx, 4, op, "query");
-    require_float(qkv, op, "qkv");
-    require_float(bias, op, "bias");
-    require_int(cu, op, "cu_seqlens");
-    require_int(rows, op, "query_rows");
-    require_float(query, op, "query");
+  explicit PackedAttention(const Attributes& a) : num_heads(checked_num_heads(a)), scale(checked_scale(a)) {}
+
+  void Compute(const Io& io) const {
+    const Tensor &qkv = io.in(0), &cu = io.in(2);
+    const Tensor *bias = io.optional(1), *rows = io.optional(3), *query = io.optional(4);
     const bort::PackedAttentionDims dims = bort::check_packed_attention(
-        qkv.shape, shape_ptr(bias), cu.shape, shape_ptr(rows), shape_ptr(query), num_heads, scale ? &*scale : nullptr);
+        qkv.shape, shape_of(bias), cu.shape, shape_of(rows), shape_of(query), num_heads, scale ? &*scale : nullptr);
     const std::vector<int64_t> offsets = to_int64(cu, static_cast<size_t>(dims.num_seqs + 1));
     std::vector<int64_t> row_indices;
     bort::PackedQueries queries;
@@ -313,255 +324,206 @@ struct PackedAttentionKernel {
       queries.rows = row_indices.data();
       queries.count = dims.num_queries;
     }
-    queries.separate_values = query.has_value();
-    queries.values = float_data(query);
-    float* out = allocate_output(ctx, {dims.num_queries, dims.shape.hidden()});
-    bort::attention_packed(static_cast<const float*>(qkv.data), float_data(bias), offsets.data(), dims.num_seqs,
-                           queries, out, dims.tokens, dims.shape, OrtParallelFor(ctx));
-    return nullptr;
-  } catch (const std::exception& e) {
-    return to_status(e);
+    queries.separate_values = query != nullptr;
+    queries.values = floats(query);
+    float* out = io.out<float>(0, {dims.num_queries, dims.shape.hidden()});
+    bort::attention_packed(qkv.as<float>(), floats(bias), offsets.data(), dims.num_seqs, queries, out, dims.tokens,
+                           dims.shape, io.pool());
   }
 };
 
-struct BiasGeluKernel {
-  OrtStatus* ComputeV2(OrtKernelContext* ctx) try {
-    const char* op = "BiasGelu";
-    const InputTensor x = require_input(ctx, 0, op, "x");
-    const InputTensor bias = require_input(ctx, 1, op, "bias");
-    require_float(x, op, "x");
-    require_float(bias, op, "bias");
+struct BiasGelu {
+  static constexpr const char* kName = "BiasGelu";
+  static constexpr Ports<2> kInputs{{{"x", kRequired, kFloat}, {"bias", kRequired, kFloat}}};
+  static constexpr Ports<1> kOutputs{{{"out", kRequired, kFloat}}};
+
+  explicit BiasGelu(const Attributes&) {}
+
+  void Compute(const Io& io) const {
+    const Tensor &x = io.in(0), &bias = io.in(1);
     const bort::RowsDims dims = bort::check_bias_gelu(x.shape, bias.shape);
-    float* out = allocate_output(ctx, x.shape);
-    bort::bias_gelu(static_cast<const float*>(x.data), static_cast<const float*>(bias.data), out, dims.rows, dims.width,
-                    OrtParallelFor(ctx));
-    return nullptr;
-  } catch (const std::exception& e) {
-    return to_status(e);
+    float* out = io.out<float>(0, x.shape);
+    bort::bias_gelu(x.as<float>(), bias.as<float>(), out, dims.rows, dims.width, io.pool());
   }
 };
 
-struct SkipLayerNormKernel {
+struct SkipLayerNorm {
+  static constexpr const char* kName = "SkipLayerNorm";
+  static constexpr Ports<6> kInputs{{{"x", kRequired, kFloat},
+                                     {"skip", kRequired, kFloat},
+                                     {"gamma", kRequired, kFloat},
+                                     {"beta", kOptional, kFloat},
+                                     {"bias", kOptional, kFloat},
+                                     {"skip_scale", kOptional, kFloat}}};
+  static constexpr Ports<1> kOutputs{{{"out", kRequired, kFloat}}};
   float epsilon;
 
-  OrtStatus* ComputeV2(OrtKernelContext* ctx) try {
-    const char* op = "SkipLayerNorm";
-    const InputTensor x = require_input(ctx, 0, op, "x");
-    const InputTensor skip = require_input(ctx, 1, op, "skip");
-    const InputTensor gamma = require_input(ctx, 2, op, "gamma");
-    const auto beta = get_input(ctx, 3, op, "beta");
-    const auto bias = get_input(ctx, 4, op, "bias");
-    const auto skip_scale = get_input(ctx, 5, op, "skip_scale");
-    require_float(x, op, "x");
-    require_float(skip, op, "skip");
-    require_float(gamma, op, "gamma");
-    require_float(beta, op, "beta");
-    require_float(bias, op, "bias");
-    require_float(skip_scale, op, "skip_scale");
-    const bort::RowsDims dims = bort::check_skip_layernorm(x.shape, skip.shape, gamma.shape, shape_ptr(beta),
-                                                           shape_ptr(bias), shape_ptr(skip_scale), epsilon);
-    float* out = allocate_output(ctx, x.shape);
-    bort::skip_layernorm(static_cast<const float*>(x.data), static_cast<const float*>(skip.data),
-                         static_cast<const float*>(gamma.data), float_data(beta), float_data(bias),
-                         float_data(skip_scale), out, dims.rows, dims.width, epsilon, OrtParallelFor(ctx));
-    return nullptr;
-  } catch (const std::exception& e) {
-    return to_status(e);
+  explicit SkipLayerNorm(const Attributes& a) : epsilon(checked_epsilon(a)) {}
+
+  void Compute(const Io& io) const {
+    const Tensor &x = io.in(0), &skip = io.in(1), &gamma = io.in(2);
+    const Tensor *beta = io.optional(3), *bias = io.optional(4), *skip_scale = io.optional(5);
+    const bort::RowsDims dims = bort::check_skip_layernorm(x.shape, skip.shape, gamma.shape, shape_of(beta),
+                                                           shape_of(bias), shape_of(skip_scale), epsilon);
+    float* out = io.out<float>(0, x.shape);
+    bort::skip_layernorm(x.as<float>(), skip.as<float>(), gamma.as<float>(), floats(beta), floats(bias),
+                         floats(skip_scale), out, dims.rows, dims.width, epsilon, io.pool());
   }
 };
 
-struct QuantizeRowsKernel {
-  OrtStatus* ComputeV2(OrtKernelContext* ctx) try {
-    const char* op = "QuantizeRows";
-    const InputTensor x = require_input(ctx, 0, op, "x");
-    require_float(x, op, "x");
+struct QuantizeRows {
+  static constexpr const char* kName = "QuantizeRows";
+  static constexpr Ports<1> kInputs{{{"x", kRequired, kFloat}}};
+  static constexpr Ports<3> kOutputs{
+      {{"q", kRequired, kUint8}, {"scale", kRequired, kFloat}, {"zero_point", kRequired, kUint8}}};
+
+  explicit QuantizeRows(const Attributes&) {}
+
+  void Compute(const Io& io) const {
+    const Tensor& x = io.in(0);
     const bort::RowsDims dims = bort::check_quantize_rows(x.shape);
     const bort::Shape leading(x.shape.begin(), x.shape.end() - 1);
-    auto* q = static_cast<uint8_t*>(allocate_output(ctx, 0, x.shape));
-    auto* scale = static_cast<float*>(allocate_output(ctx, 1, leading));
-    auto* zero_point = static_cast<uint8_t*>(allocate_output(ctx, 2, leading));
-    bort::quantize_rows(static_cast<const float*>(x.data), q, scale, zero_point, dims.rows, dims.width,
-                        OrtParallelFor(ctx));
-    return nullptr;
-  } catch (const std::exception& e) {
-    return to_status(e);
+    auto* q = io.out<uint8_t>(0, x.shape);
+    auto* scale = io.out<float>(1, leading);
+    auto* zero_point = io.out<uint8_t>(2, leading);
+    bort::quantize_rows(x.as<float>(), q, scale, zero_point, dims.rows, dims.width, io.pool());
   }
 };
 
-struct DequantizeRowsKernel {
+struct DequantizeRows {
+  static constexpr const char* kName = "DequantizeRows";
+  // acc, row_scale, row_zero_point, weight_scale, weight_colsum, bias, then the skip + LayerNorm epilogue's skip,
+  // gamma, beta, skip_scale.
+  static constexpr Ports<10> kInputs{{{"acc", kRequired, kInt32},
+                                      {"row_scale", kRequired, kFloat},
+                                      {"row_zero_point", kRequired, kUint8},
+                                      {"weight_scale", kRequired, kFloat},
+                                      {"weight_colsum", kRequired, kInt32},
+                                      {"bias", kOptional, kFloat},
+                                      {"skip", kOptional, kFloat},
+                                      {"gamma", kOptional, kFloat},
+                                      {"beta", kOptional, kFloat},
+                                      {"skip_scale", kOptional, kFloat}}};
+  // y, then the requantized y_quantized, y_scale, y_zero_point; which of them the node names is checked when the
+  // kernel is created.
+  static constexpr Ports<4> kOutputs{{{"y", kOptional, kFloat},
+                                      {"y_quantized", kOptional, kUint8},
+                                      {"y_scale", kOptional, kFloat},
+                                      {"y_zero_point", kOptional, kUint8}}};
   bort::Activation activation;
   float epsilon;
   bool output_y;            // output 0
   bool output_requantized;  // outputs 1-3
 
-  OrtStatus* ComputeV2(OrtKernelContext* ctx) try {
-    const char* op = "DequantizeRows";
-    const InputTensor acc = require_input(ctx, 0, op, "acc");
-    const InputTensor row_scale = require_input(ctx, 1, op, "row_scale");
-    const InputTensor row_zero_point = require_input(ctx, 2, op, "row_zero_point");
-    const InputTensor weight_scale = require_input(ctx, 3, op, "weight_scale");
-    const InputTensor weight_colsum = require_input(ctx, 4, op, "weight_colsum");
-    const auto bias = get_input(ctx, 5, op, "bias");
-    const auto skip = get_input(ctx, 6, op, "skip");
-    const auto gamma = get_input(ctx, 7, op, "gamma");
-    const auto beta = get_input(ctx, 8, op, "beta");
-    const auto skip_scale = get_input(ctx, 9, op, "skip_scale");
-    require_type(acc, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, op, "acc");
-    require_float(row_scale, op, "row_scale");
-    require_type(row_zero_point, ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8, op, "row_zero_point");
-    require_float(weight_scale, op, "weight_scale");
-    require_type(weight_colsum, ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32, op, "weight_colsum");
-    require_float(bias, op, "bias");
-    require_float(skip, op, "skip");
-    require_float(gamma, op, "gamma");
-    require_float(beta, op, "beta");
-    require_float(skip_scale, op, "skip_scale");
+  explicit DequantizeRows(const Attributes& a)
+      : activation(checked_activation(a)),
+        epsilon(checked_epsilon(a)),
+        output_y(a.has_output(0)),
+        output_requantized(a.has_output(1)) {
+    bort::check_dequantize_rows_outputs(output_y, output_requantized, a.has_output(2), a.has_output(3));
+  }
+
+  static bort::Activation checked_activation(const Attributes& a) {
+    const std::string act = a.optional_string("activation").value_or("none");
+    if (act != "none" && act != "gelu")
+      fail(a.op(), "attribute 'activation' must be 'none' or 'gelu', got '" + act + "'");
+    return act == "gelu" ? bort::Activation::kGelu : bort::Activation::kNone;
+  }
+
+  void Compute(const Io& io) const {
+    const Tensor &acc = io.in(0), &row_scale = io.in(1), &row_zero_point = io.in(2), &weight_scale = io.in(3),
+                 &weight_colsum = io.in(4);
+    const Tensor *bias = io.optional(5), *skip = io.optional(6), *gamma = io.optional(7), *beta = io.optional(8),
+                 *skip_scale = io.optional(9);
     const bort::RowsDims dims = bort::check_dequantize_rows(
-        acc.shape, row_scale.shape, row_zero_point.shape, weight_scale.shape, weight_colsum.shape, shape_ptr(bias),
-        shape_ptr(skip), shape_ptr(gamma), shape_ptr(beta), shape_ptr(skip_scale), activation, epsilon);
+        acc.shape, row_scale.shape, row_zero_point.shape, weight_scale.shape, weight_colsum.shape, shape_of(bias),
+        shape_of(skip), shape_of(gamma), shape_of(beta), shape_of(skip_scale), activation, epsilon);
     bort::SkipLayerNormEpilogue norm;
-    norm.skip = float_data(skip);
-    norm.gamma = float_data(gamma);
-    norm.beta = float_data(beta);
-    norm.skip_scale = float_data(skip_scale);
+    norm.skip = floats(skip);
+    norm.gamma = floats(gamma);
+    norm.beta = floats(beta);
+    norm.skip_scale = floats(skip_scale);
     norm.epsilon = epsilon;
-    float* y = output_y ? static_cast<float*>(allocate_output(ctx, 0, acc.shape)) : nullptr;
+    float* y = output_y ? io.out<float>(0, acc.shape) : nullptr;
     bort::RequantizedRows requantized;
     if (output_requantized) {
       const bort::Shape leading(acc.shape.begin(), acc.shape.end() - 1);
-      requantized.q = static_cast<uint8_t*>(allocate_output(ctx, 1, acc.shape));
-      requantized.scale = static_cast<float*>(allocate_output(ctx, 2, leading));
-      requantized.zero_point = static_cast<uint8_t*>(allocate_output(ctx, 3, leading));
+      requantized.q = io.out<uint8_t>(1, acc.shape);
+      requantized.scale = io.out<float>(2, leading);
+      requantized.zero_point = io.out<uint8_t>(3, leading);
     }
-    bort::dequantize_rows(static_cast<const int32_t*>(acc.data), static_cast<const float*>(row_scale.data),
-                          static_cast<const uint8_t*>(row_zero_point.data),
-                          static_cast<const float*>(weight_scale.data), static_cast<const int32_t*>(weight_colsum.data),
-                          float_data(bias), activation, norm, y, requantized, dims.rows, dims.width,
-                          OrtParallelFor(ctx));
-    return nullptr;
-  } catch (const std::exception& e) {
-    return to_status(e);
+    bort::dequantize_rows(acc.as<int32_t>(), row_scale.as<float>(), row_zero_point.as<uint8_t>(),
+                          weight_scale.as<float>(), weight_colsum.as<int32_t>(), floats(bias), activation, norm, y,
+                          requantized, dims.rows, dims.width, io.pool());
   }
 };
 
 // ---------------------------------------------------------------------------------------------
-// Op descriptions. `kInputs` and `kOutputs` list (required?, element type) per input and output;
-// UNDEFINED accepts any type at graph level (int32 or int64 inputs, checked at run time).
+// The OrtCustomOp of a kernel struct.
 
-struct InputSpec {
-  bool required;
-  ONNXTensorElementDataType type;
+// An error as an onnxruntime status whose message names the op (kernels' own messages may not).
+OrtStatus* to_status(const char* op, const std::exception& e, OrtErrorCode code = ORT_INVALID_ARGUMENT) {
+  std::string message = e.what();
+  const std::string prefix = std::string(op) + ": ";
+  if (message.compare(0, prefix.size(), prefix) != 0) message = prefix + message;
+  return Ort::GetApi().CreateStatus(code, message.c_str());
+}
+
+template <typename Kernel>
+struct Instance : Kernel {
+  using Kernel::Kernel;
+  OrtStatus* ComputeV2(OrtKernelContext* ctx) const {
+    try {
+      this->Compute(Io(ctx, Kernel::kName, Kernel::kInputs));
+      return nullptr;
+    } catch (const Ort::Exception& e) {
+      return to_status(Kernel::kName, e, e.GetOrtErrorCode());
+    } catch (const std::exception& e) {
+      return to_status(Kernel::kName, e);
+    }
+  }
 };
-using OutputSpec = InputSpec;
 
-constexpr auto kFloat = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
-constexpr auto kAnyInt = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;
-constexpr auto kUint8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
-constexpr auto kInt32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+OrtCustomOpInputOutputCharacteristic characteristic(const Port& p) {
+  return p.required ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+}
 
-template <typename Derived, typename Kernel>
-struct OpBase : Ort::CustomOpBase<Derived, Kernel, /*WithStatus=*/true> {
+template <typename Kernel>
+struct Op : Ort::CustomOpBase<Op<Kernel>, Instance<Kernel>, /*WithStatus=*/true> {
+  const char* GetName() const { return Kernel::kName; }
   const char* GetExecutionProviderType() const { return "CPUExecutionProvider"; }
-  size_t GetOutputTypeCount() const { return Derived::kOutputs.size(); }
-  ONNXTensorElementDataType GetOutputType(size_t i) const { return Derived::kOutputs[i].type; }
-  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {
-    return Derived::kOutputs[i].required ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
-  }
-  size_t GetInputTypeCount() const { return Derived::kInputs.size(); }
-  ONNXTensorElementDataType GetInputType(size_t i) const { return Derived::kInputs[i].type; }
+  size_t GetInputTypeCount() const { return Kernel::kInputs.size(); }
+  ONNXTensorElementDataType GetInputType(size_t i) const { return Kernel::kInputs[i].type; }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t i) const {
-    return Derived::kInputs[i].required ? INPUT_OUTPUT_REQUIRED : INPUT_OUTPUT_OPTIONAL;
+    return characteristic(Kernel::kInputs[i]);
+  }
+  size_t GetOutputTypeCount() const { return Kernel::kOutputs.size(); }
+  ONNXTensorElementDataType GetOutputType(size_t i) const { return Kernel::kOutputs[i].type; }
+  OrtCustomOpInputOutputCharacteristic GetOutputCharacteristic(size_t i) const {
+    return characteristic(Kernel::kOutputs[i]);
   }
 
-  OrtStatus* CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const try {
-    *kernel = static_cast<const Derived*>(this)->Make(info);
-    return nullptr;
-  } catch (const std::exception& e) {
-    return to_status(e);
-  }
-};
-
-constexpr std::array<OutputSpec, 1> kOneFloatOutput{{{true, kFloat}}};
-
-struct FusedAttentionOp : OpBase<FusedAttentionOp, FusedAttentionKernel> {
-  static constexpr std::array<InputSpec, 3> kInputs{{{true, kFloat}, {false, kFloat}, {false, kAnyInt}}};
-  static constexpr auto kOutputs = kOneFloatOutput;
-  const char* GetName() const { return "FusedAttention"; }
-  FusedAttentionKernel* Make(const OrtKernelInfo* info) const {
-    return new FusedAttentionKernel{required_num_heads(info, GetName()), checked_scale(info, GetName())};
+  OrtStatus* CreateKernelV2(const OrtApi&, const OrtKernelInfo* info, void** kernel) const {
+    try {
+      *kernel = new Instance<Kernel>(Attributes(info, Kernel::kName));
+      return nullptr;
+    } catch (const Ort::Exception& e) {
+      return to_status(Kernel::kName, e, e.GetOrtErrorCode());
+    } catch (const std::exception& e) {
+      return to_status(Kernel::kName, e);
+    }
   }
 };
 
-struct PackedAttentionOp : OpBase<PackedAttentionOp, PackedAttentionKernel> {
-  static constexpr std::array<InputSpec, 5> kInputs{
-      {{true, kFloat}, {false, kFloat}, {true, kAnyInt}, {false, kAnyInt}, {false, kFloat}}};
-  static constexpr auto kOutputs = kOneFloatOutput;
-  const char* GetName() const { return "PackedAttention"; }
-  PackedAttentionKernel* Make(const OrtKernelInfo* info) const {
-    return new PackedAttentionKernel{required_num_heads(info, GetName()), checked_scale(info, GetName())};
-  }
-};
-
-struct BiasGeluOp : OpBase<BiasGeluOp, BiasGeluKernel> {
-  static constexpr std::array<InputSpec, 2> kInputs{{{true, kFloat}, {true, kFloat}}};
-  static constexpr auto kOutputs = kOneFloatOutput;
-  const char* GetName() const { return "BiasGelu"; }
-  BiasGeluKernel* Make(const OrtKernelInfo*) const { return new BiasGeluKernel{}; }
-};
-
-struct SkipLayerNormOp : OpBase<SkipLayerNormOp, SkipLayerNormKernel> {
-  static constexpr std::array<InputSpec, 6> kInputs{
-      {{true, kFloat}, {true, kFloat}, {true, kFloat}, {false, kFloat}, {false, kFloat}, {false, kFloat}}};
-  static constexpr auto kOutputs = kOneFloatOutput;
-  const char* GetName() const { return "SkipLayerNorm"; }
-  SkipLayerNormKernel* Make(const OrtKernelInfo* info) const {
-    return new SkipLayerNormKernel{checked_epsilon(info, GetName())};
-  }
-};
-
-struct QuantizeRowsOp : OpBase<QuantizeRowsOp, QuantizeRowsKernel> {
-  static constexpr std::array<InputSpec, 1> kInputs{{{true, kFloat}}};
-  static constexpr std::array<OutputSpec, 3> kOutputs{{{true, kUint8}, {true, kFloat}, {true, kUint8}}};
-  const char* GetName() const { return "QuantizeRows"; }
-  QuantizeRowsKernel* Make(const OrtKernelInfo*) const { return new QuantizeRowsKernel{}; }
-};
-
-struct DequantizeRowsOp : OpBase<DequantizeRowsOp, DequantizeRowsKernel> {
-  // acc, row_scale, row_zero_point, weight_scale, weight_colsum, bias, then the skip + LayerNorm epilogue's
-  // skip, gamma, beta, skip_scale.
-  static constexpr std::array<InputSpec, 10> kInputs{{{true, kInt32},
-                                                      {true, kFloat},
-                                                      {true, kUint8},
-                                                      {true, kFloat},
-                                                      {true, kInt32},
-                                                      {false, kFloat},
-                                                      {false, kFloat},
-                                                      {false, kFloat},
-                                                      {false, kFloat},
-                                                      {false, kFloat}}};
-  // y, then the requantized y_quantized, y_scale, y_zero_point; which of them the node names is checked
-  // when the kernel is created.
-  static constexpr std::array<OutputSpec, 4> kOutputs{
-      {{false, kFloat}, {false, kUint8}, {false, kFloat}, {false, kUint8}}};
-  const char* GetName() const { return "DequantizeRows"; }
-  DequantizeRowsKernel* Make(const OrtKernelInfo* info) const {
-    const std::string act = string_attribute(info, GetName(), "activation").value_or("none");
-    if (act != "none" && act != "gelu")
-      throw std::invalid_argument("DequantizeRows: attribute 'activation' must be 'none' or 'gelu', got '" + act + "'");
-    const bool y = has_output(info, 0), y_quantized = has_output(info, 1);
-    bort::check_dequantize_rows_outputs(y, y_quantized, has_output(info, 2), has_output(info, 3));
-    return new DequantizeRowsKernel{act == "gelu" ? bort::Activation::kGelu : bort::Activation::kNone,
-                                    checked_epsilon(info, GetName()), y, y_quantized};
-  }
-};
-
-// Op objects and domains must outlive every session that uses them: keep them for the process.
-FusedAttentionOp g_fused_attention;
-PackedAttentionOp g_packed_attention;
-BiasGeluOp g_bias_gelu;
-SkipLayerNormOp g_skip_layernorm;
-QuantizeRowsOp g_quantize_rows;
-DequantizeRowsOp g_dequantize_rows;
+// Op objects must outlive every session that uses them: they live for the process.
+Op<FusedAttention> g_fused_attention;
+Op<PackedAttention> g_packed_attention;
+Op<BiasGelu> g_bias_gelu;
+Op<SkipLayerNorm> g_skip_layernorm;
+Op<QuantizeRows> g_quantize_rows;
+Op<DequantizeRows> g_dequantize_rows;
+OrtCustomOp* const kOps[] = {&g_fused_attention, &g_packed_attention, &g_bias_gelu,
+                             &g_skip_layernorm,  &g_quantize_rows,    &g_dequantize_rows};
 
 }  // namespace
 
@@ -574,14 +536,14 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   }
   Ort::InitApi(ort);
   static std::mutex mutex;
-  static std::vector<OrtCustomOpDomain*> domains;  // one per registration; never released
   std::lock_guard<std::mutex> lock(mutex);
-  OrtCustomOpDomain* domain = nullptr;
-  if (OrtStatus* st = ort->CreateCustomOpDomain(kDomain, &domain)) return st;
-  domains.push_back(domain);
-  for (OrtCustomOp* op : std::initializer_list<OrtCustomOp*>{&g_fused_attention, &g_packed_attention, &g_bias_gelu,
-                                                             &g_skip_layernorm, &g_quantize_rows, &g_dequantize_rows}) {
-    if (OrtStatus* st = ort->CustomOpDomain_Add(domain, op)) return st;
+  try {
+    Ort::CustomOpDomain domain{kDomain};
+    for (OrtCustomOp* op : kOps) domain.Add(op);
+    Ort::UnownedSessionOptions{options}.Add(domain);
+    domain.release();  // one per registration, never released: it must outlive the sessions that use it
+    return nullptr;
+  } catch (const Ort::Exception& e) {
+    return ort->CreateStatus(e.GetOrtErrorCode(), e.what());
   }
-  return ort->AddCustomOpDomain(options, domain);
 }
