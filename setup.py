@@ -55,8 +55,9 @@ class BuildExt(build_ext):
         self.mkpath(os.path.dirname(ops_path))
         # Linked by hand, not with Python's LDSHARED: that would add the interpreter's library path as rpath.
         linker = getattr(self.compiler, "linker_so_cxx", None) or [self.compiler.compiler_cxx[0], "-shared"]
-        self.compiler.spawn([*linker, *objects, "-o", ops_path, f"-Wl,-soname,{OPS_LIBRARY}",
-                             f"-Wl,--version-script={VERSION_SCRIPT}", *ops_link_args])
+        run = getattr(self.compiler, "call", None) or self.compiler.spawn  # spawn: setuptools < 80
+        run([*linker, *objects, "-o", ops_path, f"-Wl,-soname,{OPS_LIBRARY}",
+             f"-Wl,--version-script={VERSION_SCRIPT}", *ops_link_args])
         c_ext.extra_objects = [*kernels, ops_path]
         self.force = True  # _C links against the new ops library
         super().build_extensions()
