@@ -1,6 +1,7 @@
 """Packaging and the two worlds: every package is found for the wheel, and the run-time modules (all but
-bort_infer.export, bort_infer.bench, bort_infer.cli.bench and the Ray integration) import no build-time
-library. The wheel itself is built and checked in a fresh venv by tools/check_wheel.py (a step of .ci/run)."""
+bort_infer.export, bort_infer.bench, bort_infer.cli.bench and the Ray integration; the server included)
+import no build-time library. The wheel itself is built and checked in a fresh venv by tools/check_wheel.py
+(a step of .ci/run)."""
 from __future__ import annotations
 
 import json
@@ -38,9 +39,31 @@ print(json.dumps({{"modules": names, "loaded": [m for m in ("torch", "transforme
     result = json.loads(proc.stdout)
     expected = {"bort_infer.session", "bort_infer.options", "bort_infer.textlines", "bort_infer.encode_file",
                 "bort_infer.pooling", "bort_infer.model_dir", "bort_infer.registry", "bort_infer.cli.main",
-                "bort_infer.cli.encode", "bort_infer.integrations"}
+                "bort_infer.cli.encode", "bort_infer.cli.serve", "bort_infer.integrations", "bort_infer.batching",
+                "bort_infer.serve", "bort_infer.serve.app", "bort_infer.serve.batcher", "bort_infer.serve.errors",
+                "bort_infer.serve.limits", "bort_infer.serve.metrics", "bort_infer.serve.options",
+                "bort_infer.serve.schemas", "bort_infer.serve.server"}
     assert expected <= set(result["modules"])
     assert result["loaded"] == []
+
+
+def test_serving_requests_loads_no_build_time_library(model):
+    # The server's whole request path (app, batching worker, tokenization, model) in a fresh process.
+    code = f"""
+import json, sys
+from starlette.testclient import TestClient
+from bort_infer import Session
+from bort_infer.serve import ServeOptions, create_app
+app = create_app(Session({str(model)!r}, threads=1), ServeOptions(model={str(model)!r}, model_name="m"))
+with TestClient(app) as client:
+    assert client.post("/v1/embeddings", json={{"input": ["a", "b"], "model": "m"}}).status_code == 200
+    assert client.post("/embed", json={{"inputs": "c"}}).status_code == 200
+    assert client.get("/metrics").status_code == 200
+print(json.dumps([m for m in ("torch", "transformers", "optimum", "onnx", "ray") if m in sys.modules]))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == []
 
 
 def test_the_known_models_are_read_from_the_checkout_or_the_installed_package():

@@ -1,7 +1,8 @@
-"""`bort-infer` command line: create-random, export, encode.
+"""`bort-infer` command line: create-random, export, encode, serve.
 
-Each subcommand imports its modules only when it runs: `encode` stays in the run-time world (no torch,
-transformers or onnx; Ray only with --ray), create-random and export load the build-time stack.
+Each subcommand imports its modules only when it runs: `encode` and `serve` stay in the run-time world (no
+torch, transformers or onnx; Ray only with --ray; the web stack only for serve), create-random and export
+load the build-time stack.
 """
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import sys
 
 from .. import __version__
 from ..registry import known_models
-from . import encode
+from . import encode, serve
 
 
 def _create_random(args: argparse.Namespace) -> int:
@@ -93,6 +94,14 @@ def build_parser() -> argparse.ArgumentParser:
                                    "are embedded on a Ray cluster into a directory of Parquet files.")
     encode.add_arguments(p)
     p.set_defaults(func=encode.run)
+
+    p = sub.add_parser("serve", help="serve a model over HTTP: OpenAI /v1/embeddings, TEI /embed, /metrics",
+                       description="Serve MODEL over HTTP with dynamic batching across requests: POST /v1/embeddings "
+                                   "(OpenAI), POST /embed (TEI), GET /v1/models, /health, /metrics (Prometheus). "
+                                   "Listens on 127.0.0.1 unless --host says otherwise; SIGTERM answers the requests "
+                                   "in flight, then exits 0.")
+    serve.add_arguments(p)
+    p.set_defaults(func=serve.run)
     return parser
 
 

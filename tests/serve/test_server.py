@@ -1,0 +1,75 @@
+"""`bort-infer serve` as a process: it listens on loopback unless told otherwise, and SIGTERM answers every
+request in flight, refuses new connections, and exits 0."""
+from __future__ import annotations
+
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+
+from .conftest import cosines
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _start(model, *args):
+    proc = subprocess.Popen([sys.executable, "-m", "bort_infer.cli.main", "serve", str(model), "--port", "0",
+                             "--threads", "1", *args], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    line = proc.stdout.readline()
+    match = re.search(r"on http://([\d.]+):(\d+) ", line)
+    assert match, (line, proc.stderr.read() if proc.poll() is not None else "")
+    return proc, match.group(1), int(match.group(2))
+
+
+def test_sigterm_answers_the_requests_in_flight_then_exits_0(model, session):
+    # A small token budget makes the queued work take many model calls, so SIGTERM lands while it runs.
+    proc, host, port = _start(model, "--max-batch-tokens", "32")
+    url = f"http://{host}:{port}"
+    try:
+        texts = [f"sentence number {i} about a man who rides a horse across the snow" for i in range(200)]
+        results = [None] * 6
+
+        def post(i):
+            results[i] = httpx.post(f"{url}/embed", json={"inputs": texts, "normalize": False}, timeout=60)
+        threads = [threading.Thread(target=post, args=(i,)) for i in range(len(results))]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + 20
+        while httpx.get(f"{url}/health").json()["queued_texts"] < 600:
+            assert time.monotonic() < deadline, "the requests never queued"
+            time.sleep(0.005)
+        proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(60)
+        assert proc.wait(60) == 0
+        _, err = proc.communicate()
+        assert "SIGTERM" in err
+        want = session.encode(texts, normalize=False)
+        for r in results:
+            assert r is not None and r.status_code == 200
+            assert cosines(np.array(r.json()), want).min() >= 0.99999
+        try:
+            httpx.get(f"{url}/health", timeout=2)
+            raise AssertionError("the stopped server still answers")
+        except httpx.ConnectError:
+            pass
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def test_it_listens_on_loopback_by_default(model):
+    proc, host, _ = _start(model)
+    try:
+        assert host == "127.0.0.1"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 0
