@@ -12,29 +12,30 @@
 namespace bort {
 namespace {
 
-void dequantize_rows_scalar(const int32_t* acc, const float* row_scale, const uint8_t* row_zero_point,
+void dequantize_rows_scalar(const int32_t* acc, int64_t acc_ld, const float* row_scale, const uint8_t* row_zero_point,
                             const float* weight_scale, const int32_t* weight_colsum, const float* bias, Activation act,
-                            float* y, int64_t rows, int64_t n) {
+                            float* y, int64_t y_ld, int64_t rows, int64_t n) {
   for (int64_t r = 0; r < rows; ++r) {
     const int64_t zp = row_zero_point[r];
     for (int64_t i = 0; i < n; ++i) {
       // Unsigned arithmetic wraps like the vector path's 32-bit lanes (signed overflow would be UB).
-      const uint32_t centred = static_cast<uint32_t>(acc[r * n + i]) -
+      const uint32_t centred = static_cast<uint32_t>(acc[r * acc_ld + i]) -
                                static_cast<uint32_t>(zp) * static_cast<uint32_t>(weight_colsum[i]);
       float v = static_cast<float>(static_cast<int32_t>(centred)) * (row_scale[r] * weight_scale[i]);
       if (bias) v += bias[i];
-      y[r * n + i] = act == Activation::kGelu ? gelu_exact(v) : v;
+      y[r * y_ld + i] = act == Activation::kGelu ? gelu_exact(v) : v;
     }
   }
 }
 
 template <Activation kAct>
-BORT_AVX2 void dequantize_rows_avx2(const int32_t* acc, const float* row_scale, const uint8_t* row_zero_point,
-                                    const float* weight_scale, const int32_t* weight_colsum, const float* bias,
-                                    float* y, int64_t rows, int64_t n) {
+BORT_AVX2 void dequantize_rows_avx2(const int32_t* acc, int64_t acc_ld, const float* row_scale,
+                                    const uint8_t* row_zero_point, const float* weight_scale,
+                                    const int32_t* weight_colsum, const float* bias, float* y, int64_t y_ld,
+                                    int64_t rows, int64_t n) {
   for (int64_t r = 0; r < rows; ++r) {
-    const int32_t* a = acc + r * n;
-    float* yr = y + r * n;
+    const int32_t* a = acc + r * acc_ld;
+    float* yr = y + r * y_ld;
     const __m256i zp = _mm256_set1_epi32(row_zero_point[r]);
     const __m256 rs = _mm256_set1_ps(row_scale[r]);
     int64_t i = 0;
@@ -51,8 +52,8 @@ BORT_AVX2 void dequantize_rows_avx2(const int32_t* acc, const float* row_scale, 
       // The tail through a padded buffer, so it uses the same GELU approximation as the body.
       alignas(32) float buf[8] = {0};
       for (int64_t k = i; k < n; ++k) {
-        const uint32_t centred = static_cast<uint32_t>(a[k]) - static_cast<uint32_t>(row_zero_point[r]) *
-                                                                   static_cast<uint32_t>(weight_colsum[k]);
+        const uint32_t centred = static_cast<uint32_t>(a[k]) -
+                                 static_cast<uint32_t>(row_zero_point[r]) * static_cast<uint32_t>(weight_colsum[k]);
         buf[k - i] = static_cast<float>(static_cast<int32_t>(centred)) * (row_scale[r] * weight_scale[k]) +
                      (bias ? bias[k] : 0.0f);
       }
@@ -62,16 +63,18 @@ BORT_AVX2 void dequantize_rows_avx2(const int32_t* acc, const float* row_scale, 
   }
 }
 
-// GELU variant only: it is bound by the erf arithmetic, which 16 lanes speed up; without an activation
-// the kernel streams memory and the AVX2 path is as fast. The tail goes through masked loads and stores.
-BORT_AVX512 void dequantize_rows_gelu_avx512(const int32_t* acc, const float* row_scale,
-                                             const uint8_t* row_zero_point, const float* weight_scale,
-                                             const int32_t* weight_colsum, const float* bias, float* y, int64_t rows,
-                                             int64_t n) {
+// The AVX2 path lane for lane on 16 lanes (the same operations in the same order; GELU's 16-lane form equals
+// its 8-lane form), with masked tails. Worth it for GELU (erf arithmetic) and for the fused linear op's
+// epilogue, which reads its int32 tile from L1.
+template <Activation kAct>
+BORT_AVX512 void dequantize_rows_avx512(const int32_t* acc, int64_t acc_ld, const float* row_scale,
+                                        const uint8_t* row_zero_point, const float* weight_scale,
+                                        const int32_t* weight_colsum, const float* bias, float* y, int64_t y_ld,
+                                        int64_t rows, int64_t n) {
   const __mmask16 tail = static_cast<__mmask16>((1u << (n % 16)) - 1);
   for (int64_t r = 0; r < rows; ++r) {
-    const int32_t* a = acc + r * n;
-    float* yr = y + r * n;
+    const int32_t* a = acc + r * acc_ld;
+    float* yr = y + r * y_ld;
     const __m512i zp = _mm512_set1_epi32(row_zero_point[r]);
     const __m512 rs = _mm512_set1_ps(row_scale[r]);
     for (int64_t i = 0; i < n; i += 16) {
@@ -80,28 +83,42 @@ BORT_AVX512 void dequantize_rows_gelu_avx512(const int32_t* acc, const float* ro
                                          _mm512_mullo_epi32(zp, _mm512_maskz_loadu_epi32(m, weight_colsum + i)));
       __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(rs, _mm512_maskz_loadu_ps(m, weight_scale + i)));
       if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + i));
-      _mm512_mask_storeu_ps(yr + i, m, simd::gelu_ps(v));
+      if (kAct == Activation::kGelu) v = simd::gelu_ps(v);
+      _mm512_mask_storeu_ps(yr + i, m, v);
     }
   }
 }
 
-// Rows [0, rows) on the calling thread with `isa`'s path.
-void dequantize_rows_serial(Isa isa, const int32_t* acc, const float* row_scale, const uint8_t* row_zero_point,
-                            const float* weight_scale, const int32_t* weight_colsum, const float* bias, Activation act,
-                            float* y, int64_t rows, int64_t n) {
-  if (isa >= Isa::kAvx512 && act == Activation::kGelu)
-    dequantize_rows_gelu_avx512(acc, row_scale, row_zero_point, weight_scale, weight_colsum, bias, y, rows, n);
-  else if (isa < Isa::kAvx2)
-    dequantize_rows_scalar(acc, row_scale, row_zero_point, weight_scale, weight_colsum, bias, act, y, rows, n);
-  else if (act == Activation::kGelu)
-    dequantize_rows_avx2<Activation::kGelu>(acc, row_scale, row_zero_point, weight_scale, weight_colsum, bias, y,
-                                            rows, n);
+}  // namespace
+
+void dequantize_block_serial(Isa isa, const int32_t* acc, int64_t acc_ld, const float* row_scale,
+                             const uint8_t* row_zero_point, const float* weight_scale, const int32_t* weight_colsum,
+                             const float* bias, Activation act, float* y, int64_t y_ld, int64_t rows, int64_t n) {
+  const bool gelu = act == Activation::kGelu;
+  if (isa >= Isa::kAvx512)
+    (gelu ? dequantize_rows_avx512<Activation::kGelu>
+          : dequantize_rows_avx512<Activation::kNone>)(acc, acc_ld, row_scale, row_zero_point, weight_scale,
+                                                       weight_colsum, bias, y, y_ld, rows, n);
+  else if (isa >= Isa::kAvx2)
+    (gelu ? dequantize_rows_avx2<Activation::kGelu>
+          : dequantize_rows_avx2<Activation::kNone>)(acc, acc_ld, row_scale, row_zero_point, weight_scale,
+                                                     weight_colsum, bias, y, y_ld, rows, n);
   else
-    dequantize_rows_avx2<Activation::kNone>(acc, row_scale, row_zero_point, weight_scale, weight_colsum, bias, y,
-                                            rows, n);
+    dequantize_rows_scalar(acc, acc_ld, row_scale, row_zero_point, weight_scale, weight_colsum, bias, act, y, y_ld,
+                           rows, n);
 }
 
-}  // namespace
+void finish_rows_serial(Isa isa, float* y, const SkipLayerNormEpilogue& norm, const RequantizedRows& requantized,
+                        int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float* row = y + r * n;
+    if (norm.skip != nullptr)
+      skip_layernorm_serial(isa, row, norm.skip + r * n, norm.gamma, norm.beta, /*bias=*/nullptr, norm.skip_scale, row,
+                            1, n, norm.epsilon);
+    if (requantized.q != nullptr)
+      quantize_rows_serial(isa, row, requantized.q + r * n, requantized.scale + r, requantized.zero_point + r, 1, n);
+  }
+}
 
 void dequantize_rows(const int32_t* acc, const float* row_scale, const uint8_t* row_zero_point,
                      const float* weight_scale, const int32_t* weight_colsum, const float* bias, Activation act,
@@ -110,29 +127,25 @@ void dequantize_rows(const int32_t* acc, const float* row_scale, const uint8_t* 
   const bool requantize = requantized.q != nullptr;
   if (rows <= 0 || (y == nullptr && !requantize)) return;
   if (n <= 0) {  // nothing to compute, but empty rows still get QuantizeRows' scale 1 and zero point 0
-    if (requantize) quantize_rows_serial(Isa::kScalar, y, requantized.q, requantized.scale, requantized.zero_point,
-                                         rows, 0);
+    if (requantize)
+      quantize_rows_serial(Isa::kScalar, y, requantized.q, requantized.scale, requantized.zero_point, rows, 0);
     return;
   }
   const Isa isa = active_isa();
   const bool row_epilogue = norm.skip != nullptr || requantize;
   for_each_row_block(rows, n, pf, [&](int64_t r0, int64_t r1) {
     if (!row_epilogue) {
-      dequantize_rows_serial(isa, acc + r0 * n, row_scale + r0, row_zero_point + r0, weight_scale, weight_colsum,
-                             bias, act, y + r0 * n, r1 - r0, n);
+      dequantize_block_serial(isa, acc + r0 * n, n, row_scale + r0, row_zero_point + r0, weight_scale, weight_colsum,
+                              bias, act, y + r0 * n, n, r1 - r0, n);
       return;
     }
     // Without y the float row lives in this task's scratch (one row: it stays in L1 between the stages).
     std::vector<float> scratch(y == nullptr ? static_cast<size_t>(n) : 0);
     for (int64_t r = r0; r < r1; ++r) {
       float* row = y != nullptr ? y + r * n : scratch.data();
-      dequantize_rows_serial(isa, acc + r * n, row_scale + r, row_zero_point + r, weight_scale, weight_colsum, bias,
-                             act, row, 1, n);
-      if (norm.skip != nullptr)
-        skip_layernorm_serial(isa, row, norm.skip + r * n, norm.gamma, norm.beta, /*bias=*/nullptr, norm.skip_scale,
-                              row, 1, n, norm.epsilon);
-      if (requantize)
-        quantize_rows_serial(isa, row, requantized.q + r * n, requantized.scale + r, requantized.zero_point + r, 1, n);
+      dequantize_block_serial(isa, acc + r * n, n, row_scale + r, row_zero_point + r, weight_scale, weight_colsum, bias,
+                              act, row, n, 1, n);
+      finish_rows_serial(isa, row, norm.at_row(r, n), requantized.at_row(r, n), 1, n);
     }
   });
 }

@@ -12,6 +12,7 @@
 
 #include <cstdint>
 
+#include "cpu_dispatch.h"
 #include "parallel.h"
 
 namespace bort {
@@ -25,6 +26,13 @@ struct SkipLayerNormEpilogue {
   const float* beta = nullptr;        // [n] or nullptr
   const float* skip_scale = nullptr;  // [n] or nullptr
   float epsilon = 1e-12f;
+
+  // The same epilogue for rows starting at `row` of a [rows, n] problem.
+  SkipLayerNormEpilogue at_row(int64_t row, int64_t n) const {
+    SkipLayerNormEpilogue e = *this;
+    if (skip != nullptr) e.skip = skip + row * n;
+    return e;
+  }
 };
 
 // Where QuantizeRows(y) goes: q [rows, n], scale [rows], zero_point [rows]; all nullptr when not wanted.
@@ -32,6 +40,11 @@ struct RequantizedRows {
   uint8_t* q = nullptr;
   float* scale = nullptr;
   uint8_t* zero_point = nullptr;
+
+  RequantizedRows at_row(int64_t row, int64_t n) const {
+    if (q == nullptr) return *this;
+    return {q + row * n, scale + row, zero_point + row};
+  }
 };
 
 // acc: [rows, n] int32; row_scale, row_zero_point: [rows]; weight_scale: [n]; weight_colsum: [n] int32;
@@ -42,5 +55,18 @@ void dequantize_rows(const int32_t* acc, const float* row_scale, const uint8_t* 
                      const float* weight_scale, const int32_t* weight_colsum, const float* bias, Activation act,
                      const SkipLayerNormEpilogue& norm, float* y, const RequantizedRows& requantized, int64_t rows,
                      int64_t n, const ParallelFor& pf);
+
+// The stages one at a time on the calling thread with `isa`'s path, shared with the fused linear op
+// (linear_int8.h) so that both give the same bits:
+// the dequantize stage for a [rows, n] block whose acc and y rows are acc_ld and y_ld elements apart
+// (y = act(...), no skip or requantization). Columns past a multiple of 8 take the same (tail) code whichever
+// block they are in, as long as blocks start at multiples of 16.
+void dequantize_block_serial(Isa isa, const int32_t* acc, int64_t acc_ld, const float* row_scale,
+                             const uint8_t* row_zero_point, const float* weight_scale, const int32_t* weight_colsum,
+                             const float* bias, Activation act, float* y, int64_t y_ld, int64_t rows, int64_t n);
+// The row stages after it for complete rows y [rows, n] (in place): skip + LayerNorm when norm.skip is set,
+// then the requantization when requantized.q is set. norm and requantized point at these rows.
+void finish_rows_serial(Isa isa, float* y, const SkipLayerNormEpilogue& norm, const RequantizedRows& requantized,
+                        int64_t rows, int64_t n);
 
 }  // namespace bort

@@ -4,6 +4,7 @@
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 
+#include <algorithm>
 #include <atomic>
 #include <memory>
 #include <optional>
@@ -17,7 +18,9 @@
 #include "cpu_dispatch.h"
 #include "dequantize_rows.h"
 #include "gemm_bf16.h"
+#include "gemm_int8.h"
 #include "linear_bf16.h"
+#include "linear_int8.h"
 #include "parallel.h"
 #include "quantize_rows.h"
 #include "shape_checks.h"
@@ -369,6 +372,98 @@ void set_isa(const std::string& name) {
   if (bort_infer_set_isa(name.c_str(), error, sizeof error) != 0) throw std::runtime_error(error);
 }
 
+std::shared_ptr<bort::PackedInt8Weights> pack_int8_weights(const py::object& weight_obj) {
+  auto weight = as_exact<int8_t>(weight_obj, "weight", "int8");
+  if (weight.ndim() != 2)
+    throw std::invalid_argument("weight must have rank 2 [K, N], got " + bort::shape_str(shape_of(weight)));
+  const int8_t* wp = weight.data();
+  const int64_t k = weight.shape(0), n = weight.shape(1);
+  py::gil_scoped_release release;
+  return std::make_shared<bort::PackedInt8Weights>(wp, k, n);
+}
+
+py::array_t<int32_t> gemm_u8s8(const py::object& a_obj, const bort::PackedInt8Weights& w) {
+  auto a = as_exact<uint8_t>(a_obj, "a", "uint8");
+  if (a.ndim() != 2 || a.shape(1) != w.k())
+    throw std::invalid_argument("a must have shape [M, " + std::to_string(w.k()) + "], got " +
+                                bort::shape_str(shape_of(a)));
+  const int64_t m = a.shape(0);
+  py::array_t<int32_t> c({m, w.n()});
+  const uint8_t* ap = a.data();
+  int32_t* cp = c.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bort::ThreadFor pf(g_num_threads.load());
+    bort::gemm_u8s8(bort::active_isa(), ap, m, w.k(), w, cp, pf);
+  }
+  return c;
+}
+
+// Returns y; (y, q, scale, zero_point) with requantize; (q, scale, zero_point) with requantize and no y.
+py::object linear_int8(const py::object& x_obj, const bort::PackedInt8Weights& w, const py::object& weight_scale_obj,
+                       const py::object& bias_obj, const std::string& activation, const py::object& skip_obj,
+                       const py::object& gamma_obj, const py::object& beta_obj, const py::object& skip_scale_obj,
+                       float epsilon, bool requantize, bool output_float, const py::object& x_quantized_obj,
+                       const py::object& x_scale_obj, const py::object& x_zero_point_obj) {
+  auto x = as_optional_float(x_obj, "x");
+  std::optional<py::array_t<uint8_t, py::array::c_style | py::array::forcecast>> xq, xz;
+  if (!x_quantized_obj.is_none()) xq = as_exact<uint8_t>(x_quantized_obj, "x_quantized", "uint8");
+  if (!x_zero_point_obj.is_none()) xz = as_exact<uint8_t>(x_zero_point_obj, "x_zero_point", "uint8");
+  auto xs = as_optional_float(x_scale_obj, "x_scale");
+  FloatArray weight_scale = as_float(weight_scale_obj, "weight_scale");
+  auto bias = as_optional_float(bias_obj, "bias");
+  auto skip = as_optional_float(skip_obj, "skip");
+  auto gamma = as_optional_float(gamma_obj, "gamma");
+  auto beta = as_optional_float(beta_obj, "beta");
+  auto skip_scale = as_optional_float(skip_scale_obj, "skip_scale");
+  const bort::Activation act = parse_activation(activation);
+  auto shape_or_null = [](const auto& a, bort::Shape& storage) -> const bort::Shape* {
+    if (!a) return nullptr;
+    storage = shape_of(*a);
+    return &storage;
+  };
+  bort::Shape s_x, s_xq, s_xs, s_xz, s_bias, s_skip, s_gamma, s_beta, s_scale;
+  const bort::LinearInt8Dims dims = bort::check_linear_int8(
+      shape_or_null(x, s_x), shape_or_null(xq, s_xq), shape_or_null(xs, s_xs), shape_or_null(xz, s_xz),
+      bort::Shape{w.k(), w.n()}, shape_of(weight_scale), shape_or_null(bias, s_bias), shape_or_null(skip, s_skip),
+      shape_or_null(gamma, s_gamma), shape_or_null(beta, s_beta), shape_or_null(skip_scale, s_scale), act, epsilon);
+  bort::check_linear_int8_outputs(output_float, requantize, requantize, requantize);
+  const bort::Shape leading(dims.output.begin(), dims.output.end() - 1);
+  std::optional<py::array_t<float>> out, scale;
+  std::optional<py::array_t<uint8_t>> q, zero_point;
+  if (output_float) out.emplace(dims.output);
+  bort::RequantizedRows requantized;
+  if (requantize) {
+    q.emplace(dims.output);
+    scale.emplace(leading);
+    zero_point.emplace(leading);
+    requantized = {q->mutable_data(), scale->mutable_data(), zero_point->mutable_data()};
+  }
+  bort::SkipLayerNormEpilogue norm;
+  norm.skip = data_or_null(skip);
+  norm.gamma = data_or_null(gamma);
+  norm.beta = data_or_null(beta);
+  norm.skip_scale = data_or_null(skip_scale);
+  norm.epsilon = epsilon;
+  bort::LinearInt8Input in;
+  in.x = data_or_null(x);
+  if (xq) {
+    in.q = xq->data();
+    in.scale = xs->data();
+    in.zero_point = xz->data();
+  }
+  const float *wsp = weight_scale.data(), *bp = data_or_null(bias);
+  float* o = out ? out->mutable_data() : nullptr;
+  {
+    py::gil_scoped_release release;
+    bort::ThreadFor pf(g_num_threads.load());
+    bort::linear_int8(in, dims.rows, w, wsp, bp, act, norm, o, requantized, pf);
+  }
+  if (!requantize) return std::move(*out);
+  if (!output_float) return py::make_tuple(*q, *scale, *zero_point);
+  return py::make_tuple(*out, *q, *scale, *zero_point);
+}
+
 py::array_t<float> erf_for_tests(const py::object& x_obj) {
   FloatArray x = as_float(x_obj, "x");
   py::array_t<float> out(shape_of(x));
@@ -436,6 +531,45 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "bf16_path", [] { return std::string(bort::bf16_path_name(bort::active_bf16_path())); },
       "The bf16 GEMM path the active ISA runs: 'amx', 'avx512_bf16', 'avx2' or 'scalar'.");
+  py::class_<bort::PackedInt8Weights, std::shared_ptr<bort::PackedInt8Weights>>(
+      m, "PackedInt8Weights",
+      "int8 weights [K, N] packed once for every int8 GEMM path (panels of 64 columns x K padded to 64), with "
+      "their column sums.")
+      .def(py::init(&pack_int8_weights), py::arg("weight"))
+      .def_property_readonly("k", &bort::PackedInt8Weights::k)
+      .def_property_readonly("n", &bort::PackedInt8Weights::n)
+      .def_property_readonly("padded_k", &bort::PackedInt8Weights::padded_k)
+      .def_property_readonly("packed_bytes", &bort::PackedInt8Weights::packed_bytes)
+      .def_property_readonly("column_sums",
+                             [](const bort::PackedInt8Weights& w) {
+                               py::array_t<int32_t> out(w.n());
+                               std::copy(w.column_sums(), w.column_sums() + w.n(), out.mutable_data());
+                               return out;
+                             })
+      .def(
+          "unpack",
+          [](const bort::PackedInt8Weights& w) {
+            py::array_t<int8_t> out({w.k(), w.n()});
+            int8_t* o = out.mutable_data();
+            for (int64_t k = 0; k < w.k(); ++k)
+              for (int64_t n = 0; n < w.n(); ++n) o[k * w.n() + n] = w.at(k, n);
+            return out;
+          },
+          "The weights read back from the packed form.");
+  m.def("gemm_u8s8", &gemm_u8s8, py::arg("a"), py::arg("weights"),
+        "Exact int32 C [M, N] = a uint8 [M, K] @ weights (PackedInt8Weights), on the active ISA's int8 path "
+        "(int32 lanes wrap as onnxruntime's MatMulInteger does).");
+  m.def(
+      "int8_gemm_path", [] { return std::string(bort::int8_path_name(bort::int8_path_for(bort::active_isa()))); },
+      "The int8 GEMM path the active ISA uses: scalar, avx2, avx512_vnni or amx.");
+  m.def("linear_int8", &linear_int8, py::arg("x"), py::arg("weights"), py::arg("weight_scale"),
+        py::arg("bias") = py::none(), py::arg("activation") = "none", py::arg("skip") = py::none(),
+        py::arg("gamma") = py::none(), py::arg("beta") = py::none(), py::arg("skip_scale") = py::none(),
+        py::arg("epsilon") = 1e-12f, py::arg("requantize") = false, py::arg("output_float") = true,
+        py::arg("x_quantized") = py::none(), py::arg("x_scale") = py::none(), py::arg("x_zero_point") = py::none(),
+        "The fused int8 linear layer: quantize_rows(x) (or the given x_quantized, x_scale, x_zero_point with x=None) "
+        "-> exact u8 x s8 GEMM on weights -> dequantize_rows' epilogue (weight_scale [N], bias, 'gelu' or "
+        "skip + LayerNorm, requantize), bit for bit equal to that three-step chain. Returns as dequantize_rows.");
   m.def("erf", &erf_for_tests, py::arg("x"),
         "erf with the active ISA's implementation (for testing the vectorised erf).");
   m.def("set_isa", &set_isa, py::arg("isa"),

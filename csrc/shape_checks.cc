@@ -142,22 +142,13 @@ RowsDims check_linear_bf16(const Shape& x, const Shape& weight, const Shape* bia
   return dims;
 }
 
-RowsDims check_dequantize_rows(const Shape& acc, const Shape& row_scale, const Shape& row_zero_point,
-                               const Shape& weight_scale, const Shape& weight_colsum, const Shape* bias,
-                               const Shape* skip, const Shape* gamma, const Shape* beta, const Shape* skip_scale,
-                               Activation activation, float epsilon) {
-  const char* op = "DequantizeRows";
-  const RowsDims dims = rows_of(op, "acc", acc);
-  const Shape leading(acc.begin(), acc.end() - 1);
-  if (row_scale != leading)
-    fail(std::string(op) + ": row_scale must have acc's leading shape " + shape_str(leading) + ", got " +
-         shape_str(row_scale));
-  if (row_zero_point != leading)
-    fail(std::string(op) + ": row_zero_point must have acc's leading shape " + shape_str(leading) + ", got " +
-         shape_str(row_zero_point));
-  check_vector(op, "weight_scale", &weight_scale, dims.width);
-  check_vector(op, "weight_colsum", &weight_colsum, dims.width);
-  check_vector(op, "bias", bias, dims.width);
+namespace {
+
+// The epilogue inputs shared by DequantizeRows and LinearInt8, for an output of shape `out` ([..., width]).
+void check_epilogue(const char* op, const char* out_name, const Shape& out, int64_t width, const Shape* bias,
+                    const Shape* skip, const Shape* gamma, const Shape* beta, const Shape* skip_scale,
+                    Activation activation, float epsilon) {
+  check_vector(op, "bias", bias, width);
   if (skip == nullptr) {
     // Without skip these inputs would be silently ignored: a graph that passes them meant something else.
     const std::pair<const char*, const Shape*> layernorm_inputs[] = {
@@ -167,23 +158,32 @@ RowsDims check_dequantize_rows(const Shape& acc, const Shape& row_scale, const S
         fail(std::string(op) + ": " + name +
              " belongs to the skip + LayerNorm epilogue and needs skip, which is absent");
   } else {
-    if (*skip != acc)
-      fail(std::string(op) + ": skip must have the shape of acc " + shape_str(acc) + ", got " + shape_str(*skip));
+    if (*skip != out)
+      fail(std::string(op) + ": skip must have the shape of " + out_name + " " + shape_str(out) + ", got " +
+           shape_str(*skip));
     if (gamma == nullptr) fail(std::string(op) + ": skip needs gamma (the LayerNorm scale), which is absent");
     if (activation == Activation::kGelu)
       fail(std::string(op) +
            ": activation 'gelu' cannot be combined with skip (there is no GELU + LayerNorm epilogue)");
   }
-  check_vector(op, "gamma", gamma, dims.width);
-  check_vector(op, "beta", beta, dims.width);
-  check_vector(op, "skip_scale", skip_scale, dims.width);
+  check_vector(op, "gamma", gamma, width);
+  check_vector(op, "beta", beta, width);
+  check_vector(op, "skip_scale", skip_scale, width);
   if (!(epsilon >= 0.0f) || !std::isfinite(epsilon))
     fail(std::string(op) + ": epsilon must be finite and >= 0, got " + std::to_string(epsilon));
-  return dims;
 }
 
-void check_dequantize_rows_outputs(bool y, bool y_quantized, bool y_scale, bool y_zero_point) {
-  const char* op = "DequantizeRows";
+void check_row_quantization(const char* op, const char* what, const Shape& leading, const Shape& scale,
+                            const Shape& zero_point, const char* scale_name, const char* zero_point_name) {
+  if (scale != leading)
+    fail(std::string(op) + ": " + scale_name + " must have " + what + "'s leading shape " + shape_str(leading) +
+         ", got " + shape_str(scale));
+  if (zero_point != leading)
+    fail(std::string(op) + ": " + zero_point_name + " must have " + what + "'s leading shape " + shape_str(leading) +
+         ", got " + shape_str(zero_point));
+}
+
+void check_requantized_outputs(const char* op, bool y, bool y_quantized, bool y_scale, bool y_zero_point) {
   if (y_quantized != y_scale || y_quantized != y_zero_point)
     fail(std::string(op) +
          ": the requantized outputs y_quantized, y_scale and y_zero_point must be requested "
@@ -191,6 +191,66 @@ void check_dequantize_rows_outputs(bool y, bool y_quantized, bool y_scale, bool 
          (y_quantized ? "yes" : "no") + ", y_scale " + (y_scale ? "yes" : "no") + ", y_zero_point " +
          (y_zero_point ? "yes" : "no") + ")");
   if (!y && !y_quantized) fail(std::string(op) + ": no output is requested (want y, the requantized outputs, or both)");
+}
+
+}  // namespace
+
+RowsDims check_dequantize_rows(const Shape& acc, const Shape& row_scale, const Shape& row_zero_point,
+                               const Shape& weight_scale, const Shape& weight_colsum, const Shape* bias,
+                               const Shape* skip, const Shape* gamma, const Shape* beta, const Shape* skip_scale,
+                               Activation activation, float epsilon) {
+  const char* op = "DequantizeRows";
+  const RowsDims dims = rows_of(op, "acc", acc);
+  check_row_quantization(op, "acc", Shape(acc.begin(), acc.end() - 1), row_scale, row_zero_point, "row_scale",
+                         "row_zero_point");
+  check_vector(op, "weight_scale", &weight_scale, dims.width);
+  check_vector(op, "weight_colsum", &weight_colsum, dims.width);
+  check_epilogue(op, "acc", acc, dims.width, bias, skip, gamma, beta, skip_scale, activation, epsilon);
+  return dims;
+}
+
+void check_dequantize_rows_outputs(bool y, bool y_quantized, bool y_scale, bool y_zero_point) {
+  check_requantized_outputs("DequantizeRows", y, y_quantized, y_scale, y_zero_point);
+}
+
+LinearInt8Dims check_linear_int8(const Shape* x, const Shape* x_quantized, const Shape* x_scale,
+                                 const Shape* x_zero_point, const Shape& weight, const Shape& weight_scale,
+                                 const Shape* bias, const Shape* skip, const Shape* gamma, const Shape* beta,
+                                 const Shape* skip_scale, Activation activation, float epsilon) {
+  const char* op = "LinearInt8";
+  if ((x == nullptr) == (x_quantized == nullptr))
+    fail(std::string(op) +
+         ": give exactly one input form: x (float rows) or x_quantized (uint8 rows with x_scale "
+         "and x_zero_point)");
+  const Shape& in = x != nullptr ? *x : *x_quantized;
+  const char* in_name = x != nullptr ? "x" : "x_quantized";
+  const RowsDims rows = rows_of(op, in_name, in);
+  const Shape leading(in.begin(), in.end() - 1);
+  if (x_quantized != nullptr) {
+    if (x_scale == nullptr || x_zero_point == nullptr)
+      fail(std::string(op) + ": x_quantized needs x_scale and x_zero_point (its rows' quantization)");
+    check_row_quantization(op, "x_quantized", leading, *x_scale, *x_zero_point, "x_scale", "x_zero_point");
+  } else if (x_scale != nullptr || x_zero_point != nullptr) {
+    fail(std::string(op) + ": x_scale and x_zero_point belong to x_quantized; float x is quantized by the op");
+  }
+  if (weight.size() != 2) fail(std::string(op) + ": weight must have rank 2 [K, N], got " + shape_str(weight));
+  if (weight[0] != rows.width)
+    fail(std::string(op) + ": weight has " + std::to_string(weight[0]) + " rows but the input rows have " +
+         std::to_string(rows.width) + " values (" + in_name + " " + shape_str(in) + ", weight " + shape_str(weight) +
+         ")");
+  LinearInt8Dims dims;
+  dims.rows = rows.rows;
+  dims.k = weight[0];
+  dims.n = weight[1];
+  dims.output = leading;
+  dims.output.push_back(dims.n);
+  check_vector(op, "weight_scale", &weight_scale, dims.n);
+  check_epilogue(op, "the output", dims.output, dims.n, bias, skip, gamma, beta, skip_scale, activation, epsilon);
+  return dims;
+}
+
+void check_linear_int8_outputs(bool y, bool y_quantized, bool y_scale, bool y_zero_point) {
+  check_requantized_outputs("LinearInt8", y, y_quantized, y_scale, y_zero_point);
 }
 
 RowsDims check_skip_layernorm(const Shape& x, const Shape& skip, const Shape& gamma, const Shape* beta,

@@ -70,6 +70,22 @@ RowsDims check_dequantize_rows(const Shape& acc, const Shape& row_scale, const S
 // y_zero_point, which come all together or not at all; at least one output.
 void check_dequantize_rows_outputs(bool y, bool y_quantized, bool y_scale, bool y_zero_point);
 
+struct LinearInt8Dims {
+  int64_t rows = 0, k = 0, n = 0;
+  Shape output;  // the input's leading shape + [N]
+};
+
+// Exactly one input form: x [..., K] (float rows) or x_quantized [..., K] with x_scale and x_zero_point of
+// its leading shape. weight [K, N]; weight_scale [N]; bias [N] or null; the skip + LayerNorm epilogue as in
+// check_dequantize_rows with skip of the output's shape [..., N].
+LinearInt8Dims check_linear_int8(const Shape* x, const Shape* x_quantized, const Shape* x_scale,
+                                 const Shape* x_zero_point, const Shape& weight, const Shape& weight_scale,
+                                 const Shape* bias, const Shape* skip, const Shape* gamma, const Shape* beta,
+                                 const Shape* skip_scale, Activation activation, float epsilon);
+
+// LinearInt8's outputs, as check_dequantize_rows_outputs.
+void check_linear_int8_outputs(bool y, bool y_quantized, bool y_scale, bool y_zero_point);
+
 // x [..., H], skip same shape as x, gamma [H], beta/bias/skip_scale [H] or null.
 RowsDims check_skip_layernorm(const Shape& x, const Shape& skip, const Shape& gamma, const Shape* beta,
                               const Shape* bias, const Shape* skip_scale, float epsilon);

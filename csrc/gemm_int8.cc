@@ -1,0 +1,226 @@
+#include "gemm_int8.h"
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <stdexcept>
+
+namespace bort {
+
+// ---------------------------------------------------------------------------------------------
+// Packing
+
+PackedInt8Weights::PackedInt8Weights(const int8_t* b, int64_t k, int64_t n, int64_t ldb)
+    : k_(k), n_(n), padded_k_((k + kKPad - 1) / kKPad * kKPad) {
+  if (k < 0 || n < 0 || ldb < n) throw std::invalid_argument("PackedInt8Weights: bad shape");
+  packed_.assign(static_cast<size_t>(num_panels() * kPanelWidth * padded_k_), 0);
+  colsum_.assign(static_cast<size_t>(n), 0);
+  for (int64_t p = 0; p < num_panels(); ++p) {
+    int8_t* dst = packed_.data() + p * kPanelWidth * padded_k_;
+    const int64_t width = panel_width(p), n0 = panel_begin(p), cols = panel_columns(p);
+    for (int64_t kk = 0; kk < k; ++kk)
+      for (int64_t c = 0; c < cols; ++c) dst[(kk / 4) * width * 4 + c * 4 + kk % 4] = b[kk * ldb + n0 + c];
+  }
+  // Wrapping sums, as the int32 accumulators wrap.
+  std::vector<uint32_t> sums(static_cast<size_t>(n), 0);
+  for (int64_t kk = 0; kk < k; ++kk)
+    for (int64_t c = 0; c < n; ++c) sums[c] += static_cast<uint32_t>(static_cast<int32_t>(b[kk * ldb + c]));
+  for (int64_t c = 0; c < n; ++c) colsum_[c] = static_cast<int32_t>(sums[c]);
+}
+
+int64_t PackedInt8Weights::panel_columns(int64_t p) const { return std::min(kPanelWidth, n_ - panel_begin(p)); }
+
+int8_t PackedInt8Weights::at(int64_t kk, int64_t col) const {
+  const int64_t p = col / kPanelWidth;
+  return panel(p)[(kk / 4) * panel_width(p) * 4 + (col - panel_begin(p)) * 4 + kk % 4];
+}
+
+// ---------------------------------------------------------------------------------------------
+// Paths and operand A
+
+Int8Path int8_path_for(Isa isa) {
+  if (isa >= Isa::kAmx) return Int8Path::kAmx;
+  if (isa >= Isa::kAvx512Vnni) return Int8Path::kAvx512Vnni;
+  if (isa >= Isa::kAvx2) return Int8Path::kAvx2;
+  return Int8Path::kScalar;
+}
+
+const char* int8_path_name(Int8Path path) {
+  switch (path) {
+    case Int8Path::kAmx: return "amx";
+    case Int8Path::kAvx512Vnni: return "avx512_vnni";
+    case Int8Path::kAvx2: return "avx2";
+    case Int8Path::kScalar: break;
+  }
+  return "scalar";
+}
+
+size_t a_element_bytes(Int8Path path) { return path == Int8Path::kAvx2 ? 2 : 1; }
+
+int64_t a_row_padding(Int8Path path) { return path == Int8Path::kAmx ? 31 : 0; }
+
+void prepare_a_rows(Int8Path path, const uint8_t* src, int64_t lds, int64_t rows, int64_t k, int64_t padded_k,
+                    void* dst) {
+  if (path == Int8Path::kAvx2) {
+    auto* d = static_cast<int16_t*>(dst);
+    for (int64_t r = 0; r < rows; ++r) {
+      int16_t* row = d + r * padded_k;
+      for (int64_t i = 0; i < k; ++i) row[i] = src[r * lds + i];
+      std::fill(row + k, row + padded_k, int16_t{0});
+    }
+    return;
+  }
+  auto* d = static_cast<uint8_t*>(dst);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (k > 0) std::memcpy(d + r * padded_k, src + r * lds, static_cast<size_t>(k));
+    std::memset(d + r * padded_k + k, 0, static_cast<size_t>(padded_k - k));
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar reference: the definition every SIMD path must reproduce bit for bit.
+
+void gemm_int8_block_scalar(const GemmOperandA& a, const PackedInt8Weights& w, int64_t p0, int64_t p1,
+                            int64_t row_offset, const TileSink& sink) {
+  const auto* av = static_cast<const uint8_t*>(a.data);
+  std::vector<int32_t> tile(static_cast<size_t>(kPanelWidth));
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t cols = w.panel_columns(p), n0 = w.panel_begin(p);
+    for (int64_t r = 0; r < a.rows; ++r) {
+      for (int64_t c = 0; c < cols; ++c) {
+        uint32_t acc = 0;  // wraps like an int32 lane
+        for (int64_t kk = 0; kk < w.k(); ++kk)
+          acc += static_cast<uint32_t>(av[r * a.stride + kk]) * static_cast<uint32_t>(int32_t{w.at(kk, n0 + c)});
+        tile[c] = static_cast<int32_t>(acc);
+      }
+      sink.tile(tile.data(), kPanelWidth, row_offset + r, 1, n0, cols);
+    }
+  }
+}
+
+void gemm_int8_block(Int8Path path, const GemmOperandA& a, const PackedInt8Weights& w, int64_t p0, int64_t p1,
+                     int64_t row_offset, const TileSink& sink) {
+  if (a.rows <= 0 || p0 >= p1) return;
+  switch (path) {
+    case Int8Path::kAmx: return gemm_int8_block_amx(a, w, p0, p1, row_offset, sink);
+    case Int8Path::kAvx512Vnni: return gemm_int8_block_avx512_vnni(a, w, p0, p1, row_offset, sink);
+    case Int8Path::kAvx2: return gemm_int8_block_avx2(a, w, p0, p1, row_offset, sink);
+    case Int8Path::kScalar: return gemm_int8_block_scalar(a, w, p0, p1, row_offset, sink);
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Task planning
+
+GemmTaskPlan plan_gemm_tasks(int64_t m, const PackedInt8Weights& w, size_t concurrency) {
+  GemmTaskPlan plan;
+  const int64_t panels = w.num_panels();
+  const int64_t threads = static_cast<int64_t>(std::max<size_t>(1, concurrency));
+  if (m <= 0 || panels <= 0) return plan;
+  // Few rows: the GEMM streams B, so tasks split the panels and B is read once in total. Enough rows
+  // per thread: tasks split rows, each task re-reading B panel by panel (a panel is reused by all of its
+  // rows while it sits in L1/L2, so that costs little against rows x K x 64 multiply-adds).
+  constexpr int64_t kMinRowsPerTask = 24;
+  if (threads > 1 && m >= kMinRowsPerTask * threads) {
+    // Two tasks per thread let a thread slowed by other work hand its share to the other, with each
+    // task still long enough that a B panel is reused many times.
+    const int64_t tasks = std::min<int64_t>(2 * threads, m / kMinRowsPerTask);
+    const int64_t per = (m + tasks - 1) / tasks;
+    plan.rows_per_task = (per + 5) / 6 * 6;  // a multiple of the VNNI row tile
+    plan.row_tasks = (m + plan.rows_per_task - 1) / plan.rows_per_task;
+    plan.panels_per_task = panels;
+    plan.panel_tasks = 1;
+    return plan;
+  }
+  plan.rows_per_task = m;
+  plan.row_tasks = 1;
+  const int64_t wanted = threads > 1 ? std::min<int64_t>(panels, 4 * threads) : 1;
+  plan.panels_per_task = (panels + wanted - 1) / wanted;
+  plan.panel_tasks = (panels + plan.panels_per_task - 1) / plan.panels_per_task;
+  return plan;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Plain GEMM
+
+namespace {
+
+class CopySink final : public TileSink {
+ public:
+  CopySink(int32_t* c, int64_t ldc) : c_(c), ldc_(ldc) {}
+  void tile(const int32_t* acc, int64_t ld, int64_t row0, int64_t rows, int64_t col0, int64_t cols) const override {
+    for (int64_t r = 0; r < rows; ++r)
+      std::memcpy(c_ + (row0 + r) * ldc_ + col0, acc + r * ld, static_cast<size_t>(cols) * sizeof(int32_t));
+  }
+
+ private:
+  int32_t* c_;
+  int64_t ldc_;
+};
+
+}  // namespace
+
+void gemm_u8s8(Isa isa, const uint8_t* a, int64_t m, int64_t lda, const PackedInt8Weights& w, int32_t* c,
+               const ParallelFor& pf) {
+  if (m <= 0 || w.n() <= 0) return;
+  const Int8Path path = int8_path_for(isa);
+  const CopySink sink(c, w.n());
+  const GemmTaskPlan plan = plan_gemm_tasks(m, w, pf.concurrency());
+  const int64_t kp = w.padded_k();
+  const size_t elem = a_element_bytes(path);
+  // With panel tasks every task reads all rows: prepare them once.
+  void* shared_a = nullptr;
+  std::unique_ptr<char[], void (*)(void*)> shared_holder(nullptr, std::free);
+  if (plan.panel_tasks > 1) {
+    const size_t bytes = static_cast<size_t>((m + a_row_padding(path)) * kp) * elem;
+    shared_a = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
+    if (shared_a == nullptr) throw std::bad_alloc();
+    shared_holder.reset(static_cast<char*>(shared_a));
+    std::memset(shared_a, 0, bytes);
+    prepare_a_rows(path, a, lda, m, w.k(), kp, shared_a);
+  }
+  pf.run(plan.num_tasks(), [&](size_t t) {
+    const int64_t rt = static_cast<int64_t>(t) / plan.panel_tasks, pt = static_cast<int64_t>(t) % plan.panel_tasks;
+    const int64_t r0 = rt * plan.rows_per_task, r1 = std::min(m, r0 + plan.rows_per_task);
+    const int64_t p0 = pt * plan.panels_per_task, p1 = std::min(w.num_panels(), p0 + plan.panels_per_task);
+    GemmOperandA op;
+    op.stride = kp;
+    op.rows = r1 - r0;
+    if (shared_a != nullptr) {
+      op.data = static_cast<const char*>(shared_a) + static_cast<size_t>(r0 * kp) * elem;
+    } else {
+      const size_t bytes = static_cast<size_t>((op.rows + a_row_padding(path)) * kp) * elem;
+      void* buf = thread_scratch(0, bytes);
+      std::memset(static_cast<char*>(buf) + static_cast<size_t>(op.rows * kp) * elem, 0,
+                  bytes - static_cast<size_t>(op.rows * kp) * elem);
+      prepare_a_rows(path, a + r0 * lda, lda, op.rows, w.k(), kp, buf);
+      op.data = buf;
+    }
+    gemm_int8_block(path, op, w, p0, p1, r0, sink);
+  });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scratch
+
+void* thread_scratch(int slot, size_t bytes) {
+  struct Buffer {
+    std::unique_ptr<char[], void (*)(void*)> data{nullptr, std::free};
+    size_t size = 0;
+  };
+  constexpr int kSlots = 4;
+  thread_local Buffer buffers[kSlots];
+  if (slot < 0 || slot >= kSlots) throw std::logic_error("thread_scratch: bad slot");
+  Buffer& b = buffers[slot];
+  if (b.size < bytes) {
+    const size_t size = (bytes + 4095) / 4096 * 4096;
+    void* p = std::aligned_alloc(64, size);
+    if (p == nullptr) throw std::bad_alloc();
+    b.data.reset(static_cast<char*>(p));
+    b.size = size;
+  }
+  return b.data.get();
+}
+
+}  // namespace bort

@@ -1,0 +1,125 @@
+// AMX-INT8 micro-kernel: tdpbusd multiplies a 16 x 64 u8 A tile by a 16 x (16 x 4) s8 B tile into a
+// 16 x 16 int32 C tile, exactly. Block: 2 A tiles x 2 B tiles -> 4 C tiles (32 rows x 32 columns).
+//
+// The B tiles come straight from the packed panel (a k-group row of 16 columns is 64 contiguous bytes; rows
+// are panel_width * 4 bytes apart), A from the prepared rows (padded_k bytes apart, zero rows past the end).
+//
+// Tile configuration is per thread and onnxruntime's MLAS sets its own once per thread and relies on it
+// staying loaded. Ours is the same (palette 1, eight 16-row x 64-byte tiles), so normally nothing is
+// reloaded; if the thread holds another configuration it is saved, replaced for the call and restored, and a
+// thread that had none is returned to the released state.
+#include <algorithm>
+#include <cstring>
+
+#include "gemm_int8.h"
+#include "simd_math.h"
+
+namespace bort {
+namespace {
+
+struct alignas(64) TileConfig {
+  uint8_t palette_id = 0;
+  uint8_t start_row = 0;
+  uint8_t reserved[14] = {};
+  uint16_t colsb[16] = {};
+  uint8_t rows[16] = {};
+};
+static_assert(sizeof(TileConfig) == 64, "the tile configuration is 64 bytes");
+
+TileConfig our_config() {
+  TileConfig c;
+  c.palette_id = 1;
+  for (int t = 0; t < 8; ++t) {
+    c.rows[t] = 16;
+    c.colsb[t] = 64;
+  }
+  return c;
+}
+
+class ScopedTileConfig {
+ public:
+  BORT_AMX ScopedTileConfig() {
+    static const TileConfig ours = our_config();
+    _tile_storeconfig(&saved_);
+    if (std::memcmp(&saved_, &ours, sizeof(TileConfig)) != 0) {
+      _tile_loadconfig(&ours);
+      restore_ = true;
+    }
+  }
+  BORT_AMX ~ScopedTileConfig() {
+    if (!restore_) return;
+    if (saved_.palette_id == 0)
+      _tile_release();
+    else
+      _tile_loadconfig(&saved_);
+  }
+  ScopedTileConfig(const ScopedTileConfig&) = delete;
+  ScopedTileConfig& operator=(const ScopedTileConfig&) = delete;
+
+ private:
+  TileConfig saved_;
+  bool restore_ = false;
+};
+
+// C tiles 4..7 (rows 0-15 / 16-31 x columns 0-15 / 16-31) of the block at `c` (ld 64 int32).
+template <bool kTwoRowTiles, bool kTwoColTiles>
+BORT_AMX void block_kernel(const uint8_t* a, int64_t lda, const int8_t* b, int64_t group_bytes, int64_t k_tiles,
+                           int32_t* c) {
+  _tile_zero(4);
+  if (kTwoColTiles) _tile_zero(6);
+  if (kTwoRowTiles) {
+    _tile_zero(5);
+    if (kTwoColTiles) _tile_zero(7);
+  }
+  const int a_stride = static_cast<int>(lda), b_stride = static_cast<int>(group_bytes);
+  for (int64_t kt = 0; kt < k_tiles; ++kt) {
+    const int8_t* bk = b + kt * 16 * group_bytes;
+    _tile_loadd(0, bk, b_stride);
+    if (kTwoColTiles) _tile_loadd(1, bk + 64, b_stride);
+    _tile_loadd(2, a + kt * 64, a_stride);
+    _tile_dpbusd(4, 2, 0);
+    if (kTwoColTiles) _tile_dpbusd(6, 2, 1);
+    if (kTwoRowTiles) {
+      _tile_loadd(3, a + 16 * lda + kt * 64, a_stride);
+      _tile_dpbusd(5, 3, 0);
+      if (kTwoColTiles) _tile_dpbusd(7, 3, 1);
+    }
+  }
+  constexpr int ldc_bytes = static_cast<int>(kPanelWidth * sizeof(int32_t));
+  _tile_stored(4, c, ldc_bytes);
+  if (kTwoColTiles) _tile_stored(6, c + 16, ldc_bytes);
+  if (kTwoRowTiles) {
+    _tile_stored(5, c + 16 * kPanelWidth, ldc_bytes);
+    if (kTwoColTiles) _tile_stored(7, c + 16 * kPanelWidth + 16, ldc_bytes);
+  }
+}
+
+}  // namespace
+
+BORT_AMX void gemm_int8_block_amx(const GemmOperandA& a, const PackedInt8Weights& w, int64_t p0, int64_t p1,
+                                  int64_t row_offset, const TileSink& sink) {
+  ScopedTileConfig config;
+  alignas(64) int32_t tile[32 * kPanelWidth];
+  const auto* av = static_cast<const uint8_t*>(a.data);
+  const int64_t k_tiles = w.padded_k() / 64;
+  for (int64_t p = p0; p < p1; ++p) {
+    const int64_t width = w.panel_width(p), group_bytes = width * 4;
+    for (int64_t r = 0; r < a.rows; r += 32) {
+      const int64_t rows = std::min<int64_t>(32, a.rows - r);
+      const uint8_t* ar = av + r * a.stride;
+      for (int64_t c = 0; c < width; c += 32) {
+        const int8_t* b = w.panel(p) + c * 4;
+        const bool two_cols = c + 32 <= width;
+        if (rows > 16)
+          (two_cols ? block_kernel<true, true> : block_kernel<true, false>)(ar, a.stride, b, group_bytes, k_tiles,
+                                                                            tile + c);
+        else
+          (two_cols ? block_kernel<false, true> : block_kernel<false, false>)(ar, a.stride, b, group_bytes, k_tiles,
+                                                                              tile + c);
+      }
+      sink.tile(tile, kPanelWidth, row_offset + r, rows, w.panel_begin(p), w.panel_columns(p));
+    }
+  }
+}
+
+}  // namespace bort

@@ -1,0 +1,142 @@
+#include "linear_int8.h"
+
+#include <algorithm>
+#include <cstring>
+#include <vector>
+
+#include "quantize_rows.h"
+
+namespace bort {
+namespace {
+
+// Rows a task computes in one go: their prepared A (rows x padded_k) and float rows (rows x n) stay in L2
+// for the row stages, while each B panel is still reused by 16 row tiles.
+constexpr int64_t kChunkRows = 96;
+
+// Dequantizes each finished int32 tile into out (rows counted from out_row0).
+class DequantizeSink final : public TileSink {
+ public:
+  DequantizeSink(Isa isa, const float* row_scale, const uint8_t* row_zero_point, const float* weight_scale,
+                 const int32_t* colsum, const float* bias, Activation act, float* out, int64_t out_row0, int64_t n)
+      : isa_(isa),
+        row_scale_(row_scale),
+        row_zero_point_(row_zero_point),
+        weight_scale_(weight_scale),
+        colsum_(colsum),
+        bias_(bias),
+        act_(act),
+        out_(out),
+        out_row0_(out_row0),
+        n_(n) {}
+
+  void tile(const int32_t* acc, int64_t ld, int64_t row0, int64_t rows, int64_t col0, int64_t cols) const override {
+    dequantize_block_serial(isa_, acc, ld, row_scale_ + row0, row_zero_point_ + row0, weight_scale_ + col0,
+                            colsum_ + col0, bias_ != nullptr ? bias_ + col0 : nullptr, act_,
+                            out_ + (row0 - out_row0_) * n_ + col0, n_, rows, cols);
+  }
+
+ private:
+  Isa isa_;
+  const float* row_scale_;
+  const uint8_t* row_zero_point_;
+  const float* weight_scale_;
+  const int32_t* colsum_;
+  const float* bias_;
+  Activation act_;
+  float* out_;
+  int64_t out_row0_, n_;
+};
+
+// Rows [r0, r1) of the input in `path`'s A form at dst (with the path's zero padding rows), quantizing float
+// rows first (their scales and zero points go to row_scale / row_zero_point).
+void prepare_input_rows(Isa isa, Int8Path path, const LinearInt8Input& in, int64_t r0, int64_t r1, int64_t k,
+                        int64_t padded_k, float* row_scale, uint8_t* row_zero_point, void* dst) {
+  const int64_t rows = r1 - r0;
+  const uint8_t* q = in.q != nullptr ? in.q + r0 * k : nullptr;
+  if (in.x != nullptr) {
+    auto* tmp = static_cast<uint8_t*>(thread_scratch(1, static_cast<size_t>(std::max<int64_t>(rows * k, 1))));
+    quantize_rows_serial(isa, in.x + r0 * k, tmp, row_scale + r0, row_zero_point + r0, rows, k);
+    q = tmp;
+  }
+  const size_t elem = a_element_bytes(path);
+  prepare_a_rows(path, q, k, rows, k, padded_k, dst);
+  std::memset(static_cast<char*>(dst) + static_cast<size_t>(rows * padded_k) * elem, 0,
+              static_cast<size_t>(a_row_padding(path) * padded_k) * elem);
+}
+
+}  // namespace
+
+void linear_int8(const LinearInt8Input& in, int64_t rows, const PackedInt8Weights& w, const float* weight_scale,
+                 const float* bias, Activation act, const SkipLayerNormEpilogue& norm, float* y,
+                 const RequantizedRows& requantized, const ParallelFor& pf) {
+  const bool requantize = requantized.q != nullptr;
+  if (rows <= 0 || (y == nullptr && !requantize)) return;
+  const int64_t k = w.k(), n = w.n(), kp = w.padded_k();
+  if (n <= 0) {  // no output columns; empty rows still get QuantizeRows' scale 1 and zero point 0
+    if (requantize)
+      quantize_rows_serial(Isa::kScalar, nullptr, requantized.q, requantized.scale, requantized.zero_point, rows, 0);
+    return;
+  }
+  const Isa isa = active_isa();
+  const Int8Path path = int8_path_for(isa);
+  const size_t elem = a_element_bytes(path);
+  const bool row_stages = norm.skip != nullptr || requantize;
+
+  // Row scales and zero points: the input's, or filled in as the rows are quantized.
+  std::vector<float> own_scale;
+  std::vector<uint8_t> own_zero_point;
+  float* row_scale = const_cast<float*>(in.scale);
+  uint8_t* row_zero_point = const_cast<uint8_t*>(in.zero_point);
+  if (in.x != nullptr) {
+    own_scale.resize(static_cast<size_t>(rows));
+    own_zero_point.resize(static_cast<size_t>(rows));
+    row_scale = own_scale.data();
+    row_zero_point = own_zero_point.data();
+  }
+
+  const GemmTaskPlan plan = plan_gemm_tasks(rows, w, pf.concurrency());
+  if (plan.panel_tasks == 1) {
+    // Row tasks: each quantizes, multiplies and finishes its own rows, chunk by chunk, without a barrier.
+    pf.run(static_cast<size_t>(plan.row_tasks), [&](size_t t) {
+      const int64_t t0 = static_cast<int64_t>(t) * plan.rows_per_task;
+      const int64_t t1 = std::min(rows, t0 + plan.rows_per_task);
+      for (int64_t r0 = t0; r0 < t1; r0 += kChunkRows) {
+        const int64_t r1 = std::min(t1, r0 + kChunkRows), chunk = r1 - r0;
+        void* a = thread_scratch(0, static_cast<size_t>((chunk + a_row_padding(path)) * kp) * elem);
+        prepare_input_rows(isa, path, in, r0, r1, k, kp, row_scale, row_zero_point, a);
+        float* out =
+            y != nullptr ? y + r0 * n : static_cast<float*>(thread_scratch(2, static_cast<size_t>(chunk * n) * 4));
+        const DequantizeSink sink(isa, row_scale, row_zero_point, weight_scale, w.column_sums(), bias, act, out, r0, n);
+        GemmOperandA op;
+        op.data = a;
+        op.stride = kp;
+        op.rows = chunk;
+        gemm_int8_block(path, op, w, 0, w.num_panels(), r0, sink);
+        if (row_stages) finish_rows_serial(isa, out, norm.at_row(r0, n), requantized.at_row(r0, n), chunk, n);
+      }
+    });
+    return;
+  }
+
+  // Panel tasks (few rows): prepare every row once, split the columns, then finish the rows.
+  std::vector<char> a_rows(static_cast<size_t>((rows + a_row_padding(path)) * kp) * elem + 64);
+  void* a = a_rows.data() + (64 - reinterpret_cast<uintptr_t>(a_rows.data()) % 64) % 64;
+  prepare_input_rows(isa, path, in, 0, rows, k, kp, row_scale, row_zero_point, a);
+  std::vector<float> own_out(y == nullptr ? static_cast<size_t>(rows * n) : 0);
+  float* out = y != nullptr ? y : own_out.data();
+  const DequantizeSink sink(isa, row_scale, row_zero_point, weight_scale, w.column_sums(), bias, act, out, 0, n);
+  GemmOperandA op;
+  op.data = a;
+  op.stride = kp;
+  op.rows = rows;
+  pf.run(plan.num_tasks(), [&](size_t t) {
+    const int64_t p0 = static_cast<int64_t>(t) * plan.panels_per_task;
+    gemm_int8_block(path, op, w, p0, std::min(w.num_panels(), p0 + plan.panels_per_task), 0, sink);
+  });
+  if (row_stages)
+    for_each_row_block(rows, n, pf, [&](int64_t r0, int64_t r1) {
+      finish_rows_serial(isa, out + r0 * n, norm.at_row(r0, n), requantized.at_row(r0, n), r1 - r0, n);
+    });
+}
+
+}  // namespace bort

@@ -1,0 +1,128 @@
+"""The u8 x s8 GEMM (csrc/gemm_int8*): weights packed once, every ISA path exactly equal to the integer product
+(int32 lanes wrap like onnxruntime's MatMulInteger), on ordinary, edge and hostile shapes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from tests.test_kernels import FAST, C, use_isa
+
+# The int8 path each kernel level runs, and the lowest level that selects it.
+PATH_LEVELS = {"scalar": "scalar", "avx2": "avx2", "avx512_vnni": "avx512_vnni", "amx": "amx"}
+PATHS = [pytest.param(level, marks=pytest.mark.skipif(level not in C.supported_isas(),
+                                                       reason=f"CPU without {level}"), id=path)
+         for path, level in PATH_LEVELS.items()]
+
+
+def exact(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """a @ b in int64, wrapped to int32 as 32-bit accumulators wrap."""
+    return (a.astype(np.int64) @ b.astype(np.int64)).astype(np.int32)
+
+
+def random_operands(rng, m: int, k: int, n: int):
+    return rng.integers(0, 256, (m, k), dtype=np.uint8), rng.integers(-128, 128, (k, n), dtype=np.int8)
+
+
+def gemm_on(level: str, a: np.ndarray, weights) -> np.ndarray:
+    with use_isa(level):
+        assert C.int8_gemm_path() == next(p for p, lv in PATH_LEVELS.items() if lv == level)
+        return C.gemm_u8s8(a, weights)
+
+
+# ----------------------------------------------------------------------------------------------
+# Packing
+
+@pytest.mark.parametrize("k,n", [(1, 1), (3, 17), (64, 64), (65, 130), (130, 63), (0, 5), (7, 0), (0, 0)])
+def test_packed_weights_read_back_and_sum_columns(k, n):
+    b = np.random.default_rng(k * 100 + n).integers(-128, 128, (k, n), dtype=np.int8)
+    w = C.PackedInt8Weights(b)
+    assert (w.k, w.n) == (k, n)
+    assert w.padded_k % 64 == 0 and k <= w.padded_k < k + 64
+    np.testing.assert_array_equal(w.unpack(), b)
+    np.testing.assert_array_equal(w.column_sums, b.astype(np.int64).sum(axis=0).astype(np.int32))
+
+
+def test_packed_weights_accept_only_int8_matrices():
+    with pytest.raises(ValueError, match="int8"):
+        C.PackedInt8Weights(np.zeros((4, 4), np.uint8))
+    with pytest.raises(ValueError, match="rank 2"):
+        C.PackedInt8Weights(np.zeros(4, np.int8))
+    # A non-contiguous view is packed from its values.
+    b = np.arange(64, dtype=np.int8).reshape(8, 8)[:, ::2]
+    np.testing.assert_array_equal(C.PackedInt8Weights(b).unpack(), b)
+
+
+# ----------------------------------------------------------------------------------------------
+# Exactness on every path
+
+EDGE_SHAPES = [(m, k, n) for m in (0, 1, 2, 5, 6, 7, 17, 33) for k in (1, 3, 4, 64, 65, 131)
+               for n in (1, 15, 16, 17, 64, 65, 130)]
+
+
+@pytest.mark.parametrize("level", PATHS)
+def test_gemm_is_exact_on_edge_shapes(level):
+    rng = np.random.default_rng(1)
+    for m, k, n in EDGE_SHAPES:
+        a, b = random_operands(rng, m, k, n)
+        np.testing.assert_array_equal(gemm_on(level, a, C.PackedInt8Weights(b)), exact(a, b), err_msg=f"{m}x{k}x{n}")
+
+
+@pytest.mark.parametrize("level", PATHS)
+@given(m=st.integers(0, 80), k=st.integers(0, 300), n=st.integers(0, 200), seed=st.integers(0, 2**31))
+@FAST
+def test_gemm_is_exact_on_random_shapes(level, m, k, n, seed):
+    a, b = random_operands(np.random.default_rng(seed), m, k, n)
+    np.testing.assert_array_equal(gemm_on(level, a, C.PackedInt8Weights(b)), exact(a, b))
+
+
+@pytest.mark.parametrize("level", PATHS)
+def test_gemm_extreme_values_do_not_saturate(level):
+    # 255 x -128 in every product: an int16 pair sum (vpmaddubsw) would saturate here; int32 lanes must not.
+    a = np.full((9, 256), 255, np.uint8)
+    b = np.full((256, 48), -128, np.int8)
+    b[:, 1::2] = 127
+    np.testing.assert_array_equal(gemm_on(level, a, C.PackedInt8Weights(b)), exact(a, b))
+
+
+@pytest.mark.parametrize("level", PATHS)
+def test_gemm_wraps_like_int32_accumulators(level):
+    # K large enough that 255 * -128 * K leaves the int32 range: the result wraps as MatMulInteger's does.
+    k = 70_000
+    a = np.full((2, k), 255, np.uint8)
+    b = np.full((k, 16), -128, np.int8)
+    expected = exact(a, b)
+    assert (255 * -128 * k) != int(expected[0, 0])  # it did wrap
+    np.testing.assert_array_equal(gemm_on(level, a, C.PackedInt8Weights(b)), expected)
+
+
+@pytest.mark.parametrize("level", PATHS)
+@pytest.mark.parametrize("threads", [1, 2, 3])
+@pytest.mark.parametrize("m", [1, 8, 47, 48, 130, 300])
+def test_gemm_task_splits_agree(level, threads, m):
+    # Few rows split the column panels across tasks, many rows split the rows: both give the same numbers.
+    a, b = random_operands(np.random.default_rng(m), m, 96, 400)
+    w = C.PackedInt8Weights(b)
+    old = C.get_num_threads()
+    C.set_num_threads(threads)
+    try:
+        np.testing.assert_array_equal(gemm_on(level, a, w), exact(a, b))
+    finally:
+        C.set_num_threads(old)
+
+
+def test_gemm_paths_follow_the_kernel_level():
+    expected = {"scalar": "scalar", "avx2": "avx2", "avx512": "avx2", "avx512_vnni": "avx512_vnni",
+                "avx512_bf16": "avx512_vnni", "amx": "amx"}
+    for level in C.supported_isas():
+        with use_isa(level):
+            assert C.int8_gemm_path() == expected[level]
+
+
+def test_gemm_rejects_bad_operands():
+    w = C.PackedInt8Weights(np.zeros((8, 4), np.int8))
+    with pytest.raises(ValueError, match=r"a must have shape \[M, 8\]"):
+        C.gemm_u8s8(np.zeros((2, 7), np.uint8), w)
+    with pytest.raises(ValueError, match="uint8"):
+        C.gemm_u8s8(np.zeros((2, 8), np.int8), w)
