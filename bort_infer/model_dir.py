@@ -75,6 +75,7 @@ class ModelMetadata:
 
 
 _REQUIRED_INT = ("hidden_size", "num_layers", "num_heads", "max_length", "pad_token_id")
+_INT_LIMIT = 2**31 - 1  # far above any real model; keeps numpy and tokenizers from overflowing
 
 
 def read_metadata(directory: str | Path) -> ModelMetadata:
@@ -98,13 +99,13 @@ def read_metadata(directory: str | Path) -> ModelMetadata:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise ModelDirectoryError(f"{meta_path} is not bort-infer metadata (expected \"format\": \"{FORMAT_NAME}\")")
     version = raw.get("format_version")
-    if version != FORMAT_VERSION:
+    if type(version) is not int or version != FORMAT_VERSION:
         raise ModelDirectoryError(
             f"{meta_path} has format_version {version!r}; this bort-infer reads version {FORMAT_VERSION}: "
             "re-export the model with this version of bort-infer")
     for key in _REQUIRED_INT:
-        if not isinstance(raw.get(key), int) or isinstance(raw.get(key), bool) or raw[key] < 0:
-            raise ModelDirectoryError(f"{meta_path}: field {key!r} must be a non-negative integer, "
+        if type(raw.get(key)) is not int or not 0 <= raw[key] <= _INT_LIMIT:
+            raise ModelDirectoryError(f"{meta_path}: field {key!r} must be an integer from 0 to {_INT_LIMIT}, "
                                       f"got {raw.get(key)!r}")
     if raw["hidden_size"] < 1 or raw["max_length"] < 2:
         raise ModelDirectoryError(f"{meta_path}: hidden_size must be >= 1 and max_length >= 2")
@@ -123,7 +124,14 @@ def read_metadata(directory: str | Path) -> ModelMetadata:
             raise ModelDirectoryError(f"{d}: {raw[key]} is missing (named by {METADATA_FILE} as {key})")
         if target.stat().st_size == 0:
             raise ModelDirectoryError(f"{target} is empty")
+    if not isinstance(raw.get("normalize", False), bool):
+        raise ModelDirectoryError(f"{meta_path}: normalize must be true or false, got {raw['normalize']!r}")
+    for key in ("versions", "source", "fidelity"):
+        if raw.get(key) is not None and not isinstance(raw[key], dict):
+            raise ModelDirectoryError(f"{meta_path}: {key} must be an object or null, got {raw[key]!r}")
     inputs = raw.get("inputs")
+    if not isinstance(inputs, list):
+        inputs = None
     padded = isinstance(inputs, list) and {"input_ids", "attention_mask"} <= set(inputs)
     packed = isinstance(inputs, list) and {"input_ids", "position_ids", "cu_seqlens", "query_rows"} <= set(inputs)
     if not all(isinstance(i, str) for i in inputs or [None]) or not (padded or packed):
@@ -139,7 +147,7 @@ def read_metadata(directory: str | Path) -> ModelMetadata:
         num_heads=raw["num_heads"],
         max_length=raw["max_length"],
         pooling=raw["pooling"],
-        normalize=bool(raw.get("normalize", False)),
+        normalize=raw.get("normalize", False),
         precision=raw["precision"],
         pad_token_id=raw["pad_token_id"],
         onnx_file=raw["onnx_file"],

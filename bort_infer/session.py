@@ -215,7 +215,7 @@ class Session:
         pooling). A packed model needs right-padded masks and leaves padding positions at zero."""
         ids, mask = self._check_token_inputs(input_ids, attention_mask)
         if not self.packed:
-            return self._run({"input_ids": ids, "attention_mask": mask})
+            return self._run({"input_ids": ids, "attention_mask": mask}, ids.shape + (self.hidden_size,))
         lengths, valid = self._right_padded_lengths(mask)
         hidden = np.zeros(ids.shape + (self.hidden_size,), dtype=np.float32)
         if lengths.sum():
@@ -248,6 +248,15 @@ class Session:
         for name, a in (("input_ids", ids), ("attention_mask", mask)):
             if a.size and a.dtype.kind not in "iub":
                 raise ValueError(f"{name} must hold integers, got dtype {a.dtype}")
+        if ids.size:  # a negative id would index the embedding table from its end, silently
+            outside = (ids < 0) | (ids >= self.vocab_size)
+            if outside.any():
+                at = tuple(int(i) for i in np.argwhere(outside)[0])
+                raise ValueError(f"input_ids[{', '.join(map(str, at))}] is {ids[at]}, outside this model's vocabulary "
+                                 f"[0, {self.vocab_size})")
+            odd = (mask != 0) & (mask != 1)
+            if odd.any():
+                raise ValueError(f"attention_mask must hold 0 and 1 only, got {mask[odd][0]}")
         return ids.astype(np.int64, copy=False), mask.astype(np.int64, copy=False)
 
     @staticmethod
@@ -258,21 +267,29 @@ class Session:
             raise ValueError("attention_mask rows must be right-padded (ones, then zeros) for a packed model")
         return lengths, valid
 
-    def _run(self, available: dict[str, np.ndarray]) -> np.ndarray:
+    def _run(self, available: dict[str, np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+        """The graph's output for these inputs, checked to be float32 of ``shape`` (what the metadata and the
+        inputs imply): a model whose output has, say, one row would otherwise give every text one vector."""
         feeds = {name: available[name] for name in self.metadata.inputs}
+        onnx_path = self.path / self.metadata.onnx_file
         try:
-            return self._ort.run([self.metadata.output], feeds)[0]
+            out = self._ort.run([self.metadata.output], feeds)[0]
         except Exception as exc:  # inputs are validated above, so a failure here is the model's
             if type(exc).__module__.startswith("onnxruntime"):
-                raise ModelDirectoryError(f"{self.path / self.metadata.onnx_file}: the model failed to run: "
-                                          f"{exc}") from None
+                raise ModelDirectoryError(f"{onnx_path}: the model failed to run: {exc}") from None
             raise
+        if not isinstance(out, np.ndarray) or out.dtype != np.float32 or out.shape != shape:
+            got = f"{out.dtype} values of shape {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise ModelDirectoryError(f"{onnx_path}: the model's output {self.metadata.output!r} has {got}; expected "
+                                      f"float32 values of shape {shape} (hidden_size {self.hidden_size}); the graph "
+                                      "does not match its metadata")
+        return out
 
     def _run_packed(self, ids: np.ndarray, lengths: np.ndarray, cu: np.ndarray, query_rows: np.ndarray) -> np.ndarray:
         """Concatenated tokens of len(lengths) texts → the last layer's states at query_rows [Q, H]."""
         positions = np.arange(cu[-1], dtype=np.int64) - np.repeat(cu[:-1], lengths)
         return self._run({"input_ids": ids, "position_ids": positions, "cu_seqlens": cu,
-                          "query_rows": query_rows.astype(np.int64, copy=False)})
+                          "query_rows": query_rows.astype(np.int64, copy=False)}, (len(query_rows), self.hidden_size))
 
     def _embed_packed(self, sequences: list, how: str) -> np.ndarray:
         lengths = np.fromiter((len(s) for s in sequences), dtype=np.int64, count=len(sequences))
@@ -291,7 +308,7 @@ class Session:
             n = len(s)
             ids[row, :n] = s
             mask[row, :n] = 1
-        hidden = self._run({"input_ids": ids, "attention_mask": mask})
+        hidden = self._run({"input_ids": ids, "attention_mask": mask}, (batch, seq, self.hidden_size))
         return pool(hidden, mask, how)
 
     @staticmethod

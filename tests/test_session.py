@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from bort_infer import Session
+from bort_infer import ModelDirectoryError, Session
 
 # Every behaviour below holds for the plain onnxruntime graph, for bort-infer's packed graph (the
 # default export: padding-free, custom ops) and for its int8 form.
@@ -163,13 +163,21 @@ class TestBadModelDirectories:
         ("precision", "int4", "precision must be one of"),
         ("onnx_file", "../../etc/passwd", "must be a file name inside the directory"),
         ("inputs", ["input_ids"], "inputs must list input_ids and attention_mask"),
+        ("inputs", 5, "inputs must list input_ids and attention_mask"),
+        ("format_version", True, "format_version True"),
+        ("max_length", 2**70, "'max_length' must be an integer from 0 to 2147483647"),
+        ("pad_token_id", 2**63, "'pad_token_id' must be an integer from 0 to 2147483647"),
+        ("normalize", "yes", "normalize must be true or false"),
+        ("versions", 5, "versions must be an object or null"),
+        ("source", [1, 2], "source must be an object or null"),
+        ("fidelity", "high", "fidelity must be an object or null"),
     ])
     def test_invalid_metadata_fields(self, exports, tmp_path, field, value, message):
         d = self.copy(exports("tiny-bort", custom_ops=False), tmp_path / "m")
         meta = json.loads((d / "bort_infer.json").read_text())
         meta[field] = value
         (d / "bort_infer.json").write_text(json.dumps(meta))
-        with pytest.raises(ValueError, match=message):
+        with pytest.raises(ModelDirectoryError, match=message):
             Session(d)
 
     def test_missing_onnx(self, exports, tmp_path):
@@ -301,6 +309,75 @@ def test_custom_ops_given_mismatched_shapes_fail_clearly(exports, tmp_path, tamp
     with pytest.raises(ValueError, match=f"model.onnx: the model failed to run: .*{op} must have shape"):
         session.encode(["hello world"])
     assert session.encode([]).shape == (0, 128)  # the session stays usable for what it can do
+
+
+@pytest.mark.parametrize("bad_id", [-1, -1000, 1000, 2**40])
+def test_token_ids_outside_the_vocabulary_are_value_errors(tiny, bad_id):
+    """A negative id would index the embedding table from its end, silently; one past it fails deep inside."""
+    ids = np.array([[0, 5, 7], [0, bad_id, 2]], dtype=np.int64)
+    mask = np.ones_like(ids)
+    says = rf"input_ids\[1, 1\] is {bad_id}, outside this model's vocabulary \[0, {tiny.vocab_size}\)"
+    with pytest.raises(ValueError, match=says):
+        tiny.forward(ids, mask)
+    with pytest.raises(ValueError, match=says):
+        tiny.embed_tokens(ids, mask)
+
+
+@pytest.mark.parametrize("mask_value", [2, -1])
+def test_attention_mask_holds_zeros_and_ones(tiny, mask_value):
+    ids = np.array([[0, 5, 7]], dtype=np.int64)
+    with pytest.raises(ValueError, match=rf"attention_mask must hold 0 and 1 only, got {mask_value}"):
+        tiny.forward(ids, np.array([[1, mask_value, 0]]))
+
+
+def model_with_a_wrong_output(src, dst, change: str):
+    """A copy of model directory `src` whose graph output is changed after the last layer: the kind of
+    model that loads and runs, and whose vectors would be wrong without a word."""
+    import shutil
+
+    import onnx
+    from onnx import TensorProto, helper
+
+    shutil.copytree(src, dst)
+    model = onnx.load(str(dst / "model.onnx"))
+    g = model.graph
+    out = g.output[0].name
+    for node in g.node:
+        node.output[:] = ["raw_state" if o == out else o for o in node.output]
+    const = [helper.make_tensor(name, TensorProto.INT64, [len(v)], v)
+             for name, v in (("zero", [0]), ("one", [1]), ("first_axis", [0]), ("last_axis", [-1]), ("cut", [127]))]
+    g.initializer.extend(const)
+    node = {
+        "one-row": helper.make_node("Slice", ["raw_state", "zero", "one", "first_axis"], [out]),
+        "float64": helper.make_node("Cast", ["raw_state"], [out], to=TensorProto.DOUBLE),
+        "rank": helper.make_node("Unsqueeze", ["raw_state", "first_axis"], [out]),
+        "hidden": helper.make_node("Slice", ["raw_state", "zero", "cut", "last_axis"], [out]),
+    }[change]
+    g.node.append(node)
+    elem = TensorProto.DOUBLE if change == "float64" else TensorProto.FLOAT
+    g.output[0].CopyFrom(helper.make_tensor_value_info(out, elem, None))
+    onnx.save(model, str(dst / "model.onnx"))
+    return dst
+
+
+@pytest.mark.parametrize("variant", ["plain", "packed"])
+@pytest.mark.parametrize("change, says", [
+    ("one-row", r"float32 values of shape \(1, (\d+, )?128\)"), ("float64", "float64 values"),
+    ("rank", r"float32 values of shape \(1, "), ("hidden", r"float32 values of shape \(\d+, (\d+, )?127\)"),
+])
+def test_a_graph_output_that_disagrees_with_the_metadata_is_a_model_directory_error(
+        exports, tmp_path, variant, change, says):
+    """A model whose output has one row would give every text the same vector: each call checks the
+    output's rank, dtype and row count against the metadata."""
+    d = model_with_a_wrong_output(exports("tiny-bort", **SESSION_VARIANTS[variant]), tmp_path / "m", change)
+    session = Session(d, threads=1)
+    says = rf"{d / 'model.onnx'}: the model's output 'last_hidden_state' has {says}.*; expected float32 values of shape"
+    ids, mask = np.array([[0, 5, 7, 2], [0, 9, 2, 1]]), np.array([[1, 1, 1, 1], [1, 1, 1, 0]])
+    for call in (lambda: session.encode(["one text", "another text", "a third"]),
+                 lambda: session.encode(["one text", "another"], pooling="mean"),
+                 lambda: session.forward(ids, mask), lambda: session.embed_tokens(ids, mask)):
+        with pytest.raises(ModelDirectoryError, match=says):
+            call()
 
 
 class TestTokenIds:

@@ -18,6 +18,7 @@ from bort_infer.encode_file import PARTIAL_SUFFIX
 
 from ..conftest import assert_rows, write_lines
 from ..test_encode_file import corpus, kill_during_run
+from ..test_session import model_with_a_wrong_output
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,20 +65,27 @@ def broken_model(tmp_path, model, how: str):
         (target / "bort_infer.json").write_text(json.dumps({**meta, "format_version": 99}))
     elif how == "corrupt-metadata":
         (target / "bort_infer.json").write_text('{"format": "bort-infer-model", ')
+    elif how == "inputs-not-a-list":
+        meta = json.loads((target / "bort_infer.json").read_text())
+        (target / "bort_infer.json").write_text(json.dumps({**meta, "inputs": 5}))
+    elif how == "one-row-output":
+        shutil.rmtree(target)
+        model_with_a_wrong_output(model, target, "one-row")
     return target
 
 
 @pytest.mark.parametrize("how, says", [
     ("missing", "does not exist"), ("empty", "bort_infer.json is missing (the directory is empty)"),
     ("truncated", "onnxruntime cannot load this model"), ("wrong-version", "format_version 99"),
-    ("corrupt-metadata", "not valid JSON"),
+    ("corrupt-metadata", "not valid JSON"), ("inputs-not-a-list", "inputs must list input_ids"),
+    ("one-row-output", "the graph does not match its metadata"),
 ])
 def test_cli_names_a_bad_model_directory(tmp_path, model, capsys, how, says):
     bad = broken_model(tmp_path, model, how)
-    src = write_lines(tmp_path / "in.txt", ["a"])
+    src = write_lines(tmp_path / "in.txt", ["a", "b", "c"])
     assert cli.main(["encode", str(bad), str(src), str(tmp_path / "v.npy")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("bort-infer encode: error:") and str(bad) in err and says in err
+    assert err.startswith("bort-infer encode: error:") and str(bad) in err and says in err and err.count("\n") == 1
     assert not (tmp_path / "v.npy").exists() and not (tmp_path / ("v.npy" + PARTIAL_SUFFIX)).exists()
 
 
