@@ -44,8 +44,11 @@ class ModelMetadata:
     versions: dict[str, str] = field(default_factory=dict)
     source: dict[str, Any] = field(default_factory=dict)
     fidelity: dict[str, Any] | None = None
+    # The same graph in onnxruntime's ORT format (export --ort-format), for mobile and minimal builds.
+    ort_file: str | None = None
 
     def to_json(self) -> dict[str, Any]:
+        optional = {"ort_file": self.ort_file} if self.ort_file else {}
         return {
             "format": FORMAT_NAME,
             "format_version": FORMAT_VERSION,
@@ -60,6 +63,7 @@ class ModelMetadata:
             "pad_token_id": self.pad_token_id,
             "onnx_file": self.onnx_file,
             "tokenizer_file": self.tokenizer_file,
+            **optional,
             "inputs": list(self.inputs),
             "output": self.output,
             "custom_ops": list(self.custom_ops),
@@ -116,7 +120,9 @@ def read_metadata(directory: str | Path) -> ModelMetadata:
     for key in ("onnx_file", "tokenizer_file", "output", "architecture"):
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise ModelDirectoryError(f"{meta_path}: field {key!r} must be a non-empty string")
-    for key in ("onnx_file", "tokenizer_file"):
+    if raw.get("ort_file") is not None and (not isinstance(raw["ort_file"], str) or not raw["ort_file"]):
+        raise ModelDirectoryError(f"{meta_path}: field 'ort_file' must be a non-empty string when present")
+    for key in ("onnx_file", "tokenizer_file") + (("ort_file",) if raw.get("ort_file") is not None else ()):
         target = d / raw[key]
         if Path(raw[key]).name != raw[key]:
             raise ModelDirectoryError(f"{meta_path}: {key} must be a file name inside the directory, got {raw[key]!r}")
@@ -158,6 +164,7 @@ def read_metadata(directory: str | Path) -> ModelMetadata:
         versions=dict(raw.get("versions") or {}),
         source=dict(raw.get("source") or {}),
         fidelity=raw.get("fidelity"),
+        ort_file=raw.get("ort_file"),
     )
 
 

@@ -37,9 +37,11 @@ def _export(args: argparse.Namespace) -> int:
             raise ValueError(f"--calibration {args.calibration} holds no text (one text per line)")
     meta = export_model(args.src, args.out, quantize=args.quantize, custom_ops=not args.no_custom_ops,
                         overwrite=args.overwrite, form=args.form, max_drop=args.max_drop,
-                        calibration_texts=calibration)
+                        calibration_texts=calibration, ort_format=args.ort_format)
     ops = ", ".join(meta.custom_ops) or "none"
     print(f"exported {args.src} → {args.out} ({meta.precision}, pooling {meta.pooling}, custom ops: {ops})")
+    if meta.ort_file:
+        print(f"ORT format: {meta.ort_file} (same token states as {meta.onnx_file})")
     parity = meta.source.get("parity_vs_pytorch") or {}
     if parity:
         print(f"fp32 graph vs PyTorch: min cosine {parity['min_cosine']:.7f}, max abs diff "
@@ -56,6 +58,15 @@ def _export(args: argparse.Namespace) -> int:
         if f.get("smoothing_alpha") is not None or f.get("fp32_linears"):
             print(f"activation smoothing alpha {f.get('smoothing_alpha')}; kept in fp32: "
                   f"{', '.join(f.get('fp32_linears') or []) or 'nothing'}")
+    return 0
+
+
+def _ops_config(args: argparse.Namespace) -> int:
+    from ..export.ort_format import write_ops_config
+
+    out = write_ops_config(args.models, args.output, type_reduction=args.type_reduction)
+    print(f"wrote {out}: the operators {len(args.models)} model(s) need, for onnxruntime's "
+          "build.sh --minimal_build custom_ops --include_ops_by_config")
     return 0
 
 
@@ -85,7 +96,20 @@ def build_parser() -> argparse.ArgumentParser:
                         ">= 1 - D/4 (default 0.02: min 0.98, mean 0.995)")
     p.add_argument("--calibration", metavar="FILE", default=None,
                    help="int8: texts (one per line) to calibrate on (default: the built-in calibration set)")
+    p.add_argument("--ort-format", action="store_true",
+                   help="also write model.ort, the graph in onnxruntime's ORT format (mobile and minimal builds)")
     p.set_defaults(func=_export)
+
+    p = sub.add_parser("ops-config", help="write the operator config a minimal onnxruntime build needs for models",
+                       description="Write the reduced-operator config (onnxruntime's build.sh --include_ops_by_config) "
+                                   "listing every operator the model directories use, read from their ORT-format "
+                                   "models (converted on the fly where a directory has no model.ort).")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model directories")
+    p.add_argument("-o", "--output", default="required_operators.config", help="config file to write "
+                   "(default: %(default)s)")
+    p.add_argument("--type-reduction", action="store_true",
+                   help="also list each operator's element types (for --enable_reduced_operator_type_support)")
+    p.set_defaults(func=_ops_config)
 
     p = sub.add_parser("encode", help="embed a text file (one text per line) into a .npy; --ray: files on a cluster",
                        description="Embed every line of INPUT (a file, or - for stdin) into OUT, a float32 "

@@ -66,14 +66,15 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
 
 def export_model(src: str, out: str | Path, quantize: str | None = None, custom_ops: bool = True,
                  overwrite: bool = False, form: str | None = None, max_drop: float | None = None,
-                 calibration_texts: list[str] | None = None) -> ModelMetadata:
+                 calibration_texts: list[str] | None = None, ort_format: bool = False) -> ModelMetadata:
     """Export checkpoint `src` to model directory `out`; returns the metadata written there.
 
     custom_ops: rewrite onto bort-infer's fused kernels (default) or keep onnxruntime's plain graph.
     form: "packed" (default with custom ops: padding-free, CLS-only last layer) or "padded".
     quantize: None (fp32) or "int8". max_drop: the int8 fidelity gate (default
     bort_infer.export.quantize.DEFAULT_MAX_DROP); calibration_texts: texts for the int8 search (default:
-    the built-in calibration set). See bort_infer.export.quantize.
+    the built-in calibration set). See bort_infer.export.quantize. ort_format: also write model.ort, the same
+    graph in onnxruntime's ORT format (bort_infer.export.ort_format), checked to give the same token states.
     """
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
@@ -165,6 +166,9 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
             plain_path.unlink()
         bar.update()
 
+        if ort_format:
+            bar.set_postfix_str("ORT format")
+            meta = _write_ort_format(tmp, meta, reference)
         bar.set_postfix_str("writing")
         meta.write(tmp)
         if out.exists():
@@ -177,6 +181,29 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
             shutil.rmtree(tmp, ignore_errors=True)
     log.info("exported %s → %s (%s, %s)", src, out, meta.precision, ", ".join(meta.custom_ops) or "no custom ops")
     return meta
+
+
+def _write_ort_format(directory: Path, meta: ModelMetadata, reference) -> ModelMetadata:
+    """model.ort beside model.onnx, refused unless Session gives the same token states from either file."""
+    from ..session import Session
+    from .ort_format import ORT_FILE, write_ort_model
+
+    write_ort_model(directory / meta.onnx_file, directory / ORT_FILE)
+    meta.write(directory)  # what the model now is (int8 changes it), for the Session below
+    probe = directory / ".ort-probe"  # the same directory but for its model file
+    probe.mkdir()
+    for name in (ORT_FILE, meta.tokenizer_file):
+        try:
+            os.link(directory / name, probe / name)
+        except OSError:  # no hard links on this file system
+            shutil.copy(directory / name, probe / name)
+    dataclasses.replace(meta, onnx_file=ORT_FILE).write(probe)
+    ids, mask, _ = reference
+    same = np.array_equal(Session(directory).forward(ids, mask), Session(probe).forward(ids, mask))
+    shutil.rmtree(probe)
+    if not same:
+        raise RuntimeError(f"{ORT_FILE} gives other token states than {meta.onnx_file}; the model was not written")
+    return dataclasses.replace(meta, ort_file=ORT_FILE)
 
 
 def _release() -> None:

@@ -11,9 +11,11 @@ def test_create_random_then_export_then_encode(tmp_path, capsys):
     ckpt, out = tmp_path / "ckpt", tmp_path / "model"
     assert main(["create-random", "tiny-bort", str(ckpt), "--seed", "7"]) == 0
     assert json.loads((ckpt / "config.json").read_text())["hidden_size"] == 128
-    assert main(["export", str(ckpt), str(out), "--no-custom-ops"]) == 0
-    assert "custom ops: none" in capsys.readouterr().out
+    assert main(["export", str(ckpt), str(out), "--no-custom-ops", "--ort-format"]) == 0
+    text = capsys.readouterr().out
+    assert "custom ops: none" in text and "ORT format: model.ort (same token states as model.onnx)" in text
     assert Session(out).encode(["hi"]).shape == (1, 128)
+    assert Session(out).info["ort_file"] == "model.ort"
 
 
 def test_export_error_is_reported_not_raised(tmp_path, capsys):
@@ -49,3 +51,14 @@ def test_export_rejects_unusable_options(tmp_path, capsys, checkpoints):
     assert "apply to a quantized export" in capsys.readouterr().err
     assert main(["export", src, str(tmp_path / "c"), "--no-custom-ops", "--form", "packed"]) == 2
     assert "needs custom ops" in capsys.readouterr().err
+
+
+def test_ops_config_writes_the_operator_config(exports, tmp_path, capsys):
+    out = tmp_path / "ops.config"
+    assert main(["ops-config", str(exports("tiny-bort")), str(exports("tiny-bort", custom_ops=False)),
+                 "-o", str(out)]) == 0
+    assert "--include_ops_by_config" in capsys.readouterr().out
+    assert any(line.startswith("ai.bort_infer;1;") for line in out.read_text().splitlines())
+    assert main(["ops-config", str(tmp_path), "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "bort-infer ops-config: error:" in err and "bort_infer.json is missing" in err

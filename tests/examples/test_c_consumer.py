@@ -1,7 +1,8 @@
 """examples/c/bort_embed.c, a C program on onnxruntime's C API and libbort_infer_ops.so (no Python), gives the
 vectors Session gives on the same token ids: the packed and the padded model inputs, CLS and mean pooling,
-with and without normalization, Session's batching; fp32 within 1e-5, int8 identical. Built with the system
-compiler by examples/c/Makefile against onnxruntime's C library from its pip wheel."""
+with and without normalization, Session's batching, from model.onnx or model.ort; fp32 within 1e-5, int8
+identical. Built with the system compiler by examples/c/Makefile against onnxruntime's C library from its
+pip wheel."""
 from __future__ import annotations
 
 import os
@@ -87,6 +88,16 @@ def test_model_defaults_and_default_batching_as_encode(programs, model):
     directory, session = model
     got = vectors(run_c(programs / "bort_embed", directory, [e.ids for e in session.tokenize(TEXTS)]))
     assert_matches(got, session.encode(TEXTS), session.metadata.precision)
+
+
+@pytest.mark.parametrize("options", [{}, {"quantize": "int8"}], ids=["fp32", "int8"])
+def test_same_vectors_from_an_ort_format_model(programs, exports, options):
+    directory = exports("tiny-bort", ort_format=True, **options)
+    session = Session(directory, threads=1)
+    ids = [e.ids for e in session.tokenize(TEXTS)]
+    for pooling in ("cls", "mean"):
+        got = vectors(run_c(programs / "bort_embed", directory, ids, "--model", "model.ort", "--pooling", pooling))
+        assert_matches(got, session.embed_ids(ids, pooling=pooling), session.metadata.precision)
 
 
 def test_linked_against_the_ops_library(programs, exports):
