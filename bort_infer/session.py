@@ -23,10 +23,12 @@ class Session:
     """Encode texts into embeddings with an exported bort-infer model directory.
 
     ``threads`` sets onnxruntime's intra-op thread count (None: onnxruntime's default, one per core);
-    our fused kernels run on that same pool.
+    our fused kernels run on that same pool. ``allow_spinning=False`` lets that pool's threads sleep between
+    calls instead of spinning (onnxruntime's default): for a process whose other threads need the cores
+    between model calls, such as a server's event loop.
     """
 
-    def __init__(self, path: str | Path, threads: int | None = None):
+    def __init__(self, path: str | Path, threads: int | None = None, *, allow_spinning: bool = True):
         self.path = Path(path)
         self.metadata: ModelMetadata = read_metadata(self.path)
         meta = self.metadata
@@ -37,6 +39,10 @@ class Session:
         options.inter_op_num_threads = 1
         if threads is not None:
             options.intra_op_num_threads = threads
+        if not isinstance(allow_spinning, bool):
+            raise ValueError(f"allow_spinning must be True or False, got {allow_spinning!r}")
+        if not allow_spinning:
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if meta.custom_ops:
             from . import custom_op_library
 

@@ -414,3 +414,11 @@ class TestTokenIds:
     def test_embed_ids_rejects_a_sequence_past_the_limit(self, tiny):
         with pytest.raises(ValueError, match=r"sequences\[0\] has"):
             tiny.embed_ids([[0] * (tiny.metadata.max_length + 1)])
+
+
+def test_allow_spinning_is_checked_and_does_not_change_vectors(exports):
+    path = exports("tiny-bort")
+    calm = Session(path, threads=1, allow_spinning=False)
+    np.testing.assert_array_equal(calm.encode(["a b c"]), Session(path, threads=1).encode(["a b c"]))
+    with pytest.raises(ValueError, match="allow_spinning"):
+        Session(path, allow_spinning="no")

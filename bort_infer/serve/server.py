@@ -76,7 +76,8 @@ def serve(options: ServeOptions) -> int:
     from .app import create_app
 
     early = _EarlyStop()
-    session = Session(options.model, threads=options.threads)
+    # Spinning pool threads would take the cores the event loop and the tokenizer need between model calls.
+    session = Session(options.model, threads=options.threads, allow_spinning=False)
     app = create_app(session, options)
     sock = bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
