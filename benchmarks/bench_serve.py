@@ -544,7 +544,8 @@ def _print_summary(r: dict) -> None:
           f"{o['capacity_requests_per_second']:.0f}); statuses {o['statuses']}, errors {o['errors']}; peak RSS "
           f"{o['rss_mb_peak_during']:.0f} MB (before {o['rss_mb_before']:.0f}); only 200/429: {o['only_200_and_429']}")
     worst = min(x["ours_min_cosine_vs_offline"] for x in r["throughput_rounds"])
-    print(f"served rows vs offline: min cosine {worst:.6f}; exit code after SIGTERM: {r['ours_exit_code_after_sigterm']}")
+    print(f"served rows vs offline: min cosine {worst:.6f}; exit code after SIGTERM: "
+          f"{r['ours_exit_code_after_sigterm']}")
 
 
 if __name__ == "__main__":
