@@ -33,7 +33,7 @@ _loaded: dict[str, object] = {}
 def forward_of(name: str, threads: int):
     if name not in _loaded:
         try:
-            _loaded[name] = backends.BACKENDS[name](MODEL, threads)
+            _loaded[name] = backends.load(name, MODEL, threads)
         except Exception as exc:  # the suite reports what it could measure
             pytest.skip(f"{name} unavailable: {exc}")
     return _loaded[name]

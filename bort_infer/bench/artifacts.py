@@ -1,13 +1,25 @@
-"""Checkpoints and exports that bort-bench measures, built once and cached under the user's cache dir."""
+"""Checkpoints and exports that bort-bench measures, built once and cached under the user's cache dir.
+
+Each artifact is a directory `<cache>/<model>/<name>` made from other artifacts (ARTIFACTS names what
+each needs); a stamp records the code, library versions and sources it was made from, so an artifact
+made by other code or from another source is rebuilt, not reused. Every artifact is written to a
+temporary directory and renamed into place: a killed build never leaves one that looks complete.
+"""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
+import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from ..registry import model_spec
 
-CACHE_LAYOUT_VERSION = 1
+CACHE_LAYOUT_VERSION = 2
+STAMP = ".bort-bench-stamp.json"
 
 
 def cache_root() -> Path:
@@ -16,106 +28,245 @@ def cache_root() -> Path:
     return Path(base) / f"bench-v{CACHE_LAYOUT_VERSION}"
 
 
-def _stamp_ok(directory: Path, stamp: dict) -> bool:
-    f = directory / ".bort-bench-stamp.json"
-    return f.is_file() and json.loads(f.read_text()) == stamp
+def path(model: str, name: str) -> Path:
+    """Where artifact `name` of `model` lives (whether or not it is built)."""
+    if name not in ARTIFACTS:
+        raise ValueError(f"unknown artifact {name!r}; known: {', '.join(ARTIFACTS)}")
+    return cache_root() / model / name
 
 
-def _write_stamp(directory: Path, stamp: dict) -> None:
-    (directory / ".bort-bench-stamp.json").write_text(json.dumps(stamp))
+# ---------------------------------------------------------------------------------------------- builders
+# Each writes artifact `name` of `model` into the empty directory `out`; what it needs is already built.
 
-
-def checkpoint(model: str, seed: int = 0) -> Path:
-    """Random-init HF checkpoint of a known model (exact config), created once."""
+def _checkpoint(model: str, out: Path) -> None:
+    """Random-init HF checkpoint of a known model (exact config)."""
     from ..export.random_checkpoint import create_random_checkpoint
 
-    out = cache_root() / model / "checkpoint"
-    stamp = {"config": model_spec(model), "seed": seed,
-             "creator": _code_digest(("random_checkpoint.py", "tokenizer_training.py"))}
-    if not _stamp_ok(out, stamp):
-        create_random_checkpoint(model, out, seed=seed)
-        _write_stamp(out, stamp)
-    return out
+    create_random_checkpoint(model, out, seed=0)
 
 
-EXPORT_VARIANTS = {
-    "plain-fp32": dict(custom_ops=False),  # torch export only: what an onnxruntime user starts from
-    "bort-infer-fp32": dict(custom_ops=True),
-    "bort-infer-int8": dict(custom_ops=True, quantize="int8"),
-}
+def _export(**options) -> Callable[[str, Path], None]:
+    def build(model: str, out: Path) -> None:
+        from ..export.export import export_model
+
+        export_model(str(path(model, "checkpoint")), out, overwrite=True, **options)
+    return build
 
 
-def _code_digest(names: tuple[str, ...] = ()) -> str:
-    """SHA-256 of bort_infer/export's code and data (or of the named files in it): an artifact made by other
-    code is rebuilt, not reused."""
-    import hashlib
-
-    root = Path(__file__).resolve().parent.parent / "export"
-    h = hashlib.sha256()
-    for f in sorted(p for p in root.rglob("*") if p.is_file() and p.suffix in (".py", ".txt")):
-        if not names or f.name in names:
-            h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
-
-
-def _derived(model: str, name: str) -> tuple[Path, dict, bool]:
-    """(output dir, stamp, fresh?) for an artifact derived from the model's checkpoint."""
-    from .. import __version__
-
-    src = checkpoint(model)
-    out = cache_root() / model / name
-    stamp = {"bort_infer": __version__, "exporter": _code_digest(), "artifact": name,
-             "source": json.loads((src / ".bort-bench-stamp.json").read_text())}
-    return out, stamp, _stamp_ok(out, stamp)
-
-
-def export(model: str, variant: str) -> Path:
-    """A bort-infer model directory of one of EXPORT_VARIANTS."""
-    from ..export.export import export_model
-
-    out, stamp, fresh = _derived(model, variant)
-    if not fresh:
-        export_model(str(checkpoint(model)), out, overwrite=True, **EXPORT_VARIANTS[variant])
-        _write_stamp(out, stamp)
-    return out
-
-
-def ort_dynamic_int8(model: str) -> Path:
+def _ort_int8(model: str, out: Path) -> None:
     """The plain export quantized as onnxruntime documents it: quantize_dynamic, QInt8 weights."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    out, stamp, fresh = _derived(model, "ort-int8")
-    target = out / "model.onnx"
-    if not fresh:
-        out.mkdir(parents=True, exist_ok=True)
-        quantize_dynamic(str(export(model, "plain-fp32") / "model.onnx"), str(target), weight_type=QuantType.QInt8)
-        _write_stamp(out, stamp)
-    return target
+    quantize_dynamic(str(path(model, "plain-fp32") / "model.onnx"), str(out / "model.onnx"),
+                     weight_type=QuantType.QInt8)
 
 
-def ctranslate2_int8(model: str) -> Path:
-    """The checkpoint converted by CTranslate2's own converter with int8 weights."""
-    from ctranslate2.converters import TransformersConverter
-
-    out, stamp, fresh = _derived(model, "ctranslate2-int8")
-    if not fresh:
-        TransformersConverter(str(checkpoint(model))).convert(str(out), quantization="int8", force=True)
-        _write_stamp(out, stamp)
-    return out
-
-
-def ort_fused_fp32(model: str) -> Path:
+def _ort_fused_fp32(model: str, out: Path) -> None:
     """The plain export after onnxruntime's transformers optimizer (its fused Attention, SkipLayerNormalization,
     BiasGelu, EmbedLayerNormalization): onnxruntime's own best fp32 graph for BERT."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    out, stamp, fresh = _derived(model, "ort-fused-fp32")
-    target = out / "model.onnx"
-    if not fresh:
-        cfg = model_spec(model)["hf_config"]
-        out.mkdir(parents=True, exist_ok=True)
-        optimized = optimize_model(str(export(model, "plain-fp32") / "model.onnx"), model_type="bert",
-                                   num_heads=cfg["num_attention_heads"], hidden_size=cfg["hidden_size"])
-        optimized.save_model_to_file(str(target))
-        _write_stamp(out, stamp)
-    return target
+    cfg = model_spec(model)["hf_config"]
+    optimized = optimize_model(str(path(model, "plain-fp32") / "model.onnx"), model_type="bert",
+                               num_heads=cfg["num_attention_heads"], hidden_size=cfg["hidden_size"])
+    optimized.save_model_to_file(str(out / "model.onnx"))
+
+
+def _ctranslate2_int8(model: str, out: Path) -> None:
+    """The checkpoint converted by CTranslate2's own converter with int8 weights."""
+    from ctranslate2.converters import TransformersConverter
+
+    TransformersConverter(str(path(model, "checkpoint"))).convert(str(out), quantization="int8", force=True)
+
+
+def _calibration_items(model: str) -> list[dict]:
+    """The int8 export's calibration texts (the built-in set's calibration half), one tokenized text each."""
+    import numpy as np
+    from tokenizers import Tokenizer
+
+    from ..export.quantize import builtin_texts
+
+    tokenizer = Tokenizer.from_file(str(path(model, "plain-fp32") / "tokenizer.json"))
+    tokenizer.no_padding()
+    items = []
+    for e in tokenizer.encode_batch(builtin_texts()[0]):
+        ids = np.array([e.ids], dtype=np.int64)
+        items.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
+    return items
+
+
+def _openvino_int8(model: str, out: Path) -> None:
+    """NNCF post-training quantization of the plain export as OpenVINO documents it for transformers
+    (`nncf.quantize(model, nncf.Dataset(...), model_type=nncf.ModelType.TRANSFORMER)`), calibrated on the
+    same texts as bort-infer's int8 export; saved as OpenVINO IR without fp16 compression of the rest."""
+    import nncf
+    import openvino as ov
+
+    ov_model = ov.Core().read_model(str(path(model, "plain-fp32") / "model.onnx"))
+    quantized = nncf.quantize(ov_model, nncf.Dataset(_calibration_items(model)),
+                              model_type=nncf.ModelType.TRANSFORMER)
+    del ov_model
+    ov.save_model(quantized, str(out / "model.xml"), compress_to_fp16=False)
+
+
+def _fidelity_reference(model: str, out: Path) -> None:
+    """The fidelity texts tokenized in batches and the plain fp32 export's token states for them."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from . import fidelity
+
+    plain = path(model, "plain-fp32")
+    pad_id = int(json.loads((path(model, "checkpoint") / "config.json").read_text()).get("pad_token_id") or 0)
+    batches = fidelity.Batches.tokenize(plain / "tokenizer.json", fidelity.texts(), pad_id)
+    session = ort.InferenceSession(str(plain / "model.onnx"), providers=["CPUExecutionProvider"])
+    states = [session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+              for ids, mask in zip(batches.ids, batches.masks)]
+    batches.save(out / "reference.npz", [np.asarray(s) for s in states])
+
+
+@dataclass(frozen=True)
+class Artifact:
+    name: str
+    needs: tuple[str, ...]  # artifacts it is made from
+    build: Callable[[str, Path], None]
+    modules: tuple[str, ...] = ()  # libraries whose versions it depends on (recorded in its stamp)
+    # Peak memory of its build process as a multiple of the model's fp32 weight bytes, measured on
+    # BERT-large (plus a fixed ~0.5 GB for the interpreter and libraries): what the build scheduler
+    # reserves for it.
+    memory: float = 2.0
+
+
+ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
+    Artifact("checkpoint", (), _checkpoint, ("torch", "transformers", "tokenizers")),
+    Artifact("plain-fp32", ("checkpoint",), _export(custom_ops=False), ("torch", "onnx", "onnxruntime")),
+    Artifact("bort-infer-fp32", ("checkpoint",), _export(custom_ops=True), ("torch", "onnx", "onnxruntime")),
+    Artifact("bort-infer-int8", ("checkpoint",), _export(custom_ops=True, quantize="int8"),
+             ("torch", "onnx", "onnxruntime")),
+    Artifact("ort-int8", ("plain-fp32",), _ort_int8, ("onnx", "onnxruntime")),
+    Artifact("ort-fused-fp32", ("plain-fp32",), _ort_fused_fp32, ("onnx", "onnxruntime")),
+    Artifact("ctranslate2-int8", ("checkpoint",), _ctranslate2_int8, ("ctranslate2", "transformers")),
+    Artifact("openvino-int8", ("plain-fp32",), _openvino_int8, ("openvino", "nncf")),
+    Artifact("fidelity-reference", ("plain-fp32", "checkpoint"), _fidelity_reference, ("onnxruntime", "tokenizers")),
+)}
+
+
+# ---------------------------------------------------------------------------------------------- stamps
+
+def _code_digest() -> str:
+    """SHA-256 of the code and data that make artifacts (bort_infer/export and this file): an artifact
+    made by other code is rebuilt, not reused."""
+    package = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    files = [p for p in (package / "export").rglob("*") if p.is_file() and p.suffix in (".py", ".txt")]
+    for f in sorted(files) + [Path(__file__).resolve()]:
+        h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def _versions(modules: tuple[str, ...]) -> dict[str, str | None]:
+    from importlib import metadata
+
+    out = {}
+    for m in modules:
+        try:
+            out[m] = metadata.version(m)
+        except metadata.PackageNotFoundError:
+            out[m] = None
+    return out
+
+
+def _stamp(model: str, name: str) -> dict:
+    """What artifact `name` of `model` is made from: config, code, library versions and its sources' stamps."""
+    from .. import __version__
+
+    art = ARTIFACTS[name]
+    stamp = {"artifact": name, "model": model_spec(model), "bort_infer": __version__, "code": _code_digest(),
+             "versions": _versions(art.modules)}
+    stamp["sources"] = {dep: _read_stamp(path(model, dep)) for dep in art.needs}
+    return stamp
+
+
+def _read_stamp(directory: Path) -> dict | None:
+    f = directory / STAMP
+    try:
+        return json.loads(f.read_text()) if f.is_file() else None
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+def is_built(model: str, name: str) -> bool:
+    """Is artifact `name` of `model` in the cache, made by this code from its current sources?"""
+    art = ARTIFACTS[name]
+    if not all(is_built(model, dep) for dep in art.needs):
+        return False
+    stamp = _read_stamp(path(model, name))
+    return stamp is not None and stamp == _stamp(model, name)
+
+
+def build(model: str, name: str) -> Path:
+    """Build artifact `name` of `model` (what it needs must be built already); returns its directory."""
+    art = ARTIFACTS[name]
+    missing = [dep for dep in art.needs if not is_built(model, dep)]
+    if missing:
+        raise RuntimeError(f"{model} {name} needs {', '.join(missing)} built first")
+    out = path(model, name)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.partial-", dir=out.parent))
+    try:
+        work = tmp / "out"
+        work.mkdir()
+        art.build(model, work)
+        (work / STAMP).write_text(json.dumps(_stamp(model, name)))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(work, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
+def plan(model: str, names) -> list[str]:
+    """`names` and everything they need, each once, in an order that builds what is needed first."""
+    order: list[str] = []
+
+    def visit(name: str) -> None:
+        if name in order:
+            return
+        for dep in ARTIFACTS[name].needs:
+            visit(dep)
+        order.append(name)
+
+    for n in names:
+        visit(n)
+    return order
+
+
+def ensure(model: str, name: str) -> Path:
+    """Artifact `name` of `model`, built in this process (with what it needs) unless cached: for the
+    pytest-benchmark suites; bort-bench builds in child processes (bench.suite)."""
+    for step in plan(model, [name]):
+        if not is_built(model, step):
+            build(model, step)
+    return path(model, name)
+
+
+def export(model: str, variant: str) -> Path:
+    """A model directory of one of the exports: plain-fp32, bort-infer-fp32 or bort-infer-int8."""
+    if variant not in ("plain-fp32", "bort-infer-fp32", "bort-infer-int8"):
+        raise ValueError(f"unknown export variant {variant!r}")
+    return ensure(model, variant)
+
+
+def ort_dynamic_int8(model: str) -> Path:
+    """onnxruntime's quantize_dynamic of the plain export: the model.onnx path."""
+    return ensure(model, "ort-int8") / "model.onnx"
+
+
+def weight_bytes(model: str) -> int:
+    """fp32 bytes of the model's weights (embeddings and encoder), from its config."""
+    c = model_spec(model)["hf_config"]
+    h, i, n = c["hidden_size"], c["intermediate_size"], c["num_hidden_layers"]
+    embeddings = (c["vocab_size"] + c["max_position_embeddings"] + c.get("type_vocab_size", 2)) * h
+    per_layer = 4 * h * h + 2 * h * i + 9 * h + i
+    return 4 * (embeddings + n * per_layer)

@@ -1,28 +1,32 @@
-"""The steps of a bort-bench run: build every artifact once (each in its own process), load every backend,
-measure the grid."""
+"""The steps of a bort-bench run: build every artifact the chosen backends need (once, cached; each in
+its own process, two at a time when memory allows), then measure the grid in groups of backends that fit
+the memory budget together, each group in its own process.
+
+Why processes: exporting and quantizing BERT-large needs GBs for a while, and none of it should outlive
+its build, add up across builds, or sit next to the sessions measured afterwards; and a runtime's memory
+arenas never shrink, so a group's process returns all of it when the group is done. Why groups: holding
+every runtime's BERT-large at once (ten copies of 1.3 GB of fp32 weights, or their int8/bf16 forms, each
+with its arena) would need far more memory than a laptop has. Inside a group every backend × every model
+is interleaved round by round, so the Bort/BERT-large ratio of each backend, and the speed-ups between
+backends of the same group, see the same background load. Groups put the reduced-precision backends
+together (ours and every int8/bf16 peer) and the fp32 backends together, in as few groups as the budget
+allows; `--memory` raises the budget (one group: everything interleaved)."""
 from __future__ import annotations
 
 import logging
 import sys
 import time
+from dataclasses import dataclass, field
 
 from ..registry import model_spec
-from .backends import BACKENDS, BackendUnavailable
+from . import artifacts
+from .backends import BACKENDS, BackendUnavailable, check_available
 from .runner import Cell, exact_length_inputs, measure_interleaved
 
-
-def _build_one(model: str, backend: str, conn) -> None:
-    """Child process: build one (model, backend)'s artifacts; sends None, or why it cannot be built."""
-    from .backends import build
-
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        build(model, backend)
-        conn.send(None)
-    except BackendUnavailable as exc:
-        conn.send(str(exc))
-    except Exception as exc:  # a peer failing to build must not take the whole bench down
-        conn.send(f"could not be built for {model}: {type(exc).__name__}: {exc}")
+GB = 2**30
+# What a process with the run time's libraries imported holds before it loads or builds anything.
+BASE_BYTES = int(0.5 * GB)
+DEFAULT_MEMORY_GB = 5.5
 
 
 def _died(exitcode: int | None) -> str:
@@ -35,67 +39,261 @@ def _died(exitcode: int | None) -> str:
     return f"exited with code {exitcode} without a result"
 
 
-def build_artifacts(pairs: list[tuple[str, str]], build_one=_build_one) -> dict[str, str]:
-    """Build (once, cached) every (model, backend)'s artifacts, each in a fresh child process: exporting
-    and quantizing BERT-large needs several GB for a while, and none of it should outlive its build, add up
-    across builds, or sit next to the sessions loaded afterwards. Returns {backend: why} for the backends
-    that cannot be built here. `build_one(model, backend, conn)` runs in the child."""
+# ---------------------------------------------------------------------------------------------- building
+
+def _build_one(model: str, name: str, conn) -> None:
+    """Child process: build one artifact; sends None, or why it could not be built."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        artifacts.build(model, name)
+        conn.send(None)
+    except Exception as exc:  # a peer failing to build must not take the whole bench down
+        conn.send(f"{type(exc).__name__}: {exc}")
+
+
+def build_estimate(model: str, name: str) -> int:
+    """Bytes the build scheduler reserves for building artifact `name` of `model`."""
+    return BASE_BYTES + int(artifacts.ARTIFACTS[name].memory * artifacts.weight_bytes(model))
+
+
+def build_artifacts(jobs: list[tuple[str, str]], build_one=_build_one, memory_bytes: int = int(DEFAULT_MEMORY_GB * GB),
+                    parallel: int = 2, estimate=build_estimate) -> dict[tuple[str, str], str]:
+    """Build every (model, artifact) of `jobs` (listed with what each needs before it, as artifacts.plan
+    orders them), each in a fresh child process, up to `parallel` at once while their estimated peaks fit
+    `memory_bytes` (one always runs, however large). Returns {(model, artifact): why} for those that could
+    not be built, including those whose sources could not. `build_one(model, name, conn)` runs in the child."""
     from multiprocessing import get_context
+    from multiprocessing.connection import wait
 
     from tqdm.auto import tqdm
 
     context = get_context("spawn")
-    skipped: dict[str, str] = {}
-    for model, backend in tqdm(pairs, desc="building", unit="artifact", file=sys.stderr):
-        if backend in skipped:
-            continue
-        receive, send = context.Pipe(duplex=False)
-        child = context.Process(target=build_one, args=(model, backend, send), name=f"build {model} {backend}")
-        child.start()
-        send.close()  # so that a child that dies leaves an end-of-file here, not a hang
-        try:
-            why = receive.recv()
-        except EOFError:
+    failed: dict[tuple[str, str], str] = {}
+    done: set[tuple[str, str]] = set()
+    pending = list(jobs)
+    running: dict = {}  # receive end → (job, process, reserved bytes)
+    bar = tqdm(total=len(jobs), desc="building", unit="artifact", file=sys.stderr)
+
+    def needs(job):
+        return [(job[0], dep) for dep in artifacts.ARTIFACTS[job[1]].needs if (job[0], dep) in set(jobs)]
+
+    while pending or running:
+        for job in list(pending):  # a job whose sources failed cannot be built
+            broken = [d for d in needs(job) if d in failed]
+            if broken:
+                failed[job] = f"needs {broken[0][1]}, which could not be built"
+                pending.remove(job)
+                bar.update()
+        reserved = sum(r for _, _, r in running.values())
+        for job in list(pending):
+            if len(running) >= parallel:
+                break
+            if not all(d in done for d in needs(job)):
+                continue
+            cost = estimate(*job)
+            if running and reserved + cost > memory_bytes:
+                continue
+            receive, send = context.Pipe(duplex=False)
+            child = context.Process(target=build_one, args=(*job, send), name=f"build {job[0]} {job[1]}")
+            child.start()
+            send.close()  # so that a child that dies leaves an end-of-file here, not a hang
+            running[receive] = (job, child, cost)
+            reserved += cost
+            pending.remove(job)
+        if not running:
+            if pending:  # nothing can start and nothing runs: an ordering bug, not a build failure
+                raise RuntimeError(f"cannot schedule {pending}: what they need is not in the job list")
+            break
+        for receive in wait(list(running)):
+            job, child, _ = running.pop(receive)
+            try:
+                why = receive.recv()
+            except EOFError:
+                child.join()
+                why = f"the build process was {_died(child.exitcode)}"
             child.join()
-            why = f"its build for {model} failed: the build process was {_died(child.exitcode)}"
-        child.join()
-        if why is not None:
-            skipped[backend] = why
+            if why is None:
+                done.add(job)
+            else:
+                failed[job] = why
+            bar.update()
+    bar.close()
+    return failed
+
+
+def build_plan(models: list[str], backends: list[str], with_fidelity: bool) -> list[tuple[str, str]]:
+    """Every (model, artifact) the backends need, what each needs first, and the fidelity reference when
+    a reduced-precision backend is measured; already-built ones are left out."""
+    jobs = []
+    for model in models:
+        names = [a for b in backends for a in BACKENDS[b].artifacts]
+        if with_fidelity:
+            names.append("fidelity-reference")
+        jobs += [(model, a) for a in artifacts.plan(model, names) if not artifacts.is_built(model, a)]
+    return jobs
+
+
+def prepare(models: list[str], backends: list[str], memory_bytes: int, parallel: int = 2) -> dict[str, str]:
+    """Build (once, cached) what every backend needs; returns {backend: why} for those that cannot run here."""
+    skipped: dict[str, str] = {}
+    for b in backends:
+        try:
+            check_available(b, to_build=True)
+        except BackendUnavailable as exc:
+            skipped[b] = str(exc)
+    wanted = [b for b in backends if b not in skipped]
+    with_fidelity = any(BACKENDS[b].reduced_precision for b in wanted)
+    failed = build_artifacts(build_plan(models, wanted, with_fidelity), memory_bytes=memory_bytes, parallel=parallel)
+    for (model, name), why in failed.items():
+        for b in wanted:
+            if name in artifacts.plan(model, BACKENDS[b].artifacts) and b not in skipped:
+                skipped[b] = f"its {name} artifact for {model} could not be built: {why}"
+    if any(name == "fidelity-reference" for _, name in failed):
+        model, why = next((m, w) for (m, n), w in failed.items() if n == "fidelity-reference")
+        skipped["fidelity"] = f"the fidelity reference for {model} could not be built: {why}"
     return skipped
 
 
-def prepare(models: list[str], backends: list[str], threads: int) -> tuple[dict, dict[str, str]]:
-    """Build (once, cached) and load every (model, backend); a backend that cannot run is skipped with why."""
-    from tqdm.auto import tqdm
+# ---------------------------------------------------------------------------------------------- measuring
 
-    pairs = [(m, b) for m in models for b in backends]
-    skipped = build_artifacts(pairs)
-    forwards = {}
-    for model, backend in tqdm(pairs, desc="loading", unit="backend", file=sys.stderr):
-        if backend in skipped:
+def load_estimate(model: str, backend: str) -> int:
+    """Bytes backend `backend` holds once loaded for `model` and run at the grid's largest shape."""
+    return int(BACKENDS[backend].memory * artifacts.weight_bytes(model))
+
+
+def measurement_groups(models: list[str], backends: list[str], memory_bytes: int,
+                       estimate=None) -> list[list[str]]:
+    """Backends split into groups that fit `memory_bytes` together (with BASE_BYTES for the process): the
+    reduced-precision ones first, then fp32, each in the order given, a group closed when the next backend
+    does not fit. A backend too large for any group gets one of its own."""
+    estimate = estimate or load_estimate
+    ordered = ([b for b in backends if BACKENDS[b].reduced_precision]
+               + [b for b in backends if not BACKENDS[b].reduced_precision])
+    groups: list[list[str]] = []
+    used = 0
+    for b in ordered:
+        cost = sum(estimate(m, b) for m in models)
+        same_kind = groups and BACKENDS[groups[-1][-1]].reduced_precision == BACKENDS[b].reduced_precision
+        if same_kind and BASE_BYTES + used + cost <= memory_bytes:
+            groups[-1].append(b)
+            used += cost
+        else:
+            groups.append([b])
+            used = cost
+    return groups
+
+
+@dataclass
+class GroupResult:
+    cells: list[Cell] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+    precision: dict[str, str] = field(default_factory=dict)  # backend → what actually ran
+    fidelity: dict[str, dict[str, dict]] = field(default_factory=dict)  # backend → model → figures
+    seconds: dict[str, float] = field(default_factory=dict)  # load / fidelity / measure
+
+
+@dataclass(frozen=True)
+class Grid:
+    batches: tuple[int, ...]
+    seqs: tuple[int, ...]
+    repeat: int
+    shape_budget: float
+    min_rounds: int = 3
+
+
+def measure_group(models: list[str], backends: list[str], threads: int, grid: Grid, log=None) -> GroupResult:
+    """Load every (model, backend) of the group, measure fidelity of the reduced-precision ones, then the
+    grid, shape by shape, each shape's rounds interleaving every backend × model."""
+    from . import fidelity
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    result = GroupResult()
+    loaded = {}
+    t0 = time.perf_counter()
+    for backend in backends:
+        for model in models:
+            try:
+                loaded[(model, backend)] = BACKENDS[backend].load(model, threads)
+            except BackendUnavailable as exc:
+                result.skipped[backend] = str(exc)
+            except Exception as exc:
+                result.skipped[backend] = f"could not be loaded for {model}: {type(exc).__name__}: {exc}"
+            if backend in result.skipped:
+                break
+        if backend not in result.skipped:
+            result.precision[backend] = loaded[(models[0], backend)].precision
+    for key in [k for k in loaded if k[1] in result.skipped]:
+        del loaded[key]
+    result.seconds["load"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    for (model, backend), fwd in loaded.items():
+        if not BACKENDS[backend].reduced_precision:
             continue
+        ref_file = artifacts.path(model, "fidelity-reference") / "reference.npz"
+        if not ref_file.is_file():
+            continue
+        batches, reference = fidelity.Batches.load(ref_file)
         try:
-            forwards[(model, backend)] = BACKENDS[backend](model, threads)
-        except BackendUnavailable as exc:
-            skipped[backend] = str(exc)
-        except Exception as exc:
-            skipped[backend] = f"could not be loaded for {model}: {type(exc).__name__}: {exc}"
-    for key in [k for k in forwards if k[1] in skipped]:
-        del forwards[key]
-    return forwards, skipped
+            result.fidelity.setdefault(backend, {})[model] = fidelity.compare(fwd.states, batches, reference)
+        except Exception as exc:  # a backend whose output cannot be compared is reported, not measured blind
+            result.fidelity.setdefault(backend, {})[model] = {"error": f"{type(exc).__name__}: {exc}"}
+    result.seconds["fidelity"] = time.perf_counter() - t0
 
-
-def measure_grid(forwards: dict, batches: list[int], seqs: list[int], repeat: int,
-                 shape_budget: float) -> list[Cell]:
-    """Every (model, backend) at every batch x sequence shape, interleaved shape by shape."""
-    cells: list[Cell] = []
-    for batch in batches:
-        for seq in seqs:
+    t0 = time.perf_counter()
+    for batch in grid.batches:
+        for seq in grid.seqs:
             runs = {}
-            for (model, backend), fwd in forwards.items():
-                ids, mask = exact_length_inputs(batch, seq, model_spec(model)["hf_config"]["vocab_size"])
-                runs[(model, backend)] = (lambda f=fwd, i=ids, m=mask: f(i, m))
-            t0 = time.perf_counter()
-            cells += measure_interleaved(runs, batch, seq, repeat, warmup=1, budget_s=shape_budget)
-            print(f"measured b{batch} s{seq} in {time.perf_counter() - t0:.0f} s", file=sys.stderr, flush=True)
-    return cells
+            for backend in backends:  # a backend's models side by side (see runner.rotated)
+                for model in models:
+                    if (model, backend) in loaded:
+                        ids, mask = exact_length_inputs(batch, seq, model_spec(model)["hf_config"]["vocab_size"])
+                        runs[(model, backend)] = (lambda f=loaded[(model, backend)].run, i=ids, m=mask: f(i, m))
+            t1 = time.perf_counter()
+            result.cells += measure_interleaved(runs, batch, seq, grid.repeat, warmup=1, budget_s=grid.shape_budget,
+                                                min_rounds=grid.min_rounds)
+            log(f"  measured b{batch} s{seq} in {time.perf_counter() - t1:.0f} s")
+    result.seconds["measure"] = time.perf_counter() - t0
+    return result
+
+
+def _measure_child(models, backends, threads, grid, conn) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    try:
+        conn.send(measure_group(models, backends, threads, grid))
+    except Exception as exc:
+        conn.send(f"{type(exc).__name__}: {exc}")
+
+
+def measure(models: list[str], backends: list[str], threads: int, grid: Grid, memory_bytes: int,
+            child=_measure_child) -> tuple[list[list[str]], GroupResult]:
+    """Measure every backend in memory-bounded groups (see measurement_groups), each in a child process;
+    returns the groups and everything they measured. A group whose process dies skips its backends with why."""
+    from multiprocessing import get_context
+
+    context = get_context("spawn")
+    groups = measurement_groups(models, backends, memory_bytes)
+    total = GroupResult()
+    for i, group in enumerate(groups, 1):
+        print(f"measuring group {i}/{len(groups)}: {', '.join(group)}", file=sys.stderr, flush=True)
+        receive, send = context.Pipe(duplex=False)
+        proc = context.Process(target=child, args=(models, group, threads, grid, send), name=f"measure group {i}")
+        proc.start()
+        send.close()
+        try:
+            got = receive.recv()
+        except EOFError:
+            proc.join()
+            got = f"the measuring process was {_died(proc.exitcode)}"
+        proc.join()
+        if isinstance(got, str):
+            for b in group:
+                total.skipped[b] = f"could not be measured: {got}"
+            continue
+        total.cells += got.cells
+        total.skipped.update(got.skipped)
+        total.precision.update(got.precision)
+        total.fidelity.update(got.fidelity)
+        for k, v in got.seconds.items():
+            total.seconds[k] = total.seconds.get(k, 0.0) + v
+    return groups, total

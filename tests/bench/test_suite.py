@@ -1,22 +1,90 @@
-"""bort-bench's steps: every artifact built in its own process, a build that dies named with why."""
+"""bort-bench's steps: artifacts built in child processes (what each needs first, two at a time only
+within the memory budget, a build that dies named with why), backends measured in memory-bounded groups."""
 import os
 import signal
+from pathlib import Path
 
-from bort_infer.bench.suite import build_artifacts
+import pytest
+
+from bort_infer.bench import suite
+from bort_infer.bench.suite import GB, build_artifacts, build_plan, measurement_groups
 
 
-def _build_dies_on_the_large_model(model, backend, conn):
-    """Stands in for a build the out-of-memory killer ends (runs in bort-bench's build child)."""
-    if model == "bert-large":
+def _log_and_maybe_die(model, name, conn):
+    """Stands in for a build (runs in bort-bench's build child): logs its start and end to $BUILD_LOG;
+    bert-large's plain-fp32 is killed as the out-of-memory killer would, `ctranslate2-int8` fails."""
+    log = Path(os.environ["BUILD_LOG"])
+    with open(log, "a") as f:
+        f.write(f"start {model} {name}\n")
+    if (model, name) == ("bert-large", "plain-fp32"):
         os.kill(os.getpid(), signal.SIGKILL)
-    conn.send(None if backend == "ort-fp32" else f"{backend} is not installed")
+    with open(log, "a") as f:
+        f.write(f"end {model} {name}\n")
+    conn.send("ctranslate2 is not installed" if name == "ctranslate2-int8" else None)
 
 
-def test_a_build_process_that_dies_skips_its_backend_with_why():
-    pairs = [("bort", "ort-fp32"), ("bort", "openvino-fp32"), ("bert-large", "ort-fp32"),
-             ("bert-large", "openvino-fp32")]
-    skipped = build_artifacts(pairs, build_one=_build_dies_on_the_large_model)
-    assert skipped == {
-        "openvino-fp32": "openvino-fp32 is not installed",
-        "ort-fp32": "its build for bert-large failed: the build process was killed by SIGKILL; most likely the "
-                    "kernel's out-of-memory killer"}
+JOBS = [("bort", "checkpoint"), ("bort", "plain-fp32"), ("bort", "ort-int8"), ("bort", "ctranslate2-int8"),
+        ("bert-large", "checkpoint"), ("bert-large", "plain-fp32"), ("bert-large", "ort-int8")]
+
+
+def test_a_build_that_dies_or_fails_is_named_with_why_and_what_needs_it_is_not_built(tmp_path, monkeypatch):
+    monkeypatch.setenv("BUILD_LOG", str(tmp_path / "log"))
+    failed = build_artifacts(JOBS, build_one=_log_and_maybe_die, memory_bytes=100 * GB)
+    assert failed == {
+        ("bort", "ctranslate2-int8"): "ctranslate2 is not installed",
+        ("bert-large", "plain-fp32"): "the build process was killed by SIGKILL; most likely the kernel's "
+                                      "out-of-memory killer",
+        ("bert-large", "ort-int8"): "needs plain-fp32, which could not be built"}
+    log = (tmp_path / "log").read_text().splitlines()
+    for model, name in JOBS[:5]:
+        assert f"end {model} {name}" in log
+    for job in JOBS:  # nothing starts before what it needs has ended
+        for dep in {"plain-fp32": ["checkpoint"], "ort-int8": ["plain-fp32"]}.get(job[1], []):
+            if f"start {job[0]} {job[1]}" in log:
+                assert log.index(f"end {job[0]} {dep}") < log.index(f"start {job[0]} {job[1]}")
+
+
+def test_builds_that_do_not_fit_the_memory_budget_together_run_one_at_a_time(tmp_path, monkeypatch):
+    monkeypatch.setenv("BUILD_LOG", str(tmp_path / "log"))
+    jobs = [("bort", "checkpoint"), ("tiny-bort", "checkpoint"), ("tiny-bert-large", "checkpoint")]
+    assert build_artifacts(jobs, build_one=_log_and_maybe_die, memory_bytes=3 * GB, parallel=2,
+                           estimate=lambda model, name: 2 * GB) == {}
+    log = (tmp_path / "log").read_text().splitlines()
+    assert [line.split()[0] for line in log] == ["start", "end"] * 3
+
+
+def test_the_plan_builds_each_missing_artifact_once_and_the_fidelity_reference_when_asked(tmp_path, monkeypatch):
+    monkeypatch.setenv("BORT_INFER_CACHE", str(tmp_path))
+    jobs = build_plan(["bort"], ["ort-fp32", "openvino-fp32", "ort-int8"], with_fidelity=True)
+    assert jobs == [("bort", "checkpoint"), ("bort", "plain-fp32"), ("bort", "ort-int8"),
+                    ("bort", "fidelity-reference")]
+    assert ("bort", "fidelity-reference") not in build_plan(["bort"], ["ort-fp32"], with_fidelity=False)
+
+
+def test_groups_put_reduced_precision_backends_together_and_fp32_ones_after_within_the_budget():
+    backends = ["torch-fp32", "ort-fp32", "ort-int8", "bort-infer-int8", "bort-infer-fp32", "openvino"]
+    one_gb_each = lambda model, backend: GB // 2  # noqa: E731
+    assert measurement_groups(["bort", "bert-large"], backends, 100 * GB, one_gb_each) == [
+        ["ort-int8", "bort-infer-int8", "openvino"], ["torch-fp32", "ort-fp32", "bort-infer-fp32"]]
+    budget = suite.BASE_BYTES + 2 * GB
+    assert measurement_groups(["bort", "bert-large"], backends, budget, one_gb_each) == [
+        ["ort-int8", "bort-infer-int8"], ["openvino"], ["torch-fp32", "ort-fp32"], ["bort-infer-fp32"]]
+    assert measurement_groups(["bert-large"], ["ort-fp32", "torch-fp32"], GB, lambda m, b: 10 * GB) == [
+        ["ort-fp32"], ["torch-fp32"]]
+
+
+def _group_dies(models, backends, threads, grid, conn):
+    if "torch-fp32" in backends:
+        os.kill(os.getpid(), signal.SIGKILL)
+    conn.send(suite.GroupResult(precision={b: "fp32" for b in backends}))
+
+
+def test_a_measuring_process_that_dies_skips_its_group_with_why(monkeypatch):
+    monkeypatch.setattr(suite, "load_estimate", lambda model, backend: 3 * GB)
+    grid = suite.Grid((1,), (8,), 1, 1.0)
+    groups, result = suite.measure(["bort"], ["ort-fp32", "torch-fp32"], 1, grid, 4 * GB, child=_group_dies)
+    assert groups == [["ort-fp32"], ["torch-fp32"]]
+    assert result.precision == {"ort-fp32": "fp32"}
+    assert "killed by SIGKILL" in result.skipped["torch-fp32"]
+    with pytest.raises(KeyError):
+        result.skipped["ort-fp32"]

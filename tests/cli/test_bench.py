@@ -7,18 +7,28 @@ import pytest
 from bort_infer.cli.bench import main, parse_args
 
 
-def test_quick_smoke_run_writes_json(tmp_path, monkeypatch, capsys):
+def test_quick_smoke_run_writes_json_and_markdown(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("BORT_INFER_CACHE", str(tmp_path / "cache"))
-    out = tmp_path / "bench.json"
-    assert main(["--quick", "--models", "tiny-bort,tiny-bert-large", "--threads", "1", "--json", str(out)]) == 0
+    out, md = tmp_path / "bench.json", tmp_path / "bench.md"
+    assert main(["--quick", "--models", "tiny-bort,tiny-bert-large", "--threads", "1", "--json", str(out),
+                 "--markdown", str(md)]) == 0
     text = capsys.readouterr().out
-    assert "Verdict:" in text and "tiny-bort/tiny-bert-large speed-up" in text
+    assert "Verdict:" in text and "tiny-bort/tiny-bert-large speed-up" in text and "Fastest backend per cell" in text
     data = json.loads(out.read_text())
-    assert data["machine"]["threads"] == 1
+    assert data["machine"]["threads"] == 1 and data["machine"]["cpu"] and "isa" in data["machine"]
     backends = {r["backend"] for r in data["results"]}
-    assert {"ort-fp32", "torch-fp32"} <= backends
+    assert {"ort-fp32", "torch-fp32", "bort-infer-int8", "ort-int8"} <= backends
     for r in data["results"]:
-        assert r["batch"] == 1 and r["seq_len"] == 32 and r["repeats"] >= 3 and r["median_ms"] > 0
+        assert r["batch"] == 1 and r["seq_len"] == 32 and r["rounds"] >= 3 and r["median_ms"] > 0
+        assert len(r["round_ms"]) == r["rounds"]
+    for backend in backends:  # every reduced-precision backend measured is compared with fp32 on both models
+        if backend in ("bort-infer-int8", "ort-int8", "ctranslate2-int8", "openvino-int8", "openvino"):
+            for model in ("tiny-bort", "tiny-bert-large"):
+                fid = data["fidelity"][backend][model]
+                assert fid["texts"] > 40 and 0.9 < fid["cosine_min"] <= fid["cosine_mean"] <= 1.0 + 1e-9
+    if "openvino" in backends:
+        assert data["precision"]["openvino"] in ("bf16", "f32", "f16")
+    assert "bort-bench --quick" in md.read_text() and data["machine"]["cpu"] in md.read_text()
 
 
 @pytest.mark.parametrize("argv, message", [
