@@ -41,6 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 STSB = ROOT.parent / "shared" / "data" / "stsb"
 HOST = "127.0.0.1"
+QUEUE_SECONDS = 2.0  # the overload server's --max-queue, in seconds of the measured throughput
 
 
 def load_sentences() -> list[str]:
@@ -272,10 +273,10 @@ def _wait_ready(port: int, path: str, proc: subprocess.Popen, seconds: float) ->
     raise RuntimeError(f"no answer on port {port} within {seconds:.0f} s")
 
 
-def start_ours(model: Path, threads: int, name: str) -> Target:
+def start_ours(model: Path, threads: int, name: str, *options: str) -> Target:
     proc = subprocess.Popen([sys.executable, "-m", "bort_infer.cli.main", "serve", str(model), "--port", "0",
-                             "--threads", str(threads), "--model-name", name], cwd=ROOT, stdout=subprocess.PIPE,
-                            text=True)
+                             "--threads", str(threads), "--model-name", name, *options], cwd=ROOT,
+                            stdout=subprocess.PIPE, text=True)
     line = proc.stdout.readline()
     match = re.search(r"on http://[\d.]+:(\d+) ", line)
     if not match:
@@ -490,9 +491,13 @@ def main(argv: list[str] | None = None) -> int:
         report["ours_p50_vs_direct"] = report["latency_ms"]["ours_p50"] / report["latency_ms"]["direct_encode_p50"]
         print(json.dumps(report["latency_ms"]))
 
-        # Overload: 4x the measured request capacity, open loop, bounded count.
+        # Overload: 4x the measured request capacity, open loop, bounded count, on a fresh server whose queue
+        # holds about QUEUE_SECONDS of the measured throughput (as an operator sizes --max-queue).
         capacity = float(np.median([row["ours_requests_per_second"] for row in rows]))
         rate = 4 * capacity
+        max_queue = max(64, int(QUEUE_SECONDS * med["ours_sps"]))
+        report["ours_exit_code_after_sigterm"] = stop(ours)
+        ours = start_ours(model, args.threads, "bort", "--max-queue", str(max_queue), "--max-input-texts", "8")
         pool = [req for requests in rounds_requests for req in requests]
         over_requests = [pool[i % len(pool)] for i in range(int(rate * args.overload_seconds))]
         rss_before = rss_mb(ours.proc.pid)
@@ -509,14 +514,16 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 sampler.cancel()
         over = run(overload_with_rss())
-        over.update({"capacity_requests_per_second": capacity, "target_rate": rate,
+        over.update({"capacity_requests_per_second": capacity, "target_rate": rate, "max_queue_texts": max_queue,
                      "rss_mb_before": rss_before, "rss_mb_peak_during": max(peak),
                      "rss_mb_process_peak": rss_mb(ours.proc.pid, "VmHWM")})
         over["only_200_and_429"] = set(over["statuses"]) <= {"200", "429"} and over["errors"] == 0
         report["overload"] = over
         print(json.dumps(over))
     finally:
-        report["ours_exit_code_after_sigterm"] = stop(ours)
+        code = stop(ours)
+        report.setdefault("ours_exit_code_after_sigterm", code)
+        report["overload_server_exit_code_after_sigterm"] = code
         stop(infinity)
     report["load_avg_at_end"] = os.getloadavg()
     _print_summary(report)
@@ -541,7 +548,8 @@ def _print_summary(r: dict) -> None:
           f"p50 {lat['direct_encode_p50']:.2f} ms → {r['ours_p50_vs_direct']:.2f}x (target <= 1.3x)")
     o = r["overload"]
     print(f"overload: offered {o['offered_requests_per_second']:.0f} req/s (4x capacity "
-          f"{o['capacity_requests_per_second']:.0f}); statuses {o['statuses']}, errors {o['errors']}; peak RSS "
+          f"{o['capacity_requests_per_second']:.0f}; --max-queue {o['max_queue_texts']}); "
+          f"statuses {o['statuses']}, errors {o['errors']}; peak RSS "
           f"{o['rss_mb_peak_during']:.0f} MB (before {o['rss_mb_before']:.0f}); only 200/429: {o['only_200_and_429']}")
     worst = min(x["ours_min_cosine_vs_offline"] for x in r["throughput_rounds"])
     print(f"served rows vs offline: min cosine {worst:.6f}; exit code after SIGTERM: "

@@ -14,9 +14,10 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -55,6 +56,7 @@ class _Job:
     out: np.ndarray | None = None
     filled: int = 0
     dropped: bool = False  # cancelled by its request or failed: skip what is left of it
+    call: Callable[[], Any] | None = None  # a whole-request call (predict, rerank) run alone, in queue order
 
 
 class Batcher:
@@ -110,9 +112,19 @@ class Batcher:
     async def embed(self, sequences: list) -> np.ndarray:
         """Pooled, not normalized, vectors of token id sequences (as Session.tokenize gives them), in order.
         Cancelling the awaiting task drops the texts of this request that have not run yet."""
+        if not sequences:
+            return np.empty((0, self._session.metadata.hidden_size), dtype=np.float32)
         loop = asyncio.get_running_loop()
-        job = _Job(sequences, np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences)),
-                   loop.create_future(), loop)
+        lengths = np.fromiter(map(len, sequences), dtype=np.int64, count=len(sequences))
+        return await self._submit(_Job(sequences, lengths, loop.create_future(), loop))
+
+    async def call(self, fn: Callable[[], Any]) -> Any:
+        """fn() on the worker thread, alone and in queue order with the embedding rounds: for a request that
+        the Session runs whole (predict, rerank). Cancelling before it starts drops it."""
+        loop = asyncio.get_running_loop()
+        return await self._submit(_Job([], np.zeros(0, np.int64), loop.create_future(), loop, call=fn))
+
+    async def _submit(self, job: _Job):
         with self._cond:
             if self._closing:
                 raise BatcherClosed("the server is shutting down")
@@ -153,6 +165,11 @@ class Batcher:
         tokens = 0
         while self._jobs:
             job, start = self._jobs[0], self._head
+            if job.call is not None:
+                if not pieces:
+                    self._jobs.popleft()
+                    pieces.append((job, 0, 0))
+                break
             cumulative = np.cumsum(job.lengths[start:])
             take = int(np.searchsorted(cumulative, self._budget - tokens, "right"))
             if take == 0:
@@ -177,6 +194,9 @@ class Batcher:
                 if not self._jobs:
                     return
                 pieces, tokens = self._take_round()
+            if pieces[0][0].call is not None:
+                self._run_call(pieces[0][0])
+                continue
             sequences = [s for job, start, stop in pieces for s in job.sequences[start:stop]]
             began = time.perf_counter()
             try:
@@ -204,6 +224,17 @@ class Batcher:
                 job.filled += stop - start
                 if job.filled == len(job.sequences):
                     _deliver(job, result=job.out)
+
+    def _run_call(self, job: _Job) -> None:
+        began = time.perf_counter()
+        try:
+            result = job.call()
+        except Exception as exc:  # the request gets the error, the server goes on
+            _deliver(job, exc=exc)
+            return
+        if self._metrics is not None:
+            self._metrics.batch_seconds.observe(time.perf_counter() - began)
+        _deliver(job, result=result)
 
     def _observe(self, texts: int, tokens: int, seconds: float) -> None:
         rate = texts / max(seconds, 1e-6)

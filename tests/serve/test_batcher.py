@@ -138,3 +138,37 @@ def test_a_closed_batcher_refuses_work(session, make_batcher):
     assert not batcher.alive
     with pytest.raises(BatcherClosed):
         asyncio.run(batcher.embed([[0, 5, 2]]))
+
+
+def test_a_call_runs_on_the_worker_alone_in_queue_order(session, make_batcher):
+    import threading
+
+    gated = GatedSession(session)
+    batcher = make_batcher(gated)
+    order = []
+
+    def whole_request():
+        order.append(("call", threading.current_thread().name, len(gated.calls)))
+        return "done"
+
+    def failing():
+        raise ValueError("bad request")
+
+    async def run():
+        first = asyncio.ensure_future(batcher.embed([[0, 5, 2]]))
+        await asyncio.sleep(0.05)
+        called = asyncio.ensure_future(batcher.call(whole_request))
+        last = asyncio.ensure_future(batcher.embed([[0, 6, 2]]))
+        await asyncio.sleep(0.05)
+        gated.gate.set()
+        with pytest.raises(ValueError, match="bad request"):
+            await batcher.call(failing)
+        return await first, await called, await last
+    _, result, _ = asyncio.run(run())
+    assert result == "done"
+    assert order == [("call", "bort-serve-batcher", 1)]  # after the first round, before the last
+    assert gated.calls == [[3], [3]]
+
+
+def test_no_sequences_no_work(session, make_batcher):
+    assert asyncio.run(make_batcher(session).embed([])).shape == (0, session.hidden_size)
