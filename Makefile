@@ -2,6 +2,9 @@
 PYTHON ?= python
 ASAN_DIR := build/asan
 KERNEL_TESTS := tests/test_kernels.py tests/test_custom_ops.py
+# Under the sanitizers: the kernel tests, the Python-free library's and the op fuzzer (its worker processes inherit
+# the preloaded runtimes and BORT_INFER_C_DIR). BORT_INFER_FUZZ_EXAMPLES bounds the fuzzed graphs.
+ASAN_TESTS := $(KERNEL_TESTS) tests/test_ops_library.py tests/fuzz
 
 .PHONY: kernels kernels-test asan
 
@@ -21,4 +24,4 @@ asan:
 	ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:detect_odr_violation=0 \
 	UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
 	BORT_INFER_C_DIR=$(ASAN_DIR) \
-	$(PYTHON) -m pytest -q -p no:cacheprovider $(KERNEL_TESTS)
+	$(PYTHON) -m pytest -q -p no:cacheprovider $(ASAN_TESTS)

@@ -717,6 +717,13 @@ void check_cu_seqlens(const int64_t* cu_seqlens, int64_t num_seqs, int64_t token
                                 " must equal the number of tokens " + std::to_string(tokens));
 }
 
+void check_query_rows(const int64_t* rows, int64_t count, int64_t tokens) {
+  for (int64_t i = 0; i < count; ++i)
+    if (rows[i] < 0 || rows[i] >= tokens)
+      throw std::invalid_argument("query_rows[" + std::to_string(i) + "] = " + std::to_string(rows[i]) +
+                                  " is not a token index in [0, " + std::to_string(tokens) + ")");
+}
+
 void attention_packed(const float* qkv, const float* bias, const int64_t* cu_seqlens, int64_t num_seqs,
                       const PackedQueries& queries, float* out, int64_t tokens, const AttentionShape& shape,
                       const ParallelFor& pf) {
@@ -732,12 +739,10 @@ void attention_packed(const float* qkv, const float* bias, const int64_t* cu_seq
   const int64_t num_queries = queries.selected ? queries.count : tokens;
 
   // Query i (output row i) belongs to the sequence holding token rows[i]; group queries by sequence.
+  if (queries.selected) check_query_rows(queries.rows, queries.count, tokens);
   std::vector<int64_t> seq_of(static_cast<size_t>(num_queries));
   for (int64_t i = 0; i < num_queries; ++i) {
     const int64_t row = queries.selected ? queries.rows[i] : i;
-    if (row < 0 || row >= tokens)
-      throw std::invalid_argument("query_rows[" + std::to_string(i) + "] = " + std::to_string(row) +
-                                  " is not a token index in [0, " + std::to_string(tokens) + ")");
     seq_of[i] = std::upper_bound(cu_seqlens, cu_seqlens + num_seqs + 1, row) - cu_seqlens - 1;
   }
   std::vector<int64_t> first(static_cast<size_t>(num_seqs + 1), 0);  // counting sort by sequence

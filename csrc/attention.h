@@ -50,10 +50,14 @@ struct PackedQueries {
 // Checks 0 = cu[0] <= cu[1] <= ... <= cu[num_seqs] = tokens; std::invalid_argument otherwise.
 void check_cu_seqlens(const int64_t* cu_seqlens, int64_t num_seqs, int64_t tokens);
 
+// Checks 0 <= rows[i] < tokens for every i < count; std::invalid_argument naming the first bad entry.
+void check_query_rows(const int64_t* rows, int64_t count, int64_t tokens);
+
 // Packed (padding-free) batch. qkv: [tokens, 3*hidden] holding the sequences back to back (or
 // [tokens, 2*hidden] K | V when queries.values is given); cu_seqlens: [num_seqs + 1] offsets, checked
 // here; out: [queries.count or tokens, hidden]. Every query attends to its own sequence's keys only.
-// Bad offsets or query rows throw std::invalid_argument before anything is read through them.
+// Bad offsets or query rows throw std::invalid_argument before anything is read through them (front ends also
+// call the two checks above before they allocate the output).
 void attention_packed(const float* qkv, const float* bias, const int64_t* cu_seqlens, int64_t num_seqs,
                       const PackedQueries& queries, float* out, int64_t tokens, const AttentionShape& shape,
                       const ParallelFor& pf);

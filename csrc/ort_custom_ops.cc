@@ -326,6 +326,8 @@ struct PackedAttention {
     }
     queries.separate_values = query != nullptr;
     queries.values = floats(query);
+    bort::check_cu_seqlens(offsets.data(), dims.num_seqs, dims.tokens);  // before the output is allocated
+    if (rows) bort::check_query_rows(queries.rows, queries.count, dims.tokens);
     float* out = io.out<float>(0, {dims.num_queries, dims.shape.hidden()});
     bort::attention_packed(qkv.as<float>(), floats(bias), offsets.data(), dims.num_seqs, queries, out, dims.tokens,
                            dims.shape, io.pool());

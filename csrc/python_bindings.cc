@@ -116,7 +116,6 @@ py::array_t<float> packed_attention(const py::object& qkv_obj, const py::object&
   const bort::PackedAttentionDims dims =
       bort::check_packed_attention(qkv_shape, bias ? &bias_shape : nullptr, shape_of(cu), rows ? &rows_shape : nullptr,
                                    query ? &query_shape : nullptr, num_heads, scale ? &*scale : nullptr);
-  py::array_t<float> out({dims.num_queries, dims.shape.hidden()});
   bort::PackedQueries queries;
   if (rows) {  // present but empty selects no row: a zero-row result
     queries.selected = true;
@@ -125,6 +124,9 @@ py::array_t<float> packed_attention(const py::object& qkv_obj, const py::object&
   }
   queries.separate_values = query.has_value();
   queries.values = data_or_null(query);
+  bort::check_cu_seqlens(cu.data(), dims.num_seqs, dims.tokens);  // before the output is allocated
+  if (rows) bort::check_query_rows(queries.rows, queries.count, dims.tokens);
+  py::array_t<float> out({dims.num_queries, dims.shape.hidden()});
   const float* q = qkv.data();
   const float* b = data_or_null(bias);
   const int64_t* c = cu.data();

@@ -1,6 +1,7 @@
 #include "shape_checks.h"
 
 #include <cmath>
+#include <limits>
 #include <stdexcept>
 #include <utility>
 
@@ -96,6 +97,10 @@ PackedAttentionDims check_packed_attention(const Shape& qkv, const Shape* bias, 
     if (query->size() != 2)
       fail(std::string(op) + ": query must have rank 2 [queries, hidden], got " + shape_str(*query));
     const int64_t hidden = (*query)[1];
+    // An empty query may claim any width: bound it before 2 * hidden and 3 * hidden are formed.
+    if (hidden <= 0 || hidden > std::numeric_limits<int64_t>::max() / 3)
+      fail(std::string(op) + ": query's width (hidden) must be positive and at most 2^63 / 3, got " +
+           std::to_string(hidden));
     if (qkv.size() != 2 || qkv[1] != 2 * hidden)
       fail(std::string(op) + ": with a separate query the first input holds K | V and must have shape [tokens, " +
            std::to_string(2 * hidden) + "], got " + shape_str(qkv));

@@ -71,3 +71,18 @@ def test_the_known_models_are_read_from_the_checkout_or_the_installed_package():
 
     assert {"bort", "bert-large", "tiny-bort", "tiny-bert-large"} <= set(known_models())
     assert (_models_dir() / "bort.json").is_file()
+
+
+def test_the_dev_extra_holds_every_build_requirement():
+    # `make asan` and `python setup.py build_ext --inplace` build outside pip's isolated build environment: after
+    # README's install line (-e ".[export,dev]") setup.py's own imports (pybind11, a setuptools with
+    # setuptools.modified) must already be installed.
+    import re
+
+    from setuptools.config.pyprojecttoml import read_configuration
+
+    config = read_configuration(ROOT / "pyproject.toml")
+    name = re.compile(r"[A-Za-z0-9_.-]+")
+    dev = {name.match(r).group().lower() for r in config["project"]["optional-dependencies"]["dev"]}
+    build = {name.match(r).group().lower() for r in config["build-system"]["requires"]}
+    assert build <= dev, f"missing from the dev extra: {sorted(build - dev)}"

@@ -1,0 +1,66 @@
+"""Fuzzing the ai.bort_infer ops: random one-node graphs (tests/fuzz/graphs.py), each input present, absent, empty,
+of the wrong rank, shape or dtype, or holding out-of-range values, each attribute missing, of the wrong type or
+absurd, and odd output lists.
+
+Every graph runs in a worker subprocess (tests/fuzz/runner.py), many graphs per process; a crash or hang is a
+finding: its culprit is the graph in flight, re-run alone in a fresh process to confirm, and printed with its
+reproducer. The only acceptable outcomes are the reference result (tests/fuzz/contracts.py) or an onnxruntime error
+naming the op.
+
+BORT_INFER_FUZZ_EXAMPLES sets the number of graphs (default 10,000: about 80 s on 2 shared cores). Under `make asan`
+the worker inherits the sanitizer build (BORT_INFER_C_DIR) and its preloaded runtimes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from .graphs import MUTATIONS, OPS, graph_spec, materializable
+from .runner import Worker, WorkerDied, judge_alone
+
+pytest.importorskip("onnxruntime")
+pytest.importorskip("onnx")
+
+EXAMPLES = int(os.environ.get("BORT_INFER_FUZZ_EXAMPLES", "10000"))
+SEEDS = st.integers(0, 2**32 - 1)
+MUTATION_LISTS = st.lists(st.tuples(st.sampled_from(MUTATIONS), SEEDS), max_size=3)
+
+
+@st.composite
+def graph_specs(draw):
+    # Unmutated graphs check results on valid inputs; mutated ones the refusals.
+    mutations = draw(st.one_of(st.just(()), st.just(()), MUTATION_LISTS))
+    spec = graph_spec(draw(st.sampled_from(OPS)), draw(SEEDS), mutations, draw(st.sampled_from([1, 1, 1, 2])))
+    assume(materializable(spec))
+    return spec
+
+
+@pytest.fixture(scope="module")
+def worker(request):
+    w = Worker()
+    start = time.perf_counter()
+    yield w
+    w.close()
+    seconds = time.perf_counter() - start
+    reporter = request.config.pluginmanager.get_plugin("terminalreporter")
+    capture = request.config.pluginmanager.get_plugin("capturemanager")
+    if reporter is not None and capture is not None:
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\nfuzz: {w.judged} ai.bort_infer graphs judged in {seconds:.1f} s")
+
+
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+@given(spec=graph_specs())
+def test_fuzzed_graphs_give_the_reference_result_or_an_error_naming_the_op(worker, spec):
+    try:
+        verdict = worker.judge(spec)
+    except WorkerDied as died:
+        text = json.dumps(spec)
+        pytest.fail(f"{spec['op']} graph killed the worker: {died}\nspec: {text}\nalone in a fresh process: "
+                    f"{judge_alone(spec)}\nreproduce: python -m tests.fuzz.runner --one '{text}'")
+    assert verdict["ok"], f"{verdict['detail']}\nspec: {json.dumps(spec)}"
