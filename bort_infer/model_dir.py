@@ -18,7 +18,7 @@ from .pooling import POOLINGS
 METADATA_FILE = "bort_infer.json"
 FORMAT_NAME = "bort-infer-model"
 FORMAT_VERSION = 1
-PRECISIONS = ("fp32", "int8")
+PRECISIONS = ("fp32", "int8", "bf16")
 
 
 class ModelDirectoryError(ValueError):

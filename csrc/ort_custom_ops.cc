@@ -1,5 +1,6 @@
 // onnxruntime custom-op front end: domain "ai.bort_infer", ops FusedAttention, PackedAttention, BiasGelu,
-// SkipLayerNorm, QuantizeRows and DequantizeRows. Registration entry point: RegisterCustomOps (exported, C linkage).
+// SkipLayerNorm, QuantizeRows, DequantizeRows and LinearBf16. Registration entry point: RegisterCustomOps (exported, C
+// linkage).
 //
 // Thin on purpose. An op is one kernel struct: its name, its inputs and outputs (name, required or optional, element
 // type; the one place each name is written, used for the schema and every message), its attributes read when the
@@ -14,6 +15,7 @@
 #include <array>
 #include <cmath>
 #include <exception>
+#include <memory>
 #include <mutex>
 #include <optional>
 #include <stdexcept>
@@ -23,6 +25,8 @@
 #include "attention.h"
 #include "bias_gelu.h"
 #include "dequantize_rows.h"
+#include "gemm_bf16.h"
+#include "linear_bf16.h"
 #include "parallel.h"
 #include "quantize_rows.h"
 #include "shape_checks.h"
@@ -50,6 +54,7 @@ constexpr bool kOptional = false;
 constexpr auto kFloat = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 constexpr auto kUint8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
 constexpr auto kInt32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
+constexpr auto kBfloat16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
 constexpr auto kAnyInt = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // the schema lets any type through
 
 template <size_t N>
@@ -202,6 +207,13 @@ class Attributes {
     auto v = optional_int(name);
     if (!v) fail(op_, std::string("integer attribute '") + name + "' is required");
     return *v;
+  }
+
+  // Input `index` when it is a constant of the graph (an initializer), else a null value.
+  Ort::ConstValue constant_input(size_t index) const {
+    int is_constant = 0;
+    Ort::ConstValue value = info_.GetTensorConstantInput(index, &is_constant);
+    return is_constant ? value : Ort::ConstValue{nullptr};
   }
 
   // Whether the node names output `index` (an optional output left out has an empty name, or is past the end).
@@ -460,6 +472,45 @@ struct DequantizeRows {
   }
 };
 
+struct LinearBf16 {
+  static constexpr const char* kName = "LinearBf16";
+  static constexpr Ports<3> kInputs{
+      {{"x", kRequired, kFloat}, {"weight", kRequired, kBfloat16}, {"bias", kOptional, kFloat}}};
+  static constexpr Ports<1> kOutputs{{{"y", kRequired, kFloat}}};
+  bort::Activation activation;
+  // The weight initializer, packed once when the session creates the kernel. A weight fed at run time (not in
+  // any model we write) is packed on each call.
+  std::shared_ptr<const bort::PackedBf16Weights> packed;
+
+  explicit LinearBf16(const Attributes& a) : activation(DequantizeRows::checked_activation(a)) {
+    const Ort::ConstValue weight = a.constant_input(1);
+    if (weight == nullptr) return;
+    const auto info = weight.GetTensorTypeAndShapeInfo();
+    if (info.GetElementType() != kBfloat16)
+      fail(kName, std::string("input 'weight' must be bfloat16, got ") + type_name(info.GetElementType()));
+    const bort::Shape shape = info.GetShape();
+    bort::check_linear_bf16_weight(shape);
+    if (shape[0] < 0 || shape[1] < 0) fail(kName, "input 'weight' has a negative dimension");
+    packed = std::make_shared<const bort::PackedBf16Weights>(bort::PackedBf16Weights::from_bf16(
+        static_cast<const uint16_t*>(weight.GetTensorRawData()), shape[0], shape[1]));
+  }
+
+  void Compute(const Io& io) const {
+    const Tensor &x = io.in(0), &weight = io.in(1);
+    const Tensor* bias = io.optional(2);
+    const bort::RowsDims dims = bort::check_linear_bf16(x.shape, weight.shape, shape_of(bias));
+    std::optional<bort::PackedBf16Weights> per_call;
+    const bort::PackedBf16Weights* w = packed.get();
+    if (w == nullptr) {
+      per_call = bort::PackedBf16Weights::from_bf16(weight.as<uint16_t>(), weight.shape[0], weight.shape[1]);
+      w = &*per_call;
+    }
+    bort::Shape out_shape = x.shape;
+    out_shape.back() = w->n();
+    bort::linear_bf16(x.as<float>(), dims.rows, *w, floats(bias), activation, io.out<float>(0, out_shape), io.pool());
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // The OrtCustomOp of a kernel struct.
 
@@ -524,8 +575,9 @@ Op<BiasGelu> g_bias_gelu;
 Op<SkipLayerNorm> g_skip_layernorm;
 Op<QuantizeRows> g_quantize_rows;
 Op<DequantizeRows> g_dequantize_rows;
-OrtCustomOp* const kOps[] = {&g_fused_attention, &g_packed_attention, &g_bias_gelu,
-                             &g_skip_layernorm,  &g_quantize_rows,    &g_dequantize_rows};
+Op<LinearBf16> g_linear_bf16;
+OrtCustomOp* const kOps[] = {&g_fused_attention, &g_packed_attention, &g_bias_gelu,  &g_skip_layernorm,
+                             &g_quantize_rows,   &g_dequantize_rows,  &g_linear_bf16};
 
 }  // namespace
 

@@ -78,3 +78,96 @@ def test_linear_bf16_validation(kwargs, match):
     args.update(kwargs)
     with pytest.raises(ValueError, match=match):
         C.linear_bf16(**args)
+
+
+# ---------------------------------------------------------------------------------------------- onnxruntime op
+
+ort = pytest.importorskip("onnxruntime")
+onnx = pytest.importorskip("onnx")
+from onnx import TensorProto, helper  # noqa: E402
+
+from tests.test_custom_ops import DOMAIN, ORT_ERRORS  # noqa: E402
+
+
+def linear_session(weight_bits: np.ndarray, *, bias: np.ndarray | None = None, activation: str | None = None,
+                   weight_as_input: bool = False, x_type=TensorProto.FLOAT, threads: int = 1):
+    """One LinearBf16 node; the weight is a BFLOAT16 initializer (or, weight_as_input, a graph input)."""
+    weight = helper.make_tensor("w", TensorProto.BFLOAT16, weight_bits.shape,
+                                np.ascontiguousarray(weight_bits, np.uint16).tobytes(), raw=True)
+    inputs = [helper.make_tensor_value_info("x", x_type, None)]
+    inits = []
+    if weight_as_input:
+        inputs.append(helper.make_tensor_value_info("w", TensorProto.BFLOAT16, None))
+    else:
+        inits.append(weight)
+    names = ["x", "w"]
+    if bias is not None:
+        inits.append(onnx.numpy_helper.from_array(bias, "b"))
+        names.append("b")
+    attrs = {} if activation is None else {"activation": activation}
+    node = helper.make_node("LinearBf16", names, ["y"], domain=DOMAIN, **attrs)
+    graph = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                              inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(C.__file__)
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 4
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def bf16_tensor(bits: np.ndarray):
+    """An OrtValue of bf16 bit patterns (numpy has no bfloat16)."""
+    return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(np.ascontiguousarray(bits, np.uint16),
+                                                           TensorProto.BFLOAT16)
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("activation", [None, "none", "gelu"])
+@pytest.mark.parametrize("x_shape", [(0, 48), (1, 48), (3, 37, 48), (130, 48)])
+def test_op_equals_the_kernel(threads, activation, x_shape):
+    rng = np.random.default_rng(threads + len(x_shape))
+    w = rng.standard_normal((48, 70)).astype(np.float32)
+    bias = rng.standard_normal(70).astype(np.float32)
+    x = rng.standard_normal(x_shape).astype(np.float32)
+    got = linear_session(bf16_bits(w), bias=bias, activation=activation, threads=threads).run(None, {"x": x})[0]
+    assert same_bits(got, C.linear_bf16(x, C.PackedBf16Weights(w), bias, activation or "none"))
+
+
+def test_op_packs_a_weight_fed_at_run_time_on_each_call():
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((5, 33)).astype(np.float32)
+    session = linear_session(np.zeros((33, 20), np.uint16), weight_as_input=True)
+    for seed in (1, 2):
+        w = np.random.default_rng(seed).standard_normal((33, 20)).astype(np.float32)
+        got = session.run_with_ort_values(["y"], {"x": ort.OrtValue.ortvalue_from_numpy(x),
+                                                   "w": bf16_tensor(bf16_bits(w))})[0].numpy()
+        assert same_bits(got, C.gemm_bf16(x, C.PackedBf16Weights(w)))
+
+
+def test_op_rejects_mismatched_shapes_naming_the_op():
+    session = linear_session(np.zeros((4, 3), np.uint16), bias=np.zeros(3, np.float32))
+    with pytest.raises(ORT_ERRORS, match=r"LinearBf16: x's last dimension 5 does not match weight \[4, 3\]"):
+        session.run(None, {"x": np.zeros((2, 5), np.float32)})
+    with pytest.raises(ORT_ERRORS, match="LinearBf16: x must have rank >= 1"):
+        session.run(None, {"x": np.zeros((), np.float32)})
+    assert session.run(None, {"x": np.ones((2, 4), np.float32)})[0].shape == (2, 3)  # still usable
+
+
+def test_op_rejects_a_bad_bias_and_a_bad_weight():
+    with pytest.raises(ORT_ERRORS, match=r"LinearBf16: bias must have shape \[3\]"):
+        linear_session(np.zeros((4, 3), np.uint16), bias=np.zeros(4, np.float32)).run(
+            None, {"x": np.zeros((2, 4), np.float32)})
+    with pytest.raises(ORT_ERRORS, match=r"LinearBf16: weight must have shape \[K, N\]"):
+        linear_session(np.zeros((2, 4, 3), np.uint16))
+    session = linear_session(np.zeros((4, 3), np.uint16), weight_as_input=True)
+    with pytest.raises(ORT_ERRORS, match=r"LinearBf16: weight must have shape \[K, N\]"):
+        session.run_with_ort_values(["y"], {"x": ort.OrtValue.ortvalue_from_numpy(np.zeros((2, 4), np.float32)),
+                                            "w": bf16_tensor(np.zeros(12, np.uint16))})
+
+
+def test_op_rejects_an_unknown_activation_and_wrong_types():
+    with pytest.raises(ORT_ERRORS, match="LinearBf16: attribute 'activation' must be 'none' or 'gelu'"):
+        linear_session(np.zeros((4, 3), np.uint16), activation="relu")
+    with pytest.raises(ORT_ERRORS):  # float64 rows: the op takes float32 only (refused when the graph loads)
+        linear_session(np.zeros((4, 3), np.uint16), x_type=TensorProto.DOUBLE)

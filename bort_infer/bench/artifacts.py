@@ -143,6 +143,8 @@ ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
     Artifact("bort-infer-fp32", ("checkpoint",), _export(custom_ops=True), ("torch", "onnx", "onnxruntime")),
     Artifact("bort-infer-int8", ("checkpoint",), _export(custom_ops=True, quantize="int8"),
              ("torch", "onnx", "onnxruntime")),
+    Artifact("bort-infer-bf16", ("checkpoint",), _export(custom_ops=True, quantize="bf16"),
+             ("torch", "onnx", "onnxruntime")),
     Artifact("ort-int8", ("plain-fp32",), _ort_int8, ("onnx", "onnxruntime")),
     Artifact("ort-fused-fp32", ("plain-fp32",), _ort_fused_fp32, ("onnx", "onnxruntime")),
     Artifact("ctranslate2-int8", ("checkpoint",), _ctranslate2_int8, ("ctranslate2", "transformers")),

@@ -2,9 +2,9 @@
 
 Steps: read the checkpoint (local directory or hub id) → torch.onnx export of the plain graph →
 (custom ops) onnxruntime's BERT fusions, then the rewrite onto bort-infer's kernels in packed or padded
-form → (int8) quantization with a measured fidelity gate → parity against PyTorch → model.onnx,
-tokenizer.json and bort_infer.json, written to a temporary directory and renamed into place, so a killed
-export never leaves a directory that looks complete.
+form → parity against PyTorch → (int8) quantization or (bf16) bf16 linears, each with a measured fidelity
+gate → model.onnx, tokenizer.json and bort_infer.json, written to a temporary directory and renamed into
+place, so a killed export never leaves a directory that looks complete.
 """
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ from .onnx_export import OUTPUT, export_plain_onnx
 from .quantize import make_gate
 
 log = logging.getLogger(__name__)
-QUANTIZATIONS = ("int8",)
+QUANTIZATIONS = ("int8", "bf16")
 
 # The exporter refuses a graph whose fp32 output strays further than this from PyTorch's on its own
 # parity texts: such a model is wrong, whatever caused it.
@@ -71,10 +71,11 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
 
     custom_ops: rewrite onto bort-infer's fused kernels (default) or keep onnxruntime's plain graph.
     form: "packed" (default with custom ops: padding-free, CLS-only last layer) or "padded".
-    quantize: None (fp32) or "int8". max_drop: the int8 fidelity gate (default
+    quantize: None (fp32), "int8" or "bf16". max_drop: the int8 fidelity gate (default
     bort_infer.export.quantize.DEFAULT_MAX_DROP); calibration_texts: texts for the int8 search (default:
-    the built-in calibration set). See bort_infer.export.quantize. ort_format: also write model.ort, the same
-    graph in onnxruntime's ORT format (bort_infer.export.ort_format), checked to give the same token states.
+    the built-in calibration set). See bort_infer.export.quantize; bf16 (bort_infer.export.bf16) has a fixed
+    gate and needs custom ops. ort_format: also write model.ort, the same graph in onnxruntime's ORT format
+    (bort_infer.export.ort_format), checked to give the same token states.
     """
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
@@ -84,9 +85,11 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
         raise ValueError(f"unknown graph form {form!r}; choose one of {', '.join(FORMS)}")
     if form == "packed" and not custom_ops:
         raise ValueError("the packed graph form runs on bort-infer's ops; it needs custom ops")
-    if quantize is None and (max_drop is not None or calibration_texts):
-        raise ValueError("--max-drop and calibration texts apply to a quantized export (--quantize int8)")
-    gate = make_gate(max_drop) if quantize else None
+    if quantize != "int8" and (max_drop is not None or calibration_texts):
+        raise ValueError("--max-drop and calibration texts apply to an int8 export (--precision int8)")
+    if quantize == "bf16" and not custom_ops:
+        raise ValueError("the bf16 export runs its linears on bort-infer's LinearBf16 op; it needs custom ops")
+    gate = make_gate(max_drop) if quantize == "int8" else None
     out = Path(out)
     _prepare_output(out, overwrite)
     directory = hf.resolve_source(src)
@@ -137,7 +140,7 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
         bar.set_postfix_str("parity against PyTorch")
         parity = check_parity(tmp, reference)
         meta = dataclasses.replace(meta, source={**meta.source, "parity_vs_pytorch": parity})
-        if custom_ops:  # the int8 search emits its own graphs from `enc`
+        if custom_ops:  # the int8 search and the bf16 conversion emit their own graphs from `enc`
             del fp32_model
         _release()
         bar.update()
@@ -162,6 +165,17 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
             shutil.rmtree(probe.directory, ignore_errors=True)
             report["size_bytes"] = {"fp32_model": fp32_bytes, "int8_model": (tmp / "model.onnx").stat().st_size}
             meta = dataclasses.replace(meta, precision="int8", custom_ops=tuple(ops_used(model)), fidelity=report)
+        elif quantize == "bf16":
+            from . import bf16
+
+            bar.set_postfix_str("bf16 linears and fidelity")
+            probe = _Probe(tmp / ".probe", tmp / "tokenizer.json", meta)
+            model, report = bf16.convert_encoder(enc, form, probe.embed)
+            del enc
+            onnx.save(model, str(tmp / "model.onnx"))
+            shutil.rmtree(probe.directory, ignore_errors=True)
+            report["size_bytes"] = {"fp32_model": fp32_bytes, "bf16_model": (tmp / "model.onnx").stat().st_size}
+            meta = dataclasses.replace(meta, precision="bf16", custom_ops=tuple(ops_used(model)), fidelity=report)
         elif not custom_ops:
             plain_path.unlink()
         bar.update()

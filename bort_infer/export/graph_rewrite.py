@@ -6,8 +6,9 @@
    with the layer and the pattern named (EncoderPatternError): a model is rewritten whole or not at all,
    never left half on slower ops.
 3. `emit` writes the encoder as a new graph on our ops (domain ai.bort_infer): the QKV, attention output
-   and FFN projections stay GEMMs (fp32 MatMul; int8: QuantizeRows → MatMulInteger → DequantizeRows),
-   the attention core, bias+GELU and residual+LayerNorm run on our kernels.
+   and FFN projections stay GEMMs (fp32 MatMul; int8: QuantizeRows → MatMulInteger → DequantizeRows;
+   bf16: LinearBf16 on BFLOAT16 weights, with the FFN input's bias and GELU in its epilogue), the attention
+   core, bias+GELU and residual+LayerNorm run on our kernels.
 
 Two graph forms:
 - padded: inputs input_ids, attention_mask [batch, seq]; output last_hidden_state [batch, seq, hidden];
@@ -250,12 +251,49 @@ class QuantizedTable:
 
 
 @dataclass
-class Precision:
-    """What emit quantizes: linears by (layer, name) in LINEARS, and optionally the embedding tables."""
+class Bf16Linear:
+    """bf16 weights (uint16 bit patterns, round to nearest even) for LinearBf16."""
 
-    linears: dict[tuple[int, str], QuantizedLinear] = field(default_factory=dict)
-    word: QuantizedTable | None = None
-    position: QuantizedTable | None = None
+    bits: np.ndarray  # uint16 [K, N]
+
+    def columns(self, start: int, stop: int) -> Bf16Linear:
+        return Bf16Linear(np.ascontiguousarray(self.bits[:, start:stop]))
+
+
+@dataclass
+class Bf16Table:
+    """An embedding table stored as bf16 (uint16 bit patterns), widened to float32 after the lookup."""
+
+    bits: np.ndarray  # uint16 [V, H]
+
+
+def to_bf16_bits(x: np.ndarray) -> np.ndarray:
+    """float32 → bf16 bit patterns, round to nearest even (bort_infer._C.float_to_bf16's rule: NaN stays a quiet
+    NaN, fp32 subnormals become signed zero)."""
+    u = np.ascontiguousarray(x, dtype=np.float32).view(np.uint32).astype(np.uint64)
+    out = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint16)
+    nan = np.isnan(np.asarray(x, dtype=np.float32))
+    out[nan] = ((u[nan] >> 16) | 0x40).astype(np.uint16)
+    subnormal = (u & 0x7F800000) == 0
+    out[subnormal] = ((u[subnormal] >> 16) & 0x8000).astype(np.uint16)
+    return out
+
+
+LinearPrecision = QuantizedLinear | Bf16Linear
+TablePrecision = QuantizedTable | Bf16Table
+
+
+@dataclass
+class Precision:
+    """What emit changes from fp32: linears by (layer, name) in LINEARS (int8 or bf16), and optionally the
+    embedding tables (int8 or bf16)."""
+
+    linears: dict[tuple[int, str], LinearPrecision] = field(default_factory=dict)
+    word: TablePrecision | None = None
+    position: TablePrecision | None = None
+
+    def is_int8(self, key: tuple[int, str]) -> bool:
+        return isinstance(self.linears.get(key), QuantizedLinear)
 
 
 class _Builder:
@@ -266,6 +304,14 @@ class _Builder:
         from onnx import numpy_helper
 
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        return name
+
+    def const_bf16(self, name: str, bits: np.ndarray) -> str:
+        """A BFLOAT16 initializer from uint16 bit patterns (2 bytes per weight in the file)."""
+        from onnx import TensorProto, helper
+
+        bits = np.ascontiguousarray(bits, dtype=np.uint16)
+        self.inits.append(helper.make_tensor(name, TensorProto.BFLOAT16, bits.shape, bits.tobytes(), raw=True))
         return name
 
     def node(self, op: str, inputs: list[str], name: str, domain: str = "", **attrs) -> str:
@@ -311,20 +357,31 @@ def _matmul(b: _Builder, x: _Value, weight: np.ndarray, name: str) -> str:
     return b.node("MatMul", [x.fp32, b.const(f"{name}.weight", weight.astype(np.float32))], name)
 
 
-def _linear(b: _Builder, x: _Value, weight: np.ndarray, q: QuantizedLinear | None, name: str) -> str:
+def _bf16_linear(b: _Builder, x: _Value, q: Bf16Linear, name: str, bias: str = "", **attrs) -> str:
+    """LinearBf16: x's float rows rounded to bf16 times the BFLOAT16 weight, fp32 accumulation and epilogue."""
+    inputs = [x.fp32, b.const_bf16(f"{name}.weight_bf16", q.bits)] + ([bias] if bias else [])
+    return b.node("LinearBf16", inputs, name, domain=DOMAIN, **attrs)
+
+
+def _linear(b: _Builder, x: _Value, weight: np.ndarray, q: LinearPrecision | None, name: str) -> str:
     """x @ weight, without bias (the attention op that follows adds it)."""
     if q is None:
         return _matmul(b, x, weight, name)
+    if isinstance(q, Bf16Linear):
+        return _bf16_linear(b, x, q, name)
     return b.node("DequantizeRows", _int8_gemm(b, x, q, name), name, domain=DOMAIN)
 
 
-def _linear_gelu(b: _Builder, x: _Value, weight: np.ndarray, q: QuantizedLinear | None, bias: np.ndarray,
+def _linear_gelu(b: _Builder, x: _Value, weight: np.ndarray, q: LinearPrecision | None, bias: np.ndarray,
                  name: str, int8_consumer: bool) -> _Value:
     """gelu(x @ weight + bias): the FFN input projection. int8: one DequantizeRows with the bias and GELU in
-    its epilogue, emitting only the int8 rows when the FFN output projection is int8 too."""
+    its epilogue, emitting only the int8 rows when the FFN output projection is int8 too. bf16: one LinearBf16
+    with the bias and GELU in its epilogue."""
     bias_name = b.const(f"{name}.bias", bias)
     if q is None:
         return _Value(b.node("BiasGelu", [_matmul(b, x, weight, name), bias_name], f"{name}/gelu", domain=DOMAIN))
+    if isinstance(q, Bf16Linear):
+        return _Value(_bf16_linear(b, x, q, name, bias_name, activation="gelu"))
     inputs = _int8_gemm(b, x, q, name) + [bias_name]
     if not int8_consumer:
         return _Value(b.node("DequantizeRows", inputs, name, domain=DOMAIN, activation="gelu"))
@@ -334,17 +391,18 @@ def _linear_gelu(b: _Builder, x: _Value, weight: np.ndarray, q: QuantizedLinear 
     return _Value(None, tuple(outs[1:]))
 
 
-def _linear_skip_layernorm(b: _Builder, x: _Value, weight: np.ndarray, q: QuantizedLinear | None, bias: np.ndarray,
-                           residual: str, gamma, beta, skip_scale, eps: float, name: str, ln: str,
+def _linear_skip_layernorm(b: _Builder, x: _Value, weight: np.ndarray, q: LinearPrecision | None,
+                           bias: np.ndarray, residual: str, gamma, beta, skip_scale, eps: float, name: str, ln: str,
                            int8_consumer: bool) -> _Value:
     """LayerNorm(x @ weight + bias + residual [* skip_scale]) * gamma + beta: the attention-output and
     FFN-output projections with BERT's residual + LayerNorm. int8: one DequantizeRows whose epilogue adds
-    the residual, normalises and, when the next GEMM is int8, also emits the result's int8 rows."""
+    the residual, normalises and, when the next GEMM is int8, also emits the result's int8 rows. bf16:
+    LinearBf16, then SkipLayerNorm (with the bias) as in the fp32 graph."""
     norm = [b.const(f"{ln}.gamma", gamma), b.const(f"{ln}.beta", beta) if beta is not None else ""]
     scale = [b.const(f"{ln}.skip_scale", skip_scale.astype(np.float32))] if skip_scale is not None else []
     bias_name = b.const(f"{ln}.bias", bias)
-    if q is None:
-        y = b.node("SkipLayerNorm", [_matmul(b, x, weight, name), residual, *norm, bias_name, *scale], ln,
+    if q is None or isinstance(q, Bf16Linear):
+        y = b.node("SkipLayerNorm", [_linear(b, x, weight, q, name), residual, *norm, bias_name, *scale], ln,
                    domain=DOMAIN, epsilon=eps)
         return _Value(y)
     inputs = _int8_gemm(b, x, q, name) + [bias_name, residual, *norm, *scale]
@@ -354,10 +412,13 @@ def _linear_skip_layernorm(b: _Builder, x: _Value, weight: np.ndarray, q: Quanti
     return _Value(y, tuple(quantized))
 
 
-def _lookup(b: _Builder, table: np.ndarray, q: QuantizedTable | None, ids: str, name: str) -> str:
-    """Rows `ids` of an embedding table (int8 rows times their scale when quantized)."""
+def _lookup(b: _Builder, table: np.ndarray, q: TablePrecision | None, ids: str, name: str) -> str:
+    """Rows `ids` of an embedding table (int8 rows times their scale when quantized; bf16 rows widened)."""
     if q is None:
         return b.node("Gather", [b.const(f"embeddings.{name}", table), ids], f"embeddings/{name}")
+    if isinstance(q, Bf16Table):
+        rows = b.node("Gather", [b.const_bf16(f"embeddings.{name}_bf16", q.bits), ids], f"embeddings/{name}_bf16")
+        return b.node("Cast", [rows], f"embeddings/{name}", to=1)
     rows = b.node("Gather", [b.const(f"embeddings.{name}_int8", q.values), ids], f"embeddings/{name}_int8")
     scale = b.node("Gather", [b.const(f"embeddings.{name}_scale", q.scale.astype(np.float32)), ids],
                    f"embeddings/{name}_scale")
@@ -373,12 +434,12 @@ def _layer_body(b: _Builder, enc: Encoder, i: int, precision: Precision, x: _Val
     ctx, residual = attention(layer, p, x)
     h = _linear_skip_layernorm(b, _Value(ctx), layer.attn_out, linears.get((i, "attn_out")), layer.attn_out_bias,
                                residual.fp32, layer.ln1_gamma, layer.ln1_beta, layer.ln1_skip_scale, layer.ln1_eps,
-                               f"{p}/attn_out", f"{p}/ln1", int8_consumer=(i, "ffn_in") in linears)
+                               f"{p}/attn_out", f"{p}/ln1", int8_consumer=precision.is_int8((i, "ffn_in")))
     f = _linear_gelu(b, h, layer.ffn_in, linears.get((i, "ffn_in")), layer.ffn_in_bias, f"{p}/ffn_in",
-                     int8_consumer=(i, "ffn_out") in linears)
+                     int8_consumer=precision.is_int8((i, "ffn_out")))
     return _linear_skip_layernorm(b, f, layer.ffn_out, linears.get((i, "ffn_out")), layer.ffn_out_bias, h.fp32,
                                   layer.ln2_gamma, layer.ln2_beta, layer.ln2_skip_scale, layer.ln2_eps,
-                                  f"{p}/ffn_out", f"{p}/ln2", int8_consumer=(i + 1, "qkv") in linears)
+                                  f"{p}/ffn_out", f"{p}/ln2", int8_consumer=precision.is_int8((i + 1, "qkv")))
 
 
 def _attention_attrs(layer: Layer) -> dict:

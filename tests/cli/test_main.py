@@ -41,6 +41,15 @@ def test_export_int8_prints_its_fidelity_and_honours_calibration(tmp_path, capsy
     assert info["fidelity"]["gate"]["max_drop"] == 0.05
 
 
+def test_export_bf16_prints_its_fidelity_and_size(tmp_path, capsys, checkpoints):
+    out = tmp_path / "bf16"
+    assert main(["export", str(checkpoints("tiny-bort")), str(out), "--precision", "bf16"]) == 0
+    text = capsys.readouterr().out
+    assert "(bf16, pooling cls, custom ops: LinearBf16" in text
+    assert "bf16 vs fp32 on" in text and "(gate: min >= 0.9999: passed)" in text and "MB bf16" in text
+    assert Session(out).info["precision"] == "bf16"
+
+
 def test_export_rejects_unusable_options(tmp_path, capsys, checkpoints):
     empty = tmp_path / "empty.txt"
     empty.write_text("\n\n")
@@ -48,7 +57,11 @@ def test_export_rejects_unusable_options(tmp_path, capsys, checkpoints):
     assert main(["export", src, str(tmp_path / "a"), "--quantize", "int8", "--calibration", str(empty)]) == 2
     assert "holds no text" in capsys.readouterr().err
     assert main(["export", src, str(tmp_path / "b"), "--max-drop", "0.1"]) == 2
-    assert "apply to a quantized export" in capsys.readouterr().err
+    assert "apply to an int8 export" in capsys.readouterr().err
+    assert main(["export", src, str(tmp_path / "d"), "--precision", "bf16", "--quantize", "int8"]) == 2
+    assert "--quantize int8 contradicts --precision bf16" in capsys.readouterr().err
+    assert main(["export", src, str(tmp_path / "e"), "--precision", "bf16", "--no-custom-ops"]) == 2
+    assert "needs custom ops" in capsys.readouterr().err
     assert main(["export", src, str(tmp_path / "c"), "--no-custom-ops", "--form", "packed"]) == 2
     assert "needs custom ops" in capsys.readouterr().err
 
