@@ -123,6 +123,15 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
         raise
 
 
+def _is_npy(path: Path) -> bool:
+    """Whether --overwrite may replace `path`: a file that starts as every .npy does."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(np.lib.format.MAGIC_PREFIX)) == np.lib.format.MAGIC_PREFIX
+    except OSError:
+        return False
+
+
 def _npy_shape(path: Path) -> tuple[tuple[int, ...], np.dtype]:
     shape, _, dtype, _ = _read_npy_header(path)
     return shape, dtype
@@ -164,6 +173,12 @@ def encode_file(model_dir: str | Path, input_path: str | Path, output_path: str 
         raise FileNotFoundError(f"output directory {parent} does not exist")
     if out.is_dir():
         raise IsADirectoryError(f"output {out} is a directory; give a file name such as {out / 'vectors.npy'}")
+    for ours in (out, out.with_name(out.name + PARTIAL_SUFFIX), out.with_name(out.name + PROGRESS_SUFFIX)):
+        if not from_stdin and ours.exists() and os.path.samefile(ours, input_path):
+            raise ValueError(f"the output {ours} is the input; give another file name")
+    if overwrite and out.exists() and not _is_npy(out):
+        raise FileExistsError(f"{out} exists and is not a .npy file; refusing to replace it (remove it yourself "
+                              "if that is what you want)")
 
     run = _Run(out, input_path, from_stdin, options, resume, overwrite, stdin)
     with _PartialLock(run.partial) as lock:
@@ -312,7 +327,7 @@ class _Run:
             if writer.rows == 0:  # nothing worth resuming: leave nothing behind
                 lock.remove()
                 progress_path.unlink(missing_ok=True)
-            elif isinstance(exc, KeyboardInterrupt):
+            elif not isinstance(exc, Exception):  # Ctrl-C, or SIGTERM as the command line raises it
                 print(f"\nbort-infer encode: interrupted after {writer.rows} rows; {partial} keeps them; run the "
                       "same command with --resume to continue", file=sys.stderr)
             raise

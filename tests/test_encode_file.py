@@ -424,6 +424,20 @@ def test_a_second_run_on_the_same_output_is_refused_at_once(tmp_path, model, ses
     assert_rows(out, session, others)
 
 
+def test_overwrite_replaces_only_a_npy_output_and_never_the_input(tmp_path, model):
+    src = write_lines(tmp_path / "in.txt", ["a", "b"])
+    notes = tmp_path / "notes.txt"
+    notes.write_text("irreplaceable")
+    with pytest.raises(FileExistsError, match=f"{notes} exists and is not a .npy file; refusing to replace it"):
+        encode_file(model, src, notes, overwrite=True)
+    assert notes.read_text() == "irreplaceable"
+    for flags in ({"overwrite": True}, {"resume": True}, {}):
+        with pytest.raises(ValueError, match=f"the output {src} is the input"):
+            encode_file(model, src, src, **flags)
+    assert src.read_text() == "a\nb\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.txt", "notes.txt"]
+
+
 # ------------------------------------------------------------------------------------------------ errors
 
 def test_clear_errors(tmp_path, model):

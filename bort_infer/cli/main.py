@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 
 from .. import __version__
@@ -138,13 +139,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP, raised in the main thread like KeyboardInterrupt so that every ``finally`` runs
+    (an export removes its work directory, an encode keeps its finished rows) before the exit."""
+
+    def __init__(self, signum: int):
+        super().__init__(f"terminated by signal {signum}")
+        self.signum = signum
+
+
+def _raise_on_termination(signum: int, frame) -> None:
+    raise Terminated(signum)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    if args.command in ("create-random", "export", "encode"):  # `serve` drains on SIGTERM in its own way
+        for signum in (signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, _raise_on_termination)
     try:
         return args.func(args)
     except KeyboardInterrupt:
         return 130  # what has been done was reported where it was done (e.g. encode keeps OUT.partial)
+    except Terminated as exc:
+        return 128 + exc.signum
     except (ValueError, RuntimeError, OSError, ImportError) as exc:
         print(f"bort-infer {args.command}: error: {exc}", file=sys.stderr)
         return 2

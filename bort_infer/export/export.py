@@ -3,13 +3,17 @@
 Steps: read the checkpoint (local directory or hub id) → torch.onnx export of the plain graph →
 (custom ops) onnxruntime's BERT fusions, then the rewrite onto bort-infer's kernels in packed or padded
 form → parity against PyTorch → (int8) quantization or (bf16) bf16 linears, each with a measured fidelity
-gate → model.onnx, tokenizer.json and bort_infer.json, written to a temporary directory and renamed into
-place, so a killed export never leaves a directory that looks complete.
+gate → model.onnx, tokenizer.json and bort_infer.json, written to a work directory beside OUT and renamed
+into place, so a killed export never leaves a directory that looks complete. The work directory is locked
+(flock) while its export runs; the next export to the same OUT removes those whose export was killed.
 """
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import gc
+import glob
+import json
 import logging
 import os
 import shutil
@@ -20,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..model_dir import METADATA_FILE, ModelMetadata
+from ..model_dir import FORMAT_NAME, METADATA_FILE, ModelMetadata
 from ..options import progress_bar_disabled
 from . import hf
 from .graph_rewrite import FORMS, PACKED_INPUTS, PADDED_INPUTS, emit, fuse_with_onnxruntime, ops_used, recognize
@@ -56,12 +60,50 @@ def _prepare_output(out: Path, overwrite: bool) -> None:
         contents = list(out.iterdir())
         if contents and not overwrite:
             raise ValueError(f"output directory {out} is not empty; pass --overwrite to replace it")
-        ours = (out / METADATA_FILE).is_file() or all(p.name.startswith(".") for p in contents)
-        if contents and not ours:
+        if contents and not _is_model_directory(out):
             raise ValueError(f"output directory {out} holds files that are not a bort-infer model "
                              f"({', '.join(sorted(p.name for p in contents)[:5])}); refusing to replace it")
+        subdirectories = sorted(p.name for p in contents if p.is_dir() and not p.is_symlink())
+        if subdirectories:
+            raise ValueError(f"output directory {out} holds directories bort-infer never writes "
+                             f"({', '.join(subdirectories[:5])}); refusing to replace it")
     elif not out.parent.is_dir():
         raise ValueError(f"output directory's parent {out.parent} does not exist")
+
+
+def _is_model_directory(directory: Path) -> bool:
+    """Whether --overwrite may delete `directory`: it holds our metadata file (of any format version)."""
+    try:
+        return json.loads((directory / METADATA_FILE).read_text()).get("format") == FORMAT_NAME
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+_WORK_INFIX = ".partial-"
+
+
+def _claim_work_directory(out: Path) -> tuple[Path, int]:
+    """A new work directory beside `out` (the same filesystem, for the final rename) and the descriptor that
+    holds its lock, after removing the work directories of exports to `out` that were killed."""
+    for stale in out.parent.glob(f".{glob.escape(out.name)}{_WORK_INFIX}*"):
+        try:
+            fd = os.open(stale, os.O_RDONLY)
+        except OSError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # its export is running
+            os.close(fd)
+            continue
+        shutil.rmtree(stale, ignore_errors=True)
+        os.close(fd)
+    # Created under another name and locked before it is renamed to one the sweep above looks at.
+    fresh = Path(tempfile.mkdtemp(prefix=f".{out.name}.starting-", dir=out.parent))
+    fd = os.open(fresh, os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    work = fresh.with_name(f".{out.name}{_WORK_INFIX}{fresh.name.rsplit('-', 1)[1]}")
+    os.rename(fresh, work)
+    return work, fd
 
 
 def export_model(src: str, out: str | Path, quantize: str | None = None, custom_ops: bool = True,
@@ -96,7 +138,7 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
     config = hf.read_config(directory)
 
     bar = _progress(["load", "export", "rewrite", "parity", "quantize", "write"])
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp, lock = _claim_work_directory(out)
     try:
         bar.set_postfix_str("loading the checkpoint")
         defaults = hf.pipeline_defaults(directory, config)
@@ -193,6 +235,7 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
         bar.close()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+        os.close(lock)
     log.info("exported %s → %s (%s, %s)", src, out, meta.precision, ", ".join(meta.custom_ops) or "no custom ops")
     return meta
 

@@ -88,9 +88,16 @@ def fuse_with_onnxruntime(plain_onnx: str | Path, num_heads: int, hidden_size: i
     """onnxruntime's transformers optimizer (its BERT fusions), as an onnx.ModelProto."""
     from onnxruntime.transformers.optimizer import optimize_model
 
-    optimized = optimize_model(str(plain_onnx), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
-                               opt_level=0)
-    return optimized.model
+    try:
+        optimized = optimize_model(str(plain_onnx), model_type="bert", num_heads=num_heads,
+                                   hidden_size=hidden_size, opt_level=0)
+    except Exception as exc:
+        # Raised again without its traceback: the optimizer's frames hold its TemporaryDirectory, which would
+        # stay on disk for as long as a caller keeps the exception.
+        failure = f"{type(exc).__name__}: {exc}"
+    else:
+        return optimized.model
+    raise RuntimeError(f"onnxruntime's BERT optimizer failed on {plain_onnx}: {failure}")
 
 
 # ---------------------------------------------------------------------------------------------- recognition

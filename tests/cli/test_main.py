@@ -1,7 +1,13 @@
 """`bort-infer` command line: create-random and export end to end, and clear errors."""
 import json
+import os
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+import pytest
 
 from bort_infer import Session
 from bort_infer.cli.main import main
@@ -75,3 +81,50 @@ def test_ops_config_writes_the_operator_config(exports, tmp_path, capsys):
     assert main(["ops-config", str(tmp_path), "-o", str(out)]) == 2
     err = capsys.readouterr().err
     assert "bort-infer ops-config: error:" in err and "bort_infer.json is missing" in err
+
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def start_export_and_wait_for_its_work_directory(checkpoint, out: Path, tmpdir: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "bort_infer.cli.main", "export", str(checkpoint), str(out),
+                             "--quantize", "int8"], cwd=ROOT, env={**os.environ, "TMPDIR": str(tmpdir)},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 300
+    while not list(out.parent.glob(f".{out.name}.partial-*/tokenizer.json")):
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"the export did not start its work directory: {proc.stderr.read().decode()}")
+        time.sleep(0.05)
+    time.sleep(1.0)  # well inside the export (torch.onnx export, fusions)
+    return proc
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_terminated_export_leaves_nothing_behind(tmp_path, checkpoints, signum):
+    tmpdir, out = tmp_path / "tmp", tmp_path / "out" / "model"
+    tmpdir.mkdir()
+    out.parent.mkdir()
+    proc = start_export_and_wait_for_its_work_directory(checkpoints("tiny-bort"), out, tmpdir)
+    proc.send_signal(signum)
+    assert proc.wait(timeout=120) == 128 + signum
+    assert "Traceback" not in proc.stderr.read().decode()
+    assert list(out.parent.iterdir()) == [] and ours(tmpdir) == []
+
+
+def ours(tmpdir: Path) -> list[Path]:
+    """What is left in TMPDIR, less what libraries keep there by design: onnxruntime's telemetry session id
+    (.ses, written when it is imported) and torch's compile cache."""
+    return [p for p in tmpdir.iterdir() if p.name != ".ses" and not p.name.startswith("torchinductor_")]
+
+
+def test_the_next_export_removes_what_a_killed_one_left(tmp_path, checkpoints):
+    tmpdir, out = tmp_path / "tmp", tmp_path / "out" / "model"
+    tmpdir.mkdir()
+    out.parent.mkdir()
+    proc = start_export_and_wait_for_its_work_directory(checkpoints("tiny-bort"), out, tmpdir)
+    proc.kill()  # SIGKILL: nothing runs, the work directory stays
+    proc.wait(timeout=60)
+    assert [p.name.startswith(".model.partial-") for p in out.parent.iterdir()] == [True]
+    assert main(["export", str(checkpoints("tiny-bort")), str(out), "--no-custom-ops"]) == 0
+    assert [p.name for p in out.parent.iterdir()] == ["model"]

@@ -115,6 +115,34 @@ def test_overwrite_refuses_a_directory_that_is_not_a_model_directory(checkpoints
     assert (out / "thesis.txt").read_text() == "irreplaceable"
 
 
+def test_overwrite_refuses_a_directory_holding_only_hidden_files(checkpoints, tmp_path):
+    out = tmp_path / "project"
+    (out / ".git").mkdir(parents=True)
+    (out / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (out / ".env").write_text("SECRET=1\n")
+    with pytest.raises(ValueError, match=r"holds files that are not a bort-infer model \(.env, .git\); refusing"):
+        export_model(str(checkpoints("tiny-bort")), out, custom_ops=False, overwrite=True)
+    assert (out / ".env").read_text() == "SECRET=1\n" and (out / ".git" / "HEAD").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["project"]
+
+
+def test_overwrite_refuses_a_model_directory_that_holds_a_subdirectory(exports, checkpoints, tmp_path):
+    """bort-infer writes no subdirectory into a model directory: one there (a .git, a user's data) is not ours."""
+    out = shutil.copytree(exports("tiny-bort", custom_ops=False), tmp_path / "model")
+    (out / ".git").mkdir()
+    with pytest.raises(ValueError, match=r"holds directories bort-infer never writes \(.git\); refusing"):
+        export_model(str(checkpoints("tiny-bort")), out, custom_ops=False, overwrite=True)
+    assert (out / ".git").is_dir() and (out / "model.onnx").is_file()
+
+
+def test_overwrite_refuses_a_directory_whose_metadata_is_not_ours(checkpoints, tmp_path):
+    out = tmp_path / "other"
+    out.mkdir()
+    (out / "bort_infer.json").write_text('{"name": "somebody else\'s file"}')
+    with pytest.raises(ValueError, match="holds files that are not a bort-infer model"):
+        export_model(str(checkpoints("tiny-bort")), out, custom_ops=False, overwrite=True)
+
+
 def test_output_that_is_a_file_or_has_no_parent_is_refused(checkpoints, tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(ValueError, match="exists and is not a directory"):
@@ -150,6 +178,41 @@ def test_a_rewritten_graph_that_disagrees_with_pytorch_is_not_written(checkpoint
         export_model(str(checkpoints("tiny-bort")), out, form="packed")
     assert not out.exists()
     assert list(tmp_path.iterdir()) == []  # the temporary directory is gone too
+
+
+def _fail(*args, **kwargs):
+    raise RuntimeError("forced failure")
+
+
+@pytest.mark.parametrize("step, options", [
+    ("checkpoint", {}), ("onnxruntime-fusions", {}), ("rewrite", {}), ("int8", {"quantize": "int8"}),
+    ("plain-int8", {"quantize": "int8", "custom_ops": False}),
+])
+def test_a_failed_export_leaves_no_temporary_files(checkpoints, tmp_path, monkeypatch, step, options):
+    """Wherever an export fails, neither the output's parent nor the temporary directory keeps anything,
+    even while the caller still holds the exception (and so the frames it went through)."""
+    import tempfile
+
+    import onnxruntime.quantization as ort_quantization
+    import onnxruntime.transformers.optimizer as ort_optimizer
+
+    from bort_infer.export import quantize as quantize_module
+
+    private_tmp = tmp_path / "tmp"
+    private_tmp.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(private_tmp))
+    target = {"checkpoint": (hf, "load_encoder"),
+              "onnxruntime-fusions": (ort_optimizer, "optimize_by_fusion"),  # inside its TemporaryDirectory
+              "rewrite": (export_module, "emit"), "int8": (quantize_module, "quantize_encoder"),
+              "plain-int8": (ort_quantization.onnx_quantizer.ONNXQuantizer, "quantize_model")}[step]
+    monkeypatch.setattr(*target, _fail)
+    out = tmp_path / "out" / "model"
+    out.parent.mkdir()
+    with pytest.raises(Exception, match="forced failure") as failure:
+        export_model(str(checkpoints("tiny-bort")), out, **options)
+    assert failure.value is not None  # the exception (and its traceback) is still referenced here
+    assert list(out.parent.iterdir()) == []
+    assert list(private_tmp.iterdir()) == []
 
 
 def test_a_failed_export_leaves_the_previous_model_in_place(exports, checkpoints, tmp_path, monkeypatch):
