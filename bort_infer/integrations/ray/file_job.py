@@ -220,8 +220,10 @@ def encode_files(model_dir: str | Path, input_path: str, output_path: str, *, ad
     out_fs, out_local = _filesystem(out)
     if not remote and not Path(out_local).parent.is_dir():
         raise FileNotFoundError(f"output directory {Path(out_local).parent} does not exist")
-    if out_fs.get_file_info(out_local).type != pafs.FileType.NotFound and not overwrite:
-        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    if out_fs.get_file_info(out_local).type != pafs.FileType.NotFound:
+        if not overwrite:
+            raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+        _check_replaceable(out_fs, out_local, out)
 
     # A local output is built beside OUT and renamed into place; a URI (no rename on object stores) in place.
     target = out if remote else out_local + ".partial"
@@ -290,6 +292,21 @@ def _complete(out_fs, out: str, out_local: str, target_local: str, remote: bool,
         _remove(out_fs, out_local)
         os.replace(target_local, out_local)
     return RayEncodeSummary(out, rows, error_rows, examples, time.perf_counter() - started, plan, fmt)
+
+
+def _check_replaceable(filesystem, path: str, out: str) -> None:
+    """--overwrite deletes OUT: refuse unless it is what a run writes (Parquet files and _SUCCESS), or empty."""
+    from pyarrow import fs as pafs
+
+    if filesystem.get_file_info(path).type != pafs.FileType.Directory:
+        raise FileExistsError(f"{out} is a file, not an encode --ray output; refusing to replace it")
+    entries = filesystem.get_file_info(pafs.FileSelector(path, recursive=True))
+    foreign = sorted({e.path[len(path):].lstrip("/").split("/")[0] for e in entries
+                      if e.type != pafs.FileType.File or not (e.base_name.endswith(".parquet")
+                                                              or e.base_name == SUCCESS_FILE)})
+    if foreign:
+        raise FileExistsError(f"{out} holds files that are not an encode --ray output ({', '.join(foreign[:5])}); "
+                              "refusing to replace it")
 
 
 def _remove(filesystem, path: str) -> None:

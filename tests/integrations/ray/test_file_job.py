@@ -88,6 +88,26 @@ def test_encode_files_errors(ray_local, model, tmp_path, monkeypatch):
     assert not out.exists() and not (tmp_path / "out.partial").exists()
 
 
+def test_overwrite_replaces_only_a_ray_output(ray_local, model, tmp_path):
+    """--overwrite deletes OUT: only when it is what an encode --ray run writes (Parquet files, _SUCCESS)."""
+    src = tmp_path / "in.txt"
+    src.write_text("one\ntwo\n")
+    project = tmp_path / "project"
+    (project / ".git").mkdir(parents=True)
+    (project / "notes.md").write_text("irreplaceable")
+    with pytest.raises(FileExistsError, match=r"project holds files that are not an encode --ray output "
+                                              r"\(.git, notes.md\); refusing to replace it"):
+        encode_files(model, str(src), str(project), overwrite=True, num_actors=1, threads_per_actor=1)
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(FileExistsError, match="is a file, not an encode --ray output"):
+        encode_files(model, str(src), str(tmp_path / "file"), overwrite=True, num_actors=1, threads_per_actor=1)
+    assert (project / "notes.md").read_text() == "irreplaceable" and (tmp_path / "file").read_text() == "x"
+    out = tmp_path / "out"
+    for _ in range(2):  # the second run replaces the first's output
+        encode_files(model, str(src), str(out), overwrite=True, num_actors=1, threads_per_actor=1)
+        assert pq.read_table(out).num_rows == 2
+
+
 def test_cli_encode_with_ray(ray_local, model, tmp_path, capsys):
     src = tmp_path / "in.txt"
     src.write_text("one\ntwo\n\nfour\n")
