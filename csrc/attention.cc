@@ -9,9 +9,11 @@
 #include <stdexcept>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "cpu_dispatch.h"
 #include "simd_math.h"
+#include "simd_neon.h"
 
 namespace bort {
 namespace {
@@ -100,6 +102,7 @@ void attend_rows_scalar(const SeqView& s, const AttentionShape& sh, const float*
   }
 }
 
+#if BORT_X86_64
 // ---------------------------------------------------------------------------------------------
 // AVX2 + FMA path.
 //
@@ -593,24 +596,98 @@ BORT_AVX512 void attend_rows_avx512(const SeqView& s, const AttentionShape& sh, 
   }
 }
 
-// Which core runs: AVX-512 needs head dims in whole zmm registers, AVX2 in whole ymm registers.
-enum class AttentionPath { kScalar, kAvx2, kAvx512 };
+#endif  // BORT_X86_64
 
-AttentionPath choose_path(int64_t head_dim) {
-  const Isa isa = active_isa();
-  if (isa >= Isa::kAvx512 && head_dim % 16 == 0) return AttentionPath::kAvx512;
-  if (isa >= Isa::kAvx2 && head_dim % 8 == 0) return AttentionPath::kAvx2;
-  return AttentionPath::kScalar;
-}
-
-int tile_rows(AttentionPath path) {
-  switch (path) {
-    case AttentionPath::kAvx512: return kTileRows512;
-    case AttentionPath::kAvx2: return kTileRows;
-    case AttentionPath::kScalar: break;
+#if BORT_AARCH64
+// ---------------------------------------------------------------------------------------------
+// NEON path (head_dim % 4 == 0), one query row at a time with the AVX2 algebra: the K bias is dropped (a
+// per-row constant, which softmax ignores), the Q bias and the scale are folded into a copy of the query,
+// the V bias is added after normalisation. Scores come four keys per step (four dot products sharing each
+// query load), exp four lanes at a time, then P V key by key into the output row.
+void attend_rows_neon(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head, int64_t q0,
+                      int64_t q1) {
+  const SeqKeys& keys = s.keys;
+  if (keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
+  const int64_t D = sh.head_dim, H = sh.hidden(), num_keys = keys.key_end, stride = s.kv_stride;
+  const float* bq = bias ? bias + head * D : nullptr;
+  const float* bv = bias ? bias + 2 * H + head * D : nullptr;
+  const float* k_base = s.k + head * D;
+  const float* v_base = s.v + head * D;
+  thread_local std::vector<float> query, scores;
+  query.resize(static_cast<size_t>(D));
+  scores.resize(static_cast<size_t>(num_keys + 3));
+  const float32x4_t scale = vdupq_n_f32(sh.scale);
+  for (int64_t i = q0; i < q1; ++i) {
+    const float* q = s.q[i] + head * D;
+    for (int64_t d = 0; d < D; d += 4) {
+      const float32x4_t qd = vld1q_f32(q + d);
+      vst1q_f32(query.data() + d, vmulq_f32(bq ? vaddq_f32(qd, vld1q_f32(bq + d)) : qd, scale));
+    }
+    int64_t j = 0;
+    for (; j + 4 <= num_keys; j += 4) {
+      const float* k = k_base + j * stride;
+      float32x4_t a0 = vdupq_n_f32(0.0f), a1 = a0, a2 = a0, a3 = a0;
+      for (int64_t d = 0; d < D; d += 4) {
+        const float32x4_t qd = vld1q_f32(query.data() + d);
+        a0 = vfmaq_f32(a0, qd, vld1q_f32(k + d));
+        a1 = vfmaq_f32(a1, qd, vld1q_f32(k + stride + d));
+        a2 = vfmaq_f32(a2, qd, vld1q_f32(k + 2 * stride + d));
+        a3 = vfmaq_f32(a3, qd, vld1q_f32(k + 3 * stride + d));
+      }
+      vst1q_f32(scores.data() + j, vpaddq_f32(vpaddq_f32(a0, a1), vpaddq_f32(a2, a3)));
+    }
+    for (; j < num_keys; ++j) {
+      const float* k = k_base + j * stride;
+      float32x4_t a = vdupq_n_f32(0.0f);
+      for (int64_t d = 0; d < D; d += 4) a = vfmaq_f32(a, vld1q_f32(query.data() + d), vld1q_f32(k + d));
+      scores[j] = vaddvq_f32(a);
+    }
+    float max_score = -std::numeric_limits<float>::infinity();
+    for (j = 0; j < num_keys; ++j)
+      if (!keys.valid || keys.valid[j]) max_score = std::max(max_score, scores[j]);
+    // exp over whole vectors (the padding past num_keys is computed and ignored), then masked keys get 0.
+    const float32x4_t vmax = vdupq_n_f32(max_score);
+    for (j = 0; j < num_keys; j += 4)
+      vst1q_f32(scores.data() + j, simd::exp_f32x4(vsubq_f32(vld1q_f32(scores.data() + j), vmax)));
+    float sum = 0.0f;
+    for (j = 0; j < num_keys; ++j) {
+      if (keys.valid && !keys.valid[j]) scores[j] = 0.0f;
+      sum += scores[j];
+    }
+    float* o = s.out[i] + head * D;
+    for (int64_t d = 0; d < D; d += 4) vst1q_f32(o + d, vdupq_n_f32(0.0f));
+    for (j = 0; j < num_keys; ++j) {  // key-major so V rows are read contiguously
+      if (scores[j] == 0.0f) continue;
+      const float32x4_t p = vdupq_n_f32(scores[j]);
+      const float* v = v_base + j * stride;
+      for (int64_t d = 0; d < D; d += 4) vst1q_f32(o + d, vfmaq_f32(vld1q_f32(o + d), p, vld1q_f32(v + d)));
+    }
+    const float32x4_t inv_sum = vdupq_n_f32(1.0f / sum);
+    for (int64_t d = 0; d < D; d += 4) {
+      const float32x4_t od = vmulq_f32(vld1q_f32(o + d), inv_sum);
+      vst1q_f32(o + d, bv ? vaddq_f32(od, vld1q_f32(bv + d)) : od);
+    }
   }
-  return 1;
 }
+#endif  // BORT_AARCH64
+
+// Which core runs: a vector core needs head dims in whole registers of its width.
+using AttendFn = void (*)(const SeqView&, const AttentionShape&, const float*, int64_t, int64_t, int64_t);
+struct AttentionCore {
+  Isa isa;
+  int64_t lanes;      // head_dim must be a multiple of this
+  int64_t tile_rows;  // queries per register tile: work is split in whole tiles
+  AttendFn attend;
+};
+constexpr AttentionCore kAttentionCores[] = {
+#if BORT_X86_64
+    {Isa::kAvx512, 16, kTileRows512, attend_rows_avx512},
+    {Isa::kAvx2, 8, kTileRows, attend_rows_avx2},
+#endif
+#if BORT_AARCH64
+    {Isa::kNeon, 4, 1, attend_rows_neon},
+#endif
+    {Isa::kScalar, 1, 1, attend_rows_scalar}};
 
 // Splits the queries of every (sequence, head) into chunks so that ~8 tasks per thread exist (the pool hands
 // them out dynamically, which evens out threads slowed by other load), but never
@@ -636,15 +713,12 @@ std::vector<WorkItem> plan_work(const std::vector<SeqView>& seqs, int64_t num_he
 
 void run_attention(const std::vector<SeqView>& seqs, const AttentionShape& sh, const float* bias,
                    const ParallelFor& pf) {
-  const AttentionPath path = choose_path(sh.head_dim);
-  const std::vector<WorkItem> items = plan_work(seqs, sh.num_heads, pf.concurrency(), tile_rows(path));
+  const AttentionCore& core =
+      select_entry(active_isa(), kAttentionCores, [&](const AttentionCore& c) { return sh.head_dim % c.lanes == 0; });
+  const std::vector<WorkItem> items = plan_work(seqs, sh.num_heads, pf.concurrency(), core.tile_rows);
   pf.run(items.size(), [&](size_t i) {
     const WorkItem& w = items[i];
-    switch (path) {
-      case AttentionPath::kAvx512: return attend_rows_avx512(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
-      case AttentionPath::kAvx2: return attend_rows_avx2(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
-      case AttentionPath::kScalar: return attend_rows_scalar(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
-    }
+    core.attend(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
   });
 }
 

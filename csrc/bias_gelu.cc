@@ -5,6 +5,7 @@
 
 #include "cpu_dispatch.h"
 #include "simd_math.h"
+#include "simd_neon.h"
 
 namespace bort {
 namespace {
@@ -19,6 +20,11 @@ void bias_gelu_rows_scalar(const float* x, const float* bias, float* y, int64_t 
   }
 }
 
+void erf_array_scalar(const float* x, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = std::erf(x[i]);
+}
+
+#if BORT_X86_64
 BORT_AVX2 void bias_gelu_rows_avx2(const float* x, const float* bias, float* y, int64_t rows, int64_t n) {
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * n;
@@ -77,31 +83,70 @@ BORT_AVX512 void erf_array_avx512(const float* x, float* y, int64_t n) {
     _mm512_mask_storeu_ps(y + i, m, simd::erf_ps(_mm512_maskz_loadu_ps(m, x + i)));
   }
 }
+#endif  // BORT_X86_64
+
+#if BORT_AARCH64
+void bias_gelu_rows_neon(const float* x, const float* bias, float* y, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * n;
+    float* yr = y + r * n;
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+      float32x4_t v = vld1q_f32(xr + i);
+      if (bias) v = vaddq_f32(v, vld1q_f32(bias + i));
+      vst1q_f32(yr + i, simd::gelu_f32x4(v));
+    }
+    if (i < n) {  // the tail through a padded buffer, so it uses the same erf as the body
+      float buf[4] = {0};
+      for (int64_t k = i; k < n; ++k) buf[k - i] = xr[k] + (bias ? bias[k] : 0.0f);
+      vst1q_f32(buf, simd::gelu_f32x4(vld1q_f32(buf)));
+      for (int64_t k = i; k < n; ++k) yr[k] = buf[k - i];
+    }
+  }
+}
+
+void erf_array_neon(const float* x, float* y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) vst1q_f32(y + i, simd::erf_f32x4(vld1q_f32(x + i)));
+  if (i < n) {
+    float buf[4] = {0};
+    std::copy(x + i, x + n, buf);
+    vst1q_f32(buf, simd::erf_f32x4(vld1q_f32(buf)));
+    std::copy(buf, buf + (n - i), y + i);
+  }
+}
+#endif  // BORT_AARCH64
+
+using RowsFn = void (*)(const float*, const float*, float*, int64_t, int64_t);
+constexpr IsaPath<RowsFn> kBiasGeluPaths[] = {
+#if BORT_X86_64
+    {Isa::kAvx512, bias_gelu_rows_avx512},
+    {Isa::kAvx2, bias_gelu_rows_avx2},
+#endif
+#if BORT_AARCH64
+    {Isa::kNeon, bias_gelu_rows_neon},
+#endif
+    {Isa::kScalar, bias_gelu_rows_scalar}};
+
+using ErfFn = void (*)(const float*, float*, int64_t);
+constexpr IsaPath<ErfFn> kErfPaths[] = {
+#if BORT_X86_64
+    {Isa::kAvx512, erf_array_avx512},
+    {Isa::kAvx2, erf_array_avx2},
+#endif
+#if BORT_AARCH64
+    {Isa::kNeon, erf_array_neon},
+#endif
+    {Isa::kScalar, erf_array_scalar}};
 
 }  // namespace
 
 void bias_gelu(const float* x, const float* bias, float* y, int64_t rows, int64_t n, const ParallelFor& pf) {
   if (rows <= 0 || n <= 0) return;
-  const Isa isa = active_isa();
-  for_each_row_block(rows, n, pf, [&](int64_t r0, int64_t r1) {
-    if (isa >= Isa::kAvx512)
-      bias_gelu_rows_avx512(x + r0 * n, bias, y + r0 * n, r1 - r0, n);
-    else if (isa >= Isa::kAvx2)
-      bias_gelu_rows_avx2(x + r0 * n, bias, y + r0 * n, r1 - r0, n);
-    else
-      bias_gelu_rows_scalar(x + r0 * n, bias, y + r0 * n, r1 - r0, n);
-  });
+  const RowsFn rows_fn = select_path(active_isa(), kBiasGeluPaths);
+  for_each_row_block(rows, n, pf, [&](int64_t r0, int64_t r1) { rows_fn(x + r0 * n, bias, y + r0 * n, r1 - r0, n); });
 }
 
-void erf_array(const float* x, float* y, int64_t n) {
-  const Isa isa = active_isa();
-  if (isa >= Isa::kAvx512) {
-    erf_array_avx512(x, y, n);
-  } else if (isa >= Isa::kAvx2) {
-    erf_array_avx2(x, y, n);
-  } else {
-    for (int64_t i = 0; i < n; ++i) y[i] = std::erf(x[i]);
-  }
-}
+void erf_array(const float* x, float* y, int64_t n) { select_path(active_isa(), kErfPaths)(x, y, n); }
 
 }  // namespace bort

@@ -5,18 +5,31 @@
 #include <cstdlib>
 #include <stdexcept>
 
-#if defined(__x86_64__)
+#if BORT_X86_64
 #include <cpuid.h>
 #endif
 #if defined(__linux__)
 #include <sys/syscall.h>
 #include <unistd.h>
 #endif
+#if BORT_AARCH64 && defined(__linux__)
+#include <sys/auxv.h>
+#endif
 
 namespace bort {
 namespace {
 
+// This architecture's levels, lowest first (see cpu_dispatch.h).
+#if BORT_X86_64
 constexpr Isa kAllIsas[] = {Isa::kScalar, Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Vnni, Isa::kAvx512Bf16, Isa::kAmx};
+#elif BORT_AARCH64
+constexpr Isa kAllIsas[] = {Isa::kScalar, Isa::kNeon, Isa::kNeonDotprod, Isa::kNeonI8mm};
+#else
+constexpr Isa kAllIsas[] = {Isa::kScalar};
+#endif
+
+bool is_x86_level(Isa isa) { return isa >= Isa::kAvx2 && isa <= Isa::kAmx; }
+bool is_aarch64_level(Isa isa) { return isa >= Isa::kNeon && isa <= Isa::kNeonI8mm; }
 
 // CPUID and XCR0 as read once: the raw bits every query below derives from.
 struct CpuFeatures {
@@ -25,9 +38,10 @@ struct CpuFeatures {
   bool avx512_vnni = false, avx512_bf16 = false;
   bool amx_tile = false, amx_int8 = false, amx_bf16 = false;
   bool os_ymm = false, os_zmm = false, os_tiles = false;
+  bool neon = false, neon_dotprod = false, neon_i8mm = false;
 };
 
-#if defined(__x86_64__)
+#if BORT_X86_64
 uint64_t read_xcr0() {
   uint32_t eax = 0, edx = 0;
   // xgetbv by its encoding, so the file needs no -mxsave.
@@ -63,6 +77,21 @@ CpuFeatures read_features() {
     __cpuid_count(7, 1, a, b, c, d);
     f.avx512_bf16 = (a >> 5) & 1;
   }
+  return f;
+}
+#elif BORT_AARCH64
+CpuFeatures read_features() {
+  CpuFeatures f;
+#if defined(__linux__)
+  // Bits of the Linux arm64 hwcaps ABI (asm/hwcap.h), spelled out so that older C libraries' headers do.
+  constexpr unsigned long kHwcapAsimd = 1ul << 1, kHwcapAsimddp = 1ul << 20, kHwcap2I8mm = 1ul << 13;
+  const unsigned long hwcap = getauxval(AT_HWCAP), hwcap2 = getauxval(AT_HWCAP2);
+  f.neon = (hwcap & kHwcapAsimd) != 0;
+  f.neon_dotprod = f.neon && (hwcap & kHwcapAsimddp) != 0;
+  f.neon_i8mm = f.neon_dotprod && (hwcap2 & kHwcap2I8mm) != 0;
+#else
+  f.neon = true;  // Advanced SIMD is part of every armv8-a CPU; the extensions are not assumed elsewhere
+#endif
   return f;
 }
 #else
@@ -106,7 +135,10 @@ Isa parse_or_throw(const std::string& name) {
                                            "AVX-512 (F, DQ, BW, VL)",
                                            "AVX512-VNNI",
                                            "AVX512-BF16",
-                                           "AMX (TILE, INT8, BF16, or the OS permission to use tiles)"};
+                                           "AMX (TILE, INT8, BF16, or the OS permission to use tiles)",
+                                           "Advanced SIMD (NEON)",
+                                           "the dot-product extension (FEAT_DotProd)",
+                                           "the int8 matrix extension (FEAT_I8MM)"};
       throw std::runtime_error("BORT_INFER_ISA=" + name + " requested but this CPU lacks " +
                                kLacks[static_cast<int>(isa)]);
     }
@@ -164,6 +196,12 @@ bool has_amx_int8() { return has_amx_tiles() && features().amx_int8; }
 
 bool has_amx_bf16() { return has_amx_tiles() && features().amx_bf16; }
 
+bool has_neon() { return features().neon; }
+
+bool has_neon_dotprod() { return features().neon_dotprod; }
+
+bool has_neon_i8mm() { return features().neon_i8mm; }
+
 bool isa_supported(Isa isa) {
   switch (isa) {
     case Isa::kScalar: return true;
@@ -172,8 +210,18 @@ bool isa_supported(Isa isa) {
     case Isa::kAvx512Vnni: return has_avx512_vnni();
     case Isa::kAvx512Bf16: return has_avx512_bf16();
     case Isa::kAmx: return has_amx_int8() && has_amx_bf16();
+    case Isa::kNeon: return has_neon();
+    case Isa::kNeonDotprod: return has_neon_dotprod();
+    case Isa::kNeonI8mm: return has_neon_i8mm();
   }
   return false;
+}
+
+bool isa_runs(Isa active, Isa path) {
+  if (path == Isa::kScalar) return true;
+  const bool same_architecture =
+      (is_x86_level(path) && is_x86_level(active)) || (is_aarch64_level(path) && is_aarch64_level(active));
+  return same_architecture && path <= active;
 }
 
 Isa best_isa() {
@@ -201,6 +249,9 @@ void set_isa(const std::string& name) { isa_slot().store(static_cast<int>(parse_
 
 const char* isa_name(Isa isa) {
   switch (isa) {
+    case Isa::kNeonI8mm: return "neon_i8mm";
+    case Isa::kNeonDotprod: return "neon_dotprod";
+    case Isa::kNeon: return "neon";
     case Isa::kAmx: return "amx";
     case Isa::kAvx512Bf16: return "avx512_bf16";
     case Isa::kAvx512Vnni: return "avx512_vnni";

@@ -7,6 +7,7 @@
 #include "cpu_dispatch.h"
 #include "quantize_rows.h"
 #include "simd_math.h"
+#include "simd_neon.h"
 #include "skip_layernorm.h"
 
 namespace bort {
@@ -28,6 +29,7 @@ void dequantize_rows_scalar(const int32_t* acc, int64_t acc_ld, const float* row
   }
 }
 
+#if BORT_X86_64
 template <Activation kAct>
 BORT_AVX2 void dequantize_rows_avx2(const int32_t* acc, int64_t acc_ld, const float* row_scale,
                                     const uint8_t* row_zero_point, const float* weight_scale,
@@ -89,23 +91,76 @@ BORT_AVX512 void dequantize_rows_avx512(const int32_t* acc, int64_t acc_ld, cons
   }
 }
 
+#endif  // BORT_X86_64
+
+#if BORT_AARCH64
+// The AVX2 path on 4 lanes (wrapping int32 arithmetic, then the same float operations), tail via a buffer.
+template <Activation kAct>
+void dequantize_rows_neon(const int32_t* acc, int64_t acc_ld, const float* row_scale, const uint8_t* row_zero_point,
+                          const float* weight_scale, const int32_t* weight_colsum, const float* bias, float* y,
+                          int64_t y_ld, int64_t rows, int64_t n) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const int32_t* a = acc + r * acc_ld;
+    float* yr = y + r * y_ld;
+    const int32x4_t zp = vdupq_n_s32(row_zero_point[r]);
+    const float32x4_t rs = vdupq_n_f32(row_scale[r]);
+    int64_t i = 0;
+    for (; i + 4 <= n; i += 4) {
+      const int32x4_t c = vsubq_s32(vld1q_s32(a + i), vmulq_s32(zp, vld1q_s32(weight_colsum + i)));
+      float32x4_t v = vmulq_f32(vcvtq_f32_s32(c), vmulq_f32(rs, vld1q_f32(weight_scale + i)));
+      if (bias) v = vaddq_f32(v, vld1q_f32(bias + i));
+      if (kAct == Activation::kGelu) v = simd::gelu_f32x4(v);
+      vst1q_f32(yr + i, v);
+    }
+    if (i < n) {
+      float buf[4] = {0};
+      for (int64_t k = i; k < n; ++k) {
+        const uint32_t centred = static_cast<uint32_t>(a[k]) -
+                                 static_cast<uint32_t>(row_zero_point[r]) * static_cast<uint32_t>(weight_colsum[k]);
+        buf[k - i] = static_cast<float>(static_cast<int32_t>(centred)) * (row_scale[r] * weight_scale[k]) +
+                     (bias ? bias[k] : 0.0f);
+      }
+      if (kAct == Activation::kGelu) vst1q_f32(buf, simd::gelu_f32x4(vld1q_f32(buf)));
+      std::copy(buf, buf + (n - i), yr + i);
+    }
+  }
+}
+#endif  // BORT_AARCH64
+
+// The scalar reference with the activation fixed, as the vector paths have it.
+template <Activation kAct>
+void dequantize_rows_reference(const int32_t* acc, int64_t acc_ld, const float* row_scale,
+                               const uint8_t* row_zero_point, const float* weight_scale, const int32_t* weight_colsum,
+                               const float* bias, float* y, int64_t y_ld, int64_t rows, int64_t n) {
+  dequantize_rows_scalar(acc, acc_ld, row_scale, row_zero_point, weight_scale, weight_colsum, bias, kAct, y, y_ld, rows,
+                         n);
+}
+
+// Each path with one instantiation per activation.
+using BlockFn = void (*)(const int32_t*, int64_t, const float*, const uint8_t*, const float*, const int32_t*,
+                         const float*, float*, int64_t, int64_t, int64_t);
+struct DequantizePath {
+  Isa isa;
+  BlockFn none, gelu;
+};
+constexpr DequantizePath kDequantizePaths[] = {
+#if BORT_X86_64
+    {Isa::kAvx512, dequantize_rows_avx512<Activation::kNone>, dequantize_rows_avx512<Activation::kGelu>},
+    {Isa::kAvx2, dequantize_rows_avx2<Activation::kNone>, dequantize_rows_avx2<Activation::kGelu>},
+#endif
+#if BORT_AARCH64
+    {Isa::kNeon, dequantize_rows_neon<Activation::kNone>, dequantize_rows_neon<Activation::kGelu>},
+#endif
+    {Isa::kScalar, dequantize_rows_reference<Activation::kNone>, dequantize_rows_reference<Activation::kGelu>}};
+
 }  // namespace
 
 void dequantize_block_serial(Isa isa, const int32_t* acc, int64_t acc_ld, const float* row_scale,
                              const uint8_t* row_zero_point, const float* weight_scale, const int32_t* weight_colsum,
                              const float* bias, Activation act, float* y, int64_t y_ld, int64_t rows, int64_t n) {
-  const bool gelu = act == Activation::kGelu;
-  if (isa >= Isa::kAvx512)
-    (gelu ? dequantize_rows_avx512<Activation::kGelu>
-          : dequantize_rows_avx512<Activation::kNone>)(acc, acc_ld, row_scale, row_zero_point, weight_scale,
-                                                       weight_colsum, bias, y, y_ld, rows, n);
-  else if (isa >= Isa::kAvx2)
-    (gelu ? dequantize_rows_avx2<Activation::kGelu>
-          : dequantize_rows_avx2<Activation::kNone>)(acc, acc_ld, row_scale, row_zero_point, weight_scale,
+  const DequantizePath& path = select_entry(isa, kDequantizePaths);
+  (act == Activation::kGelu ? path.gelu : path.none)(acc, acc_ld, row_scale, row_zero_point, weight_scale,
                                                      weight_colsum, bias, y, y_ld, rows, n);
-  else
-    dequantize_rows_scalar(acc, acc_ld, row_scale, row_zero_point, weight_scale, weight_colsum, bias, act, y, y_ld,
-                           rows, n);
 }
 
 void finish_rows_serial(Isa isa, float* y, const SkipLayerNormEpilogue& norm, const RequantizedRows& requantized,

@@ -111,12 +111,41 @@ void block_scalar(const Block& blk) {
 
 // ------------------------------------------------------------------------------------------------ dispatch
 
+namespace {
+
+using BlockFn = void (*)(const bf16::Block&);
+using ConvertFn = void (*)(const float*, uint16_t*, int64_t);
+
+void to_bf16_scalar(const float* x, uint16_t* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) y[i] = float_to_bf16(x[i]);
+}
+
+struct Bf16PathEntry {
+  Isa isa;
+  Bf16Path path;
+  BlockFn block;
+  ConvertFn convert;
+};
+constexpr Bf16PathEntry kBf16Paths[] = {
+#if BORT_X86_64
+    {Isa::kAmx, Bf16Path::kAmx, bf16::block_amx, bf16::to_bf16_avx512_bf16},
+    {Isa::kAvx512Bf16, Bf16Path::kAvx512Bf16, bf16::block_avx512_bf16, bf16::to_bf16_avx512_bf16},
+    {Isa::kAvx2, Bf16Path::kAvx2, bf16::block_avx2, bf16::to_bf16_avx2},
+#endif
+    {Isa::kScalar, Bf16Path::kScalar, bf16::block_scalar, to_bf16_scalar}};
+
+const Bf16PathEntry& entry_of(Bf16Path path) {
+  for (const Bf16PathEntry& e : kBf16Paths)
+    if (e.path == path) return e;
+  throw std::logic_error(std::string("bf16 GEMM path ") + bf16_path_name(path) + " is not built for this CPU");
+}
+
+}  // namespace
+
 Bf16Path active_bf16_path() {
-  const Isa isa = active_isa();
-  if (isa >= Isa::kAmx && has_amx_bf16()) return Bf16Path::kAmx;
-  if (isa >= Isa::kAvx512Bf16) return Bf16Path::kAvx512Bf16;
-  if (isa >= Isa::kAvx2) return Bf16Path::kAvx2;
-  return Bf16Path::kScalar;
+  return select_entry(active_isa(), kBf16Paths,
+                      [](const Bf16PathEntry& e) { return e.path != Bf16Path::kAmx || has_amx_bf16(); })
+      .path;
 }
 
 const char* bf16_path_name(Bf16Path path) {
@@ -131,14 +160,7 @@ const char* bf16_path_name(Bf16Path path) {
 
 namespace {
 
-void convert(Bf16Path path, const float* x, uint16_t* y, int64_t n) {
-  if (path >= Bf16Path::kAvx512Bf16)
-    bf16::to_bf16_avx512_bf16(x, y, n);
-  else if (path == Bf16Path::kAvx2)
-    bf16::to_bf16_avx2(x, y, n);
-  else
-    for (int64_t i = 0; i < n; ++i) y[i] = float_to_bf16(x[i]);
-}
+void convert(Bf16Path path, const float* x, uint16_t* y, int64_t n) { entry_of(path).convert(x, y, n); }
 
 struct AlignedBuffer {
   struct Free {
@@ -172,10 +194,7 @@ void run(const uint16_t* a, int64_t lda, int64_t m, const PackedBf16Weights& w, 
       std::min(panels_per_task, std::max<int64_t>(1, (panels + column_tasks_wanted - 1) / column_tasks_wanted));
   const int64_t column_tasks = (panels + panels_per_task - 1) / panels_per_task;
 
-  void (*kernel)(const bf16::Block&) = bf16::block_scalar;
-  if (path == Bf16Path::kAmx) kernel = bf16::block_amx;
-  if (path == Bf16Path::kAvx512Bf16) kernel = bf16::block_avx512_bf16;
-  if (path == Bf16Path::kAvx2) kernel = bf16::block_avx2;
+  const BlockFn kernel = entry_of(path).block;
   // Consecutive tasks share a column block, so a thread working through them finds its weights in L2.
   pf.run(static_cast<size_t>(row_tasks * column_tasks), [&](size_t t) {
     const int64_t col_task = static_cast<int64_t>(t) / row_tasks, row_task = static_cast<int64_t>(t) % row_tasks;

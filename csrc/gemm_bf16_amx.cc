@@ -12,6 +12,8 @@
 #include "gemm_bf16_kernels.h"
 #include "simd_math.h"
 
+#if BORT_X86_64  // the whole file: x86-64 instructions only
+
 namespace bort {
 namespace bf16 {
 namespace {
@@ -116,3 +118,5 @@ void block_amx(const Block& blk) { run_block(blk); }
 
 }  // namespace bf16
 }  // namespace bort
+
+#endif  // BORT_X86_64

@@ -8,6 +8,8 @@
 #include "gemm_bf16_kernels.h"
 #include "simd_math.h"
 
+#if BORT_X86_64  // the whole file: x86-64 instructions only
+
 namespace bort {
 namespace bf16 {
 namespace {
@@ -111,3 +113,5 @@ void to_bf16_avx2(const float* x, uint16_t* y, int64_t n) { convert(x, y, n); }
 
 }  // namespace bf16
 }  // namespace bort
+
+#endif  // BORT_X86_64

@@ -7,6 +7,8 @@
 #include "gemm_bf16_kernels.h"
 #include "simd_math.h"
 
+#if BORT_X86_64  // the whole file: x86-64 instructions only
+
 namespace bort {
 namespace bf16 {
 namespace {
@@ -105,3 +107,5 @@ void to_bf16_avx512_bf16(const float* x, uint16_t* y, int64_t n) { convert(x, y,
 
 }  // namespace bf16
 }  // namespace bort
+
+#endif  // BORT_X86_64

@@ -5,6 +5,7 @@
 #include <cstring>
 #include <memory>
 #include <stdexcept>
+#include <string>
 
 namespace bort {
 
@@ -39,15 +40,34 @@ int8_t PackedInt8Weights::at(int64_t kk, int64_t col) const {
 // ---------------------------------------------------------------------------------------------
 // Paths and operand A
 
-Int8Path int8_path_for(Isa isa) {
-  if (isa >= Isa::kAmx) return Int8Path::kAmx;
-  if (isa >= Isa::kAvx512Vnni) return Int8Path::kAvx512Vnni;
-  if (isa >= Isa::kAvx2) return Int8Path::kAvx2;
-  return Int8Path::kScalar;
-}
+namespace {
+
+using BlockFn = void (*)(const GemmOperandA&, const PackedInt8Weights&, int64_t, int64_t, int64_t, const TileSink&);
+struct Int8PathEntry {
+  Isa isa;
+  Int8Path path;
+  BlockFn block;
+};
+constexpr Int8PathEntry kInt8Paths[] = {
+#if BORT_X86_64
+    {Isa::kAmx, Int8Path::kAmx, gemm_int8_block_amx},
+    {Isa::kAvx512Vnni, Int8Path::kAvx512Vnni, gemm_int8_block_avx512_vnni},
+    {Isa::kAvx2, Int8Path::kAvx2, gemm_int8_block_avx2},
+#endif
+#if BORT_AARCH64
+    {Isa::kNeonI8mm, Int8Path::kNeonI8mm, gemm_int8_block_neon_i8mm},
+    {Isa::kNeonDotprod, Int8Path::kNeonDotprod, gemm_int8_block_neon_dotprod},
+#endif
+    {Isa::kScalar, Int8Path::kScalar, gemm_int8_block_scalar}};
+
+}  // namespace
+
+Int8Path int8_path_for(Isa isa) { return select_entry(isa, kInt8Paths).path; }
 
 const char* int8_path_name(Int8Path path) {
   switch (path) {
+    case Int8Path::kNeonI8mm: return "neon_i8mm";
+    case Int8Path::kNeonDotprod: return "neon_dotprod";
     case Int8Path::kAmx: return "amx";
     case Int8Path::kAvx512Vnni: return "avx512_vnni";
     case Int8Path::kAvx2: return "avx2";
@@ -73,7 +93,11 @@ void prepare_a_rows(Int8Path path, const uint8_t* src, int64_t lds, int64_t rows
   }
   auto* d = static_cast<uint8_t*>(dst);
   for (int64_t r = 0; r < rows; ++r) {
-    if (k > 0) std::memcpy(d + r * padded_k, src + r * lds, static_cast<size_t>(k));
+    if (path == Int8Path::kNeonDotprod) {
+      for (int64_t i = 0; i < k; ++i) d[r * padded_k + i] = static_cast<uint8_t>(src[r * lds + i] ^ 0x80u);  // a - 128
+    } else if (k > 0) {
+      std::memcpy(d + r * padded_k, src + r * lds, static_cast<size_t>(k));
+    }
     std::memset(d + r * padded_k + k, 0, static_cast<size_t>(padded_k - k));
   }
 }
@@ -102,12 +126,9 @@ void gemm_int8_block_scalar(const GemmOperandA& a, const PackedInt8Weights& w, i
 void gemm_int8_block(Int8Path path, const GemmOperandA& a, const PackedInt8Weights& w, int64_t p0, int64_t p1,
                      int64_t row_offset, const TileSink& sink) {
   if (a.rows <= 0 || p0 >= p1) return;
-  switch (path) {
-    case Int8Path::kAmx: return gemm_int8_block_amx(a, w, p0, p1, row_offset, sink);
-    case Int8Path::kAvx512Vnni: return gemm_int8_block_avx512_vnni(a, w, p0, p1, row_offset, sink);
-    case Int8Path::kAvx2: return gemm_int8_block_avx2(a, w, p0, p1, row_offset, sink);
-    case Int8Path::kScalar: return gemm_int8_block_scalar(a, w, p0, p1, row_offset, sink);
-  }
+  for (const Int8PathEntry& e : kInt8Paths)
+    if (e.path == path) return e.block(a, w, p0, p1, row_offset, sink);
+  throw std::logic_error(std::string("int8 GEMM path ") + int8_path_name(path) + " is not built for this CPU");
 }
 
 // ---------------------------------------------------------------------------------------------

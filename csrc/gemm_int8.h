@@ -73,15 +73,17 @@ struct GemmOperandA {
 };
 
 // The path the GEMM uses at `isa`: AMX-INT8 at kAmx, VNNI at kAvx512Vnni/kAvx512Bf16, AVX2 at kAvx2/kAvx512
-// (exact int16 products; AVX-512 without VNNI gains nothing over it), scalar below.
-enum class Int8Path { kScalar, kAvx2, kAvx512Vnni, kAmx };
+// (exact int16 products; AVX-512 without VNNI gains nothing over it); on aarch64 sudot at kNeonI8mm, sdot at
+// kNeonDotprod (activations offset to s8); scalar otherwise (plain NEON has no int8 dot product worth a path).
+enum class Int8Path { kScalar, kAvx2, kAvx512Vnni, kAmx, kNeonDotprod, kNeonI8mm };
 Int8Path int8_path_for(Isa isa);
 const char* int8_path_name(Int8Path path);
 // Bytes per element of the prepared A rows, and how many zero rows past the last one the path may read
 // (AMX loads whole 16-row tiles).
 size_t a_element_bytes(Int8Path path);
 int64_t a_row_padding(Int8Path path);
-// Copies u8 rows src[r * lds + k] (r < rows, k < K) into dst in `path`'s form (stride padded_k, zero tail).
+// Copies u8 rows src[r * lds + k] (r < rows, k < K) into dst in `path`'s form (stride padded_k, zero tail;
+// kNeonDotprod stores a - 128 as s8, its kernel adds 128 x column sum back).
 void prepare_a_rows(Int8Path path, const uint8_t* src, int64_t lds, int64_t rows, int64_t k, int64_t padded_k,
                     void* dst);
 
@@ -117,5 +119,9 @@ void gemm_int8_block_avx512_vnni(const GemmOperandA& a, const PackedInt8Weights&
                                  int64_t row_offset, const TileSink& sink);
 void gemm_int8_block_amx(const GemmOperandA& a, const PackedInt8Weights& w, int64_t p0, int64_t p1, int64_t row_offset,
                          const TileSink& sink);
+void gemm_int8_block_neon_dotprod(const GemmOperandA& a, const PackedInt8Weights& w, int64_t p0, int64_t p1,
+                                  int64_t row_offset, const TileSink& sink);
+void gemm_int8_block_neon_i8mm(const GemmOperandA& a, const PackedInt8Weights& w, int64_t p0, int64_t p1,
+                               int64_t row_offset, const TileSink& sink);
 
 }  // namespace bort

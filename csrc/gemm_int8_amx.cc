@@ -14,6 +14,8 @@
 #include "gemm_int8.h"
 #include "simd_math.h"
 
+#if BORT_X86_64  // the whole file: x86-64 instructions only
+
 namespace bort {
 namespace {
 
@@ -123,3 +125,5 @@ BORT_AMX void gemm_int8_block_amx(const GemmOperandA& a, const PackedInt8Weights
 }
 
 }  // namespace bort
+
+#endif  // BORT_X86_64

@@ -9,6 +9,8 @@
 #include "gemm_int8.h"
 #include "simd_math.h"
 
+#if BORT_X86_64  // the whole file: x86-64 instructions only
+
 namespace bort {
 namespace {
 
@@ -89,3 +91,5 @@ void gemm_int8_block_avx2(const GemmOperandA& a, const PackedInt8Weights& w, int
 }
 
 }  // namespace bort
+
+#endif  // BORT_X86_64

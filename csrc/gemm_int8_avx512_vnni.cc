@@ -8,6 +8,8 @@
 #include "gemm_int8.h"
 #include "simd_math.h"
 
+#if BORT_X86_64  // the whole file: x86-64 instructions only
+
 namespace bort {
 namespace {
 
@@ -114,3 +116,5 @@ void gemm_int8_block_avx512_vnni(const GemmOperandA& a, const PackedInt8Weights&
 }
 
 }  // namespace bort
+
+#endif  // BORT_X86_64

@@ -24,6 +24,7 @@
 
 #include "attention.h"
 #include "bias_gelu.h"
+#include "cpu_dispatch.h"
 #include "dequantize_rows.h"
 #include "gemm_bf16.h"
 #include "linear_bf16.h"
@@ -589,6 +590,9 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
     return api_base->GetApi(1)->CreateStatus(ORT_FAIL, "bort_infer custom ops need onnxruntime >= 1.21 (C API 21)");
   }
   Ort::InitApi(ort);
+  // A BORT_INFER_ISA this library cannot honour is the caller's mistake: refuse rather than guess.
+  if (!bort::isa_environment_error().empty())
+    return ort->CreateStatus(ORT_INVALID_ARGUMENT, bort::isa_environment_error().c_str());
   static std::mutex mutex;
   std::lock_guard<std::mutex> lock(mutex);
   try {

@@ -5,6 +5,7 @@
 
 #include "cpu_dispatch.h"
 #include "simd_math.h"
+#include "simd_neon.h"
 
 namespace bort {
 namespace {
@@ -46,12 +47,14 @@ void quantize_rows_scalar(const float* x, uint8_t* q, float* scale, uint8_t* zer
   }
 }
 
+#if BORT_X86_64
 // 8 floats → 8 int32 in [0, 255], exactly as quantize_one: round half to even, clamp (NaN → 0).
 BORT_AVX2_INLINE __m256i quantize8(const float* src, __m256 inv, __m256 zp) {
-  const __m256 v = _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(src), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  const __m256 v =
+      _mm256_round_ps(_mm256_mul_ps(_mm256_loadu_ps(src), inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   // max_ps returns its second operand when the first is NaN.
-  return _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, zp), _mm256_setzero_ps()),
-                                          _mm256_set1_ps(255.0f)));
+  return _mm256_cvtps_epi32(
+      _mm256_min_ps(_mm256_max_ps(_mm256_add_ps(v, zp), _mm256_setzero_ps()), _mm256_set1_ps(255.0f)));
 }
 
 BORT_AVX2 void quantize_rows_avx2(const float* x, uint8_t* q, float* scale, uint8_t* zero_point, int64_t rows,
@@ -94,8 +97,8 @@ BORT_AVX2 void quantize_rows_avx2(const float* x, uint8_t* q, float* scale, uint
 // 16 floats -> 16 int32 in [0, 255], exactly as quantize_one.
 BORT_AVX512_INLINE __m512i quantize16(__m512 x, __m512 inv, __m512 zp) {
   const __m512 v = _mm512_roundscale_ps(_mm512_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  return _mm512_cvtps_epi32(_mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, zp), _mm512_setzero_ps()),
-                                          _mm512_set1_ps(255.0f)));
+  return _mm512_cvtps_epi32(
+      _mm512_min_ps(_mm512_max_ps(_mm512_add_ps(v, zp), _mm512_setzero_ps()), _mm512_set1_ps(255.0f)));
 }
 
 // Bit-identical to quantize_rows_avx2 (the same operations per lane; masked tails instead of scalar ones);
@@ -123,17 +126,65 @@ BORT_AVX512 void quantize_rows_avx512(const float* x, uint8_t* q, float* scale, 
     zero_point[r] = static_cast<uint8_t>(p.zero_point);
   }
 }
+#endif  // BORT_X86_64
+
+#if BORT_AARCH64
+// 4 floats -> 4 uint32 in [0, 255], exactly as quantize_one: vrndnq rounds half to even, and the "number"
+// max/min (maxnm, minnm) return the number when the other operand is NaN, so a NaN becomes 0.
+inline uint32x4_t quantize4(const float* src, float32x4_t inv, float32x4_t zp) {
+  const float32x4_t v = vaddq_f32(vrndnq_f32(vmulq_f32(vld1q_f32(src), inv)), zp);
+  return vcvtq_u32_f32(vminnmq_f32(vmaxnmq_f32(v, vdupq_n_f32(0.0f)), vdupq_n_f32(255.0f)));
+}
+
+void quantize_rows_neon(const float* x, uint8_t* q, float* scale, uint8_t* zero_point, int64_t rows, int64_t k) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * k;
+    uint8_t* qr = q + r * k;
+    // minnm/maxnm ignore NaNs, as fmin/fmax do.
+    float32x4_t vlo = vdupq_n_f32(0.0f), vhi = vdupq_n_f32(0.0f);
+    int64_t i = 0;
+    for (; i + 4 <= k; i += 4) {
+      const float32x4_t v = vld1q_f32(xr + i);
+      vlo = vminnmq_f32(vlo, v);
+      vhi = vmaxnmq_f32(vhi, v);
+    }
+    float lo = vminnmvq_f32(vlo), hi = vmaxnmvq_f32(vhi);
+    for (; i < k; ++i) {
+      lo = std::fmin(lo, xr[i]);
+      hi = std::fmax(hi, xr[i]);
+    }
+    const RowParams p = params_from_range(lo, hi);
+    const float32x4_t inv = vdupq_n_f32(p.inv_scale), zp = vdupq_n_f32(p.zero_point);
+    for (i = 0; i + 16 <= k; i += 16) {
+      const uint16x8_t lo8 =
+          vcombine_u16(vmovn_u32(quantize4(xr + i, inv, zp)), vmovn_u32(quantize4(xr + i + 4, inv, zp)));
+      const uint16x8_t hi8 =
+          vcombine_u16(vmovn_u32(quantize4(xr + i + 8, inv, zp)), vmovn_u32(quantize4(xr + i + 12, inv, zp)));
+      vst1q_u8(qr + i, vcombine_u8(vmovn_u16(lo8), vmovn_u16(hi8)));
+    }
+    for (; i < k; ++i) qr[i] = quantize_one(xr[i], p);
+    scale[r] = p.scale;
+    zero_point[r] = static_cast<uint8_t>(p.zero_point);
+  }
+}
+#endif  // BORT_AARCH64
+
+using QuantizeFn = void (*)(const float*, uint8_t*, float*, uint8_t*, int64_t, int64_t);
+constexpr IsaPath<QuantizeFn> kQuantizePaths[] = {
+#if BORT_X86_64
+    {Isa::kAvx512, quantize_rows_avx512},
+    {Isa::kAvx2, quantize_rows_avx2},
+#endif
+#if BORT_AARCH64
+    {Isa::kNeon, quantize_rows_neon},
+#endif
+    {Isa::kScalar, quantize_rows_scalar}};
 
 }  // namespace
 
 void quantize_rows_serial(Isa isa, const float* x, uint8_t* q, float* scale, uint8_t* zero_point, int64_t rows,
                           int64_t k) {
-  if (isa >= Isa::kAvx512)
-    quantize_rows_avx512(x, q, scale, zero_point, rows, k);
-  else if (isa >= Isa::kAvx2)
-    quantize_rows_avx2(x, q, scale, zero_point, rows, k);
-  else
-    quantize_rows_scalar(x, q, scale, zero_point, rows, k);
+  select_path(isa, kQuantizePaths)(x, q, scale, zero_point, rows, k);
 }
 
 void quantize_rows(const float* x, uint8_t* q, float* scale, uint8_t* zero_point, int64_t rows, int64_t k,

@@ -1,4 +1,5 @@
-// Vectorised transcendental functions for the AVX2+FMA and AVX-512 kernels.
+// Vectorised transcendental functions for the AVX2+FMA and AVX-512 kernels (x86-64 only; the NEON versions
+// are in simd_neon.h).
 //
 // Every function here carries a target attribute because the library is compiled for baseline x86-64;
 // only call them from functions with the same (or a wider) target attribute, after CPU dispatch.
@@ -6,6 +7,9 @@
 // widths give the same result for the same input lane.
 #pragma once
 
+#include "cpu_dispatch.h"
+
+#if BORT_X86_64
 // GCC 12's AVX-512 intrinsics initialise _mm512_undefined_ps() from itself, which -Wall reports as
 // uninitialised at every inlined use (fixed in later GCC releases); the warning concerns the header only.
 #pragma GCC diagnostic push
@@ -158,3 +162,5 @@ BORT_AVX512_INLINE __m512 gelu_ps(__m512 v) {
 
 }  // namespace simd
 }  // namespace bort
+
+#endif  // BORT_X86_64

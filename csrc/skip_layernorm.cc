@@ -5,6 +5,7 @@
 
 #include "cpu_dispatch.h"
 #include "simd_math.h"
+#include "simd_neon.h"
 
 namespace bort {
 namespace {
@@ -34,6 +35,7 @@ void skip_layernorm_rows_scalar(const float* x, const float* skip, const float* 
   }
 }
 
+#if BORT_X86_64
 // x + skip (* skip_scale) for 8 lanes starting at i.
 BORT_AVX2_INLINE __m256 skip_term(const float* sr, const float* skip_scale, int64_t i, __m256 x) {
   const __m256 s = _mm256_loadu_ps(sr + i);
@@ -43,8 +45,8 @@ BORT_AVX2_INLINE __m256 skip_term(const float* sr, const float* skip_scale, int6
 // Same math; the summed row is written to y in the first pass and re-read from L1 (a 1024-float
 // row is 4 KB), so DRAM sees one read of x and skip and one write of y.
 BORT_AVX2 void skip_layernorm_rows_avx2(const float* x, const float* skip, const float* gamma, const float* beta,
-                                        const float* bias, const float* skip_scale, float* y, int64_t rows,
-                                        int64_t h, float eps) {
+                                        const float* bias, const float* skip_scale, float* y, int64_t rows, int64_t h,
+                                        float eps) {
   const int64_t hv = h & ~int64_t{7};
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * h;
@@ -165,17 +167,91 @@ BORT_AVX512 void skip_layernorm_rows_avx512(const float* x, const float* skip, c
   }
 }
 
+#endif  // BORT_X86_64
+
+#if BORT_AARCH64
+// x + skip (* skip_scale) (+ bias) for the 4 lanes starting at i.
+inline float32x4_t skip_sum4(const float* xr, const float* sr, const float* bias, const float* skip_scale, int64_t i) {
+  const float32x4_t x = vld1q_f32(xr + i), s = vld1q_f32(sr + i);
+  float32x4_t t = skip_scale ? vfmaq_f32(x, s, vld1q_f32(skip_scale + i)) : vaddq_f32(x, s);
+  if (bias) t = vaddq_f32(t, vld1q_f32(bias + i));
+  return t;
+}
+
+// The AVX2 pass structure on 4 lanes: the summed row goes to y in the first pass (two accumulators), the
+// squared deviations in the second, the normalized row in the third; the tail in scalar code.
+void skip_layernorm_rows_neon(const float* x, const float* skip, const float* gamma, const float* beta,
+                              const float* bias, const float* skip_scale, float* y, int64_t rows, int64_t h,
+                              float eps) {
+  const int64_t h4 = h & ~int64_t{3};
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* xr = x + r * h;
+    const float* sr = skip + r * h;
+    float* yr = y + r * h;
+    float32x4_t s0 = vdupq_n_f32(0.0f), s1 = vdupq_n_f32(0.0f);
+    int64_t i = 0;
+    for (; i + 8 <= h4; i += 8) {
+      const float32x4_t a = skip_sum4(xr, sr, bias, skip_scale, i), b = skip_sum4(xr, sr, bias, skip_scale, i + 4);
+      vst1q_f32(yr + i, a);
+      vst1q_f32(yr + i + 4, b);
+      s0 = vaddq_f32(s0, a);
+      s1 = vaddq_f32(s1, b);
+    }
+    for (; i < h4; i += 4) {
+      const float32x4_t a = skip_sum4(xr, sr, bias, skip_scale, i);
+      vst1q_f32(yr + i, a);
+      s0 = vaddq_f32(s0, a);
+    }
+    float sum = vaddvq_f32(vaddq_f32(s0, s1));
+    for (; i < h; ++i) {
+      const float t = xr[i] + sr[i] * (skip_scale ? skip_scale[i] : 1.0f) + (bias ? bias[i] : 0.0f);
+      yr[i] = t;
+      sum += t;
+    }
+    const float mean = sum / static_cast<float>(h);
+    const float32x4_t vmean = vdupq_n_f32(mean);
+    float32x4_t q0 = vdupq_n_f32(0.0f), q1 = vdupq_n_f32(0.0f);
+    for (i = 0; i + 8 <= h4; i += 8) {
+      const float32x4_t a = vsubq_f32(vld1q_f32(yr + i), vmean), b = vsubq_f32(vld1q_f32(yr + i + 4), vmean);
+      q0 = vfmaq_f32(q0, a, a);
+      q1 = vfmaq_f32(q1, b, b);
+    }
+    for (; i < h4; i += 4) {
+      const float32x4_t a = vsubq_f32(vld1q_f32(yr + i), vmean);
+      q0 = vfmaq_f32(q0, a, a);
+    }
+    float sq = vaddvq_f32(vaddq_f32(q0, q1));
+    for (; i < h; ++i) sq += (yr[i] - mean) * (yr[i] - mean);
+    const float rstd = 1.0f / std::sqrt(sq / static_cast<float>(h) + eps);
+    const float32x4_t vrstd = vdupq_n_f32(rstd);
+    for (i = 0; i < h4; i += 4) {
+      const float32x4_t n = vmulq_f32(vsubq_f32(vld1q_f32(yr + i), vmean), vrstd);
+      const float32x4_t b = beta ? vld1q_f32(beta + i) : vdupq_n_f32(0.0f);
+      vst1q_f32(yr + i, vfmaq_f32(b, n, vld1q_f32(gamma + i)));
+    }
+    for (; i < h; ++i) yr[i] = (yr[i] - mean) * rstd * gamma[i] + (beta ? beta[i] : 0.0f);
+  }
+}
+#endif  // BORT_AARCH64
+
+using RowsFn = void (*)(const float*, const float*, const float*, const float*, const float*, const float*, float*,
+                        int64_t, int64_t, float);
+constexpr IsaPath<RowsFn> kSkipLayerNormPaths[] = {
+#if BORT_X86_64
+    {Isa::kAvx512, skip_layernorm_rows_avx512},
+    {Isa::kAvx2, skip_layernorm_rows_avx2},
+#endif
+#if BORT_AARCH64
+    {Isa::kNeon, skip_layernorm_rows_neon},
+#endif
+    {Isa::kScalar, skip_layernorm_rows_scalar}};
+
 }  // namespace
 
 void skip_layernorm_serial(Isa isa, const float* x, const float* skip, const float* gamma, const float* beta,
                            const float* bias, const float* skip_scale, float* y, int64_t rows, int64_t h,
                            float epsilon) {
-  if (isa >= Isa::kAvx512)
-    skip_layernorm_rows_avx512(x, skip, gamma, beta, bias, skip_scale, y, rows, h, epsilon);
-  else if (isa >= Isa::kAvx2)
-    skip_layernorm_rows_avx2(x, skip, gamma, beta, bias, skip_scale, y, rows, h, epsilon);
-  else
-    skip_layernorm_rows_scalar(x, skip, gamma, beta, bias, skip_scale, y, rows, h, epsilon);
+  select_path(isa, kSkipLayerNormPaths)(x, skip, gamma, beta, bias, skip_scale, y, rows, h, epsilon);
 }
 
 void skip_layernorm(const float* x, const float* skip, const float* gamma, const float* beta, const float* bias,

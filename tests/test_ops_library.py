@@ -9,6 +9,7 @@ import platform
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -102,8 +103,6 @@ def test_header_stands_alone_in_c(tmp_path, std):
 @pytest.mark.skipif(shutil.which("c++") is None, reason="no C++ compiler")
 @pytest.mark.parametrize("order", ["ours first", "onnxruntime first"])
 def test_header_agrees_with_onnxruntimes_header_in_cxx(tmp_path, order):
-    import sys
-
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
     from ort_headers import find_ort_include_dir
 
@@ -113,3 +112,15 @@ def test_header_agrees_with_onnxruntimes_header_in_cxx(tmp_path, order):
                    "OrtStatus* (*entry)(OrtSessionOptions*, const OrtApiBase*) = &RegisterCustomOps;\n")
     subprocess.run(["c++", "-std=c++17", "-Wall", "-Werror", "-fsyntax-only", f"-I{HEADER.parent}",
                     f"-I{find_ort_include_dir(Path(__file__).resolve().parents[1])}", str(src)], check=True)
+
+
+@pytest.mark.parametrize("value, message", [("avx1024", "unknown ISA 'avx1024'"), ("neon_i8mm" if platform.machine()
+                                            == "x86_64" else "amx", "unknown ISA")])
+def test_registration_refuses_a_bad_isa_environment_variable_naming_the_accepted_values(value, message):
+    code = ("import onnxruntime as ort, sys\n"
+            f"try:\n    ort.SessionOptions().register_custom_ops_library({OPS_LIBRARY!r})\n"
+            "except Exception as e:\n    print(e); sys.exit(3)\n")
+    out = subprocess.run([sys.executable, "-c", code], env=dict(os.environ, BORT_INFER_ISA=value),
+                         capture_output=True, text=True)
+    assert out.returncode == 3, out.stdout + out.stderr
+    assert message in out.stdout and "scalar|" in out.stdout and "|auto" in out.stdout
