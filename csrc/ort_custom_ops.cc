@@ -1,6 +1,6 @@
 // onnxruntime custom-op front end: domain "ai.bort_infer", ops FusedAttention, PackedAttention, BiasGelu,
-// SkipLayerNorm, QuantizeRows, DequantizeRows and LinearBf16. Registration entry point: RegisterCustomOps (exported, C
-// linkage).
+// SkipLayerNorm, QuantizeRows, DequantizeRows, LinearBf16 and LinearInt8. Registration entry point:
+// RegisterCustomOps (exported, C linkage).
 //
 // Thin on purpose. An op is one kernel struct: its name, its inputs and outputs (name, required or optional, element
 // type; the one place each name is written, used for the schema and every message), its attributes read when the
@@ -27,7 +27,9 @@
 #include "cpu_dispatch.h"
 #include "dequantize_rows.h"
 #include "gemm_bf16.h"
+#include "gemm_int8.h"
 #include "linear_bf16.h"
+#include "linear_int8.h"
 #include "parallel.h"
 #include "quantize_rows.h"
 #include "shape_checks.h"
@@ -56,6 +58,7 @@ constexpr auto kFloat = ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
 constexpr auto kUint8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
 constexpr auto kInt32 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT32;
 constexpr auto kBfloat16 = ONNX_TENSOR_ELEMENT_DATA_TYPE_BFLOAT16;
+constexpr auto kInt8 = ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
 constexpr auto kAnyInt = ONNX_TENSOR_ELEMENT_DATA_TYPE_UNDEFINED;  // the schema lets any type through
 
 template <size_t N>
@@ -212,6 +215,7 @@ class Attributes {
 
   // Input `index` when it is a constant of the graph (an initializer), else a null value.
   Ort::ConstValue constant_input(size_t index) const {
+    if (index >= info_.GetInputCount()) return Ort::ConstValue{nullptr};  // an optional input the node leaves out
     int is_constant = 0;
     Ort::ConstValue value = info_.GetTensorConstantInput(index, &is_constant);
     return is_constant ? value : Ort::ConstValue{nullptr};
@@ -512,6 +516,91 @@ struct LinearBf16 {
   }
 };
 
+// The int8 linear layer in one op (csrc/linear_int8.h): input rows (float, or uint8 rows with their scales and
+// zero points), int8 weights [K, N] with per-column scales, then DequantizeRows' epilogue and outputs.
+struct LinearInt8 {
+  static constexpr const char* kName = "LinearInt8";
+  static constexpr Ports<11> kInputs{{{"x", kOptional, kFloat},
+                                      {"x_quantized", kOptional, kUint8},
+                                      {"x_scale", kOptional, kFloat},
+                                      {"x_zero_point", kOptional, kUint8},
+                                      {"weight", kRequired, kInt8},
+                                      {"weight_scale", kRequired, kFloat},
+                                      {"bias", kOptional, kFloat},
+                                      {"skip", kOptional, kFloat},
+                                      {"gamma", kOptional, kFloat},
+                                      {"beta", kOptional, kFloat},
+                                      {"skip_scale", kOptional, kFloat}}};
+  static constexpr Ports<4> kOutputs = DequantizeRows::kOutputs;
+  static constexpr size_t kWeight = 4;
+  bort::Activation activation;
+  float epsilon;
+  bool output_y, output_requantized;
+  // Packed once, when the session creates the kernel, if the weight is a constant initializer (as exported
+  // graphs have it); otherwise packed on every call.
+  std::shared_ptr<const bort::PackedInt8Weights> packed;
+
+  explicit LinearInt8(const Attributes& a)
+      : activation(DequantizeRows::checked_activation(a)),
+        epsilon(checked_epsilon(a)),
+        output_y(a.has_output(0)),
+        output_requantized(a.has_output(1)),
+        packed(pack_constant_weight(a)) {
+    bort::check_linear_int8_outputs(output_y, output_requantized, a.has_output(2), a.has_output(3));
+  }
+
+  static std::shared_ptr<const bort::PackedInt8Weights> pack_constant_weight(const Attributes& a) {
+    const Ort::ConstValue weight = a.constant_input(kWeight);
+    if (weight == nullptr) return nullptr;
+    if (!weight.IsTensor()) fail(a.op(), "input 'weight' must be a tensor");
+    const auto info = weight.GetTensorTypeAndShapeInfo();
+    if (info.GetElementType() != kInt8)
+      fail(a.op(), std::string("input 'weight' must be int8, got ") + type_name(info.GetElementType()));
+    const bort::Shape shape = info.GetShape();
+    if (shape.size() != 2 || shape[0] < 0 || shape[1] < 0)
+      fail(a.op(), "weight must have rank 2 [K, N], got " + bort::shape_str(shape));
+    return std::make_shared<const bort::PackedInt8Weights>(weight.GetTensorData<int8_t>(), shape[0], shape[1]);
+  }
+
+  void Compute(const Io& io) const {
+    const Tensor *x = io.optional(0), *x_quantized = io.optional(1), *x_scale = io.optional(2),
+                 *x_zero_point = io.optional(3);
+    const Tensor &weight = io.in(kWeight), &weight_scale = io.in(5);
+    const Tensor *bias = io.optional(6), *skip = io.optional(7), *gamma = io.optional(8), *beta = io.optional(9),
+                 *skip_scale = io.optional(10);
+    const bort::LinearInt8Dims dims = bort::check_linear_int8(
+        shape_of(x), shape_of(x_quantized), shape_of(x_scale), shape_of(x_zero_point), weight.shape, weight_scale.shape,
+        shape_of(bias), shape_of(skip), shape_of(gamma), shape_of(beta), shape_of(skip_scale), activation, epsilon);
+    std::shared_ptr<const bort::PackedInt8Weights> w = packed;
+    if (!w) w = std::make_shared<const bort::PackedInt8Weights>(weight.as<int8_t>(), dims.k, dims.n);
+    if (w->k() != dims.k || w->n() != dims.n)  // a constant never changes shape; this guards the invariant
+      fail(kName, "the packed weight does not match input 'weight' " + bort::shape_str(weight.shape));
+    bort::SkipLayerNormEpilogue norm;
+    norm.skip = floats(skip);
+    norm.gamma = floats(gamma);
+    norm.beta = floats(beta);
+    norm.skip_scale = floats(skip_scale);
+    norm.epsilon = epsilon;
+    float* y = output_y ? io.out<float>(0, dims.output) : nullptr;
+    bort::RequantizedRows requantized;
+    if (output_requantized) {
+      const bort::Shape leading(dims.output.begin(), dims.output.end() - 1);
+      requantized.q = io.out<uint8_t>(1, dims.output);
+      requantized.scale = io.out<float>(2, leading);
+      requantized.zero_point = io.out<uint8_t>(3, leading);
+    }
+    bort::LinearInt8Input in;
+    in.x = floats(x);
+    if (x_quantized != nullptr) {
+      in.q = x_quantized->as<uint8_t>();
+      in.scale = x_scale->as<float>();
+      in.zero_point = x_zero_point->as<uint8_t>();
+    }
+    bort::linear_int8(in, dims.rows, *w, weight_scale.as<float>(), floats(bias), activation, norm, y, requantized,
+                      io.pool());
+  }
+};
+
 // ---------------------------------------------------------------------------------------------
 // The OrtCustomOp of a kernel struct.
 
@@ -577,8 +666,9 @@ Op<SkipLayerNorm> g_skip_layernorm;
 Op<QuantizeRows> g_quantize_rows;
 Op<DequantizeRows> g_dequantize_rows;
 Op<LinearBf16> g_linear_bf16;
-OrtCustomOp* const kOps[] = {&g_fused_attention, &g_packed_attention, &g_bias_gelu,  &g_skip_layernorm,
-                             &g_quantize_rows,   &g_dequantize_rows,  &g_linear_bf16};
+Op<LinearInt8> g_linear_int8;
+OrtCustomOp* const kOps[] = {&g_fused_attention, &g_packed_attention, &g_bias_gelu,   &g_skip_layernorm,
+                             &g_quantize_rows,   &g_dequantize_rows,  &g_linear_bf16, &g_linear_int8};
 
 }  // namespace
 

@@ -774,3 +774,163 @@ def test_packed_attention_checks_query_rows_before_allocating_the_output():
     sess = packed_attention_with_empty_inputs({"qkv": [0, 3 * 2**40]}, feeds, {"num_heads": 1})
     with pytest.raises(ORT_ERRORS, match=r"PackedAttention: query_rows\[0\] = 0 is not a token index in \[0, 0\)"):
         sess.run(None, feeds)
+
+
+# ----------------------------------------------------------------------------------------------
+# LinearInt8: the three-op int8 linear (QuantizeRows → onnxruntime's MatMulInteger → DequantizeRows) in one op
+
+LINEAR_OUTPUTS = {"y": TensorProto.FLOAT, "y_quantized": TensorProto.UINT8, "y_scale": TensorProto.FLOAT,
+                  "y_zero_point": TensorProto.UINT8}
+LINEAR_EPILOGUES = {
+    "bias": ({}, ["bias"], ["y"]),
+    "bias+gelu, requantized only": ({"activation": "gelu"}, ["bias"], ["", "y_quantized", "y_scale", "y_zero_point"]),
+    "skip+layernorm, requantized too": ({"epsilon": 1e-5}, ["bias", "skip", "gamma", "beta", "skip_scale"],
+                                        ["y", "y_quantized", "y_scale", "y_zero_point"]),
+}
+
+
+def linear_params(rng, k, n):
+    w, scale = quantize_weight(rng, k, n)
+    return {"weight": w, "weight_scale": scale, "bias": (rng.standard_normal(n) * 0.1).astype(np.float32),
+            "gamma": rng.uniform(0.5, 1.5, n).astype(np.float32),
+            "beta": (rng.standard_normal(n) * 0.1).astype(np.float32),
+            "skip_scale": rng.uniform(0.5, 2, n).astype(np.float32)}
+
+
+def int8_linear_session(form, p, epilogue, threads=1, quantized_input=False, weight_as_input=False):
+    """One int8 linear as LinearInt8 ("ours") or as QuantizeRows → MatMulInteger → DequantizeRows ("mlas"),
+    the parameters as initializers (the weight a graph input with weight_as_input), x (or its quantized rows) and
+    skip graph inputs."""
+    attrs, extras, outputs = LINEAR_EPILOGUES[epilogue]
+    inits = [onnx.numpy_helper.from_array(v, k) for k, v in p.items() if not (weight_as_input and k == "weight")]
+    x_inputs = ["xq", "xs", "xz"] if quantized_input else ["x"]
+    graph_inputs = [helper.make_tensor_value_info(n, t, None) for n, t in
+                    ([("xq", TensorProto.UINT8), ("xs", TensorProto.FLOAT), ("xz", TensorProto.UINT8)]
+                     if quantized_input else [("x", TensorProto.FLOAT)])]
+    if "skip" in extras:
+        graph_inputs.append(helper.make_tensor_value_info("skip", TensorProto.FLOAT, None))
+    if weight_as_input:
+        graph_inputs.append(helper.make_tensor_value_info("weight", TensorProto.INT8, None))
+    if form == "ours":
+        xs = ["", *x_inputs] if quantized_input else x_inputs + ["", "", ""]
+        nodes = [helper.make_node("LinearInt8", [*xs, "weight", "weight_scale", *extras], outputs, domain=DOMAIN,
+                                  **attrs)]
+    else:
+        inits.append(onnx.numpy_helper.from_array(p["weight"].astype(np.int32).sum(axis=0).astype(np.int32),
+                                                  "colsum"))
+        nodes = [] if quantized_input else [helper.make_node("QuantizeRows", ["x"], ["xq", "xs", "xz"],
+                                                             domain=DOMAIN)]
+        nodes += [helper.make_node("MatMulInteger", ["xq", "weight"], ["acc"]),
+                  helper.make_node("DequantizeRows", ["acc", "xs", "xz", "weight_scale", "colsum", *extras], outputs,
+                                   domain=DOMAIN, **attrs)]
+    graph = helper.make_graph(nodes, form, graph_inputs,
+                              [helper.make_tensor_value_info(o, LINEAR_OUTPUTS[o], None) for o in outputs if o], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(OPS_LIBRARY)
+    so.intra_op_num_threads = threads
+    so.log_severity_level = 4
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+def same_bits(got, want):
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_array_equal(g.view(np.uint8), w.view(np.uint8))
+
+
+@pytest.mark.parametrize("epilogue", list(LINEAR_EPILOGUES))
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("shape", [(1, 200), (37, 200), (3, 70, 200)])
+def test_linear_int8_equals_the_mlas_chain_bit_for_bit(epilogue, threads, shape):
+    # MatMulInteger (MLAS) is exact integer arithmetic, and so is our GEMM: the whole layer gives the same bits.
+    rng = np.random.default_rng(len(shape) * 100 + shape[0])
+    p = linear_params(rng, 200, 136)
+    feeds = {"x": (rng.standard_normal(shape) + 0.3).astype(np.float32)}
+    if "skip" in LINEAR_EPILOGUES[epilogue][1]:
+        feeds["skip"] = rng.standard_normal((*shape[:-1], 136)).astype(np.float32)
+    ours = int8_linear_session("ours", p, epilogue, threads).run(None, feeds)
+    same_bits(ours, int8_linear_session("mlas", p, epilogue, threads).run(None, feeds))
+
+
+@pytest.mark.parametrize("isa", C.supported_isas())
+def test_linear_int8_equals_the_mlas_chain_on_each_isa(isa):
+    rng = np.random.default_rng(5)
+    p = linear_params(rng, 96, 80)
+    feeds = {"x": rng.standard_normal((30, 96)).astype(np.float32), "skip": rng.standard_normal((30, 80)).astype(
+        np.float32)}
+    with use_isa(isa):
+        ours = int8_linear_session("ours", p, "skip+layernorm, requantized too").run(None, feeds)
+        mlas = int8_linear_session("mlas", p, "skip+layernorm, requantized too").run(None, feeds)
+    same_bits(ours, mlas)
+
+
+@pytest.mark.parametrize("weight_as_input", [False, True])
+def test_linear_int8_takes_quantized_rows_and_a_weight_that_is_not_constant(weight_as_input):
+    rng = np.random.default_rng(6)
+    p = linear_params(rng, 64, 48)
+    xq, xs, xz = C.quantize_rows(rng.standard_normal((9, 64)).astype(np.float32))
+    feeds = {"xq": xq, "xs": xs, "xz": xz}
+    if weight_as_input:
+        feeds["weight"] = p["weight"]
+    ours = int8_linear_session("ours", p, "bias", quantized_input=True, weight_as_input=weight_as_input)
+    mlas = int8_linear_session("mlas", p, "bias", quantized_input=True)
+    same_bits(ours.run(None, feeds), mlas.run(None, {k: v for k, v in feeds.items() if k != "weight"}))
+
+
+def linear_int8_session(inputs: dict, initializers: dict, attrs=None, outputs=("y",)):
+    """A LinearInt8 node: `inputs` are graph inputs and `initializers` constants, by the op's input names."""
+    order = ["x", "x_quantized", "x_scale", "x_zero_point", "weight", "weight_scale", "bias", "skip", "gamma",
+             "beta", "skip_scale"]
+    given = {**inputs, **initializers}
+    names = [n if n in given else "" for n in order]
+    while names and not names[-1]:
+        names.pop()
+    node = helper.make_node("LinearInt8", names, list(outputs), domain=DOMAIN, **(attrs or {}))
+    graph = helper.make_graph(
+        [node], "g", [helper.make_tensor_value_info(n, ELEM[v.dtype.type], [None] * v.ndim) for n, v in inputs.items()],
+        [helper.make_tensor_value_info(o, LINEAR_OUTPUTS[o], None) for o in outputs if o],
+        [onnx.numpy_helper.from_array(v, n) for n, v in initializers.items()])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(OPS_LIBRARY)
+    so.log_severity_level = 4
+    return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+
+W8 = np.ones((16, 8), np.int8)
+WS = np.ones(8, np.float32)
+X16 = np.ones((2, 16), np.float32)
+
+
+@pytest.mark.parametrize("inputs,initializers,attrs,outputs,match", [
+    ({"x": X16}, {"weight": np.ones((16, 8, 1), np.int8), "weight_scale": WS}, {}, ("y",),
+     r"LinearInt8: weight must have rank 2 \[K, N\], got \[16, 8, 1\]"),
+    ({"x": X16}, {"weight": np.ones((16, 8), np.float32), "weight_scale": WS}, {}, ("y",),
+     r"tensor\(float\)' of input parameter \(weight\) of operator \(LinearInt8\)"),  # onnxruntime's schema check
+    ({"x": np.ones((2, 15), np.float32)}, {"weight": W8, "weight_scale": WS}, {}, ("y",),
+     "LinearInt8: weight has 16 rows but the input rows have 15 values"),
+    ({"x": X16, "x_quantized": np.ones((2, 16), np.uint8)}, {"weight": W8, "weight_scale": WS}, {}, ("y",),
+     "LinearInt8: give exactly one input form"),
+    ({"x_quantized": np.ones((2, 16), np.uint8)}, {"weight": W8, "weight_scale": WS}, {}, ("y",),
+     "LinearInt8: x_quantized needs x_scale and x_zero_point"),
+    ({"x": X16}, {"weight": W8, "weight_scale": np.ones(9, np.float32)}, {}, ("y",),
+     r"LinearInt8: weight_scale must have shape \[8\]"),
+    ({"x": X16, "skip": np.ones((2, 9), np.float32)}, {"weight": W8, "weight_scale": WS, "gamma": WS}, {}, ("y",),
+     "LinearInt8: skip must have the shape of the output"),
+    ({"x": X16}, {"weight": W8, "weight_scale": WS}, {"activation": "relu"}, ("y",),
+     "LinearInt8: attribute 'activation' must be 'none' or 'gelu'"),
+    ({"x": X16}, {"weight": W8, "weight_scale": WS}, {}, ("y", "y_quantized"),
+     "LinearInt8: the requantized outputs"),
+    ({"x": X16, "weight": W8}, {"weight_scale": WS}, {}, ("y",), None),  # a non-constant weight is fine
+    ({"x": np.ones((2, 16), np.float32), "weight": np.ones((3, 8), np.int8)}, {"weight_scale": WS}, {}, ("y",),
+     "LinearInt8: weight has 3 rows but the input rows have 16 values"),
+])
+def test_linear_int8_rejects_bad_graphs_naming_the_problem(inputs, initializers, attrs, outputs, match):
+    if match is None:
+        y = linear_int8_session(inputs, initializers, attrs, outputs).run(None, inputs)[0]
+        assert y.shape == (2, 8)
+        return
+    with pytest.raises(ORT_ERRORS, match=match):
+        linear_int8_session(inputs, initializers, attrs, outputs).run(None, inputs)
