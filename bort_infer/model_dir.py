@@ -19,6 +19,8 @@ METADATA_FILE = "bort_infer.json"
 FORMAT_NAME = "bort-infer-model"
 FORMAT_VERSION = 1
 PRECISIONS = ("fp32", "int8", "bf16")
+# How an int8 graph on bort-infer's ops runs its linears (bort_infer.export.graph_rewrite emits either).
+INT8_GEMMS = ("ours", "mlas")
 
 
 class ModelDirectoryError(ValueError):
@@ -46,6 +48,8 @@ class ModelMetadata:
     fidelity: dict[str, Any] | None = None
     # The same graph in onnxruntime's ORT format (export --ort-format), for mobile and minimal builds.
     ort_file: str | None = None
+    # How an int8 graph on bort-infer's ops runs its linears: "ours" (LinearInt8) or "mlas" (MatMulInteger).
+    int8_gemm: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         optional = {"ort_file": self.ort_file} if self.ort_file else {}
@@ -70,6 +74,7 @@ class ModelMetadata:
             "versions": dict(self.versions),
             "source": dict(self.source),
             "fidelity": self.fidelity,
+            **({"int8_gemm": self.int8_gemm} if self.int8_gemm else {}),
         }
 
     def write(self, directory: str | Path) -> Path:
@@ -146,6 +151,9 @@ def read_metadata(directory: str | Path) -> ModelMetadata:
     custom_ops = raw.get("custom_ops", [])
     if not isinstance(custom_ops, list) or not all(isinstance(o, str) for o in custom_ops):
         raise ModelDirectoryError(f"{meta_path}: custom_ops must be a list of op names")
+    int8_gemm = raw.get("int8_gemm")
+    if int8_gemm not in (None, *INT8_GEMMS):
+        raise ModelDirectoryError(f"{meta_path}: int8_gemm must be one of {INT8_GEMMS} or null, got {int8_gemm!r}")
     return ModelMetadata(
         architecture=raw["architecture"],
         hidden_size=raw["hidden_size"],
@@ -165,6 +173,7 @@ def read_metadata(directory: str | Path) -> ModelMetadata:
         source=dict(raw.get("source") or {}),
         fidelity=raw.get("fidelity"),
         ort_file=raw.get("ort_file"),
+        int8_gemm=int8_gemm,
     )
 
 

@@ -139,16 +139,15 @@ GemmTaskPlan plan_gemm_tasks(int64_t m, const PackedInt8Weights& w, size_t concu
   const int64_t panels = w.num_panels();
   const int64_t threads = static_cast<int64_t>(std::max<size_t>(1, concurrency));
   if (m <= 0 || panels <= 0) return plan;
-  // Few rows: the GEMM streams B, so tasks split the panels and B is read once in total. Enough rows
-  // per thread: tasks split rows, each task re-reading B panel by panel (a panel is reused by all of its
-  // rows while it sits in L1/L2, so that costs little against rows x K x 64 multiply-adds).
-  constexpr int64_t kMinRowsPerTask = 24;
+  // Tasks are claimed one at a time by whichever thread is free, so equal tasks, as many as a small multiple
+  // of the threads, keep the threads finishing together.
+  // Few rows: the GEMM streams B, so tasks split the panels and B is read once in total. Enough rows per
+  // thread: tasks split rows, each task re-reading B panel by panel (a panel is reused by all of the task's
+  // rows while it sits in L1/L2, which costs little against rows x K x 64 multiply-adds).
+  constexpr int64_t kMinRowsPerTask = 32;
   if (threads > 1 && m >= kMinRowsPerTask * threads) {
-    // Two tasks per thread let a thread slowed by other work hand its share to the other, with each
-    // task still long enough that a B panel is reused many times.
-    const int64_t tasks = std::min<int64_t>(2 * threads, m / kMinRowsPerTask);
-    const int64_t per = (m + tasks - 1) / tasks;
-    plan.rows_per_task = (per + 5) / 6 * 6;  // a multiple of the VNNI row tile
+    const int64_t tasks = std::min(m / kMinRowsPerTask, 4 * threads) / threads * threads;
+    plan.rows_per_task = (m + tasks - 1) / tasks;
     plan.row_tasks = (m + plan.rows_per_task - 1) / plan.rows_per_task;
     plan.panels_per_task = panels;
     plan.panel_tasks = 1;

@@ -92,8 +92,7 @@ void prepare_a_rows(Int8Path path, const uint8_t* src, int64_t lds, int64_t rows
 void gemm_int8_block(Int8Path path, const GemmOperandA& a, const PackedInt8Weights& w, int64_t p0, int64_t p1,
                      int64_t row_offset, const TileSink& sink);
 
-// How a GEMM of m rows splits into tasks: row blocks of `rows_per_task` (a multiple of the path's row tile
-// unless it is all rows) x panel blocks of `panels_per_task`.
+// How a GEMM of m rows splits into tasks: row blocks of `rows_per_task` x panel blocks of `panels_per_task`.
 struct GemmTaskPlan {
   int64_t rows_per_task = 0, row_tasks = 0;
   int64_t panels_per_task = 0, panel_tasks = 0;

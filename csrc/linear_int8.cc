@@ -9,9 +9,10 @@
 namespace bort {
 namespace {
 
-// Rows a task computes in one go: their prepared A (rows x padded_k) and float rows (rows x n) stay in L2
-// for the row stages, while each B panel is still reused by 16 row tiles.
-constexpr int64_t kChunkRows = 96;
+// At most this many rows of a task are computed in one go: their prepared A (rows x padded_k) and float rows
+// (rows x n) stay in L2 for the row stages, while each B panel is still reused by 16 row tiles. A task's rows
+// are cut into equal chunks.
+constexpr int64_t kMaxChunkRows = 96;
 
 // Dequantizes each finished int32 tile into out (rows counted from out_row0).
 class DequantizeSink final : public TileSink {
@@ -100,8 +101,10 @@ void linear_int8(const LinearInt8Input& in, int64_t rows, const PackedInt8Weight
     pf.run(static_cast<size_t>(plan.row_tasks), [&](size_t t) {
       const int64_t t0 = static_cast<int64_t>(t) * plan.rows_per_task;
       const int64_t t1 = std::min(rows, t0 + plan.rows_per_task);
-      for (int64_t r0 = t0; r0 < t1; r0 += kChunkRows) {
-        const int64_t r1 = std::min(t1, r0 + kChunkRows), chunk = r1 - r0;
+      const int64_t chunks = (t1 - t0 + kMaxChunkRows - 1) / kMaxChunkRows;
+      const int64_t chunk_rows = (t1 - t0 + chunks - 1) / std::max<int64_t>(chunks, 1);
+      for (int64_t r0 = t0; r0 < t1; r0 += chunk_rows) {
+        const int64_t r1 = std::min(t1, r0 + chunk_rows), chunk = r1 - r0;
         void* a = thread_scratch(0, static_cast<size_t>((chunk + a_row_padding(path)) * kp) * elem);
         prepare_input_rows(isa, path, in, r0, r1, k, kp, row_scale, row_zero_point, a);
         float* out =

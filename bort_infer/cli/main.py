@@ -12,6 +12,7 @@ import signal
 import sys
 
 from .. import __version__
+from ..model_dir import INT8_GEMMS
 from ..registry import known_models
 from . import encode, serve
 
@@ -42,9 +43,11 @@ def _export(args: argparse.Namespace) -> int:
     meta = export_model(args.src, args.out, quantize=None if precision == "fp32" else precision,
                         custom_ops=not args.no_custom_ops,
                         overwrite=args.overwrite, form=args.form, max_drop=args.max_drop,
-                        calibration_texts=calibration, ort_format=args.ort_format)
+                        calibration_texts=calibration, ort_format=args.ort_format,
+                        gemm=args.gemm)
     ops = ", ".join(meta.custom_ops) or "none"
-    print(f"exported {args.src} → {args.out} ({meta.precision}, pooling {meta.pooling}, custom ops: {ops})")
+    gemm = f", int8 GEMM: {meta.int8_gemm}" if meta.int8_gemm else ""
+    print(f"exported {args.src} → {args.out} ({meta.precision}, pooling {meta.pooling}, custom ops: {ops}{gemm})")
     if meta.ort_file:
         print(f"ORT format: {meta.ort_file} (same token states as {meta.onnx_file})")
     parity = meta.source.get("parity_vs_pytorch") or {}
@@ -108,6 +111,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: texts (one per line) to calibrate on (default: the built-in calibration set)")
     p.add_argument("--ort-format", action="store_true",
                    help="also write model.ort, the graph in onnxruntime's ORT format (mobile and minimal builds)")
+    p.add_argument("--gemm", choices=list(INT8_GEMMS), default=None,
+                   help="int8: run the linears on bort-infer's GEMM (ours: one LinearInt8 op each) or on onnxruntime's "
+                        "MLAS (QuantizeRows → MatMulInteger → DequantizeRows); same numbers. Default: ours on CPUs "
+                        "with AVX-512 VNNI and no AMX, where it measured faster; mlas elsewhere")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("ops-config", help="write the operator config a minimal onnxruntime build needs for models",

@@ -27,7 +27,16 @@ from .. import __version__
 from ..model_dir import FORMAT_NAME, METADATA_FILE, ModelMetadata
 from ..options import progress_bar_disabled
 from . import hf
-from .graph_rewrite import FORMS, PACKED_INPUTS, PADDED_INPUTS, emit, fuse_with_onnxruntime, ops_used, recognize
+from .graph_rewrite import (
+    FORMS,
+    GEMMS,
+    PACKED_INPUTS,
+    PADDED_INPUTS,
+    emit,
+    fuse_with_onnxruntime,
+    ops_used,
+    recognize,
+)
 from .onnx_export import INPUTS as PLAIN_INPUTS
 from .onnx_export import OUTPUT, export_plain_onnx
 from .quantize import make_gate
@@ -39,6 +48,15 @@ QUANTIZATIONS = ("int8", "bf16")
 # parity texts: such a model is wrong, whatever caused it.
 PARITY_MIN_COSINE = 0.9999
 PARITY_MAX_ABS = 1e-3
+
+def default_int8_gemm() -> str:
+    """The int8 GEMM an export uses unless told: ours (LinearInt8) where it measured faster than onnxruntime's
+    MLAS, on CPUs with AVX-512 VNNI and no AMX (AMD Zen 4: see benchmarks/bench_gemm.py); MLAS elsewhere (AMX
+    and AVX2-only CPUs), until measured there. Both give the same numbers."""
+    from .. import _C
+
+    return "ours" if _C.best_isa() in ("avx512_vnni", "avx512_bf16") else "mlas"
+
 
 PARITY_TEXTS = [
     "", "a", "Hello world.", "The quick brown fox jumps over the lazy dog!", "Ünïcödé têxt, 日本語, emoji 😀🚀.",
@@ -108,7 +126,8 @@ def _claim_work_directory(out: Path) -> tuple[Path, int]:
 
 def export_model(src: str, out: str | Path, quantize: str | None = None, custom_ops: bool = True,
                  overwrite: bool = False, form: str | None = None, max_drop: float | None = None,
-                 calibration_texts: list[str] | None = None, ort_format: bool = False) -> ModelMetadata:
+                 calibration_texts: list[str] | None = None, ort_format: bool = False,
+                 gemm: str | None = None) -> ModelMetadata:
     """Export checkpoint `src` to model directory `out`; returns the metadata written there.
 
     custom_ops: rewrite onto bort-infer's fused kernels (default) or keep onnxruntime's plain graph.
@@ -117,7 +136,9 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
     bort_infer.export.quantize.DEFAULT_MAX_DROP); calibration_texts: texts for the int8 search (default:
     the built-in calibration set). See bort_infer.export.quantize; bf16 (bort_infer.export.bf16) has a fixed
     gate and needs custom ops. ort_format: also write model.ort, the same graph in onnxruntime's ORT format
-    (bort_infer.export.ort_format), checked to give the same token states.
+    (bort_infer.export.ort_format), checked to give the same token states. gemm: how int8 linears run with
+    custom ops, "ours" (LinearInt8) or "mlas" (onnxruntime's MatMulInteger between our quantize and dequantize
+    ops); default default_int8_gemm(). Both give the same numbers; bort_infer.json records it as "int8_gemm".
     """
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
@@ -131,6 +152,11 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
         raise ValueError("--max-drop and calibration texts apply to an int8 export (--precision int8)")
     if quantize == "bf16" and not custom_ops:
         raise ValueError("the bf16 export runs its linears on bort-infer's LinearBf16 op; it needs custom ops")
+    if gemm is not None and gemm not in GEMMS:
+        raise ValueError(f"unknown int8 GEMM {gemm!r}; choose one of {', '.join(GEMMS)}")
+    if gemm is not None and not (quantize == "int8" and custom_ops):
+        raise ValueError("--gemm chooses how int8 linears run on bort-infer's ops: it needs --precision int8 and "
+                         "custom ops")
     gate = make_gate(max_drop) if quantize == "int8" else None
     out = Path(out)
     _prepare_output(out, overwrite)
@@ -193,8 +219,9 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
             bar.set_postfix_str("int8 quantization and fidelity")
             probe = _Probe(tmp / ".probe", tmp / "tokenizer.json", meta)
             if custom_ops:
+                gemm = gemm or default_int8_gemm()
                 model, report = q.quantize_encoder(enc, form, probe.embed, probe.run_packed_graph, calibration_texts,
-                                                   gate)
+                                                   gate, gemm=gemm)
                 del enc
                 onnx.save(model, str(tmp / "model.onnx"))
             else:
@@ -206,7 +233,8 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
                           **q.measure_and_gate(model, fp32_model, probe.embed, gate)}
             shutil.rmtree(probe.directory, ignore_errors=True)
             report["size_bytes"] = {"fp32_model": fp32_bytes, "int8_model": (tmp / "model.onnx").stat().st_size}
-            meta = dataclasses.replace(meta, precision="int8", custom_ops=tuple(ops_used(model)), fidelity=report)
+            meta = dataclasses.replace(meta, precision="int8", custom_ops=tuple(ops_used(model)), fidelity=report,
+                                       int8_gemm=gemm if custom_ops else None)
         elif quantize == "bf16":
             from . import bf16
 

@@ -6,9 +6,10 @@
    with the layer and the pattern named (EncoderPatternError): a model is rewritten whole or not at all,
    never left half on slower ops.
 3. `emit` writes the encoder as a new graph on our ops (domain ai.bort_infer): the QKV, attention output
-   and FFN projections stay GEMMs (fp32 MatMul; int8: QuantizeRows → MatMulInteger → DequantizeRows;
-   bf16: LinearBf16 on BFLOAT16 weights, with the FFN input's bias and GELU in its epilogue), the attention
-   core, bias+GELU and residual+LayerNorm run on our kernels.
+   and FFN projections stay GEMMs (fp32 MatMul; int8, gemm="ours": one LinearInt8 each, our u8 x s8 GEMM with
+   the quantization and epilogue fused; gemm="mlas": QuantizeRows → onnxruntime's MatMulInteger →
+   DequantizeRows, the same bits; bf16: LinearBf16 on BFLOAT16 weights, with the FFN input's bias and GELU in
+   its epilogue), the attention core, bias+GELU and residual+LayerNorm run on our kernels.
 
 Two graph forms:
 - padded: inputs input_ids, attention_mask [batch, seq]; output last_hidden_state [batch, seq, hidden];
@@ -27,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ..model_dir import INT8_GEMMS
+
 DOMAIN = "ai.bort_infer"
 MS_DOMAIN = "com.microsoft"
 FORMS = ("padded", "packed")
@@ -34,6 +37,8 @@ PADDED_INPUTS = ("input_ids", "attention_mask")
 PACKED_INPUTS = ("input_ids", "position_ids", "cu_seqlens", "query_rows")
 OUTPUT = "last_hidden_state"
 LINEARS = ("qkv", "attn_out", "ffn_in", "ffn_out")
+# How int8 linears run: "ours" (LinearInt8) or "mlas" (QuantizeRows → MatMulInteger → DequantizeRows).
+GEMMS = INT8_GEMMS
 
 
 class EncoderPatternError(ValueError):
@@ -360,6 +365,20 @@ def _int8_gemm(b: _Builder, x: _Value, q: QuantizedLinear, name: str) -> list[st
             b.const(f"{name}.weight_colsum", colsum)]
 
 
+def _int8_linear(b: _Builder, x: _Value, q: QuantizedLinear, epilogue: list[str], node_name: str, outputs: int,
+                 gemm: str, name: str, **attrs) -> list[str]:
+    """An int8 linear with DequantizeRows' epilogue inputs (bias, skip, gamma, beta, skip_scale) and outputs (y,
+    then the requantized y_quantized, y_scale, y_zero_point). gemm "ours": one LinearInt8 reading x's int8 rows
+    when its producer emitted them, else its float rows (quantized inside, as QuantizeRows would); "mlas": the
+    three-op form."""
+    if gemm == "mlas":
+        inputs = _int8_gemm(b, x, q, name) + epilogue
+        return b.node_outputs("DequantizeRows", inputs, node_name, outputs, domain=DOMAIN, **attrs)
+    rows = [x.fp32, "", "", ""] if x.quantized is None else ["", *x.quantized]
+    weight = [b.const(f"{name}.weight_int8", q.weight), b.const(f"{name}.weight_scale", q.scale.astype(np.float32))]
+    return b.node_outputs("LinearInt8", rows + weight + epilogue, node_name, outputs, domain=DOMAIN, **attrs)
+
+
 def _matmul(b: _Builder, x: _Value, weight: np.ndarray, name: str) -> str:
     return b.node("MatMul", [x.fp32, b.const(f"{name}.weight", weight.astype(np.float32))], name)
 
@@ -370,52 +389,50 @@ def _bf16_linear(b: _Builder, x: _Value, q: Bf16Linear, name: str, bias: str = "
     return b.node("LinearBf16", inputs, name, domain=DOMAIN, **attrs)
 
 
-def _linear(b: _Builder, x: _Value, weight: np.ndarray, q: LinearPrecision | None, name: str) -> str:
+def _linear(b: _Builder, x: _Value, weight: np.ndarray, q: LinearPrecision | None, name: str, gemm: str) -> str:
     """x @ weight, without bias (the attention op that follows adds it)."""
     if q is None:
         return _matmul(b, x, weight, name)
     if isinstance(q, Bf16Linear):
         return _bf16_linear(b, x, q, name)
-    return b.node("DequantizeRows", _int8_gemm(b, x, q, name), name, domain=DOMAIN)
+    return _int8_linear(b, x, q, [], name, 1, gemm, name)[0]
 
 
 def _linear_gelu(b: _Builder, x: _Value, weight: np.ndarray, q: LinearPrecision | None, bias: np.ndarray,
-                 name: str, int8_consumer: bool) -> _Value:
-    """gelu(x @ weight + bias): the FFN input projection. int8: one DequantizeRows with the bias and GELU in
-    its epilogue, emitting only the int8 rows when the FFN output projection is int8 too. bf16: one LinearBf16
-    with the bias and GELU in its epilogue."""
+                 name: str, int8_consumer: bool, gemm: str) -> _Value:
+    """gelu(x @ weight + bias): the FFN input projection. int8: one epilogue with the bias and GELU, emitting only
+    the int8 rows when the FFN output projection is int8 too. bf16: one LinearBf16 with the bias and GELU in
+    its epilogue."""
     bias_name = b.const(f"{name}.bias", bias)
     if q is None:
         return _Value(b.node("BiasGelu", [_matmul(b, x, weight, name), bias_name], f"{name}/gelu", domain=DOMAIN))
     if isinstance(q, Bf16Linear):
         return _Value(_bf16_linear(b, x, q, name, bias_name, activation="gelu"))
-    inputs = _int8_gemm(b, x, q, name) + [bias_name]
     if not int8_consumer:
-        return _Value(b.node("DequantizeRows", inputs, name, domain=DOMAIN, activation="gelu"))
-    outs = b.node_outputs("DequantizeRows", inputs, name, 4, domain=DOMAIN, activation="gelu")
-    outs[0] = ""  # the float result is not needed: only the next int8 GEMM reads it
-    b.nodes[-1].output[0] = ""
+        return _Value(_int8_linear(b, x, q, [bias_name], name, 1, gemm, name, activation="gelu")[0])
+    outs = _int8_linear(b, x, q, [bias_name], name, 4, gemm, name, activation="gelu")
+    b.nodes[-1].output[0] = ""  # the float result is not needed: only the next int8 GEMM reads it
     return _Value(None, tuple(outs[1:]))
 
 
 def _linear_skip_layernorm(b: _Builder, x: _Value, weight: np.ndarray, q: LinearPrecision | None,
                            bias: np.ndarray, residual: str, gamma, beta, skip_scale, eps: float, name: str, ln: str,
-                           int8_consumer: bool) -> _Value:
+                           int8_consumer: bool, gemm: str) -> _Value:
     """LayerNorm(x @ weight + bias + residual [* skip_scale]) * gamma + beta: the attention-output and
-    FFN-output projections with BERT's residual + LayerNorm. int8: one DequantizeRows whose epilogue adds
-    the residual, normalises and, when the next GEMM is int8, also emits the result's int8 rows. bf16:
+    FFN-output projections with BERT's residual + LayerNorm. int8: one epilogue adds the residual, normalises
+    and, when the next GEMM is int8, also emits the result's int8 rows. bf16:
     LinearBf16, then SkipLayerNorm (with the bias) as in the fp32 graph."""
     norm = [b.const(f"{ln}.gamma", gamma), b.const(f"{ln}.beta", beta) if beta is not None else ""]
     scale = [b.const(f"{ln}.skip_scale", skip_scale.astype(np.float32))] if skip_scale is not None else []
     bias_name = b.const(f"{ln}.bias", bias)
     if q is None or isinstance(q, Bf16Linear):
-        y = b.node("SkipLayerNorm", [_linear(b, x, weight, q, name), residual, *norm, bias_name, *scale], ln,
+        y = b.node("SkipLayerNorm", [_linear(b, x, weight, q, name, gemm), residual, *norm, bias_name, *scale], ln,
                    domain=DOMAIN, epsilon=eps)
         return _Value(y)
-    inputs = _int8_gemm(b, x, q, name) + [bias_name, residual, *norm, *scale]
+    epilogue = [bias_name, residual, *norm, *scale]
     if not int8_consumer:
-        return _Value(b.node("DequantizeRows", inputs, ln, domain=DOMAIN, epsilon=eps))
-    y, *quantized = b.node_outputs("DequantizeRows", inputs, ln, 4, domain=DOMAIN, epsilon=eps)
+        return _Value(_int8_linear(b, x, q, epilogue, ln, 1, gemm, name, epsilon=eps)[0])
+    y, *quantized = _int8_linear(b, x, q, epilogue, ln, 4, gemm, name, epsilon=eps)
     return _Value(y, tuple(quantized))
 
 
@@ -434,19 +451,20 @@ def _lookup(b: _Builder, table: np.ndarray, q: TablePrecision | None, ids: str, 
     return b.node("Mul", [b.node("Cast", [rows], f"embeddings/{name}_float", to=1), scale], f"embeddings/{name}")
 
 
-def _layer_body(b: _Builder, enc: Encoder, i: int, precision: Precision, x: _Value, attention) -> _Value:
+def _layer_body(b: _Builder, enc: Encoder, i: int, precision: Precision, x: _Value, attention, gemm: str) -> _Value:
     """One layer from its input x; `attention(layer, prefix, x)` emits the form's attention and returns
     (context, residual). Each output is also emitted in int8 form when the GEMM that reads it is int8."""
     layer, p, linears = enc.layers[i], f"layer.{i}", precision.linears
     ctx, residual = attention(layer, p, x)
     h = _linear_skip_layernorm(b, _Value(ctx), layer.attn_out, linears.get((i, "attn_out")), layer.attn_out_bias,
                                residual.fp32, layer.ln1_gamma, layer.ln1_beta, layer.ln1_skip_scale, layer.ln1_eps,
-                               f"{p}/attn_out", f"{p}/ln1", int8_consumer=precision.is_int8((i, "ffn_in")))
+                               f"{p}/attn_out", f"{p}/ln1", int8_consumer=precision.is_int8((i, "ffn_in")), gemm=gemm)
     f = _linear_gelu(b, h, layer.ffn_in, linears.get((i, "ffn_in")), layer.ffn_in_bias, f"{p}/ffn_in",
-                     int8_consumer=precision.is_int8((i, "ffn_out")))
+                     int8_consumer=precision.is_int8((i, "ffn_out")), gemm=gemm)
     return _linear_skip_layernorm(b, f, layer.ffn_out, linears.get((i, "ffn_out")), layer.ffn_out_bias, h.fp32,
                                   layer.ln2_gamma, layer.ln2_beta, layer.ln2_skip_scale, layer.ln2_eps,
-                                  f"{p}/ffn_out", f"{p}/ln2", int8_consumer=precision.is_int8((i + 1, "qkv")))
+                                  f"{p}/ffn_out", f"{p}/ln2", int8_consumer=precision.is_int8((i + 1, "qkv")),
+                                  gemm=gemm)
 
 
 def _attention_attrs(layer: Layer) -> dict:
@@ -456,12 +474,16 @@ def _attention_attrs(layer: Layer) -> dict:
     return attrs
 
 
-def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None, name: str = "bort-infer"):
-    """The encoder as an onnx.ModelProto on bort-infer's ops (see the module docstring for the two forms)."""
+def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None, name: str = "bort-infer",
+         gemm: str = "ours"):
+    """The encoder as an onnx.ModelProto on bort-infer's ops (see the module docstring for the two forms and
+    the two int8 GEMMs)."""
     from onnx import TensorProto, helper
 
     if form not in FORMS:
         raise ValueError(f"unknown graph form {form!r}; choose one of {', '.join(FORMS)}")
+    if gemm not in GEMMS:
+        raise ValueError(f"unknown int8 GEMM {gemm!r}; choose one of {', '.join(GEMMS)}")
     precision = precision or Precision()
     b = _Builder()
     H = enc.hidden_size
@@ -486,11 +508,11 @@ def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None,
 
         for i in range(len(enc.layers)):
             def attention(layer, p, x, i=i):
-                qkv = _linear(b, x, layer.qkv, precision.linears.get((i, "qkv")), f"{p}/qkv")
+                qkv = _linear(b, x, layer.qkv, precision.linears.get((i, "qkv")), f"{p}/qkv", gemm)
                 ctx = b.node("FusedAttention", [qkv, b.const(f"{p}/qkv.bias", layer.qkv_bias), "attention_mask"],
                              f"{p}/attention", domain=DOMAIN, **_attention_attrs(layer))
                 return ctx, x
-            x = _layer_body(b, enc, i, precision, x, attention)
+            x = _layer_body(b, enc, i, precision, x, attention, gemm)
     else:
         inputs = [helper.make_tensor_value_info("input_ids", int64, ["tokens"]),
                   helper.make_tensor_value_info("position_ids", int64, ["tokens"]),
@@ -508,17 +530,17 @@ def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None,
                 bias = b.const(f"{p}/qkv.bias", layer.qkv_bias)
                 qq = precision.linears.get((i, "qkv"))
                 if i < last:
-                    qkv = _linear(b, x, layer.qkv, qq, f"{p}/qkv")
+                    qkv = _linear(b, x, layer.qkv, qq, f"{p}/qkv", gemm)
                     return b.node("PackedAttention", [qkv, bias, "cu_seqlens"], f"{p}/attention", domain=DOMAIN,
                                   **_attention_attrs(layer)), x
                 # Last layer: keys and values for every token, queries only for the rows asked for.
                 rows = _Value(b.node("Gather", [x.fp32, "query_rows"], f"{p}/query_inputs", axis=0))
-                query = _linear(b, rows, layer.qkv[:, :H], qq.columns(0, H) if qq else None, f"{p}/q")
-                kv = _linear(b, x, layer.qkv[:, H:], qq.columns(H, 3 * H) if qq else None, f"{p}/kv")
+                query = _linear(b, rows, layer.qkv[:, :H], qq.columns(0, H) if qq else None, f"{p}/q", gemm)
+                kv = _linear(b, x, layer.qkv[:, H:], qq.columns(H, 3 * H) if qq else None, f"{p}/kv", gemm)
                 ctx = b.node("PackedAttention", [kv, bias, "cu_seqlens", "query_rows", query], f"{p}/attention",
                              domain=DOMAIN, **_attention_attrs(layer))
                 return ctx, rows
-            x = _layer_body(b, enc, i, precision, x, attention)
+            x = _layer_body(b, enc, i, precision, x, attention, gemm)
 
     # The node producing the last layer's float output writes it under its public name.
     producer = next(n for n in reversed(b.nodes) if x.fp32 in n.output)

@@ -189,8 +189,9 @@ def make_gate(max_drop: float | None) -> Gate:
 
 
 def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, calibration_texts: list[str] | None,
-                     gate: Gate) -> tuple[object, dict]:
-    """The int8 graph of `enc` in `form` and its fidelity report; raises ValueError under the gate."""
+                     gate: Gate, gemm: str = "ours") -> tuple[object, dict]:
+    """The int8 graph of `enc` in `form`, its linears on `gemm` (graph_rewrite.GEMMS), and its fidelity report;
+    raises ValueError under the gate."""
     builtin_calibration, _ = builtin_texts()
     calibration = list(calibration_texts) if calibration_texts else builtin_calibration
     if len(calibration) > MAX_CALIBRATION_TEXTS:  # an even spread over a large corpus
@@ -201,7 +202,7 @@ def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, c
     ref = embed(fp32_model, calibration)
 
     def score(candidate: Encoder, keep_fp32: frozenset) -> dict:
-        return cosine_stats(embed(emit(candidate, form, full_int8(candidate, keep_fp32)), calibration), ref)
+        return cosine_stats(embed(emit(candidate, form, full_int8(candidate, keep_fp32), gemm=gemm), calibration), ref)
 
     def meets(stats: dict) -> bool:
         return stats["cosine_mean"] >= aim_mean and stats["cosine_min"] >= aim_min
@@ -230,13 +231,14 @@ def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, c
                 break
             keep = keep | {key}
             stats = score(chosen, keep)
-    model = emit(chosen, form, full_int8(chosen, keep))
+    model = emit(chosen, form, full_int8(chosen, keep), gemm=gemm)
 
     # 3. Measure on texts the search never saw, and gate.
     report = {
         "weights": "int8, one scale per output column (QKV, attention output, FFN); word and position embeddings "
                    "int8 per row",
-        "activations": "u8 per row (token), range computed at run time (QuantizeRows → MatMulInteger)",
+        "activations": "u8 per row (token), range computed at run time (" + (
+            "inside LinearInt8" if gemm == "ours" else "QuantizeRows → MatMulInteger") + ")",
         "smoothing_alpha": alpha,
         "fp32_linears": [f"layer {i} {n}" for i, n in sorted(keep)],
         "calibration": {"source": "user" if calibration_texts else "built-in", **stats,

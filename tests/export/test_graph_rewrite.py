@@ -14,6 +14,7 @@ from onnx import helper  # noqa: E402
 
 from bort_infer import custom_op_library  # noqa: E402
 from bort_infer.export.graph_rewrite import EncoderPatternError, emit, ops_used, recognize  # noqa: E402
+from bort_infer.export.quantize import full_int8  # noqa: E402
 
 from .conftest import bert_large_shaped_config  # noqa: E402
 
@@ -149,6 +150,42 @@ def test_packed_form_matches_the_plain_graph_on_all_rows_and_on_cls_rows(rewrite
 def test_emit_rejects_an_unknown_form(tiny_bort_fused):
     with pytest.raises(ValueError, match="unknown graph form 'ragged'"):
         emit(recognize(tiny_bort_fused), "ragged")
+
+
+def test_emit_rejects_an_unknown_int8_gemm(tiny_bort_fused):
+    with pytest.raises(ValueError, match="unknown int8 GEMM 'blas'"):
+        emit(recognize(tiny_bort_fused), "packed", gemm="blas")
+
+
+def op_counts(model) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts
+
+
+@pytest.mark.parametrize("form", ["padded", "packed"])
+def test_int8_linears_run_on_linear_int8_and_equal_the_mlas_graph_bit_for_bit(rewrite_case, encoder, form):
+    # Every linear of every layer is one LinearInt8 (the packed form's last layer splits QKV into the query
+    # rows' Q and everyone's K | V); MatMulInteger's form computes the same integers, so the same bits come out.
+    precision = full_int8(encoder)
+    ours, mlas = emit(encoder, form, precision, gemm="ours"), emit(encoder, form, precision, gemm="mlas")
+    layers = len(encoder.layers)
+    linears = 4 * layers + (1 if form == "packed" else 0)
+    assert op_counts(ours).get("LinearInt8") == linears
+    assert not {"MatMulInteger", "QuantizeRows", "DequantizeRows", "MatMul"} & set(op_counts(ours))
+    assert op_counts(mlas).get("MatMulInteger") == linears and "LinearInt8" not in op_counts(mlas)
+    ids, mask = padded_batch(rewrite_case.config)
+    if form == "padded":
+        feeds = {"input_ids": ids, "attention_mask": mask}
+    else:
+        valid = mask.astype(bool)
+        lengths = valid.sum(1)
+        cu_seqlens = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+        feeds = {"input_ids": ids[valid], "position_ids": np.concatenate([np.arange(n) for n in lengths]),
+                 "cu_seqlens": cu_seqlens, "query_rows": cu_seqlens[:-1]}
+    got, want = (ort_session(m).run(None, feeds)[0] for m in (ours, mlas))
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 # ---------------------------------------------------------------------------------------------- refusals
