@@ -79,9 +79,14 @@ class ThreadFor final : public ParallelFor {
   size_t num_threads_;
 };
 
+// Read once: glibc answers std::thread::hardware_concurrency() by reading /sys on every call (~10 us), which
+// kernels that ask on every run (task planning) would pay each time.
 inline size_t hardware_threads() {
-  const unsigned n = std::thread::hardware_concurrency();
-  return n == 0 ? 1 : n;
+  static const size_t n = [] {
+    const unsigned count = std::thread::hardware_concurrency();
+    return count == 0 ? size_t{1} : size_t{count};
+  }();
+  return n;
 }
 
 // Splits `n` items into tasks of at least `min_items_per_task`, aiming at ~4 tasks per thread
@@ -99,7 +104,8 @@ inline size_t choose_num_tasks(size_t n, size_t min_items_per_task, size_t concu
 template <typename F>
 void for_each_row_block(int64_t rows, int64_t width, const ParallelFor& pf, const F& fn) {
   if (rows <= 0) return;
-  const size_t rows_per_min_task = static_cast<size_t>(std::max<int64_t>(1, (int64_t{1} << 13) / std::max<int64_t>(width, 1)));
+  const size_t rows_per_min_task =
+      static_cast<size_t>(std::max<int64_t>(1, (int64_t{1} << 13) / std::max<int64_t>(width, 1)));
   const size_t tasks = choose_num_tasks(static_cast<size_t>(rows), rows_per_min_task, pf.concurrency());
   const int64_t per_task = (rows + static_cast<int64_t>(tasks) - 1) / static_cast<int64_t>(tasks);
   pf.run(tasks, [&](size_t t) {

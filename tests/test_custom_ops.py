@@ -797,7 +797,7 @@ def linear_params(rng, k, n):
             "skip_scale": rng.uniform(0.5, 2, n).astype(np.float32)}
 
 
-def int8_linear_session(form, p, epilogue, threads=1, quantized_input=False, weight_as_input=False):
+def linear_forms_session(form, p, epilogue, threads=1, quantized_input=False, weight_as_input=False):
     """One int8 linear as LinearInt8 ("ours") or as QuantizeRows → MatMulInteger → DequantizeRows ("mlas"),
     the parameters as initializers (the weight a graph input with weight_as_input), x (or its quantized rows) and
     skip graph inputs."""
@@ -850,8 +850,8 @@ def test_linear_int8_equals_the_mlas_chain_bit_for_bit(epilogue, threads, shape)
     feeds = {"x": (rng.standard_normal(shape) + 0.3).astype(np.float32)}
     if "skip" in LINEAR_EPILOGUES[epilogue][1]:
         feeds["skip"] = rng.standard_normal((*shape[:-1], 136)).astype(np.float32)
-    ours = int8_linear_session("ours", p, epilogue, threads).run(None, feeds)
-    same_bits(ours, int8_linear_session("mlas", p, epilogue, threads).run(None, feeds))
+    ours = linear_forms_session("ours", p, epilogue, threads).run(None, feeds)
+    same_bits(ours, linear_forms_session("mlas", p, epilogue, threads).run(None, feeds))
 
 
 @pytest.mark.parametrize("isa", C.supported_isas())
@@ -861,8 +861,8 @@ def test_linear_int8_equals_the_mlas_chain_on_each_isa(isa):
     feeds = {"x": rng.standard_normal((30, 96)).astype(np.float32), "skip": rng.standard_normal((30, 80)).astype(
         np.float32)}
     with use_isa(isa):
-        ours = int8_linear_session("ours", p, "skip+layernorm, requantized too").run(None, feeds)
-        mlas = int8_linear_session("mlas", p, "skip+layernorm, requantized too").run(None, feeds)
+        ours = linear_forms_session("ours", p, "skip+layernorm, requantized too").run(None, feeds)
+        mlas = linear_forms_session("mlas", p, "skip+layernorm, requantized too").run(None, feeds)
     same_bits(ours, mlas)
 
 
@@ -874,8 +874,8 @@ def test_linear_int8_takes_quantized_rows_and_a_weight_that_is_not_constant(weig
     feeds = {"xq": xq, "xs": xs, "xz": xz}
     if weight_as_input:
         feeds["weight"] = p["weight"]
-    ours = int8_linear_session("ours", p, "bias", quantized_input=True, weight_as_input=weight_as_input)
-    mlas = int8_linear_session("mlas", p, "bias", quantized_input=True)
+    ours = linear_forms_session("ours", p, "bias", quantized_input=True, weight_as_input=weight_as_input)
+    mlas = linear_forms_session("mlas", p, "bias", quantized_input=True)
     same_bits(ours.run(None, feeds), mlas.run(None, {k: v for k, v in feeds.items() if k != "weight"}))
 
 

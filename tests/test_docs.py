@@ -41,7 +41,8 @@ def test_every_registered_op_is_documented_with_its_inputs_and_outputs():
 
 def test_every_metadata_field_is_documented():
     meta = ModelMetadata(architecture="BertModel", hidden_size=8, num_layers=1, num_heads=1, max_length=8,
-                         pooling="cls", normalize=False, precision="fp32", pad_token_id=0, ort_file="model.ort")
+                         pooling="cls", normalize=False, precision="int8", pad_token_id=0, ort_file="model.ort",
+                         int8_gemm="ours")
     missing = [key for key in meta.to_json() if f"`{key}`" not in FORMAT_DOC]
     assert not missing
 

@@ -161,6 +161,7 @@ class TestBadModelDirectories:
         ("hidden_size", "big", "hidden_size"),
         ("pooling", "max", "pooling must be one of"),
         ("precision", "int4", "precision must be one of"),
+        ("int8_gemm", "blas", "int8_gemm must be one of"),
         ("onnx_file", "../../etc/passwd", "must be a file name inside the directory"),
         ("ort_file", "../model.ort", "ort_file must be a file name inside the directory"),
         ("ort_file", "model.ort", "model.ort is missing"),

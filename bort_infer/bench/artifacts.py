@@ -145,6 +145,11 @@ ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
              ("torch", "onnx", "onnxruntime")),
     Artifact("bort-infer-bf16", ("checkpoint",), _export(custom_ops=True, quantize="bf16"),
              ("torch", "onnx", "onnxruntime")),
+    # The int8 export on each int8 GEMM, whatever this CPU's default (benchmarks/bench_gemm.py compares them).
+    Artifact("bort-infer-int8-ours", ("checkpoint",), _export(custom_ops=True, quantize="int8", gemm="ours"),
+             ("torch", "onnx", "onnxruntime")),
+    Artifact("bort-infer-int8-mlas", ("checkpoint",), _export(custom_ops=True, quantize="int8", gemm="mlas"),
+             ("torch", "onnx", "onnxruntime")),
     Artifact("ort-int8", ("plain-fp32",), _ort_int8, ("onnx", "onnxruntime")),
     Artifact("ort-fused-fp32", ("plain-fp32",), _ort_fused_fp32, ("onnx", "onnxruntime")),
     Artifact("ctranslate2-int8", ("checkpoint",), _ctranslate2_int8, ("ctranslate2", "transformers")),

@@ -2,6 +2,8 @@
 split only), batch independence, the gate, the size bound on Bort, and the exactness of smoothing."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -119,6 +121,25 @@ def test_tiny_bort_int8_keeps_cls_vectors_and_hard_inputs(exports):
     with pytest.warns(UserWarning, match="truncated"):
         b = int8.encode(VARIED_TEXTS)
     assert cosines(a, b).min() >= 0.999
+
+
+def test_int8_export_records_its_gemm_and_both_gemms_give_the_same_vectors(exports):
+    from bort_infer.export.export import default_int8_gemm
+
+    from ..conftest import VARIED_TEXTS
+
+    default = exports("tiny-bort", quantize="int8")
+    assert Session(default).info["int8_gemm"] == default_int8_gemm()
+    vectors = {}
+    for gemm in ("ours", "mlas"):
+        directory = exports("tiny-bort", quantize="int8", gemm=gemm)
+        meta = json.loads((directory / "bort_infer.json").read_text())
+        assert meta["int8_gemm"] == gemm
+        assert ("LinearInt8" in meta["custom_ops"]) == (gemm == "ours")
+        assert ("DequantizeRows" in meta["custom_ops"]) == (gemm == "mlas")
+        with pytest.warns(UserWarning, match="truncated"):
+            vectors[gemm] = Session(directory, threads=2).encode(VARIED_TEXTS)
+    np.testing.assert_array_equal(vectors["ours"], vectors["mlas"])  # exact integer GEMMs: the same bits
 
 
 def test_smoothing_is_exact_before_rounding(checkpoints, tmp_path):

@@ -1,0 +1,217 @@
+"""int8 GEMM: bort-infer's own (LinearInt8) vs onnxruntime's MLAS (MatMulInteger), kernel and whole model.
+
+Kernel (`python -m benchmarks.bench_gemm kernel`): one-node onnxruntime graphs at Bort's linears, K x N of
+1024 x 1024 (attention output), 1024 x 3072 (QKV), 1024 x 768 (FFN in), 768 x 1024 (FFN out), for M (rows =
+tokens) of 1, 8, 128 and 1024:
+- mlas: MatMulInteger, u8 rows x int8 weights (initializer) → int32, what the MLAS-path graph runs;
+- ours: LinearInt8 from the same u8 rows (with their scales and zero points) → float32: our GEMM plus the
+  dequantize epilogue, i.e. more work than MatMulInteger's.
+Printed per shape: median µs of each, GOPS (2·M·K·N / time), ops per cycle per thread when the clock is
+given (--ghz; AVX-512 VNNI peak: 128 int8 ops per cycle per core on AMD Zen 4, 256 on Sapphire Rapids) and
+the ratio mlas / ours.
+
+Model (`python -m benchmarks.bench_gemm model`): Bort b1 s128 and b8 s128, interleaved rounds
+(bort_infer.bench.runner) of bort-infer int8 with --gemm ours, the same export with --gemm mlas,
+onnxruntime's dynamic int8 (quantize_dynamic on the plain export) and, when openvino and nncf are
+installed, OpenVINO int8 from NNCF's post-training quantization (transformer preset) of the plain export, as
+bort-bench builds it.
+Targets (peer median / ours, same run) on a CPU with AVX-512 VNNI and no AMX: >= 1.3x onnxruntime int8 and
+>= 1.1x OpenVINO int8. `--json FILE` keeps every figure.
+
+Every session has BORT_BENCH_THREADS (default 2) intra-op threads. The machine is often shared: read the
+ratios, not the absolute times, and say which CPU gave them.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+THREADS = int(os.environ.get("BORT_BENCH_THREADS", "2"))
+DOMAIN = "ai.bort_infer"
+KERNEL_SHAPES = [(1024, 1024), (1024, 3072), (1024, 768), (768, 1024)]
+KERNEL_ROWS = [1, 8, 128, 1024]
+MODEL_SHAPES = [(1, 128), (8, 128)]
+TARGETS = {"ort-int8": 1.3, "openvino-int8": 1.1}
+
+
+def cpu_description() -> str:
+    from bort_infer import _C
+
+    name = platform.processor() or "unknown CPU"
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+        name = re.search(r"^model name\s*:\s*(.*)$", text, re.M).group(1)
+    except (OSError, AttributeError):
+        pass
+    return f"{name}; kernel levels {', '.join(_C.supported_isas())}; int8 GEMM path {_C.int8_gemm_path()}"
+
+
+# ---------------------------------------------------------------------------------------------- kernel
+
+def _session(model, threads: int):
+    import onnxruntime as ort
+
+    from bort_infer import custom_op_library
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.register_custom_ops_library(custom_op_library())
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def kernel_sessions(k: int, n: int, threads: int, seed: int = 0):
+    """(mlas, ours) one-node sessions for a K x N int8 weight."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(seed)
+    weight = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    scale = np.full(n, 0.01, np.float32)
+    opsets = [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)]
+
+    def model(nodes, inputs, output, output_type, inits):
+        graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info(output, output_type, None)],
+                                  [numpy_helper.from_array(v, name) for name, v in inits.items()])
+        return helper.make_model(graph, opset_imports=opsets)
+
+    rows = helper.make_tensor_value_info("xq", TensorProto.UINT8, ["m", k])
+    mlas = model([helper.make_node("MatMulInteger", ["xq", "w"], ["acc"])], [rows], "acc", TensorProto.INT32,
+                 {"w": weight})
+    ours = model([helper.make_node("LinearInt8", ["", "xq", "xs", "xz", "w", "ws"], ["y"], domain=DOMAIN)],
+                 [rows, helper.make_tensor_value_info("xs", TensorProto.FLOAT, ["m"]),
+                  helper.make_tensor_value_info("xz", TensorProto.UINT8, ["m"])], "y", TensorProto.FLOAT,
+                 {"w": weight, "ws": scale})
+    return _session(mlas, threads), _session(ours, threads)
+
+
+def time_calls(fn, seconds: float, max_calls: int = 200) -> list[float]:
+    """Call fn repeatedly for about `seconds` (at least 3 calls); each call's wall time in seconds."""
+    times, start = [], time.perf_counter()
+    while len(times) < 3 or (time.perf_counter() - start < seconds and len(times) < max_calls):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def run_kernels(rounds: int, threads: int, ghz: float | None, rows=KERNEL_ROWS, shapes=KERNEL_SHAPES) -> list[dict]:
+    results = []
+    for k, n in shapes:
+        mlas, ours = kernel_sessions(k, n, threads)
+        for m in rows:
+            rng = np.random.default_rng(m)
+            xq = rng.integers(0, 256, (m, k), dtype=np.uint8)
+            feeds = {"mlas": (mlas, {"xq": xq}),
+                     "ours": (ours, {"xq": xq, "xs": np.full(m, 0.02, np.float32),
+                                     "xz": rng.integers(0, 256, m, dtype=np.uint8)})}
+            times = {name: [] for name in feeds}
+            for sess, feed in feeds.values():  # warm up; the weights are packed at session creation
+                sess.run(None, feed)
+            for r in range(rounds):
+                for name in (("mlas", "ours") if r % 2 == 0 else ("ours", "mlas")):
+                    sess, feed = feeds[name]
+                    time.sleep(0.03)  # the other session's pool threads stop spinning
+                    sess.run(None, feed)
+                    times[name] += time_calls(lambda s=sess, f=feed: s.run(None, f), 0.05)
+            ops = 2.0 * m * k * n
+            row = {"m": m, "k": k, "n": n, "threads": threads}
+            for name, t in times.items():
+                med = float(np.median(t))
+                row[f"{name}_us"] = round(med * 1e6, 2)
+                row[f"{name}_gops"] = round(ops / med / 1e9, 1)
+                if ghz:
+                    row[f"{name}_ops_per_cycle_per_thread"] = round(ops / med / (ghz * 1e9) / threads, 1)
+            row["ratio"] = round(row["mlas_us"] / row["ours_us"], 3)
+            results.append(row)
+            print_kernel_row(row, ghz)
+    return results
+
+
+def print_kernel_row(row: dict, ghz: float | None) -> None:
+    per_cycle = ""
+    if ghz:
+        per_cycle = (f" | ops/cycle/thread ours {row['ours_ops_per_cycle_per_thread']:6.1f} "
+                     f"mlas {row['mlas_ops_per_cycle_per_thread']:6.1f}")
+    print(f"M={row['m']:5d} K={row['k']:5d} N={row['n']:5d}: ours {row['ours_us']:9.1f} us "
+          f"{row['ours_gops']:7.1f} GOPS | mlas {row['mlas_us']:9.1f} us {row['mlas_gops']:7.1f} GOPS"
+          f"{per_cycle} | mlas/ours {row['ratio']:.2f}x", flush=True)
+
+
+# ---------------------------------------------------------------------------------------------- model
+
+def model_backends(model: str, threads: int, with_openvino: bool) -> dict:
+    """name → forward(ids, mask): our int8 export on each GEMM, and the int8 peers of bort-bench."""
+    from bort_infer import Session
+    from bort_infer.bench import artifacts, backends
+
+    def session(variant: str):
+        return Session(artifacts.ensure(model, variant), threads=threads).forward
+
+    runs = {"bort-infer-int8 (ours)": session("bort-infer-int8-ours"),
+            "bort-infer-int8 (mlas)": session("bort-infer-int8-mlas"),
+            "ort-int8": backends.load("ort-int8", model, threads).run}
+    if with_openvino:
+        try:
+            runs["openvino-int8"] = backends.load("openvino-int8", model, threads).run
+        except backends.BackendUnavailable as exc:
+            print(f"openvino-int8 skipped: {exc}", file=sys.stderr)
+    return runs
+
+
+def run_model(model: str, rounds: int, threads: int, with_openvino: bool) -> list[dict]:
+    from bort_infer.bench.runner import exact_length_inputs, measure_interleaved
+    from bort_infer.registry import model_spec
+
+    forwards = model_backends(model, threads, with_openvino)
+    vocab = model_spec(model)["hf_config"]["vocab_size"]
+    results = []
+    for batch, seq in MODEL_SHAPES:
+        ids, mask = exact_length_inputs(batch, seq, vocab)
+        runs = {(model, name): (lambda f=f, ids=ids, mask=mask: f(ids, mask)) for name, f in forwards.items()}
+        cells = {c.backend: c for c in measure_interleaved(runs, batch, seq, repeats=rounds)}
+        ours = cells["bort-infer-int8 (ours)"].median_ms
+        for name, cell in cells.items():
+            row = {**cell.to_json(), "threads": threads, "peer_over_ours": round(cell.median_ms / ours, 3)}
+            results.append(row)
+            target = TARGETS.get(name)
+            verdict = ""
+            if target is not None:
+                verdict = f" (target {target:.2f}x: {'meets' if row['peer_over_ours'] >= target else 'MISSES'})"
+            print(f"{model} b{batch} s{seq} {name:24s} median {cell.median_ms:8.2f} ms  iqr {cell.iqr_ms:6.2f}  "
+                  f"{row['peer_over_ours']:.2f}x of ours{verdict}", flush=True)
+    return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["kernel", "model", "all"])
+    parser.add_argument("--model", default=os.environ.get("BORT_BENCH_MODEL", "bort"))
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (default 7)")
+    parser.add_argument("--threads", type=int, default=THREADS)
+    parser.add_argument("--ghz", type=float, default=None, help="core clock, to print int8 ops per cycle")
+    parser.add_argument("--rows", type=int, nargs="*", default=KERNEL_ROWS, help="kernel M values")
+    parser.add_argument("--no-openvino", action="store_true", help="leave OpenVINO int8 out of the model run")
+    parser.add_argument("--json", default=None, help="write every figure to this file")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("BORT_INFER_PROGRESS", "0")
+    report = {"cpu": cpu_description(), "threads": args.threads, "ghz": args.ghz}
+    print(f"CPU: {report['cpu']}; {args.threads} threads", flush=True)
+    if args.what in ("kernel", "all"):
+        report["kernel"] = run_kernels(args.rounds, args.threads, args.ghz, rows=args.rows)
+    if args.what in ("model", "all"):
+        report["model"] = run_model(args.model, args.rounds, args.threads, not args.no_openvino)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
