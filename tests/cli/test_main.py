@@ -71,9 +71,9 @@ def test_export_rejects_unusable_options(tmp_path, capsys, checkpoints):
     assert main(["export", src, str(tmp_path / "c"), "--no-custom-ops", "--form", "packed"]) == 2
     assert "needs custom ops" in capsys.readouterr().err
     assert main(["export", src, str(tmp_path / "d"), "--gemm", "mlas"]) == 2
-    assert "it needs --quantize int8 and custom ops" in capsys.readouterr().err
+    assert "it needs --precision int8 and custom ops" in capsys.readouterr().err
     assert main(["export", src, str(tmp_path / "e"), "--quantize", "int8", "--no-custom-ops", "--gemm", "ours"]) == 2
-    assert "it needs --quantize int8 and custom ops" in capsys.readouterr().err
+    assert "it needs --precision int8 and custom ops" in capsys.readouterr().err
 
 
 def test_ops_config_writes_the_operator_config(exports, tmp_path, capsys):
