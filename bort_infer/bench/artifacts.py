@@ -259,8 +259,8 @@ def ensure(model: str, name: str) -> Path:
 
 
 def export(model: str, variant: str) -> Path:
-    """A model directory of one of the exports: plain-fp32, bort-infer-fp32 or bort-infer-int8."""
-    if variant not in ("plain-fp32", "bort-infer-fp32", "bort-infer-int8"):
+    """A model directory of one of the exports: plain-fp32, bort-infer-fp32, bort-infer-int8 or bort-infer-bf16."""
+    if variant not in ("plain-fp32", "bort-infer-fp32", "bort-infer-int8", "bort-infer-bf16"):
         raise ValueError(f"unknown export variant {variant!r}")
     return ensure(model, variant)
 
