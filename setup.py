@@ -8,9 +8,10 @@
 
 Every kernel source is compiled once and linked into both.
 
-Kernels are compiled for baseline x86-64; the AVX2+FMA, AVX-512 (VNNI, BF16) and AMX paths are marked with
-GCC ``target`` attributes and chosen at run time from CPUID
-(``BORT_INFER_ISA=scalar|avx2|avx512|avx512_vnni|avx512_bf16|amx|auto``), so one build runs on any x86-64 CPU.
+Kernels are compiled for the baseline of the architecture (x86-64 or armv8-a); the AVX2+FMA, AVX-512 (VNNI,
+BF16) and AMX paths, and on aarch64 the NEON dot-product and i8mm paths, are marked with GCC ``target`` attributes
+and chosen at run time (``BORT_INFER_ISA``, see csrc/cpu_dispatch.h), so one build runs on any CPU of its
+architecture.
 """
 import os
 import sys
