@@ -66,6 +66,9 @@ class Session:
             raise ModelDirectoryError(f"{tok_path}: not a valid tokenizers file: {exc}") from None
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=meta.max_length)
+        # Read once: tokenizers builds the whole vocabulary map to answer it (~10 ms for Bort's 50k tokens), and
+        # every forward() checks its ids against it.
+        self._vocab_size = self._tokenizer.get_vocab_size(with_added_tokens=True)
         self.packed = "cu_seqlens" in graph_inputs  # padding-free graph, see bort_infer/export/graph_rewrite.py
         self.truncated_count = 0
         self._lock = threading.Lock()
@@ -77,7 +80,7 @@ class Session:
     @property
     def vocab_size(self) -> int:
         """Token ids this model's tokenizer can give: 0 .. vocab_size - 1 (added tokens included)."""
-        return self._tokenizer.get_vocab_size(with_added_tokens=True)
+        return self._vocab_size
 
     @property
     def info(self) -> dict[str, Any]:
