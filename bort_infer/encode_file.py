@@ -32,7 +32,13 @@ from typing import BinaryIO
 import numpy as np
 
 from .model_dir import file_digests
-from .options import DEFAULT_BATCH_SIZE, DEFAULT_FILE_CHUNK_SIZE, EncodeOptions, progress_bar_disabled
+from .options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_FILE_CHUNK_SIZE,
+    DEFAULT_STRIDE,
+    EncodeOptions,
+    progress_bar_disabled,
+)
 from .textlines import count_lines, decode_line, iter_raw_lines
 
 PARTIAL_SUFFIX = ".partial"
@@ -143,15 +149,18 @@ def encode_file(model_dir: str | Path, input_path: str | Path, output_path: str 
                 batch_size: int = DEFAULT_BATCH_SIZE, pooling: str | None = None, normalize: bool | None = None,
                 threads: int | None = None, chunk_size: int = DEFAULT_FILE_CHUNK_SIZE, max_tokens: int | None = None,
                 resume: bool = False, overwrite: bool = False, show_progress: bool | None = None,
-                stdin: BinaryIO | None = None, session=None) -> EncodeResult:
+                stdin: BinaryIO | None = None, session=None, long_texts: str = "truncate",
+                stride: int = DEFAULT_STRIDE) -> EncodeResult:
     """Embed every line of ``input_path`` (``"-"``: stdin) into a float32 (lines, hidden) .npy at
     ``output_path``; see the module docstring for line rules, atomicity, locking and resumption.
 
     Memory is bounded by ``chunk_size`` lines (and their vectors), not by the corpus. ``session`` (an open
-    ``bort_infer.Session`` for ``model_dir``) may be passed to reuse one.
+    ``bort_infer.Session`` for ``model_dir``) may be passed to reuse one. long_texts, stride: as for
+    Session.encode ("chunk": a line over the model's limit is encoded as overlapping windows).
     """
     options = EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize,
-                            show_progress_bar=show_progress, chunk_size=chunk_size)
+                            show_progress_bar=show_progress, chunk_size=chunk_size, long_texts=long_texts,
+                            stride=stride)
     if resume and overwrite:
         raise ValueError("--resume and --overwrite contradict each other: choose one")
 
@@ -278,6 +287,8 @@ class _Run:
             "rows_total": total, "hidden_size": hidden, "dtype": "float32",
             "pooling": how, "normalize": do_normalize, "model_files": model_files,
         }
+        if options.long_texts == "chunk":  # (a truncating run's record stays as it always was)
+            identity.update(long_texts="chunk", stride=options.stride)
         about = {"input": "-" if self.from_stdin else str(Path(self.input_path).resolve()),
                  "model": str(model_dir.resolve()), "chunk_size": options.chunk_size}
 
@@ -378,7 +389,8 @@ class _Run:
                 if total is not None and row + len(texts) > total:
                     raise ValueError(f"{source} grew while being encoded (more than the {total} lines counted)")
                 vectors = session.encode(texts, batch_size=options.batch_size, max_tokens=options.max_tokens,
-                                         pooling=how, normalize=do_normalize)
+                                         pooling=how, normalize=do_normalize, long_texts=options.long_texts,
+                                         stride=options.stride)
                 if vectors.shape != (len(texts), writer.hidden):  # one row per text, or nothing is written
                     raise RuntimeError(f"internal error: {len(texts)} texts gave vectors of shape {vectors.shape}")
                 writer.write(vectors)

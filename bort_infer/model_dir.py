@@ -18,9 +18,19 @@ from .pooling import POOLINGS
 METADATA_FILE = "bort_infer.json"
 FORMAT_NAME = "bort-infer-model"
 FORMAT_VERSION = 1
+# A model with a task head is written as version 2: a reader that predates heads must refuse it rather than
+# serve its logits as embeddings. Embedding models stay version 1, which every reader understands.
+HEAD_FORMAT_VERSION = 2
+READABLE_VERSIONS = (FORMAT_VERSION, HEAD_FORMAT_VERSION)
 PRECISIONS = ("fp32", "int8", "bf16")
 # How an int8 graph on bort-infer's ops runs its linears (bort_infer.export.graph_rewrite emits either).
 INT8_GEMMS = ("ours", "mlas")
+EMBEDDING = "embedding"
+SEQUENCE_CLASSIFICATION = "sequence-classification"
+TOKEN_CLASSIFICATION = "token-classification"
+TASKS = (EMBEDDING, SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION)
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+ACTIVATIONS = ("softmax", "sigmoid", "none")
 
 
 class ModelDirectoryError(ValueError):
@@ -51,11 +61,27 @@ class ModelMetadata:
     # How an int8 graph on bort-infer's ops runs its linears: "ours" (LinearInt8) or "mlas" (MatMulInteger).
     int8_gemm: str | None = None
 
+    # What the graph's output is: "embedding" (token states, pooled by the run time) or a task head's logits.
+    task: str = EMBEDDING
+    labels: tuple[str, ...] = ()  # id2label, in id order (heads only)
+    problem_type: str | None = None  # sequence heads: how the labels relate (transformers' problem_type)
+    activation: str | None = None  # heads: logits → scores
+    pairs: bool = False  # a cross-encoder: every input is a (text, text) pair
+
+    @property
+    def is_head(self) -> bool:
+        return self.task != EMBEDDING
+
     def to_json(self) -> dict[str, Any]:
         optional = {"ort_file": self.ort_file} if self.ort_file else {}
+        head = {}
+        if self.is_head:
+            head = {"task": self.task, "labels": list(self.labels), "problem_type": self.problem_type,
+                    "activation": self.activation, "pairs": self.pairs}
         return {
             "format": FORMAT_NAME,
-            "format_version": FORMAT_VERSION,
+            "format_version": HEAD_FORMAT_VERSION if self.is_head else FORMAT_VERSION,
+            **head,
             "architecture": self.architecture,
             "hidden_size": self.hidden_size,
             "num_layers": self.num_layers,
@@ -108,10 +134,11 @@ def read_metadata(directory: str | Path) -> ModelMetadata:
     if not isinstance(raw, dict) or raw.get("format") != FORMAT_NAME:
         raise ModelDirectoryError(f"{meta_path} is not bort-infer metadata (expected \"format\": \"{FORMAT_NAME}\")")
     version = raw.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:
+    if type(version) is not int or version not in READABLE_VERSIONS:
         raise ModelDirectoryError(
-            f"{meta_path} has format_version {version!r}; this bort-infer reads version {FORMAT_VERSION}: "
-            "re-export the model with this version of bort-infer")
+            f"{meta_path} has format_version {version!r}; this bort-infer reads version {FORMAT_VERSION} "
+            f"(embedding models) and {HEAD_FORMAT_VERSION} (task heads): re-export the model with this version of "
+            "bort-infer")
     for key in _REQUIRED_INT:
         if type(raw.get(key)) is not int or not 0 <= raw[key] <= _INT_LIMIT:
             raise ModelDirectoryError(f"{meta_path}: field {key!r} must be an integer from 0 to {_INT_LIMIT}, "
@@ -154,6 +181,7 @@ def read_metadata(directory: str | Path) -> ModelMetadata:
     int8_gemm = raw.get("int8_gemm")
     if int8_gemm not in (None, *INT8_GEMMS):
         raise ModelDirectoryError(f"{meta_path}: int8_gemm must be one of {INT8_GEMMS} or null, got {int8_gemm!r}")
+    head = _read_head(raw, meta_path, version, packed)
     return ModelMetadata(
         architecture=raw["architecture"],
         hidden_size=raw["hidden_size"],
@@ -174,6 +202,7 @@ def read_metadata(directory: str | Path) -> ModelMetadata:
         fidelity=raw.get("fidelity"),
         ort_file=raw.get("ort_file"),
         int8_gemm=int8_gemm,
+        **head,
     )
 
 
@@ -196,3 +225,55 @@ def file_digests(directory: str | Path, skip: Iterable[str | Path] = ()) -> dict
             raise ModelDirectoryError(f"{path}: cannot read this model file: {exc.strerror or exc}") from None
         digests[path.relative_to(d).as_posix()] = h.hexdigest()
     return digests
+
+
+def _read_head(raw: dict, meta_path: Path, version: int, packed: bool) -> dict[str, Any]:
+    """The task fields (see ModelMetadata), checked together: a head needs labels, an activation that fits its
+    problem type, and the packed graph its run time reads."""
+    task = raw.get("task", EMBEDDING)
+    if task not in TASKS:
+        raise ModelDirectoryError(f"{meta_path}: task must be one of {', '.join(TASKS)}, got {task!r}")
+    if task == EMBEDDING:
+        extra = [k for k in ("labels", "problem_type", "activation") if raw.get(k) is not None]
+        if extra or raw.get("pairs"):
+            raise ModelDirectoryError(f"{meta_path}: an embedding model has no {', '.join(extra) or 'pairs'} "
+                                      "(those describe a task head; is the task missing?)")
+        return {}
+    if version != HEAD_FORMAT_VERSION:
+        raise ModelDirectoryError(f"{meta_path}: a {task} model is format_version {HEAD_FORMAT_VERSION}, "
+                                  f"got {version!r}")
+    if not packed:
+        raise ModelDirectoryError(f"{meta_path}: a {task} model runs on the packed graph (inputs input_ids, "
+                                  "position_ids, cu_seqlens, query_rows)")
+    labels = raw.get("labels")
+    if not isinstance(labels, list) or not labels or not all(isinstance(x, str) and x for x in labels):
+        raise ModelDirectoryError(f"{meta_path}: labels must be a non-empty list of label names (id2label in id "
+                                  f"order), got {labels!r}")
+    if len(set(labels)) != len(labels):
+        raise ModelDirectoryError(f"{meta_path}: labels must be distinct, got {labels!r}")
+    problem_type = raw.get("problem_type")
+    if task == TOKEN_CLASSIFICATION and problem_type is None:
+        problem_type = "single_label_classification"
+    if problem_type not in PROBLEM_TYPES:
+        raise ModelDirectoryError(f"{meta_path}: problem_type must be one of {', '.join(PROBLEM_TYPES)}, "
+                                  f"got {problem_type!r}")
+    if task == TOKEN_CLASSIFICATION and problem_type != "single_label_classification":
+        raise ModelDirectoryError(f"{meta_path}: a token-classification model is single_label_classification, "
+                                  f"got {problem_type!r}")
+    activation = raw.get("activation")
+    if activation not in ACTIVATIONS:
+        raise ModelDirectoryError(f"{meta_path}: activation must be one of {', '.join(ACTIVATIONS)}, "
+                                  f"got {activation!r}")
+    if task == TOKEN_CLASSIFICATION and activation != "softmax":
+        raise ModelDirectoryError(f"{meta_path}: a token-classification model's activation is softmax, "
+                                  f"got {activation!r}")
+    if activation == "softmax" and len(labels) < 2:
+        raise ModelDirectoryError(f"{meta_path}: softmax over a single label is always 1; use sigmoid or none")
+    pairs = raw.get("pairs", False)
+    if not isinstance(pairs, bool) or (pairs and task != SEQUENCE_CLASSIFICATION):
+        raise ModelDirectoryError(f"{meta_path}: pairs must be true or false, and true only for a "
+                                  f"sequence-classification model (a cross-encoder), got {pairs!r}")
+    if raw.get("output") != "logits":
+        raise ModelDirectoryError(f"{meta_path}: a {task} model's output is 'logits', got {raw.get('output')!r}")
+    return {"task": task, "labels": tuple(labels), "problem_type": problem_type, "activation": activation,
+            "pairs": pairs}

@@ -14,6 +14,10 @@ DEFAULT_BATCH_SIZE = 32
 DEFAULT_CHUNK_SIZE = 1024
 DEFAULT_FILE_CHUNK_SIZE = 4096  # the file encoder's: lines read, embedded and flushed to disk at a time
 PROGRESS_ENV = "BORT_INFER_PROGRESS"
+LONG_TEXTS = ("truncate", "chunk")
+# Tokens shared by consecutive windows of a chunked long text: context for the tokens near a window's edge.
+DEFAULT_STRIDE = 32
+AGGREGATIONS = ("simple",)
 
 
 def check_positive_int(name: str, value, *, optional: bool = False) -> None:
@@ -22,6 +26,11 @@ def check_positive_int(name: str, value, *, optional: bool = False) -> None:
         return
     if not isinstance(value, int) or isinstance(value, bool) or value < 1:
         raise ValueError(f"{name} must be a positive integer{' or None' if optional else ''}, got {value!r}")
+
+
+def check_non_negative_int(name: str, value) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"{name} must be a non-negative integer, got {value!r}")
 
 
 def progress_bar_disabled(show: bool | None) -> bool | None:
@@ -42,6 +51,9 @@ class EncodeOptions:
     is the same option as sentence-transformers spells it (giving both, different, is an error).
     show_progress_bar: True / False, or None (the front end's default). chunk_size: texts tokenized and
     embedded at a time (memory is bounded by it, not by the corpus).
+    long_texts: a text over the model's token limit is cut to it ("truncate", the default) or split into
+    windows of the limit that share ``stride`` tokens, each window encoded in the same packed batches as the
+    other texts, and the window vectors averaged weighted by their tokens ("chunk"; see check_stride).
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -50,10 +62,15 @@ class EncodeOptions:
     normalize: bool | None = None
     show_progress_bar: bool | None = None
     chunk_size: int = DEFAULT_CHUNK_SIZE
+    long_texts: str = "truncate"
+    stride: int = DEFAULT_STRIDE
     normalize_embeddings: InitVar[bool | None] = None
 
     def __post_init__(self, normalize_embeddings: bool | None) -> None:
         check_positive_int("batch_size", self.batch_size)
+        if self.long_texts not in LONG_TEXTS:
+            raise ValueError(f"long_texts must be one of {', '.join(LONG_TEXTS)}, got {self.long_texts!r}")
+        check_non_negative_int("stride", self.stride)
         check_positive_int("chunk_size", self.chunk_size)
         check_positive_int("max_tokens", self.max_tokens, optional=True)
         check_pooling(self.pooling, allow_none=True)
@@ -64,6 +81,13 @@ class EncodeOptions:
             object.__setattr__(self, "normalize", bool(normalize_embeddings))
         elif self.normalize is not None:
             object.__setattr__(self, "normalize", bool(self.normalize))
+
+    def check_stride(self, window_tokens: int) -> None:
+        """With long_texts="chunk", a window of ``window_tokens`` text tokens (the model's limit less its
+        special tokens) must advance: stride < window_tokens."""
+        if self.long_texts == "chunk" and self.stride >= window_tokens:
+            raise ValueError(f"stride {self.stride} must be smaller than the model's window of {window_tokens} "
+                             "text tokens (its max_length less the special tokens)")
 
     def pooling_for(self, default: str) -> str:
         """The pooling to run: this option, else the model's ``default``."""
@@ -76,4 +100,31 @@ class EncodeOptions:
     def session_kwargs(self) -> dict:
         """These options as ``Session.encode`` keywords (chunk_size is encode_iter's only)."""
         return {"batch_size": self.batch_size, "max_tokens": self.max_tokens, "pooling": self.pooling,
-                "normalize": self.normalize, "show_progress_bar": self.show_progress_bar}
+                "normalize": self.normalize, "show_progress_bar": self.show_progress_bar,
+                "long_texts": self.long_texts, "stride": self.stride}
+
+
+@dataclass(frozen=True)
+class HeadOptions:
+    """How a task head's outputs are read (Session.predict / rerank / tag). Every field is checked on
+    construction (a ValueError names it).
+
+    batch_size: inputs per model call; max_tokens: real tokens per model call (None: the session's default
+    budget). top_k: the k best labels (predict) or documents (rerank); None: all of them. aggregation: how
+    tag() merges tokens into entities ("simple": transformers' aggregation_strategy="simple").
+    """
+
+    batch_size: int = DEFAULT_BATCH_SIZE
+    max_tokens: int | None = None
+    top_k: int | None = None
+    return_logits: bool = False
+    aggregation: str = "simple"
+
+    def __post_init__(self) -> None:
+        check_positive_int("batch_size", self.batch_size)
+        check_positive_int("max_tokens", self.max_tokens, optional=True)
+        check_positive_int("top_k", self.top_k, optional=True)
+        if not isinstance(self.return_logits, bool):
+            raise ValueError(f"return_logits must be True or False, got {self.return_logits!r}")
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")

@@ -13,9 +13,24 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
+from . import heads, long_texts
 from .batching import plan_batches
-from .model_dir import ModelDirectoryError, ModelMetadata, read_metadata
-from .options import DEFAULT_BATCH_SIZE, DEFAULT_CHUNK_SIZE, EncodeOptions, check_positive_int
+from .model_dir import (
+    EMBEDDING,
+    SEQUENCE_CLASSIFICATION,
+    TOKEN_CLASSIFICATION,
+    ModelDirectoryError,
+    ModelMetadata,
+    read_metadata,
+)
+from .options import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CHUNK_SIZE,
+    DEFAULT_STRIDE,
+    EncodeOptions,
+    HeadOptions,
+    check_positive_int,
+)
 from .pooling import l2_normalize, pool
 
 
@@ -72,6 +87,7 @@ class Session:
         self.packed = "cu_seqlens" in graph_inputs  # padding-free graph, see bort_infer/export/graph_rewrite.py
         self.truncated_count = 0
         self._lock = threading.Lock()
+        self._strided_tokenizers: dict[int, Tokenizer] = {}  # long_texts="chunk": one per stride
 
     @property
     def hidden_size(self) -> int:
@@ -92,7 +108,8 @@ class Session:
 
     def encode(self, texts: str | Iterable[str], *, batch_size: int = DEFAULT_BATCH_SIZE,
                max_tokens: int | None = None, pooling: str | None = None, normalize: bool | None = None,
-               show_progress_bar: bool | None = None, normalize_embeddings: bool | None = None) -> np.ndarray:
+               show_progress_bar: bool | None = None, normalize_embeddings: bool | None = None,
+               long_texts: str = "truncate", stride: int = DEFAULT_STRIDE) -> np.ndarray:
         """Embed texts: float32 (n, hidden) in input order; a single str gives shape (hidden,).
 
         The options are keyword-only and checked by bort_infer.options.EncodeOptions. pooling: None uses the
@@ -102,12 +119,14 @@ class Session:
         bounds the tokens per call: real tokens on a packed (padding-free) model (default
         DEFAULT_PACKED_TOKEN_BUDGET), rows x padded length on a padded one (default: no bound). A text longer
         than the budget still gets its own call. show_progress_bar: None or False shows none.
+        long_texts: "truncate" cuts a text to the model's limit (with a warning); "chunk" encodes it as windows
+        of the limit sharing `stride` tokens and averages them, token-weighted (see bort_infer.long_texts).
         """
         single = isinstance(texts, str)
         items = self._check_texts(texts)
         options = EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize,
                                 show_progress_bar=show_progress_bar, chunk_size=max(len(items), 1),
-                                normalize_embeddings=normalize_embeddings)
+                                normalize_embeddings=normalize_embeddings, long_texts=long_texts, stride=stride)
         parts = list(self._encode_chunks(items, options))
         out = np.concatenate(parts) if parts else np.empty((0, self.hidden_size), dtype=np.float32)
         return out[0] if single else out
@@ -115,7 +134,8 @@ class Session:
     def encode_iter(self, texts: Iterable[str], *, batch_size: int = DEFAULT_BATCH_SIZE,
                     max_tokens: int | None = None, pooling: str | None = None, normalize: bool | None = None,
                     show_progress_bar: bool | None = None, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                    normalize_embeddings: bool | None = None) -> Iterator[np.ndarray]:
+                    normalize_embeddings: bool | None = None, long_texts: str = "truncate",
+                    stride: int = DEFAULT_STRIDE) -> Iterator[np.ndarray]:
         """Embed any iterable of texts (a generator over a huge file is fine), yielding float32 arrays of
         up to `chunk_size` rows in input order. Memory is bounded by the chunk, not the corpus; the next
         chunk is tokenized on a second thread while the current one runs. Options as for encode()."""
@@ -125,7 +145,7 @@ class Session:
             raise TypeError(f"texts must be an iterable of str, got {type(texts).__name__}")
         options = EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize,
                                 show_progress_bar=show_progress_bar, chunk_size=chunk_size,
-                                normalize_embeddings=normalize_embeddings)
+                                normalize_embeddings=normalize_embeddings, long_texts=long_texts, stride=stride)
         return self._encode_chunks(texts, options)
 
     def tokenize(self, texts: Sequence[str]) -> list:
@@ -142,6 +162,7 @@ class Session:
         one text's whole model input as tokenize() gives it (special tokens included), batched as encode()
         batches. Each sequence needs 1 to max_length ids in [0, vocab_size); else a ValueError naming it."""
         options = EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling)
+        heads.check_task(self.metadata, EMBEDDING, "embed_ids()")
         sequences = list(sequences)
         limit, vocab = self.metadata.max_length, self.vocab_size
         for i, ids in enumerate(sequences):
@@ -161,6 +182,11 @@ class Session:
                                options.max_tokens)
 
     def _encode_chunks(self, texts: Iterable[str], options: EncodeOptions) -> Iterator[np.ndarray]:
+        heads.check_task(self.metadata, EMBEDDING, "encode()")
+        chunking = options.long_texts == "chunk"
+        if chunking:
+            options.check_stride(self.metadata.max_length - self._tokenizer.num_special_tokens_to_add(False))
+        tokenizer = self._strided_tokenizer(options.stride) if chunking else self._tokenizer
         how = options.pooling_for(self.metadata.pooling)
         do_normalize = options.normalize_for(self.metadata.normalize)
         bar = None
@@ -173,13 +199,19 @@ class Session:
             pending = None
             first = next(chunks, None)
             if first is not None:
-                pending = pool_.submit(self._tokenize, *first)
+                pending = pool_.submit(self._tokenize, *first, tokenizer)
             while pending is not None:
                 encodings = pending.result()
-                self._note_truncation(encodings)
+                if not chunking:
+                    self._note_truncation(encodings)
                 following = next(chunks, None)
-                pending = pool_.submit(self._tokenize, *following) if following is not None else None
-                out = self._embed_ids([e.ids for e in encodings], options.batch_size, how, options.max_tokens)
+                pending = pool_.submit(self._tokenize, *following, tokenizer) if following is not None else None
+                if chunking:
+                    parts, owners = long_texts.windows(encodings)
+                    vectors = self._embed_ids([e.ids for e in parts], options.batch_size, how, options.max_tokens)
+                    out = long_texts.pool_windows(vectors, parts, owners, len(encodings))
+                else:
+                    out = self._embed_ids([e.ids for e in encodings], options.batch_size, how, options.max_tokens)
                 if do_normalize and len(out):
                     out = l2_normalize(out)
                 if bar is not None:
@@ -197,18 +229,22 @@ class Session:
             warnings.warn(f"{truncated} of {len(encodings)} texts exceed {self.metadata.max_length} tokens "
                           "and were truncated", stacklevel=3)
 
-    def _tokenize(self, offset: int, chunk: list[str]) -> list:
+    def _tokenize(self, offset: int, chunk: list[str], tokenizer: Tokenizer | None = None) -> list:
         for i, t in enumerate(chunk):
             if not isinstance(t, str):
                 raise TypeError(f"texts[{offset + i}] is {type(t).__name__}, expected str")
-        try:
-            encodings = self._tokenizer.encode_batch(chunk)
-        except TypeError:
-            # tokenizers rejects str holding lone surrogates (not encodable as UTF-8): such code points
-            # become U+FFFD, as any UTF-8 decoder would render them; well-formed pairs are joined.
-            chunk = [_replace_lone_surrogates(t) for t in chunk]
-            encodings = self._tokenizer.encode_batch(chunk)
-        return encodings
+        return _encode_batch(tokenizer or self._tokenizer, chunk)
+
+    def _strided_tokenizer(self, stride: int) -> Tokenizer:
+        """A copy of the tokenizer whose truncation keeps the rest of a long text as overflowing windows that
+        share `stride` tokens (the session's own tokenizer is shared by threads and never reconfigured)."""
+        with self._lock:
+            if stride not in self._strided_tokenizers:
+                tok = Tokenizer.from_str(self._tokenizer.to_str())
+                tok.no_padding()
+                tok.enable_truncation(max_length=self.metadata.max_length, stride=stride)
+                self._strided_tokenizers[stride] = tok
+            return self._strided_tokenizers[stride]
 
     def _embed_ids(self, sequences: Sequence[Sequence[int]], batch_size: int, how: str,
                    max_tokens: int | None) -> np.ndarray:
@@ -219,9 +255,15 @@ class Session:
             out[idx] = self._embed_packed(batch, how) if self.packed else self._embed_padded(batch, how)
         return out
 
+    def _batches(self, encodings: list, batch_size: int, max_tokens: int | None) -> Iterator[np.ndarray]:
+        """Indices of `encodings` for each model call (bort_infer.batching's rule)."""
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        return plan_batches(lengths, batch_size=batch_size, max_tokens=max_tokens, packed=self.packed)
+
     def forward(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         """Token ids [B, S] with a 0/1 mask → last hidden states [B, S, hidden] (no tokenization, no
         pooling). A packed model needs right-padded masks and leaves padding positions at zero."""
+        heads.check_task(self.metadata, EMBEDDING, "forward()")
         ids, mask = self._check_token_inputs(input_ids, attention_mask)
         if not self.packed:
             return self._run({"input_ids": ids, "attention_mask": mask}, ids.shape + (self.hidden_size,))
@@ -237,6 +279,7 @@ class Session:
         """Pooled vectors [B, hidden] from token ids [B, S] and a mask, with no tokenization (no
         normalization). On a packed model CLS pooling runs the last layer on the CLS rows only."""
         how = EncodeOptions(pooling=pooling).pooling_for(self.metadata.pooling)
+        heads.check_task(self.metadata, EMBEDDING, "embed_tokens()")
         ids, mask = self._check_token_inputs(input_ids, attention_mask)
         if not self.packed or how == "mean":
             return pool(self.forward(ids, mask), mask, how)
@@ -320,6 +363,111 @@ class Session:
         hidden = self._run({"input_ids": ids, "attention_mask": mask}, (batch, seq, self.hidden_size))
         return pool(hidden, mask, how)
 
+    # ------------------------------------------------------------------------------------------ task heads
+
+    def predict(self, inputs: str | tuple[str, str] | Iterable[str | tuple[str, str]], *,
+                batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int | None = None, top_k: int | None = None,
+                return_logits: bool = False) -> list:
+        """Classify (or score) texts or (text, text) pairs with a sequence-classification model.
+
+        Per input, a list of {"label", "score"} sorted by score, best first: the top_k best labels, or every
+        label when top_k is None (transformers' text-classification pipeline with top_k=None); scores are the
+        logits through the model's activation (softmax, sigmoid or none, from the export). return_logits:
+        the raw float32 logits [labels] per input instead. A single input (a str or a (str, str) tuple)
+        gives its result alone; a list gives a list. See bort_infer.heads."""
+        options = HeadOptions(batch_size=batch_size, max_tokens=max_tokens, top_k=top_k, return_logits=return_logits)
+        heads.check_task(self.metadata, SEQUENCE_CLASSIFICATION, "predict()")
+        items, single = heads.prediction_inputs(inputs, self.metadata.pairs)
+        logits = self._sequence_logits(items, options)
+        out = heads.predictions(logits, self.metadata, options.top_k, options.return_logits)
+        return out[0] if single else out
+
+    def rerank(self, query: str, documents: Iterable[str], *, top_k: int | None = None,
+               batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int | None = None,
+               return_documents: bool = False) -> list[dict]:
+        """Score every (query, document) pair with a one-score sequence-classification model (a cross-encoder)
+        and return [{"index", "score"[, "document"]}] sorted by score, best first (ties keep document order),
+        the top_k best or all. Scores are the logit through the model's activation (sigmoid for a
+        sentence-transformers CrossEncoder)."""
+        options = HeadOptions(batch_size=batch_size, max_tokens=max_tokens, top_k=top_k)
+        heads.check_rerank(self.metadata)
+        if not isinstance(query, str):
+            raise TypeError(f"query must be a str, got {type(query).__name__}")
+        docs = heads.rerank_documents(documents)
+        logits = self._sequence_logits([(query, d) for d in docs], options)
+        return heads.ranking(logits, self.metadata, docs, options.top_k, bool(return_documents))
+
+    def tag(self, texts: str | Iterable[str], *, batch_size: int = DEFAULT_BATCH_SIZE,
+            max_tokens: int | None = None, aggregation: str = "simple") -> list:
+        """Entities of each text from a token-classification model: a list of {"entity_group", "score",
+        "word", "start", "end"} per text, as transformers' token-classification pipeline gives with
+        aggregation_strategy="simple" (start / end: character offsets into the text). A single str gives its
+        list alone. Texts over the model's limit are truncated (with a warning)."""
+        options = HeadOptions(batch_size=batch_size, max_tokens=max_tokens, aggregation=aggregation)
+        heads.check_task(self.metadata, TOKEN_CLASSIFICATION, "tag()")
+        single = isinstance(texts, str)
+        items = self._check_texts(texts)
+        encodings = self._tokenize_inputs(items)
+        decoder = heads.EntityDecoder(self._tokenizer)
+        out = [heads.entities(text, e, logits, self.metadata.labels, decoder)
+               for text, e, logits in zip(items, encodings, self._token_logits(encodings, options))]
+        return out[0] if single else out
+
+    def token_logits(self, texts: str | Iterable[str], *, batch_size: int = DEFAULT_BATCH_SIZE,
+                     max_tokens: int | None = None) -> list[np.ndarray]:
+        """A token-classification model's raw float32 logits [tokens, labels] per text, special tokens included
+        (what tag() reads), in the order of the tokenizer's encoding of the text."""
+        options = HeadOptions(batch_size=batch_size, max_tokens=max_tokens)
+        heads.check_task(self.metadata, TOKEN_CLASSIFICATION, "token_logits()")
+        single = isinstance(texts, str)
+        out = self._token_logits(self._tokenize_inputs(self._check_texts(texts)), options)
+        return out[0] if single else out
+
+    def _tokenize_inputs(self, items: list) -> list:
+        encodings = _encode_batch(self._tokenizer, items)
+        self._note_truncation(encodings)
+        return encodings
+
+    def _sequence_logits(self, items: list, options: HeadOptions) -> np.ndarray:
+        """[inputs, labels] float32 logits of a sequence head (its graph reads each input's first row)."""
+        encodings = self._tokenize_inputs(items)
+        out = np.empty((len(encodings), len(self.metadata.labels)), dtype=np.float32)
+        for idx in self._batches(encodings, options.batch_size, options.max_tokens):
+            batch = [encodings[i] for i in idx]
+            ids, positions, cu, types = self._packed_feeds(batch)
+            out[idx] = self._run_head(ids, positions, cu, types, cu[:-1])
+        return out
+
+    def _token_logits(self, encodings: list, options: HeadOptions) -> list[np.ndarray]:
+        """Per encoding, its tokens' float32 logits [tokens, labels] from a token head."""
+        out: list[np.ndarray] = [np.empty((0, len(self.metadata.labels)), np.float32)] * len(encodings)
+        for idx in self._batches(encodings, options.batch_size, options.max_tokens):
+            batch = [encodings[i] for i in idx]
+            ids, positions, cu, types = self._packed_feeds(batch)
+            logits = self._run_head(ids, positions, cu, types, np.arange(cu[-1], dtype=np.int64))
+            for row, i in enumerate(idx):
+                out[i] = logits[cu[row]:cu[row + 1]]
+        return out
+
+    @staticmethod
+    def _packed_feeds(encodings: list) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Token ids, positions, cu_seqlens and token type ids of encodings laid back to back."""
+        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+        ids = np.fromiter(itertools.chain.from_iterable(e.ids for e in encodings), dtype=np.int64)
+        types = np.fromiter(itertools.chain.from_iterable(e.type_ids for e in encodings), dtype=np.int64)
+        cu = _offsets(lengths)
+        positions = np.arange(cu[-1], dtype=np.int64) - np.repeat(cu[:-1], lengths)
+        return ids, positions, cu, types
+
+    def _run_head(self, ids, positions, cu, types, query_rows) -> np.ndarray:
+        logits = self._run({"input_ids": ids, "position_ids": positions, "cu_seqlens": cu,
+                            "query_rows": query_rows, "token_type_ids": types})
+        expected = (len(query_rows), len(self.metadata.labels))
+        if logits.shape != expected:
+            raise ModelDirectoryError(f"{self.path / self.metadata.onnx_file}: the head's logits have shape "
+                                      f"{logits.shape}, expected {expected} (rows, labels)")
+        return logits
+
     @staticmethod
     def _check_texts(texts: Any) -> list[str]:
         if isinstance(texts, str):
@@ -350,6 +498,17 @@ def _chunked(texts: Iterable[str], size: int) -> Iterator[tuple[int, list[str]]]
             return
         yield offset, chunk
         offset += len(chunk)
+
+
+def _encode_batch(tokenizer: Tokenizer, items: list) -> list:
+    """tokenizers' encode_batch of texts or (text, text) pairs."""
+    try:
+        return tokenizer.encode_batch(items)
+    except TypeError:
+        # tokenizers rejects str holding lone surrogates (not encodable as UTF-8): such code points
+        # become U+FFFD, as any UTF-8 decoder would render them; well-formed pairs are joined.
+        return tokenizer.encode_batch([_replace_lone_surrogates(t) if isinstance(t, str)
+                                       else tuple(map(_replace_lone_surrogates, t)) for t in items])
 
 
 def _replace_lone_surrogates(text: str) -> str:

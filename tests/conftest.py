@@ -127,3 +127,115 @@ def exports(tmp_path_factory, checkpoints):
             made[key] = out
         return made[key]
     return get
+
+
+# Task-head checkpoints the tests build: (base model, task, labels, problem_type, type_vocab_size).
+# Random heads on tiny-bort (Bort's byte-level BPE, one token type) and on tiny-bert-large (WordPiece, two
+# token types: pairs carry segment ids); "cross-encoder" and "tagger" are fine-tuned for a few steps.
+HEAD_CHECKPOINTS = {
+    "classifier": ("tiny-bort", "sequence-classification", ["negative", "positive", "neutral"], None, None),
+    "multi-label": ("tiny-bort", "sequence-classification", ["sports", "politics", "science", "art"],
+                    "multi_label_classification", None),
+    "regression": ("tiny-bort", "sequence-classification", ["score"], "regression", None),
+    "pair-classifier": ("tiny-bert-large", "sequence-classification", ["entailment", "neutral", "contradiction"],
+                        None, None),
+    "tokens": ("tiny-bort", "token-classification", ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "MISC"], None, None),
+    "tagger": ("tiny-bert-large", "token-classification", ["O", "B-CAP", "I-CAP"], None, None),
+    "cross-encoder": ("tiny-bert-large", "sequence-classification", ["LABEL_0"], None, None),
+}
+HEAD_TRAINING_TEXTS = [t for t in VARIED_TEXTS if len(t) < 200] + [
+    "Alice met Bob in Paris last May.", "The Rhine flows through Basel and Cologne.",
+    "nothing capitalised here at all", "Marie Curie won two Nobel Prizes.", "We flew from Oslo to New York City.",
+]
+
+
+def _fine_tune_tagger(directory: Path, steps: int = 40) -> None:
+    """A few AdamW steps teaching the tagger that a capitalised word is an entity (B-CAP, then I-CAP for its
+    other tokens), so its entities are words, not random token runs."""
+    import torch
+    from transformers import AutoTokenizer, BertForTokenClassification
+
+    tok = AutoTokenizer.from_pretrained(directory)
+    model = BertForTokenClassification.from_pretrained(directory)
+    batch = tok(HEAD_TRAINING_TEXTS, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    labels = torch.full(batch["input_ids"].shape, -100)
+    for row, text in enumerate(HEAD_TRAINING_TEXTS):
+        words = batch.word_ids(row)
+        for i, w in enumerate(words):
+            if w is None:
+                continue
+            start, end = batch.word_to_chars(row, w)
+            first = i == 0 or words[i - 1] != w
+            labels[row, i] = 0 if not text[start:end][:1].isupper() else (1 if first else 2)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=2e-3)
+    model.train()
+    torch.manual_seed(0)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(**batch, labels=labels).loss.backward()
+        optimizer.step()
+    model.eval().save_pretrained(directory, safe_serialization=True)
+
+
+def _fine_tune_cross_encoder(base: Path, directory: Path, steps: int = 30) -> None:
+    """A sentence-transformers CrossEncoder (one logit, sigmoid) trained for a few steps to score a text paired
+    with itself above a text paired with another, saved as sentence-transformers saves it."""
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    ce = CrossEncoder(str(base), num_labels=1, max_length=128)
+    texts = HEAD_TRAINING_TEXTS
+    pairs = [(t, t) for t in texts] + [(t, texts[(i + 3) % len(texts)]) for i, t in enumerate(texts)]
+    target = torch.tensor([1.0] * len(texts) + [0.0] * len(texts))
+    model = ce.model
+    features = ce.tokenizer([p[0] for p in pairs], [p[1] for p in pairs], padding=True, truncation=True,
+                            max_length=128, return_tensors="pt")
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    model.train()
+    torch.manual_seed(0)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        logits = model(**features).logits[:, 0]
+        torch.nn.functional.binary_cross_entropy_with_logits(logits, target).backward()
+        optimizer.step()
+    model.eval()
+    ce.save(str(directory))
+
+
+@pytest.fixture(scope="session")
+def head_checkpoints(tmp_path_factory, checkpoints):
+    """Lazily built task-head checkpoints by HEAD_CHECKPOINTS name → HF directory."""
+    from bort_infer.export.random_checkpoint import add_random_head
+
+    made: dict[str, Path] = {}
+
+    def get(name: str) -> Path:
+        if name not in made:
+            base, task, labels, problem_type, types = HEAD_CHECKPOINTS[name]
+            out = tmp_path_factory.mktemp(f"head-{name}")
+            if name == "cross-encoder":
+                _fine_tune_cross_encoder(checkpoints(base), out)
+            else:
+                add_random_head(checkpoints(base), out, task, labels, problem_type, types, seed=1)
+                if name == "tagger":
+                    _fine_tune_tagger(out)
+            made[name] = out
+        return made[name]
+    return get
+
+
+@pytest.fixture(scope="session")
+def head_exports(tmp_path_factory, head_checkpoints):
+    """Lazily exported task-head model directories: head_exports("classifier", quantize="int8")."""
+    from bort_infer.export.export import export_model
+
+    made: dict[tuple, Path] = {}
+
+    def get(name: str, **options) -> Path:
+        key = (name, tuple(sorted(options.items())))
+        if key not in made:
+            out = tmp_path_factory.mktemp(f"head-export-{name}")
+            export_model(str(head_checkpoints(name)), out, overwrite=True, **options)
+            made[key] = out
+        return made[key]
+    return get

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import DEFAULT_BATCH_SIZE, DEFAULT_FILE_CHUNK_SIZE, check_positive_int
+from ..options import DEFAULT_BATCH_SIZE, DEFAULT_FILE_CHUNK_SIZE, DEFAULT_STRIDE, LONG_TEXTS, check_positive_int
 
 
 def _positive_int(text: str) -> int:
@@ -37,6 +37,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--pooling", choices=["cls", "mean"], default=None, help="default: the model's")
     p.add_argument("--normalize", action=argparse.BooleanOptionalAction, default=None,
                    help="L2-normalize the vectors (default: the model's)")
+    p.add_argument("--long-texts", choices=LONG_TEXTS, default="truncate",
+                   help="a text over the model's token limit: cut to it (truncate, the default) or encoded as "
+                        "overlapping windows averaged token-weighted (chunk)")
+    p.add_argument("--stride", type=int, default=DEFAULT_STRIDE,
+                   help=f"with --long-texts chunk: tokens shared by consecutive windows (default {DEFAULT_STRIDE})")
     p.add_argument("--threads", type=_positive_int, default=None,
                    help="onnxruntime threads (default: one per core); with --ray, threads per actor")
     p.add_argument("--overwrite", action="store_true", help="replace an existing OUT (or an interrupted run)")
@@ -80,7 +85,7 @@ def run(args: argparse.Namespace) -> int:
                                threads_per_actor=args.threads, num_actors=args.actors, batch_size=args.batch_size,
                                max_tokens=args.max_tokens, pooling=args.pooling, normalize=args.normalize,
                                on_error=args.on_error or "null", ship=not args.model_on_shared_path,
-                               overwrite=args.overwrite)
+                               overwrite=args.overwrite, long_texts=args.long_texts, stride=args.stride)
         print(summary.describe())
         return 1 if summary.error_rows else 0
     misplaced = _given(args, _RAY_ONLY)
@@ -91,7 +96,8 @@ def run(args: argparse.Namespace) -> int:
     result = encode_file(args.model, args.input, args.out, batch_size=args.batch_size, pooling=args.pooling,
                          normalize=args.normalize, threads=args.threads,
                          chunk_size=args.chunk_size or DEFAULT_FILE_CHUNK_SIZE,
-                         max_tokens=args.max_tokens, resume=args.resume, overwrite=args.overwrite)
+                         max_tokens=args.max_tokens, resume=args.resume, overwrite=args.overwrite,
+                         long_texts=args.long_texts, stride=args.stride)
     resumed = f", {result.resumed_rows} of them from an earlier run" if result.resumed_rows else ""
     print(f"wrote {result.rows} x {result.hidden_size} float32 embeddings to {result.path}{resumed} "
           f"in {result.seconds:.1f}s ({result.sentences_per_second:.1f} sentences/s)")

@@ -1,8 +1,8 @@
-"""`bort-infer` command line: create-random, export, encode, serve.
+"""`bort-infer` command line: create-random, export, encode, predict, serve.
 
-Each subcommand imports its modules only when it runs: `encode` and `serve` stay in the run-time world (no
-torch, transformers or onnx; Ray only with --ray; the web stack only for serve), create-random and export
-load the build-time stack.
+Each subcommand imports its modules only when it runs: `encode`, `predict` and `serve` stay in the run-time
+world (no torch, transformers or onnx; Ray only with --ray; the web stack only for serve), create-random and
+export load the build-time stack.
 """
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ import signal
 import sys
 
 from .. import __version__
-from ..model_dir import INT8_GEMMS
+from ..model_dir import INT8_GEMMS, TASKS
 from ..registry import known_models
-from . import encode, serve
+from . import encode, predict, serve
 
 
 def _create_random(args: argparse.Namespace) -> int:
@@ -23,6 +23,17 @@ def _create_random(args: argparse.Namespace) -> int:
     out = create_random_checkpoint(args.model, args.out, seed=args.seed)
     print(f"wrote random-init {args.model} checkpoint to {out}")
     return 0
+
+
+def _read_evaluation(path: str) -> list:
+    """--evaluation FILE: one held-out input per line; a line with a tab is a (text, text) pair."""
+    try:
+        lines = [line for line in open(path, encoding="utf-8").read().splitlines() if line.strip()]
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(f"--evaluation {path}: {exc}") from None
+    if not lines:
+        raise ValueError(f"--evaluation {path} holds no input (one text, or TEXT<tab>TEXT, per line)")
+    return [tuple(line.split("\t", 1)) if "\t" in line else line for line in lines]
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -40,17 +51,30 @@ def _export(args: argparse.Namespace) -> int:
     if args.quantize and args.precision not in (None, args.quantize):
         raise ValueError(f"--quantize {args.quantize} contradicts --precision {args.precision}")
     precision = args.precision or args.quantize or "fp32"
+    evaluation = _read_evaluation(args.evaluation) if args.evaluation else None
     meta = export_model(args.src, args.out, quantize=None if precision == "fp32" else precision,
                         custom_ops=not args.no_custom_ops,
                         overwrite=args.overwrite, form=args.form, max_drop=args.max_drop,
-                        calibration_texts=calibration, ort_format=args.ort_format,
-                        gemm=args.gemm)
+                        calibration_texts=calibration, ort_format=args.ort_format, gemm=args.gemm,
+                        task=args.task, evaluation_inputs=evaluation, min_agreement=args.min_agreement,
+                        min_spearman=args.min_spearman)
     ops = ", ".join(meta.custom_ops) or "none"
     gemm = f", int8 GEMM: {meta.int8_gemm}" if meta.int8_gemm else ""
-    print(f"exported {args.src} → {args.out} ({meta.precision}, pooling {meta.pooling}, custom ops: {ops}{gemm})")
+    what = (f"{meta.task}, {len(meta.labels)} labels, activation {meta.activation}"
+            + (", text pairs" if meta.pairs else "")) if meta.is_head else f"pooling {meta.pooling}"
+    print(f"exported {args.src} → {args.out} ({meta.precision}, {what}, custom ops: {ops}{gemm})")
     if meta.ort_file:
         print(f"ORT format: {meta.ort_file} (same token states as {meta.onnx_file})")
     parity = meta.source.get("parity_vs_pytorch") or {}
+    if meta.is_head:
+        print(f"fp32 logits vs PyTorch: max abs diff {parity['max_abs_logit_diff']:.2g} over {parity['inputs']} "
+              "inputs")
+        head = (meta.fidelity or {}).get("head")
+        if head:
+            gate = head["gate"]
+            print(f"int8 vs fp32 on {head['inputs']} held-out inputs ({head['source']}): {gate['metric']} "
+                  f"{head[gate['metric']]:.5f} (gate >= {gate['min']}: passed)")
+        return 0
     if parity:
         print(f"fp32 graph vs PyTorch: min cosine {parity['min_cosine']:.7f}, max abs diff "
               f"{parity['max_abs_diff']:.2g} over {parity['tokens']} tokens")
@@ -115,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
                    help="int8: run the linears on bort-infer's GEMM (ours: one LinearInt8 op each) or on onnxruntime's "
                         "MLAS (QuantizeRows → MatMulInteger → DequantizeRows); same numbers. Default: ours on CPUs "
                         "with AVX-512 VNNI and no AMX, where it measured faster; mlas elsewhere")
+    p.add_argument("--task", choices=TASKS, default=None,
+                   help="what to export: default from the checkpoint config's architectures (BertForSequence"
+                        "Classification, BertForTokenClassification; anything else: embedding)")
+    p.add_argument("--evaluation", metavar="FILE", default=None,
+                   help="int8 task head: held-out inputs for its gate, one per line, TEXT<tab>TEXT for a pair "
+                        "(default: the built-in evaluation texts)")
+    p.add_argument("--min-agreement", type=float, default=None, metavar="A",
+                   help="int8 task head: least label agreement (classification) or entity F1 agreement "
+                        "(tagging) with fp32 (default 0.995)")
+    p.add_argument("--min-spearman", type=float, default=None, metavar="R",
+                   help="int8 one-score head (regression, reranking): least Spearman correlation of its scores "
+                        "with fp32's (default 0.995)")
     p.set_defaults(func=_export)
 
     p = sub.add_parser("ops-config", help="write the operator config a minimal onnxruntime build needs for models",
@@ -135,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
                                    "are embedded on a Ray cluster into a directory of Parquet files.")
     encode.add_arguments(p)
     p.set_defaults(func=encode.run)
+
+    p = sub.add_parser("predict", help="run a classification or tagging model over a text file into JSON Lines",
+                       description=predict.__doc__.split("\n\n")[1])
+    predict.add_arguments(p)
+    p.set_defaults(func=predict.run)
 
     p = sub.add_parser("serve", help="serve a model over HTTP: OpenAI /v1/embeddings, TEI /embed, /metrics",
                        description="Serve MODEL over HTTP with dynamic batching across requests: POST /v1/embeddings "

@@ -2,10 +2,11 @@
 
 Steps: read the checkpoint (local directory or hub id) → torch.onnx export of the plain graph →
 (custom ops) onnxruntime's BERT fusions, then the rewrite onto bort-infer's kernels in packed or padded
-form → parity against PyTorch → (int8) quantization or (bf16) bf16 linears, each with a measured fidelity
-gate → model.onnx, tokenizer.json and bort_infer.json, written to a work directory beside OUT and renamed
-into place, so a killed export never leaves a directory that looks complete. The work directory is locked
-(flock) while its export runs; the next export to the same OUT removes those whose export was killed.
+form (a task head appended, see bort_infer.export.heads) → parity against PyTorch → (int8) quantization or
+(bf16) bf16 linears, each with a measured fidelity gate → model.onnx, tokenizer.json and bort_infer.json,
+written to a work directory beside OUT and renamed into place, so a killed export never leaves a directory
+that looks complete. The work directory is locked (flock) while its export runs; the next export to the
+same OUT removes those whose export was killed.
 """
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ import numpy as np
 from .. import __version__
 from ..model_dir import FORMAT_NAME, METADATA_FILE, ModelMetadata
 from ..options import progress_bar_disabled
-from . import hf
+from . import head_gate, heads, hf
 from .graph_rewrite import (
     FORMS,
     GEMMS,
@@ -48,6 +49,8 @@ QUANTIZATIONS = ("int8", "bf16")
 # parity texts: such a model is wrong, whatever caused it.
 PARITY_MIN_COSINE = 0.9999
 PARITY_MAX_ABS = 1e-3
+# A head's logits against PyTorch's (the tests hold fp32 to 1e-4; this refuses a broken graph).
+HEAD_PARITY_MAX_ABS = 1e-3
 
 def default_int8_gemm() -> str:
     """The int8 GEMM an export uses unless told: ours (LinearInt8) where it measured faster than onnxruntime's
@@ -127,7 +130,8 @@ def _claim_work_directory(out: Path) -> tuple[Path, int]:
 def export_model(src: str, out: str | Path, quantize: str | None = None, custom_ops: bool = True,
                  overwrite: bool = False, form: str | None = None, max_drop: float | None = None,
                  calibration_texts: list[str] | None = None, ort_format: bool = False,
-                 gemm: str | None = None) -> ModelMetadata:
+                 gemm: str | None = None, task: str | None = None, evaluation_inputs: list | None = None,
+                 min_agreement: float | None = None, min_spearman: float | None = None) -> ModelMetadata:
     """Export checkpoint `src` to model directory `out`; returns the metadata written there.
 
     custom_ops: rewrite onto bort-infer's fused kernels (default) or keep onnxruntime's plain graph.
@@ -139,6 +143,10 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
     (bort_infer.export.ort_format), checked to give the same token states. gemm: how int8 linears run with
     custom ops, "ours" (LinearInt8) or "mlas" (onnxruntime's MatMulInteger between our quantize and dequantize
     ops); default default_int8_gemm(). Both give the same numbers; bort_infer.json records it as "int8_gemm".
+    task: None (from the checkpoint config's architectures) or one of bort_infer.model_dir.TASKS. A task
+    head exports on the packed graph with custom ops, fp32 or int8 (for a head, max_drop is the int8 search's
+    aim only). Its int8 gate (bort_infer.export.head_gate) runs on evaluation_inputs (texts, or (text, text)
+    pairs; default: the built-in evaluation texts) against min_agreement / min_spearman.
     """
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
@@ -158,10 +166,21 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
         raise ValueError("--gemm chooses how int8 linears run on bort-infer's ops: it needs --precision int8 and "
                          "custom ops")
     gate = make_gate(max_drop) if quantize == "int8" else None
+    if quantize != "int8" and (min_agreement is not None or min_spearman is not None or evaluation_inputs):
+        raise ValueError("--min-agreement, --min-spearman and evaluation inputs apply to an int8 export "
+                         "(--precision int8)")
+    task_gate = head_gate.make_head_gate(min_agreement, min_spearman)
     out = Path(out)
     _prepare_output(out, overwrite)
     directory = hf.resolve_source(src)
     config = hf.read_config(directory)
+    spec = heads.detect_task(directory, config, task)
+    if spec.is_head and form != "packed":
+        raise ValueError(f"a {spec.task} model exports on the packed graph with bort-infer's ops; --form padded "
+                         "and --no-custom-ops are for embedding models")
+    if spec.is_head and (quantize == "bf16" or ort_format):
+        raise ValueError(f"a {spec.task} model exports fp32 or int8 in the ONNX format; --precision bf16 and "
+                         "--ort-format are for embedding models")
 
     bar = _progress(["load", "export", "rewrite", "parity", "quantize", "write"])
     tmp, lock = _claim_work_directory(out)
@@ -169,15 +188,26 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
         bar.set_postfix_str("loading the checkpoint")
         defaults = hf.pipeline_defaults(directory, config)
         tokenizer, _ = hf.load_fast_tokenizer(directory, defaults.max_length)
-        encoder = hf.load_encoder(directory, attn_implementation="eager")
+        head_weights = None
+        if spec.is_head:
+            head_model = heads.load_head_model(directory, spec.task)
+            head_weights = heads.head_weights(head_model, spec.task)
+            head_inputs = heads.parity_inputs(PARITY_TEXTS, spec)
+            reference = heads.torch_logits(head_model, tokenizer, head_inputs)
+            encoder = head_model.bert
+            encoder.pooler = None  # read into head_weights; the encoder graph ends at the token states
+            del head_model
+        else:
+            encoder = hf.load_encoder(directory, attn_implementation="eager")
         tokenizer.save(str(tmp / "tokenizer.json"), pretty=False)
         bar.update()
 
         bar.set_postfix_str("torch.onnx export")
         pad_token_id = int(config.get("pad_token_id") or 0)
-        reference = parity_reference(encoder, tokenizer, pad_token_id)
+        if not spec.is_head:
+            reference = parity_reference(encoder, tokenizer, pad_token_id)
         plain_path = export_plain_onnx(encoder, tmp / "plain.onnx")
-        del encoder  # PyTorch's part is done: its reference states are kept, not its weights
+        del encoder  # PyTorch's part is done: its reference outputs are kept, not its weights
         _release()
         bar.update()
 
@@ -188,25 +218,36 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
             enc = recognize(fuse_with_onnxruntime(plain_path, config["num_attention_heads"], config["hidden_size"]))
             _release()
             fp32_model = emit(enc, form)
+            if head_weights is not None:
+                fp32_model = heads.attach_head(fp32_model, head_weights)
             plain_path.unlink()
         else:
             fp32_model = onnx.load(str(plain_path))
         inputs = (PACKED_INPUTS if form == "packed" else PADDED_INPUTS) if custom_ops else PLAIN_INPUTS
         onnx.save(fp32_model, str(tmp / "model.onnx"))
         fp32_bytes = (tmp / "model.onnx").stat().st_size
-        meta = ModelMetadata(
+        # What the encoder alone is (the int8 search probes it as an embedding model, pooled as the head reads
+        # it: a sequence head its CLS row, a token head every row); a head's model adds to it.
+        pooling = {"sequence-classification": "cls", "token-classification": "mean"}.get(spec.task, defaults.pooling)
+        encoder_meta = ModelMetadata(
             architecture=(config.get("architectures") or ["BertModel"])[0], hidden_size=config["hidden_size"],
             num_layers=config["num_hidden_layers"], num_heads=config["num_attention_heads"],
-            max_length=defaults.max_length, pooling=defaults.pooling, normalize=defaults.normalize,
+            max_length=defaults.max_length, pooling=pooling, normalize=defaults.normalize and not spec.is_head,
             precision="fp32", pad_token_id=pad_token_id, inputs=tuple(inputs), output=OUTPUT,
             custom_ops=tuple(ops_used(fp32_model)), versions=_versions(),
             source={"path": str(directory), "sha256": hf.weights_sha256(directory), "model_type": config["model_type"],
                     "defaults_from": defaults.origin})
+        meta = encoder_meta
+        if spec.is_head:
+            meta = dataclasses.replace(
+                encoder_meta, inputs=tuple(i.name for i in fp32_model.graph.input), output=heads.LOGITS,
+                task=spec.task, labels=spec.labels, problem_type=spec.problem_type, activation=spec.activation,
+                pairs=spec.pairs)
         meta.write(tmp)
         bar.update()
 
         bar.set_postfix_str("parity against PyTorch")
-        parity = check_parity(tmp, reference)
+        parity = check_head_parity(tmp, head_inputs, reference) if spec.is_head else check_parity(tmp, reference)
         meta = dataclasses.replace(meta, source={**meta.source, "parity_vs_pytorch": parity})
         if custom_ops:  # the int8 search and the bf16 conversion emit their own graphs from `enc`
             del fp32_model
@@ -217,12 +258,20 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
             from . import quantize as q
 
             bar.set_postfix_str("int8 quantization and fidelity")
-            probe = _Probe(tmp / ".probe", tmp / "tokenizer.json", meta)
+            probe = _Probe(tmp / ".probe", tmp / "tokenizer.json", encoder_meta)
+            if spec.is_head:  # the fp32 head model, to gate the int8 one against
+                fp32_dir = tmp / ".fp32"
+                fp32_dir.mkdir()
+                shutil.copy(tmp / "tokenizer.json", fp32_dir)
+                shutil.copy(tmp / METADATA_FILE, fp32_dir)
+                os.replace(tmp / "model.onnx", fp32_dir / "model.onnx")
             if custom_ops:
                 gemm = gemm or default_int8_gemm()
                 model, report = q.quantize_encoder(enc, form, probe.embed, probe.run_packed_graph, calibration_texts,
-                                                   gate, gemm=gemm)
+                                                   gate, gemm=gemm, enforce=not spec.is_head)
                 del enc
+                if head_weights is not None:
+                    model = heads.attach_head(model, head_weights)
                 onnx.save(model, str(tmp / "model.onnx"))
             else:
                 q.quantize_plain_dynamic(plain_path, tmp / "model.onnx")
@@ -235,6 +284,10 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
             report["size_bytes"] = {"fp32_model": fp32_bytes, "int8_model": (tmp / "model.onnx").stat().st_size}
             meta = dataclasses.replace(meta, precision="int8", custom_ops=tuple(ops_used(model)), fidelity=report,
                                        int8_gemm=gemm if custom_ops else None)
+            if spec.is_head:
+                meta.write(tmp)
+                report["head"] = _gate_head(tmp, fp32_dir, spec, evaluation_inputs, task_gate)
+                shutil.rmtree(fp32_dir, ignore_errors=True)
         elif quantize == "bf16":
             from . import bf16
 
@@ -289,6 +342,23 @@ def _write_ort_format(directory: Path, meta: ModelMetadata, reference) -> ModelM
     if not same:
         raise RuntimeError(f"{ORT_FILE} gives other token states than {meta.onnx_file}; the model was not written")
     return dataclasses.replace(meta, ort_file=ORT_FILE)
+
+
+def _gate_head(int8_dir: Path, fp32_dir: Path, spec: heads.TaskSpec, inputs: list | None,
+               gate: head_gate.HeadGate) -> dict:
+    """The head's int8-vs-fp32 figures on held-out inputs (default: the built-in evaluation texts; a pair model
+    pairs each with the next); raises ValueError under the gate."""
+    from ..session import Session
+    from .quantize import builtin_texts
+
+    source = "user"
+    if not inputs:
+        _, texts = builtin_texts()
+        inputs = list(zip(texts, texts[1:] + texts[:1])) if spec.pairs else texts
+        source = "built-in"
+    with warnings.catch_warnings():  # truncation of long held-out inputs is expected, not news
+        warnings.simplefilter("ignore")
+        return head_gate.head_fidelity(Session(int8_dir), Session(fp32_dir), list(inputs), gate, source)
 
 
 def _release() -> None:
@@ -375,6 +445,21 @@ def parity_reference(encoder, tokenizer, pad_token_id: int) -> tuple[np.ndarray,
         ids[row, :len(e.ids)] = e.ids
         mask[row, :len(e.ids)] = 1
     return ids, mask, torch_token_states(encoder, ids, mask)
+
+
+def check_head_parity(model_dir: Path, inputs: list, reference: list[np.ndarray]) -> dict:
+    """fp32 head export vs PyTorch's logits on the same inputs (see bort_infer.export.heads.parity_inputs)."""
+    from ..session import Session
+
+    with warnings.catch_warnings():  # the parity inputs include one past the length limit, on purpose
+        warnings.simplefilter("ignore")
+        got = heads.session_logits(Session(model_dir, threads=None), inputs)
+    parity = {"inputs": len(inputs), "max_abs_logit_diff": heads.max_abs_diff(got, reference)}
+    if parity["max_abs_logit_diff"] > HEAD_PARITY_MAX_ABS:
+        raise RuntimeError(f"exported head disagrees with PyTorch: max abs logit diff "
+                           f"{parity['max_abs_logit_diff']:.3g} (need <= {HEAD_PARITY_MAX_ABS}); the model was not "
+                           "written")
+    return parity
 
 
 def check_parity(model_dir: Path, reference: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict:

@@ -74,3 +74,47 @@ def create_random_checkpoint(name: str, out: str | Path, seed: int = 0) -> Path:
     model.save_pretrained(out, safe_serialization=True)
     tokenizer.save_pretrained(out)
     return out
+
+
+HEAD_CLASSES = {"sequence-classification": "BertForSequenceClassification",
+                "token-classification": "BertForTokenClassification"}
+
+
+def add_random_head(checkpoint: str | Path, out: str | Path, task: str, labels: list[str],
+                    problem_type: str | None = None, type_vocab_size: int | None = None, seed: int = 0) -> Path:
+    """A checkpoint of `task` (see HEAD_CLASSES) on `checkpoint`'s encoder weights with a random head (pooler
+    and classifier, biases included) and `labels` as id2label, written to `out` with the tokenizer. With
+    type_vocab_size, the encoder gets that many random token type embeddings (BERT's segments A / B)."""
+    import torch
+    import transformers
+    from transformers import AutoTokenizer, BertConfig
+
+    if task not in HEAD_CLASSES:
+        raise ValueError(f"unknown head task {task!r}; choose one of {', '.join(HEAD_CLASSES)}")
+    checkpoint, out = Path(checkpoint), Path(out)
+    config = BertConfig.from_pretrained(checkpoint, num_labels=len(labels),
+                                        id2label=dict(enumerate(labels)), label2id={x: i for i, x in enumerate(labels)})
+    config.architectures = [HEAD_CLASSES[task]]
+    if problem_type is not None:
+        config.problem_type = problem_type
+    encoder_types = config.type_vocab_size
+    if type_vocab_size is not None:
+        config.type_vocab_size = type_vocab_size
+    cls = getattr(transformers, HEAD_CLASSES[task])
+    torch.manual_seed(seed)
+    model = cls(config).eval()
+    gen = torch.Generator().manual_seed(seed + 2)
+    with torch.no_grad():
+        state = transformers.BertModel.from_pretrained(checkpoint).state_dict()
+        types = state.pop("embeddings.token_type_embeddings.weight")
+        model.bert.load_state_dict(state, strict=False)
+        token_types = model.bert.embeddings.token_type_embeddings.weight
+        token_types.copy_(0.05 * torch.randn(token_types.shape, generator=gen))
+        token_types[:encoder_types] = types[:config.type_vocab_size]
+        for name, p in model.named_parameters():
+            if not name.startswith("bert.") or name.startswith("bert.pooler."):
+                p.copy_((0.5 if name.endswith("bias") else 0.2) * torch.randn(p.shape, generator=gen))
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    AutoTokenizer.from_pretrained(checkpoint).save_pretrained(out)
+    return out

@@ -14,7 +14,7 @@ import pyarrow as pa
 import ray
 
 from ...model_dir import read_metadata
-from ...options import DEFAULT_BATCH_SIZE, EncodeOptions, progress_bar_disabled
+from ...options import DEFAULT_BATCH_SIZE, DEFAULT_STRIDE, EncodeOptions, progress_bar_disabled
 from ...textlines import iter_texts, scan_lines
 from .actor_plan import ActorPlan, cluster_node_cpus, plan_actors
 from .udf import DEFAULT_ROWS_PER_CALL, BadTextError, check_on_error, describe_row, embed_dataset
@@ -186,8 +186,8 @@ def encode_files(model_dir: str | Path, input_path: str, output_path: str, *, ad
                  batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int | None = None,
                  rows_per_call: int = DEFAULT_ROWS_PER_CALL,
                  pooling: str | None = None, normalize: bool | None = None, on_error: str = "null",
-                 ship: bool = True, overwrite: bool = False,
-                 show_progress: bool | None = None) -> RayEncodeSummary:
+                 ship: bool = True, overwrite: bool = False, show_progress: bool | None = None,
+                 long_texts: str = "truncate", stride: int = DEFAULT_STRIDE) -> RayEncodeSummary:
     """`bort-infer encode --ray ADDRESS`: text files (one text per line; rows get ``path``, ``line`` (0-based)
     and ``text``) or Parquet files (rows keep their columns; ``column`` names the text, default ``text``) →
     a directory of Parquet files with an ``embedding`` column added (null where the text is not a
@@ -206,7 +206,8 @@ def encode_files(model_dir: str | Path, input_path: str, output_path: str, *, ad
 
     started = time.perf_counter()
     check_on_error(on_error)
-    EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize)  # before Ray
+    EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize,
+                  long_texts=long_texts, stride=stride)  # before Ray
     if ship or Path(model_dir).exists():
         read_metadata(model_dir)  # a bad model directory is named here, before any Ray work
     files, fmt = _list_inputs(str(input_path))
@@ -257,7 +258,7 @@ def encode_files(model_dir: str | Path, input_path: str, output_path: str, *, ad
                                  num_actors=plan.num_actors, batch_size=batch_size, max_tokens=max_tokens,
                                  rows_per_call=rows_per_call, pooling=pooling, normalize=normalize,
                                  on_error=on_error, id_column=["path", "line"] if fmt == "text" else None,
-                                 reserve_cpus=0)
+                                 reserve_cpus=0, long_texts=long_texts, stride=stride)
         failure = None
         try:
             embedded.write_parquet(target, ray_remote_args={"num_cpus": 0})

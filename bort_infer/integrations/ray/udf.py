@@ -10,7 +10,7 @@ import pyarrow as pa
 import ray
 
 from ...model_dir import read_metadata
-from ...options import DEFAULT_BATCH_SIZE, EncodeOptions, check_positive_int
+from ...options import DEFAULT_BATCH_SIZE, DEFAULT_STRIDE, EncodeOptions, check_positive_int
 from .actor_plan import cluster_node_cpus, plan_actors
 from .shipping import ShippedModel, ship_model
 
@@ -30,7 +30,8 @@ class EmbedBatch:
     model: a ShippedModel (from ship_model) or a model directory path readable on every node.
     threads: onnxruntime threads of this actor's Session (match the actor's num_cpus).
     batch_size / max_tokens: rows / token budget per model call (Session.encode); pooling, normalize:
-    None for the model's defaults. on_error ("null" or "raise"), id_column: see the module docstring.
+    None for the model's defaults; long_texts, stride: as for Session.encode. on_error ("null" or "raise"),
+    id_column: see the module docstring.
     Batches may come as pyarrow (preferred: no copy), pandas or a dict of numpy arrays; the output is
     pyarrow.
     """
@@ -38,11 +39,13 @@ class EmbedBatch:
     def __init__(self, model: ShippedModel | str | Path, column: str = "text", output_column: str = "embedding",
                  threads: int | None = 1, batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int | None = None,
                  pooling: str | None = None, normalize: bool | None = None, on_error: str = "null",
-                 id_column: str | list[str] | None = None):
+                 id_column: str | list[str] | None = None, long_texts: str = "truncate",
+                 stride: int = DEFAULT_STRIDE):
         from ...session import Session
 
         check_on_error(on_error)
-        self.options = EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize)
+        self.options = EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize,
+                                     long_texts=long_texts, stride=stride)
         path = model.materialize() if isinstance(model, ShippedModel) else Path(model)
         self.session = Session(path, threads=threads)
         self.hidden = self.session.hidden_size
@@ -137,8 +140,9 @@ def embed_dataset(ds: ray.data.Dataset, model: ShippedModel | str | Path, column
                   num_actors: int | None = None, batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int | None = None,
                   rows_per_call: int = DEFAULT_ROWS_PER_CALL, pooling: str | None = None,
                   normalize: bool | None = None, on_error: str = "null", id_column: str | list[str] | None = None,
-                  ship: bool = True, reserve_cpus: float = 1.0,
-                  udf_class: type = EmbedBatch, **map_batches_kwargs) -> ray.data.Dataset:
+                  ship: bool = True, reserve_cpus: float = 1.0, long_texts: str = "truncate",
+                  stride: int = DEFAULT_STRIDE, udf_class: type = EmbedBatch,
+                  **map_batches_kwargs) -> ray.data.Dataset:
     """``ds`` with an ``output_column`` of float32 vectors (pyarrow fixed_size_list) beside its columns.
 
     model: a model directory (shipped through the object store when ``ship`` is true, else read from that
@@ -146,13 +150,15 @@ def embed_dataset(ds: ray.data.Dataset, model: ShippedModel | str | Path, column
     the cluster by ``plan_actors``; ``reserve_cpus`` CPUs stay free for ``ds``'s own read/transform tasks
     (0 is right when ``ds`` is materialized, or was made with from_items/from_arrow/from_pandas).
     rows_per_call: rows per actor call (Session.encode sorts them by length to batch them tightly);
-    batch_size, max_tokens: rows and tokens per model call. on_error ("null" or "raise"), id_column: see
-    the module docstring. udf_class: EmbedBatch or a subclass of it. Other keyword arguments go to
-    ``Dataset.map_batches`` (e.g. ``max_task_retries=N`` to bound the retries of a batch whose actor died;
-    Ray Data's default retries without limit). Lazy, like every Ray Data transform.
+    batch_size, max_tokens: rows and tokens per model call; long_texts, stride: as for Session.encode
+    ("chunk": a text over the model's limit becomes overlapping windows, pooled). on_error ("null" or
+    "raise"), id_column: see the module docstring. udf_class: EmbedBatch or a subclass of it. Other keyword
+    arguments go to ``Dataset.map_batches`` (e.g. ``max_task_retries=N`` to bound the retries of a batch
+    whose actor died; Ray Data's default retries without limit). Lazy, like every Ray Data transform.
     """
     check_on_error(on_error)
-    EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize)  # fail here
+    EncodeOptions(batch_size=batch_size, max_tokens=max_tokens, pooling=pooling, normalize=normalize,
+                  long_texts=long_texts, stride=stride)  # fail here
     check_positive_int("rows_per_call", rows_per_call)
     if not ray.is_initialized():
         ray.init()
@@ -169,7 +175,8 @@ def embed_dataset(ds: ray.data.Dataset, model: ShippedModel | str | Path, column
     kwargs = dict(
         fn_constructor_kwargs=dict(model=model, column=column, output_column=output_column,
                                    threads=plan.threads_per_actor, batch_size=batch_size, max_tokens=max_tokens,
-                                   pooling=pooling, normalize=normalize, on_error=on_error, id_column=id_column),
+                                   pooling=pooling, normalize=normalize, on_error=on_error, id_column=id_column,
+                                   long_texts=long_texts, stride=stride),
         batch_format="pyarrow", batch_size=rows_per_call,
         compute=ray.data.ActorPoolStrategy(size=plan.num_actors), num_cpus=plan.cpus_per_actor)
     kwargs.update(map_batches_kwargs)
