@@ -9,9 +9,9 @@ bort-infer.
 3. STS-B dev Spearman (scores vs gold) for sentence-transformers fp32, bort-infer fp32 and int8; the cosine of
    the whole vector of dev logits, bort-infer fp32 vs sentence-transformers (target >= 0.99999); int8 within
    0.2 Spearman points (x100) of fp32.
-4. Rerank throughput (documents/s): each round reranks 64 queries (dev first sentences) against 32 documents
-   each (dev second sentences), sentence-transformers' CrossEncoder.rank beside Session.rerank fp32 and int8,
-   interleaved rounds, medians; target >= 3x sentence-transformers.
+4. Rerank throughput (documents/s): each round reranks --queries queries (default 64; dev first sentences)
+   against 32 documents each (dev second sentences), sentence-transformers' CrossEncoder.rank beside
+   Session.rerank fp32 and int8, interleaved rounds, medians; target >= 3x sentence-transformers.
 
     python -m benchmarks.cross_encoder_stsb [--work DIR] [--json PATH] [--max-train-pairs N] [--rounds R]
 
@@ -131,6 +131,7 @@ def main(argv=None) -> int:
     parser.add_argument("--max-train-pairs", type=int, default=None,
                         help="train on a random subset of this many STS-B train pairs (default: all 5749)")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved throughput rounds (median reported)")
+    parser.add_argument("--queries", type=int, default=64, help="queries per throughput round (32 documents each)")
     parser.add_argument("--threads", type=int, default=int(os.environ.get("BORT_BENCH_THREADS", "2")))
     args = parser.parse_args(argv)
     if not STSB.is_dir():
@@ -176,13 +177,13 @@ def main(argv=None) -> int:
                "bort-infer int8": 100 * spearman(logits["int8"], gold)}
     int8_drop = quality["bort-infer fp32"] - quality["bort-infer int8"]
 
-    # Throughput: 64 queries x 32 documents per round, interleaved.
+    # Throughput: --queries queries x 32 documents per round, interleaved.
     rng = np.random.default_rng(0)
-    queries = [dev[i][0] for i in rng.choice(len(dev), 64, replace=False)]
+    queries = [dev[i][0] for i in rng.choice(len(dev), args.queries, replace=False)]
     documents = [[dev[j][1] for j in rng.choice(len(dev), 32, replace=False)] for _ in queries]
     runners = {"sentence-transformers fp32": lambda q, d: ce.rank(q, d, batch_size=32),
                "bort-infer fp32": sessions["fp32"].rerank, "bort-infer int8": sessions["int8"].rerank}
-    for name, fn in runners.items():  # warm-up
+    for fn in runners.values():  # warm-up
         rerank_round(fn, queries[:4], documents[:4])
     rates = {name: [] for name in runners}
     for _ in range(args.rounds):
@@ -199,6 +200,7 @@ def main(argv=None) -> int:
         "fp32_logits_cosine_vs_sentence_transformers": cosine,
         "fp32_max_abs_logit_diff_vs_sentence_transformers": float(np.abs(a - b).max()),
         "int8_gate": fidelity,
+        "rerank_round": {"queries": len(queries), "documents_per_query": 32, "rounds": args.rounds},
         "rerank_docs_per_second_median": {k: round(v, 1) for k, v in medians.items()},
         "rerank_speedup_vs_sentence_transformers": {k: round(v / peer, 2) for k, v in medians.items()},
         "targets": {

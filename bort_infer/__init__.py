@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 
 from pathlib import Path  # noqa: E402
 
+from .heads import TaskMismatchError  # noqa: E402
 from .model_dir import ModelDirectoryError  # noqa: E402
 from .session import Session  # noqa: E402
 
@@ -30,4 +31,4 @@ def include_dir() -> str:
     return str(Path(__file__).with_name("include"))
 
 
-__all__ = ["Session", "ModelDirectoryError", "custom_op_library", "include_dir", "__version__"]
+__all__ = ["Session", "ModelDirectoryError", "TaskMismatchError", "custom_op_library", "include_dir", "__version__"]

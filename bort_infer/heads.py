@@ -33,7 +33,7 @@ class TaskMismatchError(ValueError):
 
 def check_task(meta: ModelMetadata, wanted: str, method: str) -> None:
     if meta.task != wanted:
-        raise TaskMismatchError(f"{method} needs a {wanted} model; this model's task is {meta.task!r} "
+        raise TaskMismatchError(f"{method} needs a model of task {wanted!r}; this model's task is {meta.task!r} "
                                 f"(serve it with {METHODS[meta.task]})")
 
 
@@ -70,7 +70,7 @@ def prediction_inputs(inputs: Any, pairs_required: bool) -> tuple[list[str | tup
                 raise TypeError(f"{where} is a single text; this model is a cross-encoder and scores (text, text) "
                                 "pairs")
             out.append(item)
-        elif _is_pair(item) or (isinstance(item, list) and len(item) == 2):
+        elif isinstance(item, (tuple, list)) and len(item) == 2:
             first, second = item
             for j, t in enumerate((first, second)):
                 if not isinstance(t, str):

@@ -131,7 +131,8 @@ def exports(tmp_path_factory, checkpoints):
 
 # Task-head checkpoints the tests build: (base model, task, labels, problem_type, type_vocab_size).
 # Random heads on tiny-bort (Bort's byte-level BPE, one token type) and on tiny-bert-large (WordPiece, two
-# token types: pairs carry segment ids); "cross-encoder" and "tagger" are fine-tuned for a few steps.
+# token types: pairs carry segment ids); "cross-encoder" and "tagger" (tiny-bort: cheap to train) are
+# fine-tuned for a few steps.
 HEAD_CHECKPOINTS = {
     "classifier": ("tiny-bort", "sequence-classification", ["negative", "positive", "neutral"], None, None),
     "multi-label": ("tiny-bort", "sequence-classification", ["sports", "politics", "science", "art"],
@@ -139,9 +140,10 @@ HEAD_CHECKPOINTS = {
     "regression": ("tiny-bort", "sequence-classification", ["score"], "regression", None),
     "pair-classifier": ("tiny-bert-large", "sequence-classification", ["entailment", "neutral", "contradiction"],
                         None, None),
-    "tokens": ("tiny-bort", "token-classification", ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "MISC"], None, None),
-    "tagger": ("tiny-bert-large", "token-classification", ["O", "B-CAP", "I-CAP"], None, None),
-    "cross-encoder": ("tiny-bert-large", "sequence-classification", ["LABEL_0"], None, None),
+    "tokens": ("tiny-bert-large", "token-classification", ["O", "B-PER", "I-PER", "B-LOC", "I-LOC", "MISC"], None,
+               None),
+    "tagger": ("tiny-bort", "token-classification", ["O", "B-CAP", "I-CAP"], None, None),
+    "cross-encoder": ("tiny-bort", "sequence-classification", ["LABEL_0"], None, None),
 }
 HEAD_TRAINING_TEXTS = [t for t in VARIED_TEXTS if len(t) < 200] + [
     "Alice met Bob in Paris last May.", "The Rhine flows through Basel and Cologne.",
@@ -157,7 +159,7 @@ def _fine_tune_tagger(directory: Path, steps: int = 40) -> None:
 
     tok = AutoTokenizer.from_pretrained(directory)
     model = BertForTokenClassification.from_pretrained(directory)
-    batch = tok(HEAD_TRAINING_TEXTS, padding=True, truncation=True, max_length=64, return_tensors="pt")
+    batch = tok(HEAD_TRAINING_TEXTS, padding=True, truncation=True, max_length=48, return_tensors="pt")
     labels = torch.full(batch["input_ids"].shape, -100)
     for row, text in enumerate(HEAD_TRAINING_TEXTS):
         words = batch.word_ids(row)
@@ -183,13 +185,13 @@ def _fine_tune_cross_encoder(base: Path, directory: Path, steps: int = 30) -> No
     import torch
     from sentence_transformers import CrossEncoder
 
-    ce = CrossEncoder(str(base), num_labels=1, max_length=128)
+    ce = CrossEncoder(str(base), num_labels=1, max_length=64, device="cpu")
     texts = HEAD_TRAINING_TEXTS
     pairs = [(t, t) for t in texts] + [(t, texts[(i + 3) % len(texts)]) for i, t in enumerate(texts)]
     target = torch.tensor([1.0] * len(texts) + [0.0] * len(texts))
     model = ce.model
     features = ce.tokenizer([p[0] for p in pairs], [p[1] for p in pairs], padding=True, truncation=True,
-                            max_length=128, return_tensors="pt")
+                            max_length=64, return_tensors="pt")
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3)
     model.train()
     torch.manual_seed(0)

@@ -60,7 +60,8 @@ def _export(args: argparse.Namespace) -> int:
                         min_spearman=args.min_spearman)
     ops = ", ".join(meta.custom_ops) or "none"
     gemm = f", int8 GEMM: {meta.int8_gemm}" if meta.int8_gemm else ""
-    what = (f"{meta.task}, {len(meta.labels)} labels, activation {meta.activation}"
+    labels = ", ".join(meta.labels[:6]) + (f" (+{len(meta.labels) - 6})" if len(meta.labels) > 6 else "")
+    what = (f"{meta.task}, labels {labels}, activation {meta.activation}"
             + (", text pairs" if meta.pairs else "")) if meta.is_head else f"pooling {meta.pooling}"
     print(f"exported {args.src} → {args.out} ({meta.precision}, {what}, custom ops: {ops}{gemm})")
     if meta.ort_file:

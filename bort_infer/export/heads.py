@@ -6,8 +6,8 @@
   row: BERT's pooler (dense + tanh) then the classifier. The packed graph's last layer already computes
   only the rows asked for, so with query_rows = each text's first token it runs one row per input.
 - token-classification: BertForTokenClassification; the classifier reads every row (query_rows = all).
-Both heads stay fp32 (a few thousand weights): int8 covers the encoder. A model whose config has more than
-one token type (BERT's segment A / B) gets a token_type_ids input, so pairs carry their segments.
+Both heads stay fp32 (a few thousand weights): int8 covers the encoder. A sequence model whose config has
+more than one token type (BERT's segment A / B) gets a token_type_ids input, so pairs carry their segments.
 """
 from __future__ import annotations
 
@@ -150,7 +150,7 @@ def head_weights(model, task: str) -> HeadWeights:
         return t.detach().cpu().numpy().astype(np.float32)
 
     types = None
-    if model.config.type_vocab_size > 1:
+    if task == SEQUENCE_CLASSIFICATION and model.config.type_vocab_size > 1:  # only a sequence head reads pairs
         types = arr(model.bert.embeddings.token_type_embeddings.weight)
     weights = HeadWeights(task, arr(model.classifier.weight), arr(model.classifier.bias), token_types=types)
     if task == SEQUENCE_CLASSIFICATION:

@@ -132,3 +132,19 @@ def test_the_next_export_removes_what_a_killed_one_left(tmp_path, checkpoints):
     assert [p.name.startswith(".model.partial-") for p in out.parent.iterdir()] == [True]
     assert main(["export", str(checkpoints("tiny-bort")), str(out), "--no-custom-ops"]) == 0
     assert [p.name for p in out.parent.iterdir()] == ["model"]
+
+
+def test_export_a_head_prints_its_task_and_honours_task_and_evaluation(tmp_path, capsys, head_checkpoints):
+    src = str(head_checkpoints("regression"))
+    evaluation = tmp_path / "eval.txt"
+    evaluation.write_text("a dog runs\tthe dog is running\nthe market fell\ntwo men talk\tmen are talking\n")
+    assert main(["export", src, str(tmp_path / "int8"), "--quantize", "int8", "--evaluation", str(evaluation),
+                 "--min-spearman", "0.0"]) == 0
+    out = capsys.readouterr().out
+    assert "(int8, sequence-classification, labels score, activation none" in out
+    assert "fp32 logits vs PyTorch: max abs diff" in out
+    assert "int8 vs fp32 on 3 held-out inputs (user): spearman" in out
+    assert main(["export", src, str(tmp_path / "emb"), "--task", "embedding"]) == 0
+    assert Session(tmp_path / "emb").metadata.task == "embedding"
+    assert main(["export", src, str(tmp_path / "x"), "--min-agreement", "0.9"]) == 2
+    assert "apply to an int8 export" in capsys.readouterr().err

@@ -26,7 +26,9 @@ PAIRS = [(a, b) for a, b in zip(VARIED_TEXTS, reversed(VARIED_TEXTS))] + [
 
 
 def _transformers_logits(checkpoint, inputs, task):
-    """transformers end to end: its own tokenizer (truncation to the model's limit), one input at a time."""
+    """transformers end to end: its own tokenizer (truncation to the model's limit), one input at a time. A pair
+    goes in as a batch of one, as sentence-transformers' CrossEncoder sends it: a single-call tokenizer(text, "")
+    drops an empty second text (no second [SEP]); a batch keeps the pair, as tokenizers and bort-infer do."""
     import torch
     from transformers import AutoTokenizer, BertForSequenceClassification, BertForTokenClassification
 
@@ -36,7 +38,7 @@ def _transformers_logits(checkpoint, inputs, task):
     out = []
     with torch.inference_mode():
         for x in inputs:
-            enc = tok(*(x if isinstance(x, tuple) else (x,)), truncation=True, return_tensors="pt")
+            enc = tok(*([t] for t in (x if isinstance(x, tuple) else (x,))), truncation=True, return_tensors="pt")
             logits = model(**enc).logits[0].numpy()
             out.append(logits)
     return out
