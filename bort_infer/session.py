@@ -460,13 +460,10 @@ class Session:
         return ids, positions, cu, types
 
     def _run_head(self, ids, positions, cu, types, query_rows) -> np.ndarray:
-        logits = self._run({"input_ids": ids, "position_ids": positions, "cu_seqlens": cu,
-                            "query_rows": query_rows, "token_type_ids": types})
-        expected = (len(query_rows), len(self.metadata.labels))
-        if logits.shape != expected:
-            raise ModelDirectoryError(f"{self.path / self.metadata.onnx_file}: the head's logits have shape "
-                                      f"{logits.shape}, expected {expected} (rows, labels)")
-        return logits
+        """A head's logits [query rows, labels] (_run checks the shape against the metadata's labels)."""
+        feeds = {"input_ids": ids, "position_ids": positions, "cu_seqlens": cu, "query_rows": query_rows,
+                 "token_type_ids": types}
+        return self._run(feeds, (len(query_rows), len(self.metadata.labels)))
 
     @staticmethod
     def _check_texts(texts: Any) -> list[str]:
