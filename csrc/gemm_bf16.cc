@@ -47,6 +47,7 @@ PackedBf16Weights PackedBf16Weights::pack(int64_t k, int64_t n, const Load& load
     if (!p.data_) throw std::bad_alloc();
     std::memset(p.data_.get(), 0, p.bytes_);
   }
+  if (n == 0) return p;  // no column to fill, however many rows an empty [k, 0] claims
   for (int64_t row = 0; row < k; ++row) {
     const int64_t pair = row / 2, half = row % 2;
     for (int64_t j = 0; j < p.num_panels_; ++j) {
@@ -68,6 +69,7 @@ PackedBf16Weights PackedBf16Weights::from_bf16(const uint16_t* w, int64_t k, int
 }
 
 void PackedBf16Weights::unpack(uint16_t* w) const {
+  if (n_ == 0) return;
   for (int64_t row = 0; row < k_; ++row)
     for (int64_t j = 0; j < num_panels_; ++j) {
       const int64_t width = panel_width(j), col0 = j * kPanelWidth;

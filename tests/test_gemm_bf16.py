@@ -197,6 +197,12 @@ def test_gemm_bf16_random_shapes(path, m, k, n, seed, scale):
     assert same_bits(got, ref_gemm(bf16_bits(a), bf16_bits(w)))
 
 
+def test_empty_weights_claiming_huge_dimensions_pack_at_once():
+    for shape in [(2**40, 0), (0, 2**40)]:
+        packed = C.PackedBf16Weights(np.zeros(shape, np.float32))
+        assert (packed.k, packed.n) == shape and packed.unpack().shape == shape
+
+
 def test_gemm_bf16_with_k_zero_is_zero():
     got = C.gemm_bf16(np.zeros((3, 0), np.float32), C.PackedBf16Weights(np.zeros((0, 20), np.float32)))
     assert got.shape == (3, 20) and not got.any()

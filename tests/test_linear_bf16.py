@@ -171,3 +171,8 @@ def test_op_rejects_an_unknown_activation_and_wrong_types():
         linear_session(np.zeros((4, 3), np.uint16), activation="relu")
     with pytest.raises(ORT_ERRORS):  # float64 rows: the op takes float32 only (refused when the graph loads)
         linear_session(np.zeros((4, 3), np.uint16), x_type=TensorProto.DOUBLE)
+
+
+def test_op_loads_an_empty_weight_claiming_a_huge_dimension_at_once():
+    session = linear_session(np.zeros((2**40, 0), np.uint16))  # packing loops over nothing, not 2**40 rows
+    assert session.run(None, {"x": np.zeros((0, 2**40), np.float32)})[0].shape == (0, 0)
