@@ -155,7 +155,11 @@ GemmTaskPlan plan_gemm_tasks(int64_t m, const PackedInt8Weights& w, size_t concu
   }
   plan.rows_per_task = m;
   plan.row_tasks = 1;
-  const int64_t wanted = threads > 1 ? std::min<int64_t>(panels, 4 * threads) : 1;
+  // A task below ~4M multiply-adds (~15 us) gains less from a second thread than waking it costs (and on a
+  // busy machine the other core may not come at all): tiny GEMMs (one text's CLS row) run as one task.
+  constexpr int64_t kMinMacsPerTask = int64_t{4} << 20;
+  const int64_t by_work = std::max<int64_t>(1, m * w.padded_k() * w.n() / kMinMacsPerTask);
+  const int64_t wanted = threads > 1 ? std::min({panels, 4 * threads, by_work}) : 1;
   plan.panels_per_task = (panels + wanted - 1) / wanted;
   plan.panel_tasks = (panels + plan.panels_per_task - 1) / plan.panels_per_task;
   return plan;

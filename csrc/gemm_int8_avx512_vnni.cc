@@ -105,12 +105,15 @@ void gemm_int8_block_avx512_vnni(const GemmOperandA& a, const PackedInt8Weights&
   const int64_t groups = w.padded_k() / 4;
   for (int64_t p = p0; p < p1; ++p) {
     const int vectors = static_cast<int>(w.panel_width(p) / 16);
-    const TileKernel full = kernel_for(kRows, vectors);
-    for (int64_t r = 0; r < a.rows; r += kRows) {
-      const int rows = static_cast<int>(std::min<int64_t>(kRows, a.rows - r));
-      (rows == kRows ? full : kernel_for(rows, vectors))(av + r * a.stride, a.stride, w.panel(p), groups, tile,
-                                                         kPanelWidth);
+    // The rows in as few tiles as 6-row tiles need, their sizes differing by at most one (8 rows: 4 + 4,
+    // not 6 + 2, whose 2-row tile would load each weight vector for only two vpdpbusd).
+    const int64_t tiles = (a.rows + kRows - 1) / kRows, base = a.rows / std::max<int64_t>(tiles, 1),
+                  extra = a.rows - base * tiles;
+    for (int64_t t = 0, r = 0; t < tiles; ++t) {
+      const int rows = static_cast<int>(base + (t < extra ? 1 : 0));
+      kernel_for(rows, vectors)(av + r * a.stride, a.stride, w.panel(p), groups, tile, kPanelWidth);
       sink.tile(tile, kPanelWidth, row_offset + r, rows, w.panel_begin(p), w.panel_columns(p));
+      r += rows;
     }
   }
 }
