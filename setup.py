@@ -107,7 +107,8 @@ ops_link_args = ["-Wl,--gc-sections", "-Wl,--as-needed", "-s"]
 size_compile_args = ["-Os"]
 if os.environ.get("BORT_INFER_SANITIZE"):
     # Debug build of the kernels for `make asan`: address + undefined-behaviour sanitizers.
-    extra_compile_args = ["-O1", "-g", "-fno-omit-frame-pointer", "-fsanitize=address,undefined"]
+    # -fno-wrapv undoes the -fwrapv of Python's flags, so UBSan sees signed overflow (e.g. shape arithmetic).
+    extra_compile_args = ["-O1", "-g", "-fno-omit-frame-pointer", "-fno-wrapv", "-fsanitize=address,undefined"]
     extra_link_args = ["-fsanitize=address,undefined"]
     ops_link_args = extra_link_args
     size_compile_args = []

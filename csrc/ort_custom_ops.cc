@@ -150,8 +150,9 @@ class OrtParallelFor final : public bort::ParallelFor {
 // table's element type, no negative dimension), the outputs and the thread pool.
 class Io {
  public:
-  template <size_t N>
-  Io(OrtKernelContext* ctx, const char* op, const Ports<N>& inputs) : ctx_(ctx), op_(op), pool_(ctx_) {
+  template <size_t N, size_t M>
+  Io(OrtKernelContext* ctx, const char* op, const Ports<N>& inputs, const Ports<M>& outputs)
+      : ctx_(ctx), op_(op), outputs_(outputs.data()), pool_(ctx_) {
     const size_t given = ctx_.GetInputCount();
     inputs_.resize(N);
     for (size_t i = 0; i < N; ++i) {
@@ -166,6 +167,7 @@ class Io {
 
   template <typename T>
   T* out(size_t i, const bort::Shape& shape) const {
+    bort::check_output_size(op_, outputs_[i].name, shape, sizeof(T));
     Ort::UnownedValue value = ctx_.GetOutput(i, shape);
     // onnxruntime hands out no value for an optional output the node leaves out (empty name).
     if (value == nullptr) fail(op_, "output " + std::to_string(i) + " is not part of the node");
@@ -192,6 +194,7 @@ class Io {
 
   Ort::KernelContext ctx_;
   const char* op_;
+  const Port* outputs_;  // the op's output table
   OrtParallelFor pool_;
   std::vector<std::optional<Tensor>> inputs_;
 };
@@ -617,7 +620,7 @@ struct Instance : Kernel {
   using Kernel::Kernel;
   OrtStatus* ComputeV2(OrtKernelContext* ctx) const {
     try {
-      this->Compute(Io(ctx, Kernel::kName, Kernel::kInputs));
+      this->Compute(Io(ctx, Kernel::kName, Kernel::kInputs, Kernel::kOutputs));
       return nullptr;
     } catch (const Ort::Exception& e) {
       return to_status(Kernel::kName, e, e.GetOrtErrorCode());

@@ -57,6 +57,18 @@ std::string shape_str(const Shape& s) {
   return out + "]";
 }
 
+void check_output_size(const char* op, const char* output, const Shape& shape, int64_t element_size) {
+  int64_t bytes = element_size;
+  bool overflow = false;
+  for (int64_t d : shape) {
+    if (d == 0) return;  // empty: no bytes at all, whatever the other dimensions claim
+    overflow = overflow || __builtin_mul_overflow(bytes, d, &bytes);
+  }
+  if (overflow || bytes > kMaxOutputBytes)
+    fail(std::string(op) + ": output '" + output + "' of shape " + shape_str(shape) + " would take more than " +
+         std::to_string(kMaxOutputBytes) + " bytes");
+}
+
 AttentionDims check_attention(const Shape& qkv, const Shape* bias, const Shape* mask, int64_t num_heads,
                               const float* scale) {
   const char* op = "FusedAttention";

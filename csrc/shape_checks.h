@@ -24,6 +24,13 @@ struct AttentionDims {
   MaskKind mask_kind = MaskKind::kNone;
 };
 
+// The most bytes one output may take (1 TiB): beyond any real model, and the largest allocation AddressSanitizer
+// serves, so sanitizer builds refuse absurd outputs as release builds do instead of aborting.
+constexpr int64_t kMaxOutputBytes = int64_t{1} << 40;
+
+// An output of `shape` and `element_size`-byte elements fits kMaxOutputBytes; else the error names the op and output.
+void check_output_size(const char* op, const char* output, const Shape& shape, int64_t element_size);
+
 // qkv [B, S, 3H]; bias [3H] or null; mask [B, S] (key mask), [B] (lengths) or null (none).
 // scale: nullptr = 1/sqrt(head_dim).
 AttentionDims check_attention(const Shape& qkv, const Shape* bias, const Shape* mask, int64_t num_heads,

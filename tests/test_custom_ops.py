@@ -741,17 +741,19 @@ def test_num_heads_is_required():
     expect_failure("PackedAttention: integer attribute 'num_heads' is required", "PackedAttention", PACKED, {})
 
 
-def packed_attention_with_empty_inputs(shapes: dict, feeds: dict, attrs: dict):
-    """Session of one PackedAttention node whose inputs named in `shapes` are empty float tensors made in the graph by
-    ConstantOfShape (they may claim dimensions numpy cannot represent), the others graph inputs fed from `feeds`."""
+def session_with_empty_inputs(op, input_names, shapes: dict, feeds: dict, attrs: dict,
+                              output_types=(TensorProto.FLOAT,)):
+    """Session of one `op` node (inputs `input_names`, absent ones left out) whose inputs named in `shapes` are
+    empty float tensors made in the graph by ConstantOfShape (they may claim dimensions numpy cannot represent),
+    the others graph inputs fed from `feeds`."""
     inits = [onnx.numpy_helper.from_array(np.array(shape, np.int64), f"{name}_shape") for name, shape in shapes.items()]
     nodes = [helper.make_node("ConstantOfShape", [f"{name}_shape"], [name]) for name in shapes]
-    names = [name if name in shapes or name in feeds else "" for name in ("qkv", "bias", "cu_seqlens", "query_rows",
-                                                                          "query")]
-    nodes.append(helper.make_node("PackedAttention", names, ["out"], domain=DOMAIN, **attrs))
+    names = [name if name in shapes or name in feeds else "" for name in input_names]
+    outputs = [f"out{i}" for i in range(len(output_types))]
+    nodes.append(helper.make_node(op, names, outputs, domain=DOMAIN, **attrs))
     graph_inputs = [helper.make_tensor_value_info(n, ELEM[a.dtype.type], [None] * a.ndim) for n, a in feeds.items()]
-    graph = helper.make_graph(nodes, "g", graph_inputs, [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)],
-                              inits)
+    graph = helper.make_graph(nodes, "g", graph_inputs,
+                              [helper.make_tensor_value_info(o, t, None) for o, t in zip(outputs, output_types)], inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
     so = ort.SessionOptions()
     so.register_custom_ops_library(OPS_LIBRARY)
@@ -759,11 +761,15 @@ def packed_attention_with_empty_inputs(shapes: dict, feeds: dict, attrs: dict):
     return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
 
+PACKED_INPUTS = ("qkv", "bias", "cu_seqlens", "query_rows", "query")
+
+
 @pytest.mark.parametrize("hidden", [2**62, 2**63 // 3 + 1])
 def test_packed_attention_rejects_an_empty_query_too_wide_to_size(hidden):
     # 2 * hidden or 3 * hidden would overflow int64 (undefined behaviour) before any shape comparison.
     feeds = {"cu_seqlens": np.zeros(1, np.int64), "query_rows": np.zeros(0, np.int64)}
-    sess = packed_attention_with_empty_inputs({"qkv": [0, 2], "query": [0, hidden]}, feeds, {"num_heads": 1})
+    sess = session_with_empty_inputs("PackedAttention", PACKED_INPUTS, {"qkv": [0, 2], "query": [0, hidden]}, feeds,
+                                     {"num_heads": 1})
     with pytest.raises(ORT_ERRORS, match=r"PackedAttention: query's width \(hidden\) must be positive and at most"):
         sess.run(None, feeds)
 
@@ -771,7 +777,8 @@ def test_packed_attention_rejects_an_empty_query_too_wide_to_size(hidden):
 def test_packed_attention_checks_query_rows_before_allocating_the_output():
     # No token, one query row of a huge width: the row is refused before [1, 2^40] floats are asked for.
     feeds = {"cu_seqlens": np.zeros(1, np.int64), "query_rows": np.zeros(1, np.int64)}
-    sess = packed_attention_with_empty_inputs({"qkv": [0, 3 * 2**40]}, feeds, {"num_heads": 1})
+    sess = session_with_empty_inputs("PackedAttention", PACKED_INPUTS, {"qkv": [0, 3 * 2**40]}, feeds,
+                                     {"num_heads": 1})
     with pytest.raises(ORT_ERRORS, match=r"PackedAttention: query_rows\[0\] = 0 is not a token index in \[0, 0\)"):
         sess.run(None, feeds)
 
@@ -934,3 +941,12 @@ def test_linear_int8_rejects_bad_graphs_naming_the_problem(inputs, initializers,
         return
     with pytest.raises(ORT_ERRORS, match=match):
         linear_int8_session(inputs, initializers, attrs, outputs).run(None, inputs)
+
+
+def test_an_output_too_large_to_allocate_is_an_error_naming_the_op_and_output():
+    # An empty x claiming 2^61 rows asks for 2^61 row scales (8 EiB): refused before onnxruntime allocates (an
+    # allocation AddressSanitizer aborts on instead of failing).
+    sess = session_with_empty_inputs("QuantizeRows", ["x"], {"x": [2**61, 0]}, {}, {}, QUANTIZE_ROWS_OUTPUTS)
+    with pytest.raises(ORT_ERRORS, match=r"QuantizeRows: output 'scale' of shape \[2305843009213693952\] would take "
+                                         r"more than 1099511627776 bytes"):
+        sess.run(None, {})

@@ -1,10 +1,10 @@
 """Fuzzed one-node ai.bort_infer graphs as JSON specs (see tests/fuzz/runner.py for the format).
 
-graph_spec(op, seed, mutations, threads) is deterministic: a valid graph of `op` drawn from `seed` (small shapes that
-still reach the vector widths and scalar tails), then each (kind, seed) mutation applied in turn: an input dropped,
-emptied, of another rank, size, huge-but-empty shape or dtype, hostile values, an attribute dropped, of the wrong
-type or absurd, odd output lists, trailing absent inputs left out. Hypothesis chooses op, seeds and mutations (and
-shrinks them); a seeded PRNG fills in the details, which keeps each example cheap to draw.
+graph_spec(op, seed, mutations, threads, isa) is deterministic: a valid graph of `op` drawn from `seed` (small
+shapes that still reach the vector widths and scalar tails), then each (kind, seed) mutation applied in turn: an
+input dropped, emptied, of another rank, size, huge-but-empty shape or dtype, hostile values, an attribute dropped,
+of the wrong type or absurd, odd output lists, trailing absent inputs left out. Hypothesis chooses op, seeds and
+mutations (and shrinks them); a seeded PRNG fills in the details, which keeps each example cheap to draw.
 """
 from __future__ import annotations
 
@@ -213,10 +213,10 @@ def mutate(r, op, inputs, attrs, outputs, kind):
         outputs[:] = [f"out{i}" if r.random() < 0.6 else "" for i in range(r.randint(0, 5))] or [""]
 
 
-def graph_spec(op: str, seed: int, mutations=(), threads: int = 1) -> dict:
+def graph_spec(op: str, seed: int, mutations=(), threads: int = 1, isa: str = "auto") -> dict:
     r = random.Random(seed)
     inputs, attrs, outputs = VALID[op](r)
-    spec = {"op": op, "inputs": inputs, "attrs": attrs, "outputs": outputs, "threads": threads}
+    spec = {"op": op, "inputs": inputs, "attrs": attrs, "outputs": outputs, "threads": threads, "isa": isa}
     for kind, mutation_seed in mutations:
         if kind == "trim":
             spec["trim"] = True

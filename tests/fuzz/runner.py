@@ -4,7 +4,7 @@ A graph is described by a JSON spec (built by tests/fuzz/test_custom_ops_fuzz.py
     {"op": "PackedAttention",
      "inputs": [["qkv", {"shape": [5, 96], "dtype": "float32", "fill": "normal", "seed": 3}], ["bias", null], ...],
      "attrs": {"num_heads": 2, "scale": {"tensor": [1]}},
-     "outputs": ["out"], "threads": 1}
+     "outputs": ["out"], "threads": 1, "isa": "auto"}
 An input is null (absent: "" in the node), or a shape, a dtype and either "values" or a "fill" ("normal",
 "hostile": inf / nan / huge / subnormal floats, "ints": small integers). judge(spec) builds the graph, runs it and
 holds the outcome against tests/fuzz/contracts.py: a graph breaking the contract must fail with an onnxruntime error
@@ -220,11 +220,22 @@ def compare(outputs: list[str], got: list, expected: list) -> str | None:
     return None
 
 
+def use_isa(isa: str):
+    """Kernel path for the next run (C.set_isa steers the ops library too); "auto" where the CPU lacks it."""
+    from ..test_kernels import C
+
+    try:
+        C.set_isa(isa)
+    except (ValueError, RuntimeError):
+        C.set_isa("auto")
+
+
 def judge(spec: dict) -> dict:
     from .contracts import Invalid, TooLarge, contract
 
     op = spec["op"]
     arrays = {name: materialize(desc) for name, desc in spec["inputs"]}
+    use_isa(spec.get("isa", "auto"))
     outcome, payload = run_graph(spec, arrays)
     if outcome == "unbuildable":
         return {"ok": True, "detail": payload}

@@ -35,7 +35,8 @@ MUTATION_LISTS = st.lists(st.tuples(st.sampled_from(MUTATIONS), SEEDS), max_size
 def graph_specs(draw):
     # Unmutated graphs check results on valid inputs; mutated ones the refusals.
     mutations = draw(st.one_of(st.just(()), st.just(()), MUTATION_LISTS))
-    spec = graph_spec(draw(st.sampled_from(OPS)), draw(SEEDS), mutations, draw(st.sampled_from([1, 1, 1, 2])))
+    threads, isa = draw(st.sampled_from([1, 1, 1, 2])), draw(st.sampled_from(["auto", "auto", "avx2", "scalar"]))
+    spec = graph_spec(draw(st.sampled_from(OPS)), draw(SEEDS), mutations, threads, isa)
     assume(materializable(spec))
     return spec
 
