@@ -308,6 +308,31 @@ def dequantize_rows(inputs, attrs, outputs):
     return expected
 
 
+def linear_bf16(inputs, attrs, outputs):
+    from ..test_gemm_bf16 import bf16_bits, bits_to_float, flush_subnormal_bits
+    from .runner import BF16
+
+    activation = attribute(attrs, "activation", str, "none")
+    expect(activation in ("none", "gelu"), "activation must be 'none' or 'gelu'")
+    single_output(outputs)
+    required(inputs, "x", "weight")
+    dtype_is(inputs, "x", F32), dtype_is(inputs, "weight", BF16), dtype_is(inputs, "bias", F32)
+    x, weight, bias = inputs["x"], inputs["weight"], inputs.get("bias")
+    expect(weight.ndim == 2, "weight must be [K, N]")
+    expect(x.ndim >= 1 and x.shape[-1] == weight.shape[0], "x must be [..., K]")
+    vector(inputs, "bias", weight.shape[1])
+    shape = (*x.shape[:-1], weight.shape[1])
+    allocatable(shape)
+    if math.prod(shape) == 0:
+        return [Expected(shape, F32)]
+    w = bits_to_float(flush_subnormal_bits(weight.view(np.uint16))).astype(np.float64)
+    if not tame(x, bias, w):
+        return [Expected(shape, F32)]
+    xb = bits_to_float(bf16_bits(x)).astype(np.float64)
+    y = xb @ w + (0.0 if bias is None else bias.astype(np.float64))
+    return [Expected(shape, F32, ref_gelu(y, 0.0) if activation == "gelu" else y)]
+
+
 CONTRACTS = {
     "FusedAttention": fused_attention,
     "PackedAttention": packed_attention,
@@ -315,6 +340,7 @@ CONTRACTS = {
     "SkipLayerNorm": skip_layernorm,
     "QuantizeRows": quantize_rows,
     "DequantizeRows": dequantize_rows,
+    "LinearBf16": linear_bf16,
 }
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import math
 import random
 
-OPS = ["BiasGelu", "DequantizeRows", "FusedAttention", "PackedAttention", "QuantizeRows", "SkipLayerNorm"]
+OPS = ["BiasGelu", "DequantizeRows", "FusedAttention", "LinearBf16", "PackedAttention", "QuantizeRows",
+       "SkipLayerNorm"]
 HEAD_DIMS = [1, 2, 3, 4, 5, 8, 16, 32]
 WIDTHS = [0, 1, 3, 7, 8, 15, 16, 17, 33, 64]
 ATTRIBUTES = {  # each op's attributes and their kinds
@@ -19,12 +20,13 @@ ATTRIBUTES = {  # each op's attributes and their kinds
     "PackedAttention": {"num_heads": int, "scale": float},
     "SkipLayerNorm": {"epsilon": float},
     "DequantizeRows": {"activation": str, "epsilon": float},
+    "LinearBf16": {"activation": str},
     "BiasGelu": {},
     "QuantizeRows": {},
 }
 MUTATIONS = ["drop", "empty", "rank", "resize", "huge", "dtype", "values", "attr_drop", "attr_type", "attr_absurd",
              "outputs", "trim"]
-DTYPES = ["float32", "float64", "float16", "int32", "int64", "uint8", "int8", "bool", "str"]
+DTYPES = ["float32", "float64", "float16", "bfloat16", "int32", "int64", "uint8", "int8", "bool", "str"]
 WRONG_TYPED = [2, 2.0, "2", [2, 3], [2.0], {"tensor": [2]}, ["a", "b"]]
 ABSURD = {
     int: [0, -1, 2**31, 2**62, -(2**63), 2**63 - 1, 7, 1 << 20],
@@ -142,8 +144,18 @@ def dequantize_rows(r):
     return inputs, attrs, outputs
 
 
+def linear_bf16(r):
+    k, n = r.choice(WIDTHS), r.choice(WIDTHS)
+    weight = tensor(r, [k, n], "bfloat16")
+    if r.random() < 0.5:
+        weight["constant"] = True  # an initializer, packed when the session creates the kernel
+    attrs = {"activation": r.choice(["none", "gelu"])} if r.random() < 0.5 else {}
+    return [["x", tensor(r, [*leading(r), k])], ["weight", weight], ["bias", maybe(r, tensor(r, [n]))]], attrs, ["y"]
+
+
 VALID = {"FusedAttention": fused_attention, "PackedAttention": packed_attention, "BiasGelu": bias_gelu,
-         "SkipLayerNorm": skip_layernorm, "QuantizeRows": quantize_rows, "DequantizeRows": dequantize_rows}
+         "SkipLayerNorm": skip_layernorm, "QuantizeRows": quantize_rows, "DequantizeRows": dequantize_rows,
+         "LinearBf16": linear_bf16}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -1,14 +1,14 @@
 """Runs fuzzed one-node ai.bort_infer graphs in a worker process, so that a crash is a finding, not the end of pytest.
 
-A graph is described by a JSON spec (built by tests/fuzz/test_custom_ops_fuzz.py):
+A graph is described by a JSON spec (built by tests/fuzz/graphs.py):
     {"op": "PackedAttention",
      "inputs": [["qkv", {"shape": [5, 96], "dtype": "float32", "fill": "normal", "seed": 3}], ["bias", null], ...],
      "attrs": {"num_heads": 2, "scale": {"tensor": [1]}},
      "outputs": ["out"], "threads": 1, "isa": "auto"}
 An input is null (absent: "" in the node), or a shape, a dtype and either "values" or a "fill" ("normal",
-"hostile": inf / nan / huge / subnormal floats, "ints": small integers). judge(spec) builds the graph, runs it and
-holds the outcome against tests/fuzz/contracts.py: a graph breaking the contract must fail with an onnxruntime error
-naming the op; any other graph must give the reference result.
+"hostile": inf / nan / huge / subnormal floats, "ints": small integers), and "constant": true for an initializer.
+judge(spec) builds the graph, runs it and holds the outcome against tests/fuzz/contracts.py: a graph breaking the
+contract must fail with an onnxruntime error naming the op; any other graph must give the reference result.
 
 Worker protocol (`python -m tests.fuzz.runner`): one JSON spec per stdin line, one JSON verdict per stdout line
 ({"ok": bool, "detail": str}). `python -m tests.fuzz.runner --one SPEC_JSON` judges one spec and prints the
@@ -30,8 +30,21 @@ DOMAIN = "ai.bort_infer"
 TOL = 1e-4  # on max|out - ref| / max(1, max|ref|); the kernel tests hold 1e-5 on their own inputs
 OUTPUT_TYPES = {  # each op's declared output element types (ONNX TensorProto numbers)
     "FusedAttention": [1], "PackedAttention": [1], "BiasGelu": [1], "SkipLayerNorm": [1],
-    "QuantizeRows": [2, 1, 2], "DequantizeRows": [1, 2, 1, 2],
+    "QuantizeRows": [2, 1, 2], "DequantizeRows": [1, 2, 1, 2], "LinearBf16": [1],
 }
+# numpy has no bfloat16: such tensors are their bit patterns under this dtype (fed to onnxruntime as BFLOAT16).
+BF16 = np.dtype([("bfloat16", "<u2")])
+TENSOR_TYPE_BFLOAT16, TENSOR_TYPE_STRING = 16, 8
+
+
+def numpy_dtype(name: str) -> np.dtype:
+    return BF16 if name == "bfloat16" else np.dtype(object) if name == "str" else np.dtype(name)
+
+
+def bf16_of(values: np.ndarray) -> np.ndarray:
+    from ..test_gemm_bf16 import bf16_bits
+
+    return bf16_bits(values.astype(np.float32)).view(BF16)
 PROTOCOL_PREFIX = "FUZZ-VERDICT "
 
 
@@ -43,7 +56,7 @@ class HugeEmpty:
     ConstantOfShape; the contract sees its shape and dtype."""
 
     def __init__(self, shape, dtype):
-        self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+        self.shape, self.dtype = tuple(shape), numpy_dtype(dtype)
         self.ndim, self.size = len(self.shape), 0
 
     def __len__(self):
@@ -68,6 +81,8 @@ def materialize(desc: dict | None) -> np.ndarray | HugeEmpty | None:
         return np.full(shape, "x", dtype=object)
     if "values" in desc:
         values = np.array(desc["values"], dtype=np.float64 if dtype.startswith("float") else np.int64)
+        if dtype == "bfloat16":
+            return bf16_of(values).reshape(shape)
         with np.errstate(over="ignore", invalid="ignore"):
             return values.astype(dtype).reshape(shape)
     rng = np.random.default_rng(desc.get("seed", 0))
@@ -84,6 +99,9 @@ def materialize(desc: dict | None) -> np.ndarray | HugeEmpty | None:
         values = rng.standard_normal(size)
     if dtype == "bool":
         return (values.reshape(shape) > 0)
+    if dtype == "bfloat16":
+        with np.errstate(over="ignore", invalid="ignore"):
+            return bf16_of(values).reshape(shape)
     with np.errstate(over="ignore", invalid="ignore"):
         return values.astype(dtype).reshape(shape)
 
@@ -103,13 +121,18 @@ def build_model(spec: dict, arrays: dict) -> bytes:
     if spec.get("trim"):
         while names and not names[-1]:
             names.pop()
+    constant = {name for name, desc in spec["inputs"] if desc is not None and desc.get("constant")}
     graph_inputs, nodes, initializers = [], [], []
     for name in names:
         if not name:
             continue
         a = arrays[name]
-        elem = 8 if a.dtype == object else helper.np_dtype_to_tensor_dtype(a.dtype)
-        if isinstance(a, HugeEmpty):
+        elem = tensor_type(a.dtype)
+        if name in constant and isinstance(a, np.ndarray):  # an initializer: the op sees a constant input
+            raw = a.tobytes() if a.dtype.kind != "O" else None
+            initializers.append(helper.make_tensor(name, elem, a.shape, raw, raw=True) if raw is not None else
+                                helper.make_tensor(name, elem, a.shape, [v.encode() for v in a.flat]))
+        elif isinstance(a, HugeEmpty):
             initializers.append(helper.make_tensor(f"{name}.shape", 7, [a.ndim], list(a.shape)))
             value = helper.make_tensor("value", elem, [1], [0])
             nodes.append(helper.make_node("ConstantOfShape", [f"{name}.shape"], [name], value=value))
@@ -127,6 +150,22 @@ def build_model(spec: dict, arrays: dict) -> bytes:
     graph = helper.make_graph([*nodes, node], "fuzz", graph_inputs, graph_outputs, initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
     return model.SerializeToString()
+
+
+def tensor_type(dtype: np.dtype) -> int:
+    from onnx import helper
+
+    if dtype == BF16:
+        return TENSOR_TYPE_BFLOAT16
+    return TENSOR_TYPE_STRING if dtype.kind == "O" else helper.np_dtype_to_tensor_dtype(dtype)
+
+
+def feed(a: np.ndarray):
+    import onnxruntime as ort
+
+    if a.dtype == BF16:
+        return ort.OrtValue.ortvalue_from_numpy_with_onnx_type(a.view(np.uint16), TENSOR_TYPE_BFLOAT16)
+    return a
 
 
 class Unbuildable(Exception):
@@ -163,7 +202,7 @@ def run_graph(spec: dict, arrays: dict):
         options = session_options(spec.get("threads", 1))
         sess = ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
         feeds = {name: a for name, a in arrays.items() if isinstance(a, np.ndarray)}
-        feeds = {i.name: feeds[i.name] for i in sess.get_inputs()}
+        feeds = {i.name: feed(feeds[i.name]) for i in sess.get_inputs()}
         return "result", sess.run(None, feeds)
     except ValueError as exc:  # onnxruntime made the outputs, numpy cannot hold an empty one claiming 2**62 rows
         if "array is too big" not in str(exc):
