@@ -742,12 +742,14 @@ def test_num_heads_is_required():
 
 
 def session_with_empty_inputs(op, input_names, shapes: dict, feeds: dict, attrs: dict,
-                              output_types=(TensorProto.FLOAT,)):
+                              output_types=(TensorProto.FLOAT,), types: dict | None = None):
     """Session of one `op` node (inputs `input_names`, absent ones left out) whose inputs named in `shapes` are
-    empty float tensors made in the graph by ConstantOfShape (they may claim dimensions numpy cannot represent),
-    the others graph inputs fed from `feeds`."""
+    empty tensors (float, or as `types` says) made in the graph by ConstantOfShape (they may claim dimensions numpy
+    cannot represent), the others graph inputs fed from `feeds`."""
     inits = [onnx.numpy_helper.from_array(np.array(shape, np.int64), f"{name}_shape") for name, shape in shapes.items()]
-    nodes = [helper.make_node("ConstantOfShape", [f"{name}_shape"], [name]) for name in shapes]
+    nodes = [helper.make_node("ConstantOfShape", [f"{name}_shape"], [name],
+                              value=helper.make_tensor("v", (types or {}).get(name, TensorProto.FLOAT), [1], [0]))
+             for name in shapes]
     names = [name if name in shapes or name in feeds else "" for name in input_names]
     outputs = [f"out{i}" for i in range(len(output_types))]
     nodes.append(helper.make_node(op, names, outputs, domain=DOMAIN, **attrs))
@@ -950,3 +952,11 @@ def test_an_output_too_large_to_allocate_is_an_error_naming_the_op_and_output():
     with pytest.raises(ORT_ERRORS, match=r"QuantizeRows: output 'scale' of shape \[2305843009213693952\] would take "
                                          r"more than 1099511627776 bytes"):
         sess.run(None, {})
+
+
+def test_linear_bf16_rejects_an_empty_weight_claiming_more_than_2_to_the_31_rows():
+    # Packing walks K: an empty weight claiming 2^61 rows hung the session (seconds to forever, by build). The
+    # weight is constant-folded into an initializer, so the error comes when the session creates the kernel.
+    with pytest.raises(ORT_ERRORS, match=r"LinearBf16: weight dimensions K and N must be at most 2\^31 - 1"):
+        session_with_empty_inputs("LinearBf16", ["x", "weight"], {"x": [0, 2**61], "weight": [2**61, 0]}, {}, {},
+                                  types={"weight": TensorProto.BFLOAT16}).run(None, {})

@@ -369,8 +369,11 @@ class Worker:
 
 def judge_alone(spec: dict, timeout: float = 300.0) -> str:
     """Judges spec in a fresh process: its verdict, or how the process died (to confirm a crash's culprit)."""
-    proc = subprocess.run([sys.executable, "-m", "tests.fuzz.runner", "--one", json.dumps(spec)], cwd=ROOT,
-                          capture_output=True, text=True, timeout=timeout)
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tests.fuzz.runner", "--one", json.dumps(spec)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return f"no verdict within {timeout:.0f} s (hangs alone too)"
     if proc.returncode != 0:
         return f"exit status {proc.returncode}\n{proc.stderr[-4000:]}"
     return proc.stdout.strip()

@@ -17,7 +17,7 @@ import os
 import time
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
 from .graphs import MUTATIONS, OPS, graph_spec, materializable
@@ -55,7 +55,9 @@ def worker(request):
             reporter.write_line(f"\nfuzz: {w.judged} ai.bort_infer graphs judged in {seconds:.1f} s")
 
 
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+# No shrinking: a failure already names its graph, and shrinking a hang would wait out every timeout again.
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
+          phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(spec=graph_specs())
 def test_fuzzed_graphs_give_the_reference_result_or_an_error_naming_the_op(worker, spec):
     try:
