@@ -146,10 +146,10 @@ RowsDims check_quantize_rows(const Shape& x) { return rows_of("QuantizeRows", "x
 
 void check_linear_bf16_weight(const Shape& weight) {
   if (weight.size() != 2) fail("LinearBf16: weight must have shape [K, N] (rank 2), got " + shape_str(weight));
-  // An empty weight may claim any K or N; packing walks K and rounds N up, so both are bounded first.
-  constexpr int64_t kMaxDim = std::numeric_limits<int32_t>::max();
-  if (weight[0] > kMaxDim || weight[1] > kMaxDim)
-    fail("LinearBf16: weight dimensions K and N must be at most 2^31 - 1, got " + shape_str(weight));
+  // An empty weight may claim any K or N; packing rounds both up, so they are bounded far from int64 overflow.
+  constexpr int64_t kMaxDim = int64_t{1} << 48;
+  if (weight[0] >= kMaxDim || weight[1] >= kMaxDim)
+    fail("LinearBf16: weight dimensions K and N must be below 2^48, got " + shape_str(weight));
 }
 
 RowsDims check_linear_bf16(const Shape& x, const Shape& weight, const Shape* bias) {

@@ -60,7 +60,7 @@ RowsDims check_bias_gelu(const Shape& x, const Shape& bias);
 // x [..., K].
 RowsDims check_quantize_rows(const Shape& x);
 
-// LinearBf16: weight [K, N] with K, N < 2^31; x [..., K]; bias [N] or null. Returns x's rows and width K.
+// LinearBf16: weight [K, N] with K, N < 2^48; x [..., K]; bias [N] or null. Returns x's rows and width K.
 void check_linear_bf16_weight(const Shape& weight);
 RowsDims check_linear_bf16(const Shape& x, const Shape& weight, const Shape* bias);
 

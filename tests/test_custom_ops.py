@@ -954,9 +954,9 @@ def test_an_output_too_large_to_allocate_is_an_error_naming_the_op_and_output():
         sess.run(None, {})
 
 
-def test_linear_bf16_rejects_an_empty_weight_claiming_more_than_2_to_the_31_rows():
-    # Packing walks K: an empty weight claiming 2^61 rows hung the session (seconds to forever, by build). The
-    # weight is constant-folded into an initializer, so the error comes when the session creates the kernel.
-    with pytest.raises(ORT_ERRORS, match=r"LinearBf16: weight dimensions K and N must be at most 2\^31 - 1"):
-        session_with_empty_inputs("LinearBf16", ["x", "weight"], {"x": [0, 2**61], "weight": [2**61, 0]}, {}, {},
+def test_linear_bf16_rejects_an_empty_weight_claiming_2_to_the_48_or_more():
+    # Packing rounds K and N up: an empty weight claiming 2^63 - 1 columns would overflow int64 (undefined behaviour).
+    # The weight is constant-folded into an initializer, so the error comes when the session creates the kernel.
+    with pytest.raises(ORT_ERRORS, match=r"LinearBf16: weight dimensions K and N must be below 2\^48"):
+        session_with_empty_inputs("LinearBf16", ["x", "weight"], {"x": [0, 0], "weight": [0, 2**63 - 1]}, {}, {},
                                   types={"weight": TensorProto.BFLOAT16}).run(None, {})

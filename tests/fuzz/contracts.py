@@ -319,7 +319,7 @@ def linear_bf16(inputs, attrs, outputs):
     dtype_is(inputs, "x", F32), dtype_is(inputs, "weight", BF16), dtype_is(inputs, "bias", F32)
     x, weight, bias = inputs["x"], inputs["weight"], inputs.get("bias")
     expect(weight.ndim == 2, "weight must be [K, N]")
-    expect(max(weight.shape) < 2**31, "K and N must be below 2^31")
+    expect(max(weight.shape) < 2**48, "K and N must be below 2^48")
     expect(x.ndim >= 1 and x.shape[-1] == weight.shape[0], "x must be [..., K]")
     vector(inputs, "bias", weight.shape[1])
     shape = (*x.shape[:-1], weight.shape[1])
