@@ -46,10 +46,13 @@ def _checkpoint(model: str, out: Path) -> None:
 
 
 def _export(**options) -> Callable[[str, Path], None]:
+    """`bort-infer export` of the checkpoint; ours start from the plain export's torch.onnx graph (exporting
+    BERT-large through torch.onnx again would cost a minute and 5 GB for the same graph)."""
     def build(model: str, out: Path) -> None:
         from ..export.export import export_model
 
-        export_model(str(path(model, "checkpoint")), out, overwrite=True, **options)
+        plain = {"plain_onnx": path(model, "plain-fp32") / "model.onnx"} if options.get("custom_ops") else {}
+        export_model(str(path(model, "checkpoint")), out, overwrite=True, **options, **plain)
     return build
 
 
@@ -79,9 +82,14 @@ def _ctranslate2_int8(model: str, out: Path) -> None:
     TransformersConverter(str(path(model, "checkpoint"))).convert(str(out), quantization="int8", force=True)
 
 
-def _calibration_items(model: str) -> list[dict]:
-    """The int8 export's calibration texts (the built-in set's calibration half), one tokenized text each."""
+def _openvino_int8(model: str, out: Path) -> None:
+    """NNCF post-training quantization of the plain export as OpenVINO documents it for transformers
+    (`nncf.quantize(model, nncf.Dataset(...), model_type=nncf.ModelType.TRANSFORMER)`), calibrated on the
+    same texts as bort-infer's int8 export (the built-in set's calibration half, one tokenized text per
+    item); saved as OpenVINO IR without fp16 compression of the rest."""
+    import nncf
     import numpy as np
+    import openvino as ov
     from tokenizers import Tokenizer
 
     from ..export.quantize import builtin_texts
@@ -92,19 +100,8 @@ def _calibration_items(model: str) -> list[dict]:
     for e in tokenizer.encode_batch(builtin_texts()[0]):
         ids = np.array([e.ids], dtype=np.int64)
         items.append({"input_ids": ids, "attention_mask": np.ones_like(ids)})
-    return items
-
-
-def _openvino_int8(model: str, out: Path) -> None:
-    """NNCF post-training quantization of the plain export as OpenVINO documents it for transformers
-    (`nncf.quantize(model, nncf.Dataset(...), model_type=nncf.ModelType.TRANSFORMER)`), calibrated on the
-    same texts as bort-infer's int8 export; saved as OpenVINO IR without fp16 compression of the rest."""
-    import nncf
-    import openvino as ov
-
     ov_model = ov.Core().read_model(str(path(model, "plain-fp32") / "model.onnx"))
-    quantized = nncf.quantize(ov_model, nncf.Dataset(_calibration_items(model)),
-                              model_type=nncf.ModelType.TRANSFORMER)
+    quantized = nncf.quantize(ov_model, nncf.Dataset(items), model_type=nncf.ModelType.TRANSFORMER)
     del ov_model
     ov.save_model(quantized, str(out / "model.xml"), compress_to_fp16=False)
 
@@ -135,38 +132,53 @@ class Artifact:
     # BERT-large (plus a fixed ~0.5 GB for the interpreter and libraries): what the build scheduler
     # reserves for it.
     memory: float = 2.0
+    # Files and folders of the package (besides the builder itself) whose code makes it.
+    code: tuple[str, ...] = ()
 
 
 ARTIFACTS: dict[str, Artifact] = {a.name: a for a in (
-    Artifact("checkpoint", (), _checkpoint, ("torch", "transformers", "tokenizers")),
-    Artifact("plain-fp32", ("checkpoint",), _export(custom_ops=False), ("torch", "onnx", "onnxruntime")),
-    Artifact("bort-infer-fp32", ("checkpoint",), _export(custom_ops=True), ("torch", "onnx", "onnxruntime")),
-    Artifact("bort-infer-int8", ("checkpoint",), _export(custom_ops=True, quantize="int8"),
-             ("torch", "onnx", "onnxruntime")),
-    Artifact("bort-infer-bf16", ("checkpoint",), _export(custom_ops=True, quantize="bf16"),
-             ("torch", "onnx", "onnxruntime")),
+    Artifact("checkpoint", (), _checkpoint, ("torch", "transformers", "tokenizers"),
+             code=("export/random_checkpoint.py", "export/tokenizer_training.py", "registry.py")),
+    Artifact("plain-fp32", ("checkpoint",), _export(custom_ops=False), ("torch", "onnx", "onnxruntime"),
+             code=("export/",)),
+    Artifact("bort-infer-fp32", ("checkpoint", "plain-fp32"), _export(custom_ops=True),
+             ("torch", "onnx", "onnxruntime"), code=("export/",)),
+    Artifact("bort-infer-int8", ("checkpoint", "plain-fp32"), _export(custom_ops=True, quantize="int8"),
+             ("torch", "onnx", "onnxruntime"), code=("export/",)),
+    Artifact("bort-infer-bf16", ("checkpoint", "plain-fp32"), _export(custom_ops=True, quantize="bf16"),
+             ("torch", "onnx", "onnxruntime"), code=("export/",)),
     # The int8 export on each int8 GEMM, whatever this CPU's default (benchmarks/bench_gemm.py compares them).
-    Artifact("bort-infer-int8-ours", ("checkpoint",), _export(custom_ops=True, quantize="int8", gemm="ours"),
-             ("torch", "onnx", "onnxruntime")),
-    Artifact("bort-infer-int8-mlas", ("checkpoint",), _export(custom_ops=True, quantize="int8", gemm="mlas"),
-             ("torch", "onnx", "onnxruntime")),
+    Artifact("bort-infer-int8-ours", ("checkpoint", "plain-fp32"),
+             _export(custom_ops=True, quantize="int8", gemm="ours"), ("torch", "onnx", "onnxruntime"),
+             code=("export/",)),
+    Artifact("bort-infer-int8-mlas", ("checkpoint", "plain-fp32"),
+             _export(custom_ops=True, quantize="int8", gemm="mlas"), ("torch", "onnx", "onnxruntime"),
+             code=("export/",)),
     Artifact("ort-int8", ("plain-fp32",), _ort_int8, ("onnx", "onnxruntime")),
     Artifact("ort-fused-fp32", ("plain-fp32",), _ort_fused_fp32, ("onnx", "onnxruntime")),
     Artifact("ctranslate2-int8", ("checkpoint",), _ctranslate2_int8, ("ctranslate2", "transformers")),
-    Artifact("openvino-int8", ("plain-fp32",), _openvino_int8, ("openvino", "nncf")),
-    Artifact("fidelity-reference", ("plain-fp32", "checkpoint"), _fidelity_reference, ("onnxruntime", "tokenizers")),
+    Artifact("openvino-int8", ("plain-fp32",), _openvino_int8, ("openvino", "nncf"),
+             code=("export/data/", "export/quantize.py")),
+    Artifact("fidelity-reference", ("plain-fp32", "checkpoint"), _fidelity_reference, ("onnxruntime", "tokenizers"),
+             code=("bench/fidelity.py", "export/data/", "export/quantize.py")),
 )}
 
 
 # ---------------------------------------------------------------------------------------------- stamps
 
-def _code_digest() -> str:
-    """SHA-256 of the code and data that make artifacts (bort_infer/export and this file): an artifact
-    made by other code is rebuilt, not reused."""
+def _code_digest(art: Artifact) -> str:
+    """SHA-256 of the code that makes `art` (its builder's source and the package files it names): an
+    artifact made by other code is rebuilt, not reused, and one whose code did not change is kept."""
+    import inspect
+
     package = Path(__file__).resolve().parent.parent
-    h = hashlib.sha256()
-    files = [p for p in (package / "export").rglob("*") if p.is_file() and p.suffix in (".py", ".txt")]
-    for f in sorted(files) + [Path(__file__).resolve()]:
+    files: list[Path] = []
+    for entry in art.code:
+        where = package / entry
+        files += sorted(p for p in where.rglob("*") if p.is_file() and p.suffix in (".py", ".txt")) \
+            if where.is_dir() else [where]
+    h = hashlib.sha256(inspect.getsource(art.build).encode())
+    for f in files:
         h.update(f.relative_to(package).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
@@ -188,7 +200,7 @@ def _stamp(model: str, name: str) -> dict:
     from .. import __version__
 
     art = ARTIFACTS[name]
-    stamp = {"artifact": name, "model": model_spec(model), "bort_infer": __version__, "code": _code_digest(),
+    stamp = {"artifact": name, "model": model_spec(model), "bort_infer": __version__, "code": _code_digest(art),
              "versions": _versions(art.modules)}
     stamp["sources"] = {dep: _read_stamp(path(model, dep)) for dep in art.needs}
     return stamp
@@ -256,6 +268,11 @@ def ensure(model: str, name: str) -> Path:
         if not is_built(model, step):
             build(model, step)
     return path(model, name)
+
+
+def checkpoint(model: str) -> Path:
+    """The random-init checkpoint of a known model (built in this process unless cached)."""
+    return ensure(model, "checkpoint")
 
 
 def export(model: str, variant: str) -> Path:

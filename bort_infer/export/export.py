@@ -131,7 +131,8 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
                  overwrite: bool = False, form: str | None = None, max_drop: float | None = None,
                  calibration_texts: list[str] | None = None, ort_format: bool = False,
                  gemm: str | None = None, task: str | None = None, evaluation_inputs: list | None = None,
-                 min_agreement: float | None = None, min_spearman: float | None = None) -> ModelMetadata:
+                 min_agreement: float | None = None, min_spearman: float | None = None,
+                 plain_onnx: str | Path | None = None) -> ModelMetadata:
     """Export checkpoint `src` to model directory `out`; returns the metadata written there.
 
     custom_ops: rewrite onto bort-infer's fused kernels (default) or keep onnxruntime's plain graph.
@@ -146,7 +147,9 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
     task: None (from the checkpoint config's architectures) or one of bort_infer.model_dir.TASKS. A task
     head exports on the packed graph with custom ops, fp32 or int8 (for a head, max_drop is the int8 search's
     aim only). Its int8 gate (bort_infer.export.head_gate) runs on evaluation_inputs (texts, or (text, text)
-    pairs; default: the built-in evaluation texts) against min_agreement / min_spearman.
+    pairs; default: the built-in evaluation texts) against min_agreement / min_spearman. plain_onnx: the plain
+    torch.onnx export of this same checkpoint's encoder (the model.onnx of a `custom_ops=False` fp32 export),
+    to start from instead of exporting again; the parity check against PyTorch still guards the result.
     """
     if quantize not in (None, *QUANTIZATIONS):
         raise ValueError(f"unknown quantization {quantize!r}; choose one of {', '.join(QUANTIZATIONS)}")
@@ -206,7 +209,11 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
         pad_token_id = int(config.get("pad_token_id") or 0)
         if not spec.is_head:
             reference = parity_reference(encoder, tokenizer, pad_token_id)
-        plain_path = export_plain_onnx(encoder, tmp / "plain.onnx")
+        if plain_onnx is None:
+            plain_path = export_plain_onnx(encoder, tmp / "plain.onnx")
+        else:  # read, never moved or deleted: it belongs to the caller
+            plain_path = tmp / "plain.onnx"
+            shutil.copyfile(plain_onnx, plain_path)
         del encoder  # PyTorch's part is done: its reference outputs are kept, not its weights
         _release()
         bar.update()
@@ -218,13 +225,19 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
             enc = recognize(fuse_with_onnxruntime(plain_path, config["num_attention_heads"], config["hidden_size"]))
             _release()
             fp32_model = emit(enc, form)
+            if quantize is None:
+                del enc  # only the int8 search and the bf16 conversion read it again
             if head_weights is not None:
                 fp32_model = heads.attach_head(fp32_model, head_weights)
             plain_path.unlink()
-        else:
-            fp32_model = onnx.load(str(plain_path))
+            onnx.save(fp32_model, str(tmp / "model.onnx"))
+            fp32_ops, fp32_inputs = ops_used(fp32_model), tuple(i.name for i in fp32_model.graph.input)
+            del fp32_model  # written: parity reads the file; int8 and bf16 emit their own graphs from `enc`
+            _release()
+        else:  # the plain graph is the torch export itself: moved into place, not loaded and saved again
+            os.replace(plain_path, tmp / "model.onnx")
+            fp32_ops, fp32_inputs = [], PLAIN_INPUTS
         inputs = (PACKED_INPUTS if form == "packed" else PADDED_INPUTS) if custom_ops else PLAIN_INPUTS
-        onnx.save(fp32_model, str(tmp / "model.onnx"))
         fp32_bytes = (tmp / "model.onnx").stat().st_size
         # What the encoder alone is (the int8 search probes it as an embedding model, pooled as the head reads
         # it: a sequence head its CLS row, a token head every row); a head's model adds to it.
@@ -234,13 +247,13 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
             num_layers=config["num_hidden_layers"], num_heads=config["num_attention_heads"],
             max_length=defaults.max_length, pooling=pooling, normalize=defaults.normalize and not spec.is_head,
             precision="fp32", pad_token_id=pad_token_id, inputs=tuple(inputs), output=OUTPUT,
-            custom_ops=tuple(ops_used(fp32_model)), versions=_versions(),
+            custom_ops=tuple(fp32_ops), versions=_versions(),
             source={"path": str(directory), "sha256": hf.weights_sha256(directory), "model_type": config["model_type"],
                     "defaults_from": defaults.origin})
         meta = encoder_meta
         if spec.is_head:
             meta = dataclasses.replace(
-                encoder_meta, inputs=tuple(i.name for i in fp32_model.graph.input), output=heads.LOGITS,
+                encoder_meta, inputs=fp32_inputs, output=heads.LOGITS,
                 task=spec.task, labels=spec.labels, problem_type=spec.problem_type, activation=spec.activation,
                 pairs=spec.pairs)
         meta.write(tmp)
@@ -249,9 +262,6 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
         bar.set_postfix_str("parity against PyTorch")
         parity = check_head_parity(tmp, head_inputs, reference) if spec.is_head else check_parity(tmp, reference)
         meta = dataclasses.replace(meta, source={**meta.source, "parity_vs_pytorch": parity})
-        if custom_ops:  # the int8 search and the bf16 conversion emit their own graphs from `enc`
-            del fp32_model
-        _release()
         bar.update()
 
         if quantize == "int8":
@@ -274,12 +284,16 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
                     model = heads.attach_head(model, head_weights)
                 onnx.save(model, str(tmp / "model.onnx"))
             else:
-                q.quantize_plain_dynamic(plain_path, tmp / "model.onnx")
-                plain_path.unlink()
-                model = onnx.load(str(tmp / "model.onnx"))
+                fp32_path = tmp / "plain.onnx"
+                os.replace(tmp / "model.onnx", fp32_path)
+                q.quantize_plain_dynamic(fp32_path, tmp / "model.onnx")
+                model, fp32_model = onnx.load(str(tmp / "model.onnx")), onnx.load(str(fp32_path))
+                fp32_path.unlink()
                 report = {"weights": "int8 per channel (onnxruntime quantize_dynamic)",
                           "activations": "u8, per-tensor range computed per batch",
                           **q.measure_and_gate(model, fp32_model, probe.embed, gate)}
+                del fp32_model
+            probe.close()
             shutil.rmtree(probe.directory, ignore_errors=True)
             report["size_bytes"] = {"fp32_model": fp32_bytes, "int8_model": (tmp / "model.onnx").stat().st_size}
             meta = dataclasses.replace(meta, precision="int8", custom_ops=tuple(ops_used(model)), fidelity=report,
@@ -296,11 +310,10 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
             model, report = bf16.convert_encoder(enc, form, probe.embed)
             del enc
             onnx.save(model, str(tmp / "model.onnx"))
+            probe.close()
             shutil.rmtree(probe.directory, ignore_errors=True)
             report["size_bytes"] = {"fp32_model": fp32_bytes, "bf16_model": (tmp / "model.onnx").stat().st_size}
             meta = dataclasses.replace(meta, precision="bf16", custom_ops=tuple(ops_used(model)), fidelity=report)
-        elif not custom_ops:
-            plain_path.unlink()
         bar.update()
 
         if ort_format:
@@ -377,19 +390,28 @@ class _Probe:
         directory.mkdir(exist_ok=True)
         shutil.copy(tokenizer_file, directory / "tokenizer.json")
         self.tokenizer_file = tokenizer_file
+        self._model = self._session = None
 
     def embed(self, model, texts: list[str]) -> np.ndarray:
-        """Pooled (model default), unnormalized vectors of `texts` under `model`."""
+        """Pooled (model default), unnormalized vectors of `texts` under `model`. Consecutive calls with the
+        same graph (the batch-consistency check makes 64) reuse one Session instead of saving and loading
+        the graph each time."""
         import onnx
 
         from ..session import Session
 
-        inputs = tuple(i.name for i in model.graph.input)
-        onnx.save(model, str(self.directory / "model.onnx"))
-        dataclasses.replace(self.meta, inputs=inputs, custom_ops=tuple(ops_used(model))).write(self.directory)
+        if self._model is not model:
+            self.close()  # the previous graph's session goes before the next one loads
+            inputs = tuple(i.name for i in model.graph.input)
+            onnx.save(model, str(self.directory / "model.onnx"))
+            dataclasses.replace(self.meta, inputs=inputs, custom_ops=tuple(ops_used(model))).write(self.directory)
+            self._model, self._session = model, Session(self.directory)
         with warnings.catch_warnings():  # truncation of the probe's own long texts is expected, not news
             warnings.simplefilter("ignore")
-            return Session(self.directory).encode(texts, batch_size=64, normalize=False)
+            return self._session.encode(texts, batch_size=64, normalize=False)
+
+    def close(self) -> None:
+        self._model = self._session = None
 
     def run_packed_graph(self, model, outputs: list[str], texts: list[str]):
         """(output name, value) for each of `outputs` of a packed graph, over batches of `texts`."""

@@ -91,17 +91,31 @@ class Encoder:
 
 def fuse_with_onnxruntime(plain_onnx: str | Path, num_heads: int, hidden_size: int):
     """onnxruntime's transformers optimizer (its BERT fusions), as an onnx.ModelProto."""
+    from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.optimizer import optimize_model
 
+    def fuse(shape_inference: bool):
+        options = FusionOptions("bert")
+        options.enable_shape_inference = shape_inference
+        return optimize_model(str(plain_onnx), model_type="bert", num_heads=num_heads, hidden_size=hidden_size,
+                              opt_level=0, optimization_options=options).model
+
     try:
-        optimized = optimize_model(str(plain_onnx), model_type="bert", num_heads=num_heads,
-                                   hidden_size=hidden_size, opt_level=0)
+        # First without the optimizer's symbolic shape inference, which copies the whole model (weights
+        # included) several times: BERT-large fuses in 2.6 GB instead of 9.5, in a third of the time, into the
+        # same graph. Some graphs need the inferred shapes for their embedding fusion; they are fused again
+        # with it (recognize checks every shape of what it reads either way).
+        model = fuse(shape_inference=False)
+        ops = [n.op_type for n in model.graph.node]
+        if ops.count("EmbedLayerNormalization") != 1 or "Attention" not in ops:
+            del model
+            model = fuse(shape_inference=True)
     except Exception as exc:
         # Raised again without its traceback: the optimizer's frames hold its TemporaryDirectory, which would
         # stay on disk for as long as a caller keeps the exception.
         failure = f"{type(exc).__name__}: {exc}"
     else:
-        return optimized.model
+        return model
     raise RuntimeError(f"onnxruntime's BERT optimizer failed on {plain_onnx}: {failure}")
 
 
@@ -309,21 +323,38 @@ class Precision:
 
 
 class _Builder:
+    """Collects nodes, and writes each constant straight into the model being built: the weights exist once
+    as protobuf (make_graph and make_model would copy them twice more: 2.7 GB for BERT-large fp32)."""
+
     def __init__(self):
-        self.nodes, self.inits, self._count = [], [], defaultdict(int)
+        from onnx import ModelProto
+
+        self.model = ModelProto()
+        self.nodes, self._count = [], defaultdict(int)
 
     def const(self, name: str, array: np.ndarray) -> str:
-        from onnx import numpy_helper
+        from onnx import helper
 
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        a = np.ascontiguousarray(array)
+        if a.dtype.byteorder == ">":
+            a = a.astype(a.dtype.newbyteorder("<"))
+        tensor = self.model.graph.initializer.add()
+        tensor.name = name
+        tensor.data_type = helper.np_dtype_to_tensor_dtype(a.dtype)
+        tensor.dims.extend(a.shape)
+        tensor.raw_data = a.tobytes()
         return name
 
     def const_bf16(self, name: str, bits: np.ndarray) -> str:
         """A BFLOAT16 initializer from uint16 bit patterns (2 bytes per weight in the file)."""
-        from onnx import TensorProto, helper
+        from onnx import TensorProto
 
         bits = np.ascontiguousarray(bits, dtype=np.uint16)
-        self.inits.append(helper.make_tensor(name, TensorProto.BFLOAT16, bits.shape, bits.tobytes(), raw=True))
+        tensor = self.model.graph.initializer.add()
+        tensor.name = name
+        tensor.data_type = TensorProto.BFLOAT16
+        tensor.dims.extend(bits.shape)
+        tensor.raw_data = bits.astype("<u2", copy=False).tobytes()
         return name
 
     def node(self, op: str, inputs: list[str], name: str, domain: str = "", **attrs) -> str:
@@ -545,10 +576,14 @@ def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None,
     # The node producing the last layer's float output writes it under its public name.
     producer = next(n for n in reversed(b.nodes) if x.fp32 in n.output)
     producer.output[list(producer.output).index(x.fp32)] = OUTPUT
-    graph = helper.make_graph(b.nodes, name, inputs, [output], b.inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1),
-                                                    helper.make_opsetid(MS_DOMAIN, 1)],
-                              producer_name="bort-infer")
+    model = b.model  # what helper.make_graph and make_model would make, without copying the initializers
+    model.graph.name = name
+    model.graph.node.extend(b.nodes)
+    model.graph.input.extend(inputs)
+    model.graph.output.append(output)
+    model.opset_import.extend([helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1),
+                               helper.make_opsetid(MS_DOMAIN, 1)])
+    model.producer_name = "bort-infer"
     model.ir_version = 8
     return model
 

@@ -77,20 +77,31 @@ def builtin_texts() -> tuple[list[str], list[str]]:
 
 # ---------------------------------------------------------------------------------------------- weights
 
+# Rows quantized per block: the float64 arithmetic is the same, but its temporaries stay a few MB instead of
+# four copies of a whole BERT-large embedding table or FFN weight.
+_ROWS_PER_BLOCK = 4096
+
+
 def quantize_columns(weight: np.ndarray) -> QuantizedLinear:
     """Symmetric int8 per output column of a [K, N] weight."""
-    w = weight.astype(np.float64)
-    scale = np.abs(w).max(axis=0) / 127.0
+    scale = np.abs(weight).max(axis=0).astype(np.float64) / 127.0
     scale[scale == 0] = 1.0
-    return QuantizedLinear(np.clip(np.rint(w / scale), -127, 127).astype(np.int8), scale.astype(np.float32))
+    out = np.empty(weight.shape, np.int8)
+    for r in range(0, weight.shape[0], _ROWS_PER_BLOCK):
+        w = weight[r:r + _ROWS_PER_BLOCK].astype(np.float64)
+        out[r:r + _ROWS_PER_BLOCK] = np.clip(np.rint(w / scale), -127, 127)
+    return QuantizedLinear(out, scale.astype(np.float32))
 
 
 def quantize_rows(table: np.ndarray) -> QuantizedTable:
     """Symmetric int8 per row of an embedding table."""
-    t = table.astype(np.float64)
-    scale = np.abs(t).max(axis=1) / 127.0
+    scale = np.abs(table).max(axis=1).astype(np.float64) / 127.0
     scale[scale == 0] = 1.0
-    return QuantizedTable(np.clip(np.rint(t / scale[:, None]), -127, 127).astype(np.int8), scale.astype(np.float32))
+    out = np.empty(table.shape, np.int8)
+    for r in range(0, table.shape[0], _ROWS_PER_BLOCK):
+        t = table[r:r + _ROWS_PER_BLOCK].astype(np.float64)
+        out[r:r + _ROWS_PER_BLOCK] = np.clip(np.rint(t / scale[r:r + _ROWS_PER_BLOCK, None]), -127, 127)
+    return QuantizedTable(out, scale.astype(np.float32))
 
 
 def full_int8(enc: Encoder, keep_fp32: frozenset = frozenset()) -> Precision:
@@ -132,7 +143,10 @@ def activation_channel_max(enc: Encoder, texts: list[str], run_fp32_graph) -> di
 def smooth(enc: Encoder, channel_max: dict[tuple[str, int], np.ndarray], alpha: float) -> Encoder:
     """A copy of `enc` whose smoothable activations are divided per channel by s (folded into the LayerNorm
     that produces them), with consumer weight rows multiplied by s and the residual scaled back."""
-    out = copy.deepcopy(enc)
+    # A structural copy: every array that changes is replaced below, never written in place, so the others
+    # are shared with `enc` (a deep copy would hold a second full set of weights per candidate).
+    out = copy.copy(enc)
+    out.layers = [copy.copy(layer) for layer in enc.layers]
     for (kind, i), xmax in channel_max.items():
         layer = out.layers[i]
         consumer = "qkv" if kind == "x" else "ffn_in"
@@ -199,8 +213,13 @@ def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, c
         calibration = [calibration[int(i)] for i in np.linspace(0, len(calibration) - 1, MAX_CALIBRATION_TEXTS)]
     aim_mean, aim_min = gate.aims()
 
+    # fp32 first, each graph dropped once read (BERT-large's is 1.3 GB): the channel maxima, then the
+    # reference vectors of the calibration and evaluation texts; the search then holds one graph at a time.
+    maxima = activation_channel_max(enc, calibration, run_fp32_graph)
     fp32_model = emit(enc, form)
     ref = embed(fp32_model, calibration)
+    evaluation_ref = embed(fp32_model, builtin_texts()[1])
+    del fp32_model
 
     def score(candidate: Encoder, keep_fp32: frozenset) -> dict:
         return cosine_stats(embed(emit(candidate, form, full_int8(candidate, keep_fp32), gemm=gemm), calibration), ref)
@@ -213,7 +232,6 @@ def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, c
     chosen, alpha, keep = enc, None, frozenset()
     stats = score(enc, keep)
     tried = {"none": stats}
-    maxima = activation_channel_max(enc, calibration, run_fp32_graph)
     for a in SMOOTHING_ALPHAS:
         candidate = smooth(enc, maxima, a)
         s = score(candidate, keep)
@@ -245,16 +263,19 @@ def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, c
         "calibration": {"source": "user" if calibration_texts else "built-in", **stats,
                         "tried": {k: {"cosine_mean": round(v["cosine_mean"], 6), "cosine_p1": round(v["cosine_p1"], 6)}
                                   for k, v in tried.items()}},
-        **measure_and_gate(model, fp32_model, embed, gate, enforce),
+        **measure_and_gate(model, None, embed, gate, enforce, fp32_vectors=evaluation_ref),
     }
     return model, report
 
 
-def measure_and_gate(model, fp32_model, embed: Embedder, gate: Gate, enforce: bool = True) -> dict:
-    """Evaluation-text fidelity of `model` against `fp32_model`, batch consistency and the gate verdict;
-    raises ValueError when under the gate (and `enforce`)."""
+def measure_and_gate(model, fp32_model, embed: Embedder, gate: Gate, enforce: bool = True,
+                     fp32_vectors: np.ndarray | None = None) -> dict:
+    """Evaluation-text fidelity of `model` against `fp32_model` (or its vectors of the evaluation texts,
+    `fp32_vectors`, already computed), batch consistency and the gate verdict; raises ValueError when under
+    the gate (and `enforce`)."""
     _, evaluation = builtin_texts()
-    stats = cosine_stats(embed(model, evaluation), embed(fp32_model, evaluation))
+    reference = fp32_vectors if fp32_vectors is not None else embed(fp32_model, evaluation)
+    stats = cosine_stats(embed(model, evaluation), reference)
     result = {"evaluation": {"source": "built-in", **stats},
               "batch_consistency": batch_consistency(model, evaluation, embed),
               "gate": {"max_drop": gate.max_drop, "min_cosine": gate.min_cosine, "mean_cosine": gate.mean_cosine,

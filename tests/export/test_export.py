@@ -230,3 +230,43 @@ def test_a_failed_export_leaves_the_previous_model_in_place(exports, checkpoints
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
 
+
+
+def test_starting_from_the_plain_export_gives_the_same_model(exports, checkpoints, tmp_path):
+    plain = exports("tiny-bort", custom_ops=False) / "model.onnx"
+    before = plain.read_bytes()
+    out = tmp_path / "model"
+    export_model(str(checkpoints("tiny-bort")), out, plain_onnx=plain)
+    assert (out / "model.onnx").read_bytes() == (exports("tiny-bort") / "model.onnx").read_bytes()
+    assert plain.read_bytes() == before  # the caller's file is read, not moved or changed
+
+
+def test_a_plain_export_of_another_checkpoint_is_refused_by_the_parity_check(exports, checkpoints, tmp_path):
+    other = exports("tiny-bert-large", custom_ops=False) / "model.onnx"
+    with pytest.raises((RuntimeError, ValueError)):
+        export_model(str(checkpoints("tiny-bort")), tmp_path / "model", plain_onnx=other)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_int8_probe_loads_each_graph_once_however_often_it_embeds(exports, tmp_path, monkeypatch):
+    import numpy as np
+    import onnx
+
+    from bort_infer import session as session_module
+
+    directory = exports("tiny-bort")
+    loads = []
+    real_session = session_module.Session
+
+    def counting_session(*args, **kwargs):
+        loads.append(args[0])
+        return real_session(*args, **kwargs)
+
+    monkeypatch.setattr(session_module, "Session", counting_session)
+    probe = export_module._Probe(tmp_path / ".probe", directory / "tokenizer.json", read_metadata(directory))
+    model = onnx.load(str(directory / "model.onnx"))
+    first = probe.embed(model, ["a text", "another text"])
+    np.testing.assert_array_equal(probe.embed(model, ["a text", "another text"]), first)
+    assert len(loads) == 1
+    probe.embed(onnx.load(str(directory / "model.onnx")), ["a text"])  # another graph object: loaded again
+    assert len(loads) == 2
