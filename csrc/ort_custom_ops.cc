@@ -661,17 +661,16 @@ struct Op : Ort::CustomOpBase<Op<Kernel>, Instance<Kernel>, /*WithStatus=*/true>
   }
 };
 
-// Op objects must outlive every session that uses them: they live for the process.
-Op<FusedAttention> g_fused_attention;
-Op<PackedAttention> g_packed_attention;
-Op<BiasGelu> g_bias_gelu;
-Op<SkipLayerNorm> g_skip_layernorm;
-Op<QuantizeRows> g_quantize_rows;
-Op<DequantizeRows> g_dequantize_rows;
-Op<LinearBf16> g_linear_bf16;
-Op<LinearInt8> g_linear_int8;
-OrtCustomOp* const kOps[] = {&g_fused_attention, &g_packed_attention, &g_bias_gelu,   &g_skip_layernorm,
-                             &g_quantize_rows,   &g_dequantize_rows,  &g_linear_bf16, &g_linear_int8};
+// The OrtCustomOp of a kernel struct: one per process, since every session that uses it keeps a pointer to it.
+template <typename Kernel>
+OrtCustomOp* op() {
+  static Op<Kernel> instance;
+  return &instance;
+}
+
+// The domain's ops: adding one is its kernel struct above and its entry here.
+OrtCustomOp* const kOps[] = {op<FusedAttention>(), op<PackedAttention>(), op<BiasGelu>(),   op<SkipLayerNorm>(),
+                             op<QuantizeRows>(),   op<DequantizeRows>(),  op<LinearBf16>(), op<LinearInt8>()};
 
 }  // namespace
 
@@ -690,7 +689,7 @@ RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
   std::lock_guard<std::mutex> lock(mutex);
   try {
     Ort::CustomOpDomain domain{kDomain};
-    for (OrtCustomOp* op : kOps) domain.Add(op);
+    for (OrtCustomOp* custom_op : kOps) domain.Add(custom_op);
     Ort::UnownedSessionOptions{options}.Add(domain);
     domain.release();  // one per registration, never released: it must outlive the sessions that use it
     return nullptr;

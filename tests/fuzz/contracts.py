@@ -264,14 +264,96 @@ DEQUANTIZE_INPUTS = ("acc", "row_scale", "row_zero_point", "weight_scale", "weig
                      "beta", "skip_scale")
 
 
+def requested_outputs(outputs) -> list[bool]:
+    """Which of y and the requantized y_quantized, y_scale, y_zero_point the node names (DequantizeRows' rules)."""
+    want = [i < len(outputs) and bool(outputs[i]) for i in range(4)]
+    expect(len(outputs) <= 4, "the op has four outputs")
+    expect(want[1] == want[2] == want[3], "the requantized outputs come together")
+    expect(want[0] or want[1], "no output is requested")
+    return want
+
+
+def epilogue_inputs(inputs, out_shape, activation):
+    """The skip + LayerNorm epilogue inputs of DequantizeRows and LinearInt8, for an output of out_shape."""
+    n = out_shape[-1]
+    skip, gamma, beta, skip_scale = (inputs.get(name) for name in ("skip", "gamma", "beta", "skip_scale"))
+    vector(inputs, "bias", n)
+    if skip is None:
+        expect(gamma is None and beta is None and skip_scale is None, "LayerNorm inputs need skip")
+    else:
+        expect(skip.shape == out_shape, "skip must have the output's shape")
+        expect(gamma is not None, "skip needs gamma")
+        expect(activation != "gelu", "gelu cannot be combined with skip")
+    for name in ("gamma", "beta", "skip_scale"):
+        vector(inputs, name, n)
+
+
+def dequantized_outputs(want, acc, row_scale, row_zp, weight_scale, colsum, inputs, activation, eps):
+    """Expected y and requantized outputs of DequantizeRows' arithmetic on exact integer accumulators."""
+    bias, skip, gamma, beta, skip_scale = (inputs.get(n) for n in ("bias", "skip", "gamma", "beta", "skip_scale"))
+    out_shape, lead = acc.shape, acc.shape[:-1]
+    y = None
+    allowance = 0.0
+    moderate = isinstance(acc, np.ndarray) and np.abs(acc.astype(np.int64)).max(initial=0) < 2**24 and np.abs(
+        colsum.astype(np.int64)).max(initial=0) < 2**16  # no int32 wrap-around in the kernel's arithmetic
+    if math.prod(out_shape) and moderate and eps <= 1e6 and tame(row_scale, weight_scale, bias, skip, gamma, beta,
+                                                                 skip_scale):
+        y, allowance = ref_dequantize_epilogue(acc, row_scale, row_zp, weight_scale, colsum, bias, activation, skip,
+                                               gamma, beta, skip_scale, float(eps))
+    expected = [Expected(out_shape, F32, y, "close", allowance) if want[0] else None]
+    if want[1]:
+        expected += [Expected(out_shape, UINT8, y, "requantized", allowance), Expected(lead, F32),
+                     Expected(lead, UINT8)]
+    return expected
+
+
+def linear_int8(inputs, attrs, outputs):
+    activation = attribute(attrs, "activation", str, "none")
+    expect(activation in ("none", "gelu"), "activation must be 'none' or 'gelu'")
+    eps = epsilon(attrs)
+    want = requested_outputs(outputs)
+    required(inputs, "weight", "weight_scale")
+    for name in ("x", "x_scale", "weight_scale", "bias", "skip", "gamma", "beta", "skip_scale"):
+        dtype_is(inputs, name, F32)
+    dtype_is(inputs, "x_quantized", UINT8), dtype_is(inputs, "x_zero_point", UINT8)
+    dtype_is(inputs, "weight", np.dtype(np.int8))
+    x, xq, x_scale, x_zp, weight = (inputs.get(n) for n in ("x", "x_quantized", "x_scale", "x_zero_point", "weight"))
+    expect((x is None) != (xq is None), "exactly one of x and x_quantized")
+    rows = x if x is not None else xq
+    expect(rows.ndim >= 1, "the input rows must have rank >= 1")
+    lead = rows.shape[:-1]
+    if xq is not None:
+        expect(x_scale is not None and x_zp is not None, "x_quantized needs x_scale and x_zero_point")
+        expect(x_scale.shape == lead and x_zp.shape == lead, "x_scale and x_zero_point: the rows' leading shape")
+    else:
+        expect(x_scale is None and x_zp is None, "x_scale and x_zero_point belong to x_quantized")
+    expect(weight.ndim == 2 and weight.shape[0] == rows.shape[-1], "weight must be [K, N]")
+    out_shape = (*lead, weight.shape[1])
+    vector(inputs, "weight_scale", weight.shape[1])
+    epilogue_inputs(inputs, out_shape, activation)
+    allocatable(out_shape, lead)
+    if not all(isinstance(a, np.ndarray) for a in (rows, weight)) or math.prod(out_shape) == 0 or (
+            x is not None and not tame(x)):
+        return dequantized_outputs(want, _Shaped(out_shape), None, None, None, None, inputs, activation, eps)
+    q, row_scale, row_zp = ref_quantize_rows(x) if x is not None else (xq, x_scale, x_zp)
+    k = weight.shape[0]
+    acc = (q.reshape(math.prod(lead), k).astype(np.int64) @ weight.astype(np.int64)).reshape(out_shape)
+    colsum = weight.astype(np.int64).sum(axis=0)
+    return dequantized_outputs(want, acc, row_scale, row_zp, inputs["weight_scale"], colsum, inputs, activation, eps)
+
+
+class _Shaped:
+    """Stands in for accumulators whose values are not computed (shapes only)."""
+
+    def __init__(self, shape):
+        self.shape = tuple(shape)
+
+
 def dequantize_rows(inputs, attrs, outputs):
     activation = attribute(attrs, "activation", str, "none")
     expect(activation in ("none", "gelu"), "activation must be 'none' or 'gelu'")
     eps = epsilon(attrs)
-    want = [i < len(outputs) and bool(outputs[i]) for i in range(4)]
-    expect(len(outputs) <= 4, "DequantizeRows has four outputs")
-    expect(want[1] == want[2] == want[3], "the requantized outputs come together")
-    expect(want[0] or want[1], "no output is requested")
+    want = requested_outputs(outputs)
     required(inputs, *DEQUANTIZE_INPUTS[:5])
     dtype_is(inputs, "acc", INT32), dtype_is(inputs, "weight_colsum", INT32), dtype_is(inputs, "row_zero_point", UINT8)
     for name in ("row_scale", "weight_scale", "bias", "skip", "gamma", "beta", "skip_scale"):
@@ -281,31 +363,10 @@ def dequantize_rows(inputs, attrs, outputs):
     expect(acc.ndim >= 1, "acc must have rank >= 1")
     n = acc.shape[-1]
     expect(row_scale.shape == acc.shape[:-1] and row_zp.shape == acc.shape[:-1], "row inputs: acc's leading shape")
-    for name in ("weight_scale", "weight_colsum", "bias"):
-        vector(inputs, name, n)
-    if skip is None:
-        expect(gamma is None and beta is None and skip_scale is None, "LayerNorm inputs need skip")
-    else:
-        expect(skip.shape == acc.shape, "skip must have acc's shape")
-        expect(gamma is not None, "skip needs gamma")
-        expect(activation != "gelu", "gelu cannot be combined with skip")
-    for name in ("gamma", "beta", "skip_scale"):
-        vector(inputs, name, n)
-    y = allowance = None
+    vector(inputs, "weight_scale", n), vector(inputs, "weight_colsum", n)
+    epilogue_inputs(inputs, acc.shape, activation)
     allocatable(acc.shape, acc.shape[:-1])
-    moderate = np.abs(acc.astype(np.int64)).max(initial=0) < 2**24 and np.abs(colsum.astype(np.int64)).max(
-        initial=0) < 2**16  # no int32 wrap-around in the kernel's arithmetic
-    if acc.size == 0:
-        allowance = 0.0
-    elif moderate and tame(row_scale, weight_scale, bias, skip, gamma, beta, skip_scale) and eps <= 1e6:
-        y, allowance = ref_dequantize_epilogue(acc, row_scale, row_zp, weight_scale, colsum, bias, activation, skip,
-                                               gamma, beta, skip_scale, float(eps))
-    lead = acc.shape[:-1]
-    expected = [Expected(acc.shape, F32, y, "close", allowance) if want[0] else None]
-    if want[1]:
-        expected += [Expected(acc.shape, UINT8, y, "requantized", allowance), Expected(lead, F32),
-                     Expected(lead, UINT8)]
-    return expected
+    return dequantized_outputs(want, acc, row_scale, row_zp, weight_scale, colsum, inputs, activation, eps)
 
 
 def linear_bf16(inputs, attrs, outputs):
@@ -342,6 +403,7 @@ CONTRACTS = {
     "QuantizeRows": quantize_rows,
     "DequantizeRows": dequantize_rows,
     "LinearBf16": linear_bf16,
+    "LinearInt8": linear_int8,
 }
 
 

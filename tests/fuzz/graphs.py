@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import random
 
-OPS = ["BiasGelu", "DequantizeRows", "FusedAttention", "LinearBf16", "PackedAttention", "QuantizeRows",
-       "SkipLayerNorm"]
+OPS = ["BiasGelu", "DequantizeRows", "FusedAttention", "LinearBf16", "LinearInt8", "PackedAttention",
+       "QuantizeRows", "SkipLayerNorm"]
 HEAD_DIMS = [1, 2, 3, 4, 5, 8, 16, 32]
 WIDTHS = [0, 1, 3, 7, 8, 15, 16, 17, 33, 64]
 ATTRIBUTES = {  # each op's attributes and their kinds
@@ -21,6 +21,7 @@ ATTRIBUTES = {  # each op's attributes and their kinds
     "SkipLayerNorm": {"epsilon": float},
     "DequantizeRows": {"activation": str, "epsilon": float},
     "LinearBf16": {"activation": str},
+    "LinearInt8": {"activation": str, "epsilon": float},
     "BiasGelu": {},
     "QuantizeRows": {},
 }
@@ -120,6 +121,24 @@ def quantize_rows(r):
     return [["x", tensor(r, [*leading(r), r.choice(WIDTHS)])]], {}, ["q", "scale", "zero_point"]
 
 
+def epilogue(r, shape, n):
+    """DequantizeRows' and LinearInt8's bias, epilogue inputs, attributes and outputs, valid together."""
+    inputs = [["bias", maybe(r, tensor(r, [n]))]]
+    attrs = {}
+    kind = r.choice(["none", "gelu", "layernorm"])
+    if kind == "layernorm":
+        inputs += [["skip", tensor(r, shape)], ["gamma", tensor(r, [n])]]
+        inputs += [[name, maybe(r, tensor(r, [n]))] for name in ("beta", "skip_scale")]
+        if r.random() < 0.5:
+            attrs["epsilon"] = r.choice([1e-12, 1e-5, 0.0])
+    else:
+        inputs += [[name, None] for name in ("skip", "gamma", "beta", "skip_scale")]
+        if kind == "gelu" or r.random() < 0.5:
+            attrs["activation"] = kind
+    outputs = r.choice([["y"], ["y", "q", "scale", "zero_point"], ["", "q", "scale", "zero_point"]])
+    return inputs, attrs, outputs
+
+
 def dequantize_rows(r):
     n, lead = r.choice(WIDTHS), leading(r)
     shape = [*lead, n]
@@ -127,21 +146,24 @@ def dequantize_rows(r):
               ["row_scale", tensor(r, lead, "float32", "positive")],
               ["row_zero_point", tensor(r, lead, "uint8", "ints")],
               ["weight_scale", tensor(r, [n], "float32", "positive")],
-              ["weight_colsum", tensor(r, [n], "int32", "ints")],
-              ["bias", maybe(r, tensor(r, [n]))]]
-    attrs = {}
-    epilogue = r.choice(["none", "gelu", "layernorm"])
-    if epilogue == "layernorm":
-        inputs += [["skip", tensor(r, shape)], ["gamma", tensor(r, [n])]]
-        inputs += [[name, maybe(r, tensor(r, [n]))] for name in ("beta", "skip_scale")]
-        if r.random() < 0.5:
-            attrs["epsilon"] = r.choice([1e-12, 1e-5, 0.0])
-    else:
-        inputs += [[name, None] for name in ("skip", "gamma", "beta", "skip_scale")]
-        if epilogue == "gelu" or r.random() < 0.5:
-            attrs["activation"] = epilogue
-    outputs = r.choice([["y"], ["y", "q", "scale", "zero_point"], ["", "q", "scale", "zero_point"]])
-    return inputs, attrs, outputs
+              ["weight_colsum", tensor(r, [n], "int32", "ints")]]
+    tail, attrs, outputs = epilogue(r, shape, n)
+    return inputs + tail, attrs, outputs
+
+
+def linear_int8(r):
+    k, n, lead = r.choice(WIDTHS), r.choice(WIDTHS), leading(r)
+    if r.random() < 0.5:  # float rows, quantized by the op
+        rows = [["x", tensor(r, [*lead, k])], ["x_quantized", None], ["x_scale", None], ["x_zero_point", None]]
+    else:  # rows already quantized
+        rows = [["x", None], ["x_quantized", tensor(r, [*lead, k], "uint8", "bytes")],
+                ["x_scale", tensor(r, lead, "float32", "positive")],
+                ["x_zero_point", tensor(r, lead, "uint8", "bytes")]]
+    weight = tensor(r, [k, n], "int8", "bytes")
+    if r.random() < 0.5:
+        weight["constant"] = True  # an initializer, packed when the session creates the kernel
+    tail, attrs, outputs = epilogue(r, [*lead, n], n)
+    return rows + [["weight", weight], ["weight_scale", tensor(r, [n], "float32", "positive")]] + tail, attrs, outputs
 
 
 def linear_bf16(r):
@@ -155,7 +177,7 @@ def linear_bf16(r):
 
 VALID = {"FusedAttention": fused_attention, "PackedAttention": packed_attention, "BiasGelu": bias_gelu,
          "SkipLayerNorm": skip_layernorm, "QuantizeRows": quantize_rows, "DequantizeRows": dequantize_rows,
-         "LinearBf16": linear_bf16}
+         "LinearBf16": linear_bf16, "LinearInt8": linear_int8}
 
 
 # ----------------------------------------------------------------------------------------------

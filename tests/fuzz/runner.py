@@ -6,7 +6,8 @@ A graph is described by a JSON spec (built by tests/fuzz/graphs.py):
      "attrs": {"num_heads": 2, "scale": {"tensor": [1]}},
      "outputs": ["out"], "threads": 1, "isa": "auto"}
 An input is null (absent: "" in the node), or a shape, a dtype and either "values" or a "fill" ("normal",
-"hostile": inf / nan / huge / subnormal floats, "ints": small integers), and "constant": true for an initializer.
+"hostile": inf / nan / huge / subnormal floats, "ints": small integers, "bytes": every 8-bit value), and
+"constant": true for an initializer.
 judge(spec) builds the graph, runs it and holds the outcome against tests/fuzz/contracts.py: a graph breaking the
 contract must fail with an onnxruntime error naming the op; any other graph must give the reference result.
 
@@ -30,7 +31,7 @@ DOMAIN = "ai.bort_infer"
 TOL = 1e-4  # on max|out - ref| / max(1, max|ref|); the kernel tests hold 1e-5 on their own inputs
 OUTPUT_TYPES = {  # each op's declared output element types (ONNX TensorProto numbers)
     "FusedAttention": [1], "PackedAttention": [1], "BiasGelu": [1], "SkipLayerNorm": [1],
-    "QuantizeRows": [2, 1, 2], "DequantizeRows": [1, 2, 1, 2], "LinearBf16": [1],
+    "QuantizeRows": [2, 1, 2], "DequantizeRows": [1, 2, 1, 2], "LinearBf16": [1], "LinearInt8": [1, 2, 1, 2],
 }
 # numpy has no bfloat16: such tensors are their bit patterns under this dtype (fed to onnxruntime as BFLOAT16).
 BF16 = np.dtype([("bfloat16", "<u2")])
@@ -93,6 +94,8 @@ def materialize(desc: dict | None) -> np.ndarray | HugeEmpty | None:
         values = np.where(rng.random(size) < 0.5, rng.choice(pool, size), rng.standard_normal(size) * 1e4)
     elif fill == "ints":
         values = rng.integers(-3, 8, size)
+    elif fill == "bytes":  # every int8 or uint8 value (the cast wraps)
+        values = rng.integers(0, 256, size)
     elif fill == "positive":
         values = rng.uniform(1e-3, 1e-1, size)
     else:

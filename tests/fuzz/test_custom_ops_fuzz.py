@@ -20,8 +20,10 @@ import pytest
 from hypothesis import HealthCheck, Phase, assume, given, settings
 from hypothesis import strategies as st
 
-from .graphs import MUTATIONS, OPS, graph_spec, materializable
-from .runner import Worker, WorkerDied, judge_alone
+from ..test_docs import registered_ops
+from .contracts import CONTRACTS
+from .graphs import ATTRIBUTES, MUTATIONS, OPS, VALID, graph_spec, materializable
+from .runner import OUTPUT_TYPES, Worker, WorkerDied, judge_alone
 
 pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
@@ -67,3 +69,11 @@ def test_fuzzed_graphs_give_the_reference_result_or_an_error_naming_the_op(worke
         pytest.fail(f"{spec['op']} graph killed the worker: {died}\nspec: {text}\nalone in a fresh process: "
                     f"{judge_alone(spec)}\nreproduce: python -m tests.fuzz.runner --one '{text}'")
     assert verdict["ok"], f"{verdict['detail']}\nspec: {json.dumps(spec)}"
+
+
+def test_every_registered_op_is_fuzzed():
+    # A new op in csrc/ort_custom_ops.cc needs its valid graphs (graphs.py), attributes, output types (runner.py)
+    # and contract (contracts.py) here before it ships.
+    ops = set(registered_ops())
+    for table in (OPS, VALID, ATTRIBUTES, OUTPUT_TYPES, CONTRACTS):
+        assert ops == set(table), sorted(ops ^ set(table))
