@@ -16,7 +16,8 @@ onnxruntime's dynamic int8 (quantize_dynamic on the plain export) and, when open
 installed, OpenVINO int8 from NNCF's post-training quantization (transformer preset) of the plain export, as
 bort-bench builds it.
 Targets (peer median / ours, same run) on a CPU with AVX-512 VNNI and no AMX: >= 1.3x onnxruntime int8 and
->= 1.1x OpenVINO int8. `--json FILE` keeps every figure.
+>= 1.1x OpenVINO int8. `--json FILE` keeps every figure. `--cpu-time`: one thread per backend timed by its
+thread's CPU time, the steady figure on a shared machine (OpenVINO's pass runs on the calling thread too).
 
 Every session has BORT_BENCH_THREADS (default 2) intra-op threads. The machine is often shared: read the
 ratios, not the absolute times, and say which CPU gave them.
@@ -166,20 +167,38 @@ def model_backends(model: str, threads: int, with_openvino: bool) -> dict:
     return runs
 
 
-def run_model(model: str, rounds: int, threads: int, with_openvino: bool) -> list[dict]:
+def cpu_time_interleaved(runs: dict, batch: int, seq: int, repeats: int) -> list:
+    """One-thread CPU time of each forward (the calling thread's, which runs the whole pass when every backend
+    has one thread), interleaved rounds: what a pass costs, whatever else the machine runs meanwhile."""
+    from bort_infer.bench.runner import Cell
+
+    cells = {key: Cell(key[0], key[1], batch, seq) for key in runs}
+    for fn in runs.values():
+        fn()
+    for _ in range(repeats):
+        for key, fn in runs.items():
+            t0 = time.thread_time()
+            fn()
+            cells[key].times_ms.append((time.thread_time() - t0) * 1e3)
+    return list(cells.values())
+
+
+def run_model(model: str, rounds: int, threads: int, with_openvino: bool, cpu_time: bool = False) -> list[dict]:
     from bort_infer.bench.runner import exact_length_inputs, measure_interleaved
     from bort_infer.registry import model_spec
 
-    forwards = model_backends(model, threads, with_openvino)
+    forwards = model_backends(model, 1 if cpu_time else threads, with_openvino)
     vocab = model_spec(model)["hf_config"]["vocab_size"]
     results = []
     for batch, seq in MODEL_SHAPES:
         ids, mask = exact_length_inputs(batch, seq, vocab)
         runs = {(model, name): (lambda f=f, ids=ids, mask=mask: f(ids, mask)) for name, f in forwards.items()}
-        cells = {c.backend: c for c in measure_interleaved(runs, batch, seq, repeats=rounds)}
+        measure = cpu_time_interleaved if cpu_time else measure_interleaved
+        cells = {c.backend: c for c in measure(runs, batch, seq, repeats=rounds)}
         ours = cells["bort-infer-int8 (ours)"].median_ms
         for name, cell in cells.items():
-            row = {**cell.to_json(), "threads": threads, "peer_over_ours": round(cell.median_ms / ours, 3)}
+            row = {**cell.to_json(), "threads": 1 if cpu_time else threads,
+                   "clock": "thread CPU" if cpu_time else "wall", "peer_over_ours": round(cell.median_ms / ours, 3)}
             results.append(row)
             target = TARGETS.get(name)
             verdict = ""
@@ -199,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ghz", type=float, default=None, help="core clock, to print int8 ops per cycle")
     parser.add_argument("--rows", type=int, nargs="*", default=KERNEL_ROWS, help="kernel M values")
     parser.add_argument("--no-openvino", action="store_true", help="leave OpenVINO int8 out of the model run")
+    parser.add_argument("--cpu-time", action="store_true",
+                        help="model run: one thread per backend, timed by the thread's CPU time (steady on a busy "
+                             "machine; wall-clock ratios at 2 threads are the targets' figures)")
     parser.add_argument("--json", default=None, help="write every figure to this file")
     args = parser.parse_args(argv)
     os.environ.setdefault("BORT_INFER_PROGRESS", "0")
@@ -207,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.what in ("kernel", "all"):
         report["kernel"] = run_kernels(args.rounds, args.threads, args.ghz, rows=args.rows)
     if args.what in ("model", "all"):
-        report["model"] = run_model(args.model, args.rounds, args.threads, not args.no_openvino)
+        report["model"] = run_model(args.model, args.rounds, args.threads, not args.no_openvino, args.cpu_time)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
