@@ -17,6 +17,7 @@ PackedInt8Weights::PackedInt8Weights(const int8_t* b, int64_t k, int64_t n, int6
   if (k < 0 || n < 0 || ldb < n) throw std::invalid_argument("PackedInt8Weights: bad shape");
   packed_.assign(static_cast<size_t>(num_panels() * kPanelWidth * padded_k_), 0);
   colsum_.assign(static_cast<size_t>(n), 0);
+  if (k == 0 || n == 0) return;  // nothing to pack or sum, however many rows or columns an empty weight claims
   for (int64_t p = 0; p < num_panels(); ++p) {
     int8_t* dst = packed_.data() + p * kPanelWidth * padded_k_;
     const int64_t width = panel_width(p), n0 = panel_begin(p), cols = panel_columns(p);

@@ -224,6 +224,28 @@ class Attributes {
     return is_constant ? value : Ort::ConstValue{nullptr};
   }
 
+  // Input `index` when it is a constant [K, N] weight of element type `type` holding at least one value,
+  // checked (rank 2, K and N below 2^48) before anything is packed. Null when the weight is fed at run time,
+  // or is empty: an empty weight may claim 2^47 rows or columns, so it is packed per call, after Compute has
+  // checked it against the other inputs (packing never walks or allocates what an empty shape claims).
+  struct ConstantWeight {
+    const void* data = nullptr;
+    bort::Shape shape;
+  };
+  std::optional<ConstantWeight> constant_weight(size_t index, ONNXTensorElementDataType type) const {
+    const Ort::ConstValue weight = constant_input(index);
+    if (weight == nullptr) return std::nullopt;
+    if (!weight.IsTensor()) fail(op_, "input 'weight' must be a tensor");
+    const auto info = weight.GetTensorTypeAndShapeInfo();
+    if (info.GetElementType() != type)
+      fail(op_, std::string("input 'weight' must be ") + type_name(type) + ", got " +
+                    type_name(info.GetElementType()));
+    ConstantWeight w{weight.GetTensorRawData(), info.GetShape()};
+    bort::check_linear_weight(op_, w.shape);
+    if (w.shape[0] == 0 || w.shape[1] == 0) return std::nullopt;
+    return w;
+  }
+
   // Whether the node names output `index` (an optional output left out has an empty name, or is past the end).
   bool has_output(size_t index) const { return index < info_.GetOutputCount() && !info_.GetOutputName(index).empty(); }
 
@@ -491,16 +513,10 @@ struct LinearBf16 {
   std::shared_ptr<const bort::PackedBf16Weights> packed;
 
   explicit LinearBf16(const Attributes& a) : activation(DequantizeRows::checked_activation(a)) {
-    const Ort::ConstValue weight = a.constant_input(1);
-    if (weight == nullptr) return;
-    const auto info = weight.GetTensorTypeAndShapeInfo();
-    if (info.GetElementType() != kBfloat16)
-      fail(kName, std::string("input 'weight' must be bfloat16, got ") + type_name(info.GetElementType()));
-    const bort::Shape shape = info.GetShape();
-    bort::check_linear_bf16_weight(shape);
-    if (shape[0] < 0 || shape[1] < 0) fail(kName, "input 'weight' has a negative dimension");
+    const auto weight = a.constant_weight(1, kBfloat16);
+    if (!weight) return;
     packed = std::make_shared<const bort::PackedBf16Weights>(bort::PackedBf16Weights::from_bf16(
-        static_cast<const uint16_t*>(weight.GetTensorRawData()), shape[0], shape[1]));
+        static_cast<const uint16_t*>(weight->data), weight->shape[0], weight->shape[1]));
   }
 
   void Compute(const Io& io) const {
@@ -553,16 +569,10 @@ struct LinearInt8 {
   }
 
   static std::shared_ptr<const bort::PackedInt8Weights> pack_constant_weight(const Attributes& a) {
-    const Ort::ConstValue weight = a.constant_input(kWeight);
-    if (weight == nullptr) return nullptr;
-    if (!weight.IsTensor()) fail(a.op(), "input 'weight' must be a tensor");
-    const auto info = weight.GetTensorTypeAndShapeInfo();
-    if (info.GetElementType() != kInt8)
-      fail(a.op(), std::string("input 'weight' must be int8, got ") + type_name(info.GetElementType()));
-    const bort::Shape shape = info.GetShape();
-    if (shape.size() != 2 || shape[0] < 0 || shape[1] < 0)
-      fail(a.op(), "weight must have rank 2 [K, N], got " + bort::shape_str(shape));
-    return std::make_shared<const bort::PackedInt8Weights>(weight.GetTensorData<int8_t>(), shape[0], shape[1]);
+    const auto weight = a.constant_weight(kWeight, kInt8);
+    if (!weight) return nullptr;
+    return std::make_shared<const bort::PackedInt8Weights>(static_cast<const int8_t*>(weight->data),
+                                                           weight->shape[0], weight->shape[1]);
   }
 
   void Compute(const Io& io) const {

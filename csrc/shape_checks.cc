@@ -144,17 +144,17 @@ RowsDims check_bias_gelu(const Shape& x, const Shape& bias) {
 
 RowsDims check_quantize_rows(const Shape& x) { return rows_of("QuantizeRows", "x", x); }
 
-void check_linear_bf16_weight(const Shape& weight) {
-  if (weight.size() != 2) fail("LinearBf16: weight must have shape [K, N] (rank 2), got " + shape_str(weight));
+void check_linear_weight(const char* op, const Shape& weight) {
+  if (weight.size() != 2) fail(std::string(op) + ": weight must have shape [K, N] (rank 2), got " + shape_str(weight));
   // An empty weight may claim any K or N; packing rounds both up, so they are bounded far from int64 overflow.
   constexpr int64_t kMaxDim = int64_t{1} << 48;
-  if (weight[0] >= kMaxDim || weight[1] >= kMaxDim)
-    fail("LinearBf16: weight dimensions K and N must be below 2^48, got " + shape_str(weight));
+  if (weight[0] < 0 || weight[1] < 0 || weight[0] >= kMaxDim || weight[1] >= kMaxDim)
+    fail(std::string(op) + ": weight dimensions K and N must be in [0, 2^48), got " + shape_str(weight));
 }
 
 RowsDims check_linear_bf16(const Shape& x, const Shape& weight, const Shape* bias) {
   const char* op = "LinearBf16";
-  check_linear_bf16_weight(weight);
+  check_linear_weight(op, weight);
   const RowsDims dims = rows_of(op, "x", x);
   if (dims.width != weight[0])
     fail(std::string(op) + ": x's last dimension " + std::to_string(dims.width) + " does not match weight " +
@@ -254,7 +254,7 @@ LinearInt8Dims check_linear_int8(const Shape* x, const Shape* x_quantized, const
   } else if (x_scale != nullptr || x_zero_point != nullptr) {
     fail(std::string(op) + ": x_scale and x_zero_point belong to x_quantized; float x is quantized by the op");
   }
-  if (weight.size() != 2) fail(std::string(op) + ": weight must have rank 2 [K, N], got " + shape_str(weight));
+  check_linear_weight(op, weight);
   if (weight[0] != rows.width)
     fail(std::string(op) + ": weight has " + std::to_string(weight[0]) + " rows but the input rows have " +
          std::to_string(rows.width) + " values (" + in_name + " " + shape_str(in) + ", weight " + shape_str(weight) +

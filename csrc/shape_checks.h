@@ -60,8 +60,9 @@ RowsDims check_bias_gelu(const Shape& x, const Shape& bias);
 // x [..., K].
 RowsDims check_quantize_rows(const Shape& x);
 
-// LinearBf16: weight [K, N] with K, N < 2^48; x [..., K]; bias [N] or null. Returns x's rows and width K.
-void check_linear_bf16_weight(const Shape& weight);
+// A linear op's weight: [K, N] with 0 <= K, N < 2^48 (LinearBf16, LinearInt8).
+void check_linear_weight(const char* op, const Shape& weight);
+// LinearBf16: weight as check_linear_weight; x [..., K]; bias [N] or null. Returns x's rows and width K.
 RowsDims check_linear_bf16(const Shape& x, const Shape& weight, const Shape* bias);
 
 // acc [..., N]; row_scale and row_zero_point acc's leading shape; weight_scale, weight_colsum [N]; bias [N] or null.

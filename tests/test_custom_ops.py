@@ -915,7 +915,7 @@ X16 = np.ones((2, 16), np.float32)
 
 @pytest.mark.parametrize("inputs,initializers,attrs,outputs,match", [
     ({"x": X16}, {"weight": np.ones((16, 8, 1), np.int8), "weight_scale": WS}, {}, ("y",),
-     r"LinearInt8: weight must have rank 2 \[K, N\], got \[16, 8, 1\]"),
+     r"LinearInt8: weight must have shape \[K, N\] \(rank 2\), got \[16, 8, 1\]"),
     ({"x": X16}, {"weight": np.ones((16, 8), np.float32), "weight_scale": WS}, {}, ("y",),
      r"tensor\(float\)' of input parameter \(weight\) of operator \(LinearInt8\)"),  # onnxruntime's schema check
     ({"x": np.ones((2, 15), np.float32)}, {"weight": W8, "weight_scale": WS}, {}, ("y",),
@@ -954,9 +954,36 @@ def test_an_output_too_large_to_allocate_is_an_error_naming_the_op_and_output():
         sess.run(None, {})
 
 
-def test_linear_bf16_rejects_an_empty_weight_claiming_2_to_the_48_or_more():
+LINEAR_WEIGHTS = {"LinearBf16": (["x", "weight"], TensorProto.BFLOAT16, {}),
+                  "LinearInt8": (["x", "x_quantized", "x_scale", "x_zero_point", "weight", "weight_scale"],
+                                 TensorProto.INT8, {"weight_scale": [0]})}
+
+
+@pytest.mark.parametrize("op", LINEAR_WEIGHTS)
+def test_a_linear_op_rejects_an_empty_weight_claiming_2_to_the_48_or_more(op):
     # Packing rounds K and N up: an empty weight claiming 2^63 - 1 columns would overflow int64 (undefined behaviour).
     # The weight is constant-folded into an initializer, so the error comes when the session creates the kernel.
-    with pytest.raises(ORT_ERRORS, match=r"LinearBf16: weight dimensions K and N must be below 2\^48"):
-        session_with_empty_inputs("LinearBf16", ["x", "weight"], {"x": [0, 0], "weight": [0, 2**63 - 1]}, {}, {},
-                                  types={"weight": TensorProto.BFLOAT16}).run(None, {})
+    names, weight_type, others = LINEAR_WEIGHTS[op]
+    with pytest.raises(ORT_ERRORS, match=op + r": weight dimensions K and N must be in \[0, 2\^48\)"):
+        session_with_empty_inputs(op, names, {"x": [0, 0], "weight": [0, 2**63 - 1], **others}, {}, {},
+                                  types={"weight": weight_type}).run(None, {})
+
+
+@pytest.mark.parametrize("op,shapes,error", [
+    ("LinearBf16", {"x": [0, 2**47], "weight": [2**47, 0]}, None),
+    ("LinearBf16", {"x": [0, 0], "weight": [0, 2**47]}, None),
+    ("LinearInt8", {"x": [0, 2**47], "weight": [2**47, 0], "weight_scale": [0]}, None),
+    ("LinearInt8", {"x": [0, 2**56], "weight": [2**56, 0], "weight_scale": [1]}, r"LinearInt8: weight dimensions"),
+    # The column scales cannot claim 2^47 columns (a 1-D tensor is not empty): refused when the op runs.
+    ("LinearInt8", {"x": [0, 0], "weight": [0, 2**47], "weight_scale": [0]}, r"LinearInt8: weight_scale must have"),
+])
+def test_a_linear_op_packs_an_empty_weight_claiming_huge_dimensions_at_once_or_refuses_it(op, shapes, error):
+    # LinearInt8 summed the columns of an empty [2^56, 0] weight row by row: a hang found by the fuzzer under
+    # make asan. An empty weight is packed after it is checked against the other inputs, and packing walks nothing.
+    names, weight_type, _ = LINEAR_WEIGHTS[op]
+    if error is not None:
+        with pytest.raises(ORT_ERRORS, match=error):
+            session_with_empty_inputs(op, names, shapes, {}, {}, types={"weight": weight_type}).run(None, {})
+        return
+    y = session_with_empty_inputs(op, names, shapes, {}, {}, types={"weight": weight_type}).run(None, {})[0]
+    assert y.shape == (0, shapes["weight"][1])

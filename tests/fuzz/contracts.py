@@ -327,7 +327,9 @@ def linear_int8(inputs, attrs, outputs):
         expect(x_scale.shape == lead and x_zp.shape == lead, "x_scale and x_zero_point: the rows' leading shape")
     else:
         expect(x_scale is None and x_zp is None, "x_scale and x_zero_point belong to x_quantized")
-    expect(weight.ndim == 2 and weight.shape[0] == rows.shape[-1], "weight must be [K, N]")
+    expect(weight.ndim == 2, "weight must be [K, N]")
+    expect(max(weight.shape) < 2**48, "K and N must be below 2^48")
+    expect(weight.shape[0] == rows.shape[-1], "weight must be [K, N] with K the rows' width")
     out_shape = (*lead, weight.shape[1])
     vector(inputs, "weight_scale", weight.shape[1])
     epilogue_inputs(inputs, out_shape, activation)

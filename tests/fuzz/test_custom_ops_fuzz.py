@@ -7,8 +7,10 @@ finding: its culprit is the graph in flight, re-run alone in a fresh process to 
 reproducer. The only acceptable outcomes are the reference result (tests/fuzz/contracts.py) or an onnxruntime error
 naming the op.
 
-BORT_INFER_FUZZ_EXAMPLES sets the number of graphs (default 10,000: about 80 s on 2 shared cores). Under `make asan`
-the worker inherits the sanitizer build (BORT_INFER_C_DIR) and its preloaded runtimes.
+BORT_INFER_FUZZ_EXAMPLES sets the number of graphs (default 10,000: about 80 s on 2 shared cores). The default run
+judges the same graphs every time, so a failure in CI fails the same way on a laptop; BORT_INFER_FUZZ_EXPLORE=1 draws
+new ones (Hypothesis' random search, with its example database). Under `make asan` the worker inherits the sanitizer
+build (BORT_INFER_C_DIR) and its preloaded runtimes.
 """
 from __future__ import annotations
 
@@ -29,6 +31,7 @@ pytest.importorskip("onnxruntime")
 pytest.importorskip("onnx")
 
 EXAMPLES = int(os.environ.get("BORT_INFER_FUZZ_EXAMPLES", "10000"))
+EXPLORE = os.environ.get("BORT_INFER_FUZZ_EXPLORE", "") not in ("", "0")
 SEEDS = st.integers(0, 2**32 - 1)
 MUTATION_LISTS = st.lists(st.tuples(st.sampled_from(MUTATIONS), SEEDS), max_size=3)
 
@@ -58,7 +61,7 @@ def worker(request):
 
 
 # No shrinking: a failure already names its graph, and shrinking a hang would wait out every timeout again.
-@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck),
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=not EXPLORE,
           phases=[Phase.explicit, Phase.reuse, Phase.generate])
 @given(spec=graph_specs())
 def test_fuzzed_graphs_give_the_reference_result_or_an_error_naming_the_op(worker, spec):
