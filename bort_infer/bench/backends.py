@@ -175,6 +175,10 @@ BACKENDS: dict[str, Backend] = {b.name: b for b in (
     Backend("openvino-int8", "int8", ("openvino", "nncf"), ("openvino-int8",), _openvino_int8),
     Backend("bort-infer-int8", "int8", (), ("bort-infer-int8",),
             lambda m, t: _session(m, "bort-infer-int8", t, "int8")),
+    # `export --precision bf16`: bf16 GEMMs (AVX512-BF16 or AMX where the CPU has them, exact emulation on
+    # AVX2), the rest fp32; the peer it answers is OpenVINO's default precision (bf16 on such CPUs).
+    Backend("bort-infer-bf16", "bf16", (), ("bort-infer-bf16",),
+            lambda m, t: _session(m, "bort-infer-bf16", t, "bf16")),
 )}
 
 

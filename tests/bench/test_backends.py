@@ -11,7 +11,7 @@ def test_every_backend_needs_known_artifacts_and_declares_its_precision():
 
 def test_int8_bf16_and_runtime_chosen_precisions_get_a_fidelity_check():
     reduced = {n for n, b in BACKENDS.items() if b.reduced_precision}
-    assert {"bort-infer-int8", "ort-int8", "ctranslate2-int8", "openvino-int8", "openvino"} <= reduced
+    assert {"bort-infer-int8", "bort-infer-bf16", "ort-int8", "ctranslate2-int8", "openvino-int8", "openvino"} <= reduced
     assert not reduced & {"torch-fp32", "ort-fp32", "ort-fused-fp32", "openvino-fp32", "bort-infer-fp32"}
 
 
@@ -19,3 +19,8 @@ def test_openvino_peers_are_there_at_their_default_forced_fp32_and_int8():
     assert BACKENDS["openvino"].precision == "default"
     assert BACKENDS["openvino-fp32"].precision == "fp32"
     assert BACKENDS["openvino-int8"].artifacts == ("openvino-int8",) and "nncf" in BACKENDS["openvino-int8"].modules
+
+
+def test_our_bf16_export_is_measured_beside_the_peer_it_answers():
+    assert BACKENDS["bort-infer-bf16"].precision == "bf16"
+    assert BACKENDS["bort-infer-bf16"].artifacts == ("bort-infer-bf16",)

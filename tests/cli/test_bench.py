@@ -17,12 +17,13 @@ def test_quick_smoke_run_writes_json_and_markdown(tmp_path, monkeypatch, capsys)
     data = json.loads(out.read_text())
     assert data["machine"]["threads"] == 1 and data["machine"]["cpu"] and "isa" in data["machine"]
     backends = {r["backend"] for r in data["results"]}
-    assert {"ort-fp32", "torch-fp32", "bort-infer-int8", "ort-int8"} <= backends
+    assert {"ort-fp32", "torch-fp32", "bort-infer-int8", "bort-infer-bf16", "ort-int8"} <= backends
     for r in data["results"]:
         assert r["batch"] == 1 and r["seq_len"] == 32 and r["rounds"] >= 3 and r["median_ms"] > 0
         assert len(r["round_ms"]) == r["rounds"]
     for backend in backends:  # every reduced-precision backend measured is compared with fp32 on both models
-        if backend in ("bort-infer-int8", "ort-int8", "ctranslate2-int8", "openvino-int8", "openvino"):
+        if backend in ("bort-infer-int8", "bort-infer-bf16", "ort-int8", "ctranslate2-int8", "openvino-int8",
+                       "openvino"):
             for model in ("tiny-bort", "tiny-bert-large"):
                 fid = data["fidelity"][backend][model]
                 assert fid["texts"] > 40 and 0.9 < fid["cosine_min"] <= fid["cosine_mean"] <= 1.0 + 1e-9
