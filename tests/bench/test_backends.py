@@ -11,7 +11,8 @@ def test_every_backend_needs_known_artifacts_and_declares_its_precision():
 
 def test_int8_bf16_and_runtime_chosen_precisions_get_a_fidelity_check():
     reduced = {n for n, b in BACKENDS.items() if b.reduced_precision}
-    assert {"bort-infer-int8", "bort-infer-bf16", "ort-int8", "ctranslate2-int8", "openvino-int8", "openvino"} <= reduced
+    assert {"bort-infer-int8", "bort-infer-bf16", "ort-int8", "ctranslate2-int8", "openvino-int8",
+            "openvino"} <= reduced
     assert not reduced & {"torch-fp32", "ort-fp32", "ort-fused-fp32", "openvino-fp32", "bort-infer-fp32"}
 
 
