@@ -31,6 +31,24 @@ class TaskMismatchError(ValueError):
     """A Session method was called on a model exported for another task."""
 
 
+class InputTooLongError(ValueError):
+    """An input over the model's limit, with truncation refused (truncate=False); ``index``: its position."""
+
+    def __init__(self, field: str, index: int, limit: int):
+        super().__init__(f"{field}[{index}] is longer than this model's limit of {limit} tokens; shorten it or "
+                         "allow truncation to keep its first tokens")
+        self.field = field
+        self.index = index
+        self.limit = limit
+
+
+def refuse_overlong(encodings: list, field: str, limit: int) -> None:
+    """InputTooLongError for the first encoding the tokenizer had to cut (its ``overflowing`` is not empty)."""
+    for i, e in enumerate(encodings):
+        if e.overflowing:
+            raise InputTooLongError(field, i, limit)
+
+
 def check_task(meta: ModelMetadata, wanted: str, method: str) -> None:
     if meta.task != wanted:
         raise TaskMismatchError(f"{method} needs a model of task {wanted!r}; this model's task is {meta.task!r} "
@@ -91,11 +109,13 @@ def _describe(value: Any) -> str:
     return type(value).__name__
 
 
-def predictions(logits: np.ndarray, meta: ModelMetadata, top_k: int | None, return_logits: bool) -> list:
-    """Per input: its float32 logits (return_logits) or its labels' {label, score}, best first, top_k of them."""
+def predictions(logits: np.ndarray, meta: ModelMetadata, top_k: int | None, return_logits: bool,
+                raw_scores: bool = False) -> list:
+    """Per input: its float32 logits (return_logits) or its labels' {label, score}, best first, top_k of them
+    (raw_scores: the score is the logit, not through the model's activation)."""
     if return_logits:
         return [row.astype(np.float32) for row in logits]
-    scores = activate(logits, meta.activation)
+    scores = activate(logits, "none" if raw_scores else meta.activation)
     k = len(meta.labels) if top_k is None else min(top_k, len(meta.labels))
     out = []
     for row in scores:
@@ -123,9 +143,10 @@ def rerank_documents(documents: Any) -> list[str]:
 
 
 def ranking(logits: np.ndarray, meta: ModelMetadata, documents: Sequence[str], top_k: int | None,
-            return_documents: bool) -> list[dict]:
-    """[{index, score[, document]}] sorted by score, best first (ties: document order), top_k of them."""
-    scores = activate(logits[:, 0], meta.activation)
+            return_documents: bool, raw_scores: bool = False) -> list[dict]:
+    """[{index, score[, document]}] sorted by score, best first (ties: document order), top_k of them
+    (raw_scores: the score is the logit, not through the model's activation)."""
+    scores = activate(logits[:, 0], "none" if raw_scores else meta.activation)
     order = np.argsort(-scores, kind="stable")[:top_k]
     out = []
     for i in order:

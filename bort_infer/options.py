@@ -111,7 +111,9 @@ class HeadOptions:
 
     batch_size: inputs per model call; max_tokens: real tokens per model call (None: the session's default
     budget). top_k: the k best labels (predict) or documents (rerank); None: all of them. aggregation: how
-    tag() merges tokens into entities ("simple": transformers' aggregation_strategy="simple").
+    tag() merges tokens into entities ("simple": transformers' aggregation_strategy="simple"). raw_scores:
+    predict / rerank scores are the logits themselves, not through the model's activation (TEI's raw_scores).
+    truncate: an input over the model's limit is cut (True) or refused with InputTooLongError (False).
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -119,12 +121,15 @@ class HeadOptions:
     top_k: int | None = None
     return_logits: bool = False
     aggregation: str = "simple"
+    raw_scores: bool = False
+    truncate: bool = True
 
     def __post_init__(self) -> None:
         check_positive_int("batch_size", self.batch_size)
         check_positive_int("max_tokens", self.max_tokens, optional=True)
         check_positive_int("top_k", self.top_k, optional=True)
-        if not isinstance(self.return_logits, bool):
-            raise ValueError(f"return_logits must be True or False, got {self.return_logits!r}")
+        for name in ("return_logits", "raw_scores", "truncate"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")

@@ -367,35 +367,40 @@ class Session:
 
     def predict(self, inputs: str | tuple[str, str] | Iterable[str | tuple[str, str]], *,
                 batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int | None = None, top_k: int | None = None,
-                return_logits: bool = False) -> list:
+                return_logits: bool = False, raw_scores: bool = False, truncate: bool = True) -> list:
         """Classify (or score) texts or (text, text) pairs with a sequence-classification model.
 
         Per input, a list of {"label", "score"} sorted by score, best first: the top_k best labels, or every
         label when top_k is None (transformers' text-classification pipeline with top_k=None); scores are the
-        logits through the model's activation (softmax, sigmoid or none, from the export). return_logits:
-        the raw float32 logits [labels] per input instead. A single input (a str or a (str, str) tuple)
-        gives its result alone; a list gives a list. See bort_infer.heads."""
-        options = HeadOptions(batch_size=batch_size, max_tokens=max_tokens, top_k=top_k, return_logits=return_logits)
+        logits through the model's activation (softmax, sigmoid or none, from the export), or the logits
+        themselves with raw_scores=True. return_logits: the raw float32 logits [labels] per input instead. A
+        single input (a str or a (str, str) tuple) gives its result alone; a list gives a list. An input over
+        the model's limit is truncated (with a warning), or with truncate=False refused: InputTooLongError
+        naming ``inputs[i]``. See bort_infer.heads."""
+        options = HeadOptions(batch_size=batch_size, max_tokens=max_tokens, top_k=top_k, return_logits=return_logits,
+                              raw_scores=raw_scores, truncate=truncate)
         heads.check_task(self.metadata, SEQUENCE_CLASSIFICATION, "predict()")
         items, single = heads.prediction_inputs(inputs, self.metadata.pairs)
-        logits = self._sequence_logits(items, options)
-        out = heads.predictions(logits, self.metadata, options.top_k, options.return_logits)
+        logits = self._sequence_logits(items, options, "inputs")
+        out = heads.predictions(logits, self.metadata, options.top_k, options.return_logits, options.raw_scores)
         return out[0] if single else out
 
     def rerank(self, query: str, documents: Iterable[str], *, top_k: int | None = None,
                batch_size: int = DEFAULT_BATCH_SIZE, max_tokens: int | None = None,
-               return_documents: bool = False) -> list[dict]:
+               return_documents: bool = False, raw_scores: bool = False, truncate: bool = True) -> list[dict]:
         """Score every (query, document) pair with a one-score sequence-classification model (a cross-encoder)
         and return [{"index", "score"[, "document"]}] sorted by score, best first (ties keep document order),
         the top_k best or all. Scores are the logit through the model's activation (sigmoid for a
-        sentence-transformers CrossEncoder)."""
-        options = HeadOptions(batch_size=batch_size, max_tokens=max_tokens, top_k=top_k)
+        sentence-transformers CrossEncoder), or the logit itself with raw_scores=True. A pair over the model's
+        limit is truncated, or with truncate=False refused: InputTooLongError naming ``documents[i]``."""
+        options = HeadOptions(batch_size=batch_size, max_tokens=max_tokens, top_k=top_k, raw_scores=raw_scores,
+                              truncate=truncate)
         heads.check_rerank(self.metadata)
         if not isinstance(query, str):
             raise TypeError(f"query must be a str, got {type(query).__name__}")
         docs = heads.rerank_documents(documents)
-        logits = self._sequence_logits([(query, d) for d in docs], options)
-        return heads.ranking(logits, self.metadata, docs, options.top_k, bool(return_documents))
+        logits = self._sequence_logits([(query, d) for d in docs], options, "documents")
+        return heads.ranking(logits, self.metadata, docs, options.top_k, bool(return_documents), options.raw_scores)
 
     def tag(self, texts: str | Iterable[str], *, batch_size: int = DEFAULT_BATCH_SIZE,
             max_tokens: int | None = None, aggregation: str = "simple") -> list:
@@ -423,14 +428,16 @@ class Session:
         out = self._token_logits(self._tokenize_inputs(self._check_texts(texts)), options)
         return out[0] if single else out
 
-    def _tokenize_inputs(self, items: list) -> list:
+    def _tokenize_inputs(self, items: list, truncate: bool = True, field: str = "inputs") -> list:
         encodings = _encode_batch(self._tokenizer, items)
+        if not truncate:
+            heads.refuse_overlong(encodings, field, self.metadata.max_length)
         self._note_truncation(encodings)
         return encodings
 
-    def _sequence_logits(self, items: list, options: HeadOptions) -> np.ndarray:
+    def _sequence_logits(self, items: list, options: HeadOptions, field: str) -> np.ndarray:
         """[inputs, labels] float32 logits of a sequence head (its graph reads each input's first row)."""
-        encodings = self._tokenize_inputs(items)
+        encodings = self._tokenize_inputs(items, options.truncate, field)
         out = np.empty((len(encodings), len(self.metadata.labels)), dtype=np.float32)
         for idx in self._batches(encodings, options.batch_size, options.max_tokens):
             batch = [encodings[i] for i in idx]

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from bort_infer import Session
-from bort_infer.heads import TaskMismatchError, activate, entities, prediction_inputs
+from bort_infer.heads import InputTooLongError, TaskMismatchError, activate, entities, prediction_inputs
 from bort_infer.model_dir import ModelMetadata
 
 from .conftest import VARIED_TEXTS
@@ -48,6 +48,28 @@ def test_predict_logits_are_what_the_scores_come_from(classifier):
     best = classifier.predict(VARIED_TEXTS, top_k=1)
     labels = classifier.metadata.labels
     assert [b[0]["label"] for b in best] == [labels[int(np.argmax(x))] for x in logits]
+
+
+def test_raw_scores_are_the_logits_sorted_and_labelled(classifier, cross_encoder):
+    raw = classifier.predict("Hello world.", raw_scores=True)
+    logits = classifier.predict("Hello world.", return_logits=True)
+    assert {r["label"]: r["score"] for r in raw} == pytest.approx(
+        dict(zip(classifier.metadata.labels, logits.tolist())))
+    assert [r["score"] for r in raw] == sorted((r["score"] for r in raw), reverse=True)
+    docs = ["a b", "c", "a"]
+    ranked = cross_encoder.rerank("a", docs, raw_scores=True)
+    pair_logits = [x[0] for x in cross_encoder.predict([("a", d) for d in docs], return_logits=True)]
+    assert [r["score"] for r in ranked] == pytest.approx([pair_logits[r["index"]] for r in ranked])
+
+
+def test_truncate_false_refuses_an_input_over_the_limit_naming_it(classifier, cross_encoder):
+    long = "word " * 2000
+    with pytest.raises(InputTooLongError, match=r"inputs\[1\] is longer than this model's limit of 512") as err:
+        classifier.predict(["short", long], truncate=False)
+    assert err.value.index == 1
+    with pytest.raises(InputTooLongError, match=r"documents\[0\]"):
+        cross_encoder.rerank("q", [long], truncate=False)
+    assert len(classifier.predict(["short"], truncate=False)) == 1
 
 
 def test_predict_rows_do_not_depend_on_batching(classifier):

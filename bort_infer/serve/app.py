@@ -1,8 +1,10 @@
 """The HTTP app: routes over one Session and one batching worker.
 
-POST /v1/embeddings (OpenAI), POST /embed (TEI), GET /v1/models, GET /health, GET /metrics (Prometheus).
-Texts are tokenized on a small thread pool (never on the event loop), batched across requests by
-bort_infer.serve.batcher, and a client that disconnects while it waits has its texts dropped from the queue.
+POST /v1/embeddings (OpenAI), POST /embed, /predict and /rerank (TEI), GET /v1/models, GET /info (TEI),
+GET /health, GET /metrics (Prometheus). Texts to embed are tokenized on a small thread pool (never on the event
+loop) and batched across requests by bort_infer.serve.batcher; a /predict or /rerank request runs whole
+(Session.predict / Session.rerank) on the same worker, in queue order, under the same admission limit. A
+client that disconnects while it waits has its texts dropped from the queue.
 """
 from __future__ import annotations
 
@@ -20,13 +22,27 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from .. import __version__
+from ..heads import InputTooLongError
 from ..session import Session
 from .batcher import Batcher, BatcherClosed, ModelFailed, QueueFull
 from .errors import ApiError
 from .limits import GuardMiddleware
 from .metrics import RequestMetricsMiddleware, ServerMetrics
 from .options import ServeOptions
-from .schemas import Inputs, ModelLimits, embeddings_body, finish_vectors, models_body, parse_embed, parse_embeddings
+from .schemas import (
+    Inputs,
+    ModelLimits,
+    embeddings_body,
+    finish_vectors,
+    info_body,
+    models_body,
+    parse_embed,
+    parse_embeddings,
+    parse_predict,
+    parse_rerank,
+    rerank_body,
+)
 
 TOKENIZER_THREADS = 2  # a long request's tokenization does not hold up a short one's
 CLIENT_CLOSED_REQUEST = 499  # recorded in the metrics when a client leaves before its answer (never sent)
@@ -89,7 +105,8 @@ class _Service:
         self.tokenizer_pool = ThreadPoolExecutor(TOKENIZER_THREADS, thread_name_prefix="bort-serve-tokenize")
         meta = session.metadata
         self.model = ModelLimits(name=options.served_model_name, hidden_size=meta.hidden_size,
-                                 max_length=meta.max_length, vocab_size=session.vocab_size)
+                                 max_length=meta.max_length, vocab_size=session.vocab_size, task=meta.task,
+                                 labels=tuple(meta.labels), pairs=meta.pairs)
 
     async def vectors(self, request: Request, inputs: Inputs, *, truncate: bool, field: str) -> tuple[np.ndarray, int]:
         """Raw pooled vectors of the inputs (rows in order) and their real token count."""
@@ -125,6 +142,42 @@ class _Service:
         raw, _ = await self.vectors(request, req.inputs, truncate=req.truncate, field="inputs")
         return _json_response(finish_vectors(raw, normalize=req.normalize))
 
+    async def run_whole(self, request: Request, count: int, fn, field: str, single: bool = False):
+        """fn() (a Session call over a whole request's ``count`` inputs) on the batching worker, admitted like
+        ``count`` texts; an input over the limit with truncation refused is 422 naming it."""
+        with self.batcher.admit(count):  # QueueFull: 429 (see _queue_full)
+            try:
+                return await unless_disconnected(request, self.batcher.call(fn))
+            except InputTooLongError as exc:
+                where = field if single else f"{field}[{exc.index}]"
+                raise ApiError(422, f"{where} is longer than this model's limit of {exc.limit} tokens; shorten it "
+                               "or send \"truncate\": true to keep its first tokens", param=where,
+                               code="context_length_exceeded") from None
+
+    async def tei_predict(self, request: Request) -> Response:
+        req = parse_predict(await read_json(request), max_inputs=self.options.max_input_texts, model=self.model)
+        budget = self.options.max_batch_tokens
+
+        def predict():
+            return self.session.predict(req.inputs, batch_size=len(req.inputs), max_tokens=budget,
+                                        raw_scores=req.raw_scores, truncate=req.truncate)
+        results = await self.run_whole(request, len(req.inputs), predict, "inputs", req.single)
+        return _json_response(results[0] if req.single else results)
+
+    async def tei_rerank(self, request: Request) -> Response:
+        req = parse_rerank(await read_json(request), max_inputs=self.options.max_input_texts, model=self.model)
+        budget = self.options.max_batch_tokens
+
+        def rerank():
+            return self.session.rerank(req.query, req.texts, batch_size=len(req.texts), max_tokens=budget,
+                                       return_documents=req.return_text, raw_scores=req.raw_scores,
+                                       truncate=req.truncate)
+        return _json_response(rerank_body(await self.run_whole(request, len(req.texts), rerank, "texts")))
+
+    async def info(self, request: Request) -> Response:
+        return _json_response(info_body(self.model, max_input_texts=self.options.max_input_texts,
+                                        max_batch_tokens=self.options.max_batch_tokens, version=__version__))
+
     async def models(self, request: Request) -> Response:
         return _json_response(models_body(self.model.name, self.created))
 
@@ -138,25 +191,26 @@ class _Service:
 
 
 async def _api_error(request: Request, exc: ApiError) -> Response:
-    return exc.response()
+    return exc.response(request.url.path)
 
 
 async def _http_error(request: Request, exc: HTTPException) -> Response:
     message = {404: f"no route {request.url.path}", 405: f"{request.method} is not allowed on {request.url.path}"}
     return ApiError(exc.status_code, message.get(exc.status_code, str(exc.detail)), code="not_found"
-                    if exc.status_code == 404 else None, headers=dict(exc.headers or {})).response()
+                    if exc.status_code == 404 else None, headers=dict(exc.headers or {})).response(request.url.path)
 
 
 async def _queue_full(request: Request, exc: QueueFull) -> Response:
-    return ApiError(429, str(exc), code="queue_full", headers={"Retry-After": str(exc.retry_after)}).response()
+    return ApiError(429, str(exc), code="queue_full",
+                    headers={"Retry-After": str(exc.retry_after)}).response(request.url.path)
 
 
 async def _shutting_down(request: Request, exc: BatcherClosed) -> Response:
-    return ApiError(503, str(exc), code="shutting_down").response()
+    return ApiError(503, str(exc), code="shutting_down").response(request.url.path)
 
 
 async def _model_failed(request: Request, exc: ModelFailed) -> Response:
-    return ApiError(500, str(exc), code="model_error").response()
+    return ApiError(500, str(exc), code="model_error").response(request.url.path)
 
 
 async def _client_gone(request: Request, exc: ClientGone) -> Response:
@@ -164,7 +218,7 @@ async def _client_gone(request: Request, exc: ClientGone) -> Response:
 
 
 async def _internal_error(request: Request, exc: Exception) -> Response:
-    return ApiError(500, f"internal error: {type(exc).__name__}", code="internal_error").response()
+    return ApiError(500, f"internal error: {type(exc).__name__}", code="internal_error").response(request.url.path)
 
 
 def create_app(session: Session, options: ServeOptions) -> Starlette:
@@ -183,7 +237,10 @@ def create_app(session: Session, options: ServeOptions) -> Starlette:
     routes = [
         Route("/v1/embeddings", service.openai_embeddings, methods=["POST"]),
         Route("/embed", service.tei_embed, methods=["POST"]),
+        Route("/predict", service.tei_predict, methods=["POST"]),
+        Route("/rerank", service.tei_rerank, methods=["POST"]),
         Route("/v1/models", service.models, methods=["GET"]),
+        Route("/info", service.info, methods=["GET"]),
         Route("/health", service.health, methods=["GET"]),
         Route("/metrics", service.prometheus, methods=["GET"]),
     ]

@@ -37,11 +37,11 @@ class GuardMiddleware:
             if token is None or not hmac.compare_digest(token, self._key):
                 error = ApiError(401, "a valid API key is required: send the header 'Authorization: Bearer KEY'",
                                  code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-                await error.response()(scope, receive, send)
+                await error.response(scope["path"])(scope, receive, send)
                 return
         declared = next((v for k, v in headers if k == b"content-length"), None)
         if declared is not None and declared.isdigit() and int(declared) > self._max:
-            await self._too_large().response()(scope, receive, send)
+            await self._too_large().response(scope["path"])(scope, receive, send)
             return
         await self.app(scope, self._counting(receive), send)
 

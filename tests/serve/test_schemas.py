@@ -14,6 +14,9 @@ from bort_infer.serve.schemas import (
     finish_vectors,
     parse_embed,
     parse_embeddings,
+    parse_predict,
+    parse_rerank,
+    rerank_body,
 )
 
 MODEL = ModelLimits(name="m", hidden_size=8, max_length=6, vocab_size=100)
@@ -85,3 +88,42 @@ def test_embeddings_body_in_both_formats():
     assert body["usage"] == {"prompt_tokens": 7, "total_tokens": 7} and body["model"] == "m"
     floats = embeddings_body(v, encoding_format="float", model="m", prompt_tokens=7)
     assert [d["index"] for d in floats["data"]] == [0, 1] and floats["data"][0]["embedding"].tolist() == [1.5, -2.0]
+
+
+CLASSIFIER = ModelLimits(name="c", hidden_size=8, max_length=6, vocab_size=100, task="sequence-classification",
+                         labels=("a", "b"))
+CROSS_ENCODER = ModelLimits(name="x", hidden_size=8, max_length=6, vocab_size=100, task="sequence-classification",
+                            labels=("LABEL_0",), pairs=True)
+
+
+class TestPredictRequest:
+    @pytest.mark.parametrize("value, inputs, single", [
+        ("t", ["t"], True), (["t"], ["t"], True), (["p", "h"], [("p", "h")], True),
+        ([["t"], ["p", "h"]], ["t", ("p", "h")], False), ([["t"]], ["t"], False),
+    ])
+    def test_teis_input_forms(self, value, inputs, single):
+        req = parse_predict({"inputs": value}, max_inputs=4, model=CLASSIFIER)
+        assert (req.inputs, req.single, req.raw_scores, req.truncate) == (inputs, single, False, False)
+
+    def test_an_embedding_model_is_424_naming_its_task(self):
+        with pytest.raises(ApiError) as err:
+            parse_predict({"inputs": "t"}, max_inputs=4, model=MODEL)
+        assert err.value.status == 424 and "has task 'embedding'" in err.value.message
+        assert err.value.tei_body()["error_type"] == "backend"
+
+
+class TestRerankRequest:
+    def test_fields_and_defaults(self):
+        req = parse_rerank({"query": "q", "texts": ["a", "b"], "return_text": True}, max_inputs=4,
+                           model=CROSS_ENCODER)
+        assert (req.query, req.texts, req.return_text, req.raw_scores, req.truncate) == ("q", ["a", "b"], True,
+                                                                                         False, False)
+
+    def test_a_model_of_several_labels_is_424(self):
+        with pytest.raises(ApiError) as err:
+            parse_rerank({"query": "q", "texts": ["a"]}, max_inputs=4, model=CLASSIFIER)
+        assert err.value.status == 424 and "2 labels" in err.value.message
+
+    def test_rerank_body_names_the_document_text(self):
+        assert rerank_body([{"index": 1, "score": 0.5, "document": "d"}, {"index": 0, "score": 0.1}]) == [
+            {"index": 1, "score": 0.5, "text": "d"}, {"index": 0, "score": 0.1}]
