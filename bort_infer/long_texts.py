@@ -36,3 +36,39 @@ def pool_windows(vectors: np.ndarray, windows_: list, owners: np.ndarray, count:
         w = weights[rows]
         out[i] = (vectors[rows].astype(np.float64) * w[:, None]).sum(axis=0) / w.sum()
     return out
+
+
+# Token classification (Session.tag / token_logits): a text over the limit runs as overlapping windows of text
+# tokens, and every token takes its logits from the window where it has the most context on both sides, so
+# each token gets exactly one prediction, computed as far from a window's cut as the windows allow.
+
+def token_windows(count: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """[start, stop) spans of at most ``size`` text tokens covering 0..count, each sharing at least ``stride``
+    tokens with the one before (the last one ends at ``count`` and is full-size when the text allows)."""
+    if not 0 <= stride < size:
+        raise ValueError(f"stride {stride} must be in [0, {size}) (the window of {size} text tokens must advance)")
+    if count <= size:
+        return [(0, count)]
+    spans = []
+    start = 0
+    while start + size < count:
+        spans.append((start, start + size))
+        start += size - stride
+    spans.append((count - size, count))
+    return spans
+
+
+def window_owners(count: int, spans: list[tuple[int, int]]) -> np.ndarray:
+    """For each of ``count`` text tokens, the index of the span that reads it with the most context: the
+    largest distance to the nearer end of the span (ties: the earlier span)."""
+    owner = np.full(count, -1, dtype=np.int64)
+    best = np.full(count, -1, dtype=np.int64)
+    for k, (start, stop) in enumerate(spans):
+        t = np.arange(start, stop)
+        margin = np.minimum(t - start, stop - 1 - t)
+        better = margin > best[start:stop]
+        owner[start:stop][better] = k
+        best[start:stop][better] = margin[better]
+    if (owner < 0).any():
+        raise ValueError(f"the spans do not cover token {int(np.argmax(owner < 0))} of {count}")
+    return owner

@@ -114,6 +114,7 @@ class HeadOptions:
     tag() merges tokens into entities ("simple": transformers' aggregation_strategy="simple"). raw_scores:
     predict / rerank scores are the logits themselves, not through the model's activation (TEI's raw_scores).
     truncate: an input over the model's limit is cut (True) or refused with InputTooLongError (False).
+    stride: tag() / token_logits() read a text over the limit as windows sharing ``stride`` tokens.
     """
 
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -123,9 +124,11 @@ class HeadOptions:
     aggregation: str = "simple"
     raw_scores: bool = False
     truncate: bool = True
+    stride: int = DEFAULT_STRIDE
 
     def __post_init__(self) -> None:
         check_positive_int("batch_size", self.batch_size)
+        check_non_negative_int("stride", self.stride)
         check_positive_int("max_tokens", self.max_tokens, optional=True)
         check_positive_int("top_k", self.top_k, optional=True)
         for name in ("return_logits", "raw_scores", "truncate"):
@@ -133,3 +136,9 @@ class HeadOptions:
                 raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation must be one of {', '.join(AGGREGATIONS)}, got {self.aggregation!r}")
+
+    def check_stride(self, window_tokens: int) -> None:
+        """A window of ``window_tokens`` text tokens (the model's limit less its special tokens) must advance."""
+        if self.stride >= window_tokens:
+            raise ValueError(f"stride {self.stride} must be smaller than the model's window of {window_tokens} "
+                             "text tokens (its max_length less the special tokens)")

@@ -7,7 +7,7 @@ import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import onnxruntime as ort
@@ -88,6 +88,7 @@ class Session:
         self.truncated_count = 0
         self._lock = threading.Lock()
         self._strided_tokenizers: dict[int, Tokenizer] = {}  # long_texts="chunk": one per stride
+        self._whole_tokenizer: Tokenizer | None = None  # tag() of a text over the limit
 
     @property
     def hidden_size(self) -> int:
@@ -403,30 +404,90 @@ class Session:
         return heads.ranking(logits, self.metadata, docs, options.top_k, bool(return_documents), options.raw_scores)
 
     def tag(self, texts: str | Iterable[str], *, batch_size: int = DEFAULT_BATCH_SIZE,
-            max_tokens: int | None = None, aggregation: str = "simple") -> list:
+            max_tokens: int | None = None, aggregation: str = "simple", stride: int = DEFAULT_STRIDE) -> list:
         """Entities of each text from a token-classification model: a list of {"entity_group", "score",
         "word", "start", "end"} per text, as transformers' token-classification pipeline gives with
         aggregation_strategy="simple" (start / end: character offsets into the text). A single str gives its
-        list alone. Texts over the model's limit are truncated (with a warning)."""
-        options = HeadOptions(batch_size=batch_size, max_tokens=max_tokens, aggregation=aggregation)
+        list alone. A text over the model's limit is read whole, as overlapping windows sharing ``stride``
+        tokens: every token gets exactly one prediction, from the window that reads it with the most context
+        (see token_logits), so entities span the whole text and their offsets are into the original text."""
+        options = HeadOptions(batch_size=batch_size, max_tokens=max_tokens, aggregation=aggregation, stride=stride)
         heads.check_task(self.metadata, TOKEN_CLASSIFICATION, "tag()")
         single = isinstance(texts, str)
         items = self._check_texts(texts)
-        encodings = self._tokenize_inputs(items)
+        encodings, logits = self._tagged_tokens(items, options)
         decoder = heads.EntityDecoder(self._tokenizer)
-        out = [heads.entities(text, e, logits, self.metadata.labels, decoder)
-               for text, e, logits in zip(items, encodings, self._token_logits(encodings, options))]
+        out = [heads.entities(text, e, x, self.metadata.labels, decoder)
+               for text, e, x in zip(items, encodings, logits)]
         return out[0] if single else out
 
     def token_logits(self, texts: str | Iterable[str], *, batch_size: int = DEFAULT_BATCH_SIZE,
-                     max_tokens: int | None = None) -> list[np.ndarray]:
+                     max_tokens: int | None = None, stride: int = DEFAULT_STRIDE) -> list[np.ndarray]:
         """A token-classification model's raw float32 logits [tokens, labels] per text, special tokens included
-        (what tag() reads), in the order of the tokenizer's encoding of the text."""
-        options = HeadOptions(batch_size=batch_size, max_tokens=max_tokens)
+        (what tag() reads), one row per token of the tokenizer's whole (untruncated) encoding of the text. A
+        text over the model's limit runs as windows of the limit sharing ``stride`` tokens
+        (bort_infer.long_texts.token_windows), each with the text's special tokens; a token's row comes from
+        the window where it is farthest from a cut (window_owners), the special tokens' from the first and
+        last windows."""
+        options = HeadOptions(batch_size=batch_size, max_tokens=max_tokens, stride=stride)
         heads.check_task(self.metadata, TOKEN_CLASSIFICATION, "token_logits()")
         single = isinstance(texts, str)
-        out = self._token_logits(self._tokenize_inputs(self._check_texts(texts)), options)
+        out = self._tagged_tokens(self._check_texts(texts), options)[1]
         return out[0] if single else out
+
+    def _tagged_tokens(self, items: list[str], options: HeadOptions) -> tuple[list, list[np.ndarray]]:
+        """Each text's whole encoding and its tokens' logits (see token_logits)."""
+        limit = self.metadata.max_length
+        options.check_stride(limit - self._tokenizer.num_special_tokens_to_add(False))
+        encodings = _encode_batch(self._tokenizer, items)
+        long = [i for i, e in enumerate(encodings) if e.overflowing]
+        if long:
+            for i, e in zip(long, _encode_batch(self._untruncated_tokenizer(), [items[i] for i in long])):
+                encodings[i] = e
+        runs: list = []
+        plans: list = []  # per text: (its first run, None) or (its first run, (lead, trail, spans)) for windows
+        for e in encodings:
+            if len(e.ids) <= limit:
+                plans.append((len(runs), None))
+                runs.append(e)
+                continue
+            sequence = e.sequence_ids  # None for the special tokens the template adds around the text
+            lead = next(k for k, s in enumerate(sequence) if s is not None)
+            trail = next(k for k, s in enumerate(reversed(sequence)) if s is not None)
+            n = len(e.ids) - lead - trail
+            spans = long_texts.token_windows(n, limit - lead - trail, options.stride)
+            plans.append((len(runs), (lead, trail, spans)))
+            for a, b in spans:
+                runs.append(_Tokens(e.ids[:lead] + e.ids[lead + a:lead + b] + e.ids[n + lead:],
+                                    e.type_ids[:lead] + e.type_ids[lead + a:lead + b] + e.type_ids[n + lead:]))
+        run_logits = self._token_logits(runs, options)
+        out = []
+        for e, (first, windowed) in zip(encodings, plans):
+            if windowed is None:
+                out.append(run_logits[first])
+                continue
+            lead, trail, spans = windowed
+            n = len(e.ids) - lead - trail
+            merged = np.empty((len(e.ids), len(self.metadata.labels)), dtype=np.float32)
+            windows_ = run_logits[first:first + len(spans)]
+            merged[:lead] = windows_[0][:lead]
+            merged[lead + n:] = windows_[-1][len(windows_[-1]) - trail:]
+            owners = long_texts.window_owners(n, spans)
+            for k, (a, b) in enumerate(spans):
+                mine = np.flatnonzero(owners[a:b] == k)
+                merged[lead + a + mine] = windows_[k][lead + mine]
+            out.append(merged)
+        return encodings, out
+
+    def _untruncated_tokenizer(self) -> Tokenizer:
+        """A copy of the tokenizer that never truncates (tag() windows a long text itself)."""
+        with self._lock:
+            if self._whole_tokenizer is None:
+                tok = Tokenizer.from_str(self._tokenizer.to_str())
+                tok.no_padding()
+                tok.no_truncation()
+                self._whole_tokenizer = tok
+            return self._whole_tokenizer
 
     def _tokenize_inputs(self, items: list, truncate: bool = True, field: str = "inputs") -> list:
         encodings = _encode_batch(self._tokenizer, items)
@@ -483,6 +544,13 @@ class Session:
             if not isinstance(t, str):
                 raise TypeError(f"texts[{i}] is {type(t).__name__}, expected str")
         return items
+
+
+class _Tokens(NamedTuple):
+    """One model input's token ids and token type ids (a window of a long text, for tag())."""
+
+    ids: list[int]
+    type_ids: list[int]
 
 
 def _offsets(lengths: np.ndarray) -> np.ndarray:

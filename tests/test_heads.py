@@ -2,6 +2,8 @@
 shapes and order, top_k, activations, input validation, and a clear error for a model of another task."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -171,11 +173,43 @@ def test_tag_finds_capitalised_words_with_their_character_spans(tagger):
     assert tagger.tag([text, "", "no capitals"])[0] == found
 
 
-def test_tag_gives_nothing_for_an_empty_text_and_truncates_a_long_one(tagger):
+def test_tag_gives_nothing_for_an_empty_text(tagger):
     assert tagger.tag("") == []
-    with pytest.warns(UserWarning, match="truncated"):
-        long = tagger.tag("Alice " * 600)
-    assert long and max(e["end"] for e in long) < len("Alice " * 600)
+
+
+LONG_TAGGED = "Alice met Bob in Paris last May. " * 90  # ~800 tokens, past tiny-bort's 512
+
+
+def test_tag_reads_a_text_past_the_limit_whole_with_offsets_into_it(tagger):
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing is truncated
+        found = tagger.tag(LONG_TAGGED)
+    whole = len(tagger._untruncated_tokenizer().encode(LONG_TAGGED).ids)
+    assert whole > tagger.metadata.max_length
+    for e in found:
+        assert LONG_TAGGED[e["start"]:e["end"]] == e["word"].strip()
+    truncated_at = tagger.tokenize([LONG_TAGGED])[0].offsets[-2][1]
+    assert any(e["start"] > truncated_at for e in found), "entities past the old truncation point"
+    assert any(e["start"] >= len(LONG_TAGGED) - 34 for e in found), "entities in the last sentence"
+    assert tagger.tag([LONG_TAGGED, "Alice"])[0] == found
+
+
+def test_token_logits_of_a_long_text_give_every_token_one_row_from_its_most_central_window(tagger):
+    stride = 64
+    logits = tagger.token_logits(LONG_TAGGED, stride=stride)
+    whole = tagger._untruncated_tokenizer().encode(LONG_TAGGED)
+    assert logits.shape == (len(whole.ids), 3) and np.isfinite(logits).all()
+    # The first window is the text's first (max_length - 2) tokens: the prefix ending at its last token reads
+    # exactly that window, and the tokens the first window owns (up to half the overlap before its cut) match.
+    window = tagger.metadata.max_length - 2
+    prefix = LONG_TAGGED[:whole.offsets[window][1]]
+    assert tagger.tokenize([prefix])[0].ids == whole.ids[:window + 1] + [whole.ids[-1]]
+    owned = window - stride // 2
+    np.testing.assert_allclose(logits[:1 + owned], tagger.token_logits(prefix)[:1 + owned], atol=1e-5)
+    assert not np.allclose(logits[window], tagger.token_logits(prefix)[window], atol=1e-5), \
+        "a token by the first window's cut takes its row from the next window"
+    with pytest.raises(ValueError, match="stride 600 must be smaller than the model's window of 510"):
+        tagger.tag(LONG_TAGGED, stride=600)
 
 
 def test_token_logits_cover_every_token(tagger):

@@ -7,7 +7,7 @@ import warnings
 import numpy as np
 import pytest
 
-from bort_infer.long_texts import pool_windows, windows
+from bort_infer.long_texts import pool_windows, token_windows, window_owners, windows
 
 from .conftest import VARIED_TEXTS
 
@@ -31,6 +31,30 @@ def test_pool_windows_weights_by_tokens_and_keeps_single_windows_exact():
     out = pool_windows(vectors, flat, owners, 2)
     np.testing.assert_array_equal(out[0], vectors[0])
     np.testing.assert_allclose(out[1], [0.8, 0.2])
+
+
+def test_token_windows_cover_the_text_sharing_at_least_stride_tokens():
+    assert token_windows(5, 8, 2) == [(0, 5)]
+    assert token_windows(8, 8, 2) == [(0, 8)]
+    spans = token_windows(20, 8, 2)
+    assert spans == [(0, 8), (6, 14), (12, 20)]
+    spans = token_windows(17, 8, 3)
+    assert spans[0] == (0, 8) and spans[-1] == (9, 17)  # the last window is full-size, ending at the text's end
+    assert all(b - a == 8 and a2 <= b - 3 for (a, b), (a2, _) in zip(spans, spans[1:]))
+    with pytest.raises(ValueError, match="stride 8 must be in"):
+        token_windows(20, 8, 8)
+
+
+def test_window_owners_give_each_token_the_window_where_it_is_farthest_from_a_cut():
+    spans = [(0, 8), (6, 14), (12, 20)]
+    owners = window_owners(20, spans)
+    assert owners.tolist() == [0] * 7 + [1] * 6 + [2] * 7
+    for t, k in enumerate(owners):
+        a, b = spans[k]
+        assert a <= t < b
+    assert window_owners(4, [(0, 4)]).tolist() == [0, 0, 0, 0]
+    with pytest.raises(ValueError, match="do not cover token 5"):
+        window_owners(8, [(0, 5)])
 
 
 def _tokens(session, text):
