@@ -16,7 +16,8 @@ system's. Run:
 
 --model is a bort-infer model directory (default: bort-bench's Bort int8 export, built once under
 ~/.cache/bort-infer); --checkpoint is the Hugging Face checkpoint Infinity serves (default: bort-bench's
-random-init Bort). `--model tiny` runs a smoke test on tiny-bort (numbers meaningless).
+random-init Bort). `--model tiny` runs a smoke test on tiny-bort (numbers meaningless). `--only latency` runs
+the latency part alone (minutes, not the whole run: the figure that moves most with the machine's load).
 """
 from __future__ import annotations
 
@@ -396,6 +397,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--overload-seconds", type=float, default=10.0)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, help="write every figure here")
+    parser.add_argument("--only", default="all", choices=["all", "latency"],
+                        help="latency: the one-client latency part alone (no throughput rounds, no overload)")
     args = parser.parse_args(argv)
     os.environ.setdefault("BORT_INFER_PROGRESS", "0")
 
@@ -440,33 +443,34 @@ def main(argv: list[str] | None = None) -> int:
             if t is not None:
                 run(closed_loop(t, rounds_requests[0][:64], args.clients, 60, False))
 
-        rows = []
-        for r, requests in enumerate(rounds_requests):
-            texts = [t for req in requests for t in req]
-            reference = dict(zip(texts, session.encode(texts)))
-            order = [("offline", None), ("ours", ours), ("infinity", infinity)]
-            order = order[r % 3:] + order[:r % 3]
-            row = {"round": r, "sentences": len(texts)}
-            for name, target in order:
-                if name == "offline":
-                    row["offline_sps"] = len(texts) / offline_seconds(session, texts)
-                elif target is not None:
-                    res = run(closed_loop(target, requests, args.clients, 300, keep_bodies=name == "ours"))
-                    row[f"{name}_sps"] = res.sentences_per_second
-                    row[f"{name}_statuses"] = {str(k): v for k, v in res.statuses.items()}
-                    row[f"{name}_errors"] = res.errors
-                    row[f"{name}_answered"] = res.sentences == len(texts)
-                    if name == "ours":
-                        row["ours_requests_per_second"] = res.requests / res.seconds
-                        row["ours_min_cosine_vs_offline"] = check_rows(res, requests, reference)
-            rows.append(row)
-            print(json.dumps(row))
-        report["throughput_rounds"] = rows
-        med = {k: float(np.median([row[k] for row in rows])) for k in rows[0] if k.endswith("_sps")}
-        report["throughput_median_sps"] = med
-        report["ours_vs_offline"] = med["ours_sps"] / med["offline_sps"]
-        if "infinity_sps" in med:
-            report["ours_vs_infinity"] = med["ours_sps"] / med["infinity_sps"]
+        if args.only == "all":
+            rows = []
+            for r, requests in enumerate(rounds_requests):
+                texts = [t for req in requests for t in req]
+                reference = dict(zip(texts, session.encode(texts)))
+                order = [("offline", None), ("ours", ours), ("infinity", infinity)]
+                order = order[r % 3:] + order[:r % 3]
+                row = {"round": r, "sentences": len(texts)}
+                for name, target in order:
+                    if name == "offline":
+                        row["offline_sps"] = len(texts) / offline_seconds(session, texts)
+                    elif target is not None:
+                        res = run(closed_loop(target, requests, args.clients, 300, keep_bodies=name == "ours"))
+                        row[f"{name}_sps"] = res.sentences_per_second
+                        row[f"{name}_statuses"] = {str(k): v for k, v in res.statuses.items()}
+                        row[f"{name}_errors"] = res.errors
+                        row[f"{name}_answered"] = res.sentences == len(texts)
+                        if name == "ours":
+                            row["ours_requests_per_second"] = res.requests / res.seconds
+                            row["ours_min_cosine_vs_offline"] = check_rows(res, requests, reference)
+                rows.append(row)
+                print(json.dumps(row))
+            report["throughput_rounds"] = rows
+            med = {k: float(np.median([row[k] for row in rows])) for k in rows[0] if k.endswith("_sps")}
+            report["throughput_median_sps"] = med
+            report["ours_vs_offline"] = med["ours_sps"] / med["offline_sps"]
+            if "infinity_sps" in med:
+                report["ours_vs_infinity"] = med["ours_sps"] / med["infinity_sps"]
 
         # Latency: one client, one sentence per request, interleaved blocks against a direct call.
         lat_texts = [rng.choice(sentences) for _ in range(args.latency_requests)]
@@ -491,42 +495,46 @@ def main(argv: list[str] | None = None) -> int:
         report["ours_p50_vs_direct"] = report["latency_ms"]["ours_p50"] / report["latency_ms"]["direct_encode_p50"]
         print(json.dumps(report["latency_ms"]))
 
-        # Overload: 4x the measured request capacity, open loop, bounded count, on a fresh server whose queue
-        # holds about QUEUE_SECONDS of the measured throughput (as an operator sizes --max-queue).
-        capacity = float(np.median([row["ours_requests_per_second"] for row in rows]))
-        rate = 4 * capacity
-        max_queue = max(64, int(QUEUE_SECONDS * med["ours_sps"]))
-        report["ours_exit_code_after_sigterm"] = stop(ours)
-        ours = start_ours(model, args.threads, "bort", "--max-queue", str(max_queue), "--max-input-texts", "8")
-        pool = [req for requests in rounds_requests for req in requests]
-        over_requests = [pool[i % len(pool)] for i in range(int(rate * args.overload_seconds))]
-        rss_before = rss_mb(ours.proc.pid)
-        peak = [rss_before]
+        if args.only == "all":
+            # Overload: 4x the measured request capacity, open loop, bounded count, on a fresh server whose queue
+            # holds about QUEUE_SECONDS of the measured throughput (as an operator sizes --max-queue).
+            capacity = float(np.median([row["ours_requests_per_second"] for row in rows]))
+            rate = 4 * capacity
+            max_queue = max(64, int(QUEUE_SECONDS * med["ours_sps"]))
+            report["ours_exit_code_after_sigterm"] = stop(ours)
+            ours = start_ours(model, args.threads, "bort", "--max-queue", str(max_queue), "--max-input-texts", "8")
+            pool = [req for requests in rounds_requests for req in requests]
+            over_requests = [pool[i % len(pool)] for i in range(int(rate * args.overload_seconds))]
+            rss_before = rss_mb(ours.proc.pid)
+            peak = [rss_before]
 
-        async def overload_with_rss():
-            async def sample():
-                while True:
-                    peak.append(rss_mb(ours.proc.pid))
-                    await asyncio.sleep(0.05)
-            sampler = asyncio.ensure_future(sample())
-            try:
-                return await open_loop(ours, over_requests, rate)
-            finally:
-                sampler.cancel()
-        over = run(overload_with_rss())
-        over.update({"capacity_requests_per_second": capacity, "target_rate": rate, "max_queue_texts": max_queue,
-                     "rss_mb_before": rss_before, "rss_mb_peak_during": max(peak),
-                     "rss_mb_process_peak": rss_mb(ours.proc.pid, "VmHWM")})
-        over["only_200_and_429"] = set(over["statuses"]) <= {"200", "429"} and over["errors"] == 0
-        report["overload"] = over
-        print(json.dumps(over))
+            async def overload_with_rss():
+                async def sample():
+                    while True:
+                        peak.append(rss_mb(ours.proc.pid))
+                        await asyncio.sleep(0.05)
+                sampler = asyncio.ensure_future(sample())
+                try:
+                    return await open_loop(ours, over_requests, rate)
+                finally:
+                    sampler.cancel()
+            over = run(overload_with_rss())
+            over.update({"capacity_requests_per_second": capacity, "target_rate": rate, "max_queue_texts": max_queue,
+                         "rss_mb_before": rss_before, "rss_mb_peak_during": max(peak),
+                         "rss_mb_process_peak": rss_mb(ours.proc.pid, "VmHWM")})
+            over["only_200_and_429"] = set(over["statuses"]) <= {"200", "429"} and over["errors"] == 0
+            report["overload"] = over
+            print(json.dumps(over))
     finally:
         code = stop(ours)
         report.setdefault("ours_exit_code_after_sigterm", code)
         report["overload_server_exit_code_after_sigterm"] = code
         stop(infinity)
     report["load_avg_at_end"] = os.getloadavg()
-    _print_summary(report)
+    if args.only == "latency":
+        _print_latency(report)
+    else:
+        _print_summary(report)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     return 0
@@ -543,9 +551,7 @@ def _print_summary(r: dict) -> None:
               "(target >= 2x)")
     else:
         print(f"  Infinity not measured: {r['infinity']['error']}")
-    lat = r["latency_ms"]
-    print(f"latency, one sentence: served p50 {lat['ours_p50']:.2f} ms, p99 {lat['ours_p99']:.2f} ms; direct encode "
-          f"p50 {lat['direct_encode_p50']:.2f} ms → {r['ours_p50_vs_direct']:.2f}x (target <= 1.3x)")
+    _print_latency(r)
     o = r["overload"]
     print(f"overload: offered {o['offered_requests_per_second']:.0f} req/s (4x capacity "
           f"{o['capacity_requests_per_second']:.0f}; --max-queue {o['max_queue_texts']}); "
@@ -554,6 +560,14 @@ def _print_summary(r: dict) -> None:
     worst = min(x["ours_min_cosine_vs_offline"] for x in r["throughput_rounds"])
     print(f"served rows vs offline: min cosine {worst:.6f}; exit code after SIGTERM: "
           f"{r['ours_exit_code_after_sigterm']}")
+
+
+def _print_latency(r: dict) -> None:
+    lat = r["latency_ms"]
+    print(f"latency, one sentence ({r['cpu']}, {r['threads']} threads): served p50 {lat['ours_p50']:.2f} ms, p99 "
+          f"{lat['ours_p99']:.2f} ms; direct encode p50 {lat['direct_encode_p50']:.2f} ms, p99 "
+          f"{lat['direct_encode_p99']:.2f} ms → {r['ours_p50_vs_direct']:.2f}x (target <= 1.3x)"
+          + (f"; Infinity p50 {lat['infinity_p50']:.2f} ms" if "infinity_p50" in lat else ""))
 
 
 if __name__ == "__main__":
