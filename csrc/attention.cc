@@ -4,6 +4,7 @@
 #include <array>
 #include <cmath>
 #include <cstddef>
+#include <cstring>
 #include <limits>
 #include <new>
 #include <stdexcept>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "cpu_dispatch.h"
+#include "gemm_bf16.h"  // float_to_bf16, bf16_to_float
 #include "simd_math.h"
 #include "simd_neon.h"
 
@@ -99,6 +101,54 @@ void attend_rows_scalar(const SeqView& s, const AttentionShape& sh, const float*
       for (int64_t d = 0; d < D; ++d) o[d] += probs[j] * (v[d] + (bv ? bv[d] : 0.0f));
     }
     for (int64_t d = 0; d < D; ++d) o[d] /= sum;
+  }
+}
+
+// Plain reference of AttentionPrecision::kBf16 (attention.h): the same bf16-rounded operands, pairs and order as
+// the AVX512-BF16 path; exp and the order of the fp32 sums are std::exp's and sequential.
+float round_bf16(float x) { return bf16_to_float(float_to_bf16(x)); }
+
+void attend_rows_scalar_bf16(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head, int64_t q0,
+                             int64_t q1) {
+  const SeqKeys& keys = s.keys;
+  if (keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
+  const int64_t D = sh.head_dim, H = sh.hidden(), n = keys.key_end;
+  const float* bq = bias ? bias + head * D : nullptr;
+  const float* bv = bias ? bias + 2 * H + head * D : nullptr;
+  thread_local std::vector<float> query, probs;
+  query.assign(static_cast<size_t>(D + 1), 0.0f);  // a zero pads an odd head dim to whole pairs
+  probs.assign(static_cast<size_t>(n + 1), 0.0f);  // and an odd key count
+  auto key = [&](int64_t j, int64_t d) { return d < D ? round_bf16(s.k[j * s.kv_stride + head * D + d]) : 0.0f; };
+  auto value = [&](int64_t j, int64_t d) { return j < n ? round_bf16(s.v[j * s.kv_stride + head * D + d]) : 0.0f; };
+  for (int64_t i = q0; i < q1; ++i) {
+    const float* q = s.q[i] + head * D;
+    for (int64_t d = 0; d < D; ++d) query[d] = round_bf16(bq ? (q[d] + bq[d]) * sh.scale : q[d] * sh.scale);
+    float max_score = -std::numeric_limits<float>::infinity();
+    for (int64_t j = 0; j < n; ++j) {
+      if (keys.valid && !keys.valid[j]) continue;
+      float dot = 0.0f;
+      for (int64_t d = 0; d < D; d += 2) {
+        dot += query[d + 1] * key(j, d + 1);  // each product is exact in fp32: one rounding per step
+        dot += query[d] * key(j, d);
+      }
+      probs[j] = dot;
+      max_score = std::max(max_score, dot);
+    }
+    float sum = 0.0f;
+    for (int64_t j = 0; j < n; ++j) {
+      probs[j] = keys.valid && !keys.valid[j] ? 0.0f : std::exp(probs[j] - max_score);
+      sum += probs[j];
+    }
+    const float inv_sum = 1.0f / sum;
+    float* o = s.out[i] + head * D;
+    for (int64_t d = 0; d < D; ++d) {
+      float acc = 0.0f;
+      for (int64_t j = 0; j < n; j += 2) {
+        acc += round_bf16(probs[j + 1]) * value(j + 1, d);
+        acc += round_bf16(probs[j]) * value(j, d);
+      }
+      o[d] = std::fma(acc, inv_sum, bv ? bv[d] : 0.0f);
+    }
   }
 }
 
@@ -596,6 +646,241 @@ BORT_AVX512 void attend_rows_avx512(const SeqView& s, const AttentionShape& sh, 
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// AVX512-BF16 path of AttentionPrecision::kBf16 (head_dim % 32 == 0): the AVX-512 path's tiles and algebra with
+// vdpbf16ps, which takes two head dims (QK^T) or two keys (PV) per instruction. Layouts (bf16 pairs are 32-bit
+// elements; each micro-kernel again addresses all its rows from one pointer with constant offsets):
+//   kpack  [key block][pair p][16 keys][2]        K dims (2p, 2p+1) of 16 keys
+//   vpack  [dim block][key pair][16 dims][2]      V of keys (2j, 2j+1), zero for keys past num_keys
+//   qtile  [pair block][row][16 pairs][2]          scaled query dims 32c..32c+31 of each row
+//   scores [key block][row][16]                    fp32 scores, then softmax numerators (as the AVX-512 path)
+//   probs  [key block][row][8 key pairs][2]        the numerators rounded to bf16
+
+struct Bf16Scratch {
+  AlignedFloats kfloat, kpack, vpack, scores, probs, qtile, rowmax;
+  std::vector<__mmask16> attend;
+};
+
+struct Bf16Item {
+  Avx512Item f;  // attend, scores, rowmax, sizes, biases, scale (its kpack, vpack and qtile are unused)
+  const uint16_t* kpack;
+  const uint16_t* vpack;
+  uint16_t* probs;
+  uint16_t* qtile;
+};
+
+BORT_AVX512_BF16_INLINE __m512bh broadcast_pair(const uint16_t* p) {
+  int32_t pair;
+  std::memcpy(&pair, p, sizeof pair);
+  return (__m512bh)_mm512_set1_epi32(pair);
+}
+
+// x holds 16 bf16 of one operand row in its low half and 16 of the next in its high half; returns the 16 pairs
+// (low[i], high[i]).
+BORT_AVX512_BF16_INLINE __m512i interleave_halves(__m512bh x) {
+  const __m512i idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21,
+                                       5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+  return _mm512_permutexvar_epi16(idx, (__m512i)x);
+}
+
+template <int R, int NB>
+BORT_AVX512_BF16_INLINE void qk_blocks_bf16(const Bf16Item& it, int64_t kb) {
+  const int64_t D = it.f.head_dim, P = D / 2;
+  const uint16_t* k = it.kpack + kb * P * 32;
+  const uint16_t* q = it.qtile;
+  __m512 acc[R][NB];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_setzero_ps();
+  for (int64_t c = 0; c < P / 16; ++c, k += 16 * 32, q += R * 32) {
+#pragma GCC unroll 2
+    for (int pp = 0; pp < 16; ++pp) {
+      __m512bh kv[NB];
+#pragma GCC unroll 4
+      for (int b = 0; b < NB; ++b) kv[b] = (__m512bh)_mm512_load_si512(k + b * P * 32 + pp * 32);
+#pragma GCC unroll 16
+      for (int r = 0; r < R; ++r) {
+        const __m512bh qv = broadcast_pair(q + r * 32 + 2 * pp);
+#pragma GCC unroll 4
+        for (int b = 0; b < NB; ++b) acc[r][b] = _mm512_dpbf16_ps(acc[r][b], qv, kv[b]);
+      }
+    }
+  }
+#pragma GCC unroll 4
+  for (int b = 0; b < NB; ++b) {
+    const __mmask16 attend = it.f.attend[kb + b];
+    float* s = it.f.scores + (kb + b) * R * 16;
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      _mm512_store_ps(s + r * 16, acc[r][b]);
+      const __m512 m = _mm512_load_ps(it.f.rowmax + r * 16);
+      _mm512_store_ps(it.f.rowmax + r * 16, _mm512_mask_max_ps(m, attend, m, acc[r][b]));
+    }
+  }
+}
+
+// One key pair of PV for R rows x NV dim blocks: probability pairs at p[r * 16], V pairs at v[n * v_stride].
+template <int R, int NV>
+BORT_AVX512_BF16_INLINE void pv_pair_bf16(const uint16_t* p, const uint16_t* v, int64_t v_stride,
+                                          __m512 (&acc)[R][NV]) {
+  __m512bh vv[NV];
+#pragma GCC unroll 4
+  for (int n = 0; n < NV; ++n) vv[n] = (__m512bh)_mm512_load_si512(v + n * v_stride);
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    const __m512bh pv = broadcast_pair(p + r * 16);
+#pragma GCC unroll 4
+    for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_dpbf16_ps(acc[r][n], pv, vv[n]);
+  }
+}
+
+// PV over key pairs [0, ceil(num_keys / 2)) for R rows x NV dim blocks from d0.
+template <int R, int NV>
+BORT_AVX512_BF16_INLINE void pv_blocks_bf16(const Bf16Item& it, int64_t d0, const float* inv_sum,
+                                            float* const* out_rows) {
+  const int64_t num_keys = it.f.num_keys, v_stride = 32 * it.f.num_blocks * 8;
+  const uint16_t* v = it.vpack + (d0 / 16) * v_stride;
+  const uint16_t* p = it.probs;
+  __m512 acc[R][NV];
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r)
+#pragma GCC unroll 4
+    for (int n = 0; n < NV; ++n) acc[r][n] = _mm512_setzero_ps();
+  const int64_t full_blocks = num_keys / 16;
+  for (int64_t kb = 0; kb < full_blocks; ++kb, p += R * 16, v += 8 * 32) {
+#pragma GCC unroll 2
+    for (int jj = 0; jj < 8; ++jj) pv_pair_bf16<R, NV>(p + 2 * jj, v + jj * 32, v_stride, acc);
+  }
+  for (int64_t jj = 0; jj < (num_keys % 16 + 1) / 2; ++jj) pv_pair_bf16<R, NV>(p + 2 * jj, v + jj * 32, v_stride, acc);
+  const float* bv = it.f.bv;
+#pragma GCC unroll 16
+  for (int r = 0; r < R; ++r) {
+    const __m512 inv = _mm512_set1_ps(inv_sum[r]);
+    float* o = out_rows[r] + it.f.offset + d0;
+#pragma GCC unroll 4
+    for (int n = 0; n < NV; ++n) {
+      const __m512 b = bv ? _mm512_loadu_ps(bv + d0 + 16 * n) : _mm512_setzero_ps();
+      _mm512_storeu_ps(o + 16 * n, _mm512_fmadd_ps(acc[r][n], inv, b));
+    }
+  }
+}
+
+template <int R>
+BORT_AVX512_BF16 void attend_tile_bf16(const Bf16Item& it, const float* const* q_rows, float* const* out_rows) {
+  const int64_t D = it.f.head_dim;
+  const __m512 vscale = _mm512_set1_ps(it.f.scale);
+  const float* bq = it.f.bq;
+  for (int r = 0; r < R; ++r) {
+    const float* q = q_rows[r] + it.f.offset;
+    uint16_t* dst = it.qtile + r * 32;
+    for (int64_t d = 0; d < D; d += 32, dst += R * 32) {
+      __m512 lo = _mm512_loadu_ps(q + d), hi = _mm512_loadu_ps(q + d + 16);
+      if (bq) {
+        lo = _mm512_add_ps(lo, _mm512_loadu_ps(bq + d));
+        hi = _mm512_add_ps(hi, _mm512_loadu_ps(bq + d + 16));
+      }
+      _mm512_store_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(hi, vscale), _mm512_mul_ps(lo, vscale)));
+    }
+  }
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int r = 0; r < R; ++r) _mm512_store_ps(it.f.rowmax + r * 16, neg_inf);
+  int64_t kb = 0;
+  for (; kb + 3 <= it.f.num_blocks; kb += 3) qk_blocks_bf16<R, 3>(it, kb);
+  if (it.f.num_blocks - kb == 2) qk_blocks_bf16<R, 2>(it, kb);
+  if (it.f.num_blocks - kb == 1) qk_blocks_bf16<R, 1>(it, kb);
+  float inv_sum[R];
+  softmax_numerators512<R>(it.f, inv_sum);
+  for (int64_t b = 0; b < it.f.num_blocks; ++b)
+#pragma GCC unroll 16
+    for (int r = 0; r < R; ++r) {
+      const int64_t at = (b * R + r) * 16;
+      _mm256_store_si256(reinterpret_cast<__m256i*>(it.probs + at),
+                         (__m256i)_mm512_cvtneps_pbh(_mm512_load_ps(it.f.scores + at)));
+    }
+  int64_t d0 = 0;
+  for (; d0 + 48 <= D; d0 += 48) pv_blocks_bf16<R, 3>(it, d0, inv_sum, out_rows);
+  if (D - d0 == 32) pv_blocks_bf16<R, 2>(it, d0, inv_sum, out_rows);
+  if (D - d0 == 16) pv_blocks_bf16<R, 1>(it, d0, inv_sum, out_rows);
+}
+
+using TileBf16 = void (*)(const Bf16Item&, const float* const*, float* const*);
+
+template <size_t... R>
+constexpr std::array<TileBf16, sizeof...(R)> tiles_bf16(std::index_sequence<R...>) {
+  return {&attend_tile_bf16<static_cast<int>(R) + 1>...};
+}
+
+constexpr std::array<TileBf16, kTileRows512> kTilesBf16 = tiles_bf16(std::make_index_sequence<kTileRows512>{});
+
+// K (already packed as fp32 [key block][d][16] by pack_keys) -> kpack; V rows -> vpack.
+BORT_AVX512_BF16 void pack_bf16_operands(const float* kfloat, const float* v_base, int64_t stride, int64_t D,
+                                         int64_t num_keys, int64_t num_blocks, uint16_t* kpack, uint16_t* vpack) {
+  const int64_t P = D / 2;
+  for (int64_t kb = 0; kb < num_blocks; ++kb)
+    for (int64_t p = 0; p < P; ++p) {
+      const float* src = kfloat + kb * D * 16 + 2 * p * 16;
+      const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_load_ps(src + 16), _mm512_load_ps(src));
+      _mm512_store_si512(kpack + (kb * P + p) * 32, interleave_halves(x));
+    }
+  const int64_t v_stride = 32 * num_blocks * 8, num_pairs = (num_keys + 1) / 2;
+  for (int64_t jp = 0; jp < num_pairs; ++jp) {
+    const float* v0 = v_base + 2 * jp * stride;
+    const bool second = 2 * jp + 1 < num_keys;  // else key 2 jp + 1 is padding: zero
+    for (int64_t d0 = 0; d0 < D; d0 += 16) {
+      const __m512 a = _mm512_loadu_ps(v0 + d0);
+      const __m512 b = second ? _mm512_loadu_ps(v0 + stride + d0) : _mm512_setzero_ps();
+      _mm512_store_si512(vpack + (d0 / 16) * v_stride + jp * 32, interleave_halves(_mm512_cvtne2ps_pbh(b, a)));
+    }
+  }
+}
+
+BORT_AVX512_BF16 void attend_rows_avx512_bf16(const SeqView& s, const AttentionShape& sh, const float* bias,
+                                              int64_t head, int64_t q0, int64_t q1) {
+  const SeqKeys& keys = s.keys;
+  if (keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
+  const int64_t D = sh.head_dim, H = sh.hidden();
+  const int64_t num_keys = keys.key_end;
+  const int64_t num_blocks = (num_keys + 15) / 16;
+
+  thread_local Bf16Scratch scratch;
+  Bf16Item it;
+  it.f.head_dim = D;
+  it.f.num_keys = num_keys;
+  it.f.num_blocks = num_blocks;
+  it.f.offset = head * D;
+  it.f.bq = bias ? bias + head * D : nullptr;
+  it.f.bv = bias ? bias + 2 * H + head * D : nullptr;
+  it.f.scale = sh.scale;
+  it.f.kpack = it.f.vpack = it.f.qtile = nullptr;
+  it.f.scores = scratch.scores.get(static_cast<size_t>(num_blocks * kTileRows512 * 16));
+  it.f.rowmax = scratch.rowmax.get(kTileRows512 * 16);
+  // bf16 buffers live in 64-byte-aligned float storage, two bf16 per float.
+  float* kfloat = scratch.kfloat.get(static_cast<size_t>(num_blocks * 16 * D));
+  uint16_t* kpack = reinterpret_cast<uint16_t*>(scratch.kpack.get(static_cast<size_t>(num_blocks * 16 * D / 2)));
+  uint16_t* vpack = reinterpret_cast<uint16_t*>(scratch.vpack.get(static_cast<size_t>(num_blocks * 16 * D / 2)));
+  it.kpack = kpack;
+  it.vpack = vpack;
+  it.probs = reinterpret_cast<uint16_t*>(scratch.probs.get(static_cast<size_t>(num_blocks * kTileRows512 * 8)));
+  it.qtile = reinterpret_cast<uint16_t*>(scratch.qtile.get(static_cast<size_t>(kTileRows512 * D / 2)));
+  pack_keys(s.k + head * D, s.kv_stride, D, num_keys, num_blocks * 16, kfloat);
+  pack_bf16_operands(kfloat, s.v + head * D, s.kv_stride, D, num_keys, num_blocks, kpack, vpack);
+
+  scratch.attend.assign(static_cast<size_t>(num_blocks), __mmask16{0xFFFF});
+  __mmask16* attend = scratch.attend.data();
+  if (num_keys % 16 != 0) attend[num_blocks - 1] = static_cast<__mmask16>((1u << (num_keys % 16)) - 1);
+  if (keys.valid != nullptr) {
+    for (int64_t j = 0; j < num_keys; ++j)
+      if (!keys.valid[j]) attend[j / 16] = static_cast<__mmask16>(attend[j / 16] & ~(1u << (j % 16)));
+  }
+  it.f.attend = attend;
+
+  for (int64_t t = q0; t < q1; t += kTileRows512) {
+    const int64_t rows = std::min<int64_t>(kTileRows512, q1 - t);
+    kTilesBf16[static_cast<size_t>(rows - 1)](it, s.q + t, s.out + t);
+  }
+}
+
 #endif  // BORT_X86_64
 
 #if BORT_AARCH64
@@ -688,6 +973,17 @@ constexpr AttentionCore kAttentionCores[] = {
     {Isa::kNeon, 4, 1, attend_rows_neon},
 #endif
     {Isa::kScalar, 1, 1, attend_rows_scalar}};
+// AttentionPrecision::kBf16: its AVX512-BF16 path, else the fp32 vector paths, and its own scalar reference.
+constexpr AttentionCore kAttentionCoresBf16[] = {
+#if BORT_X86_64
+    {Isa::kAvx512Bf16, 32, kTileRows512, attend_rows_avx512_bf16},
+    {Isa::kAvx512, 16, kTileRows512, attend_rows_avx512},
+    {Isa::kAvx2, 8, kTileRows, attend_rows_avx2},
+#endif
+#if BORT_AARCH64
+    {Isa::kNeon, 4, 1, attend_rows_neon},
+#endif
+    {Isa::kScalar, 1, 1, attend_rows_scalar_bf16}};
 
 // Splits the queries of every (sequence, head) into chunks so that ~8 tasks per thread exist (the pool hands
 // them out dynamically, which evens out threads slowed by other load), but never
@@ -713,8 +1009,10 @@ std::vector<WorkItem> plan_work(const std::vector<SeqView>& seqs, int64_t num_he
 
 void run_attention(const std::vector<SeqView>& seqs, const AttentionShape& sh, const float* bias,
                    const ParallelFor& pf) {
-  const AttentionCore& core =
-      select_entry(active_isa(), kAttentionCores, [&](const AttentionCore& c) { return sh.head_dim % c.lanes == 0; });
+  const auto usable = [&](const AttentionCore& c) { return sh.head_dim % c.lanes == 0; };
+  const AttentionCore& core = sh.precision == AttentionPrecision::kBf16
+                                  ? select_entry(active_isa(), kAttentionCoresBf16, usable)
+                                  : select_entry(active_isa(), kAttentionCores, usable);
   const std::vector<WorkItem> items = plan_work(seqs, sh.num_heads, pf.concurrency(), core.tile_rows);
   pf.run(items.size(), [&](size_t i) {
     const WorkItem& w = items[i];
@@ -728,6 +1026,16 @@ int64_t mask_value(const void* data, int64_t i) {
 }
 
 }  // namespace
+
+AttentionPrecision attention_precision_from_name(const std::string& name) {
+  if (name == "fp32") return AttentionPrecision::kFp32;
+  if (name == "bf16") return AttentionPrecision::kBf16;
+  throw std::invalid_argument("attention precision must be 'fp32' or 'bf16', got '" + name + "'");
+}
+
+const char* attention_precision_name(AttentionPrecision precision) {
+  return precision == AttentionPrecision::kBf16 ? "bf16" : "fp32";
+}
 
 void attention_padded(const float* qkv, const float* bias, const AttentionMask& mask, float* out, int64_t batch,
                       int64_t seq, const AttentionShape& shape, const ParallelFor& pf) {

@@ -4,16 +4,34 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 #include <vector>
 
 #include "parallel.h"
 
 namespace bort {
 
+// The arithmetic of the two products Q K^T and P V.
+// kFp32: fp32 throughout.
+// kBf16: both products take bf16 operands with fp32 accumulation; everything else stays fp32. The query row is
+//   (q + bq) * scale in fp32, then rounded to bf16 (float_to_bf16, gemm_bf16.h); K is rounded without its bias
+//   (the K bias adds q.bk to every score of a row, a constant softmax ignores); a score is one fp32 accumulator
+//   over the head dims in pairs, odd element first (the order of vdpbf16ps, as in gemm_bf16.h). Softmax is fp32:
+//   p_j = exp(s_j - max), sum = sum_j p_j. The output is (sum over key pairs of bf16(p_j) * bf16(v_j), odd key
+//   first) / sum + bv, with V rounded without its bias (the probabilities sum to 1). It runs on the AVX512-BF16
+//   path (head_dim % 32 == 0) and on the scalar reference (ISA scalar, or a head size no vector path takes); the
+//   other vector paths compute kFp32 (which is more exact), since an emulation of bf16 products is no faster there.
+enum class AttentionPrecision { kFp32, kBf16 };
+
+// "fp32" or "bf16"; std::invalid_argument naming the accepted values otherwise.
+AttentionPrecision attention_precision_from_name(const std::string& name);
+const char* attention_precision_name(AttentionPrecision precision);
+
 struct AttentionShape {
   int64_t num_heads = 0;
   int64_t head_dim = 0;
   float scale = 0.0f;  // multiplies Q K^T
+  AttentionPrecision precision = AttentionPrecision::kFp32;
   int64_t hidden() const { return num_heads * head_dim; }
 };
 

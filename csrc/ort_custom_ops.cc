@@ -304,6 +304,14 @@ int64_t checked_num_heads(const Attributes& a) {
   return heads;
 }
 
+// Attention ops: attribute 'precision' ("fp32", the default, or "bf16"; csrc/attention.h).
+bort::AttentionPrecision checked_precision(const Attributes& a) {
+  const std::string name = a.optional_string("precision").value_or("fp32");
+  if (name != "fp32" && name != "bf16")
+    fail(a.op(), "attribute 'precision' must be 'fp32' or 'bf16', got '" + name + "'");
+  return bort::attention_precision_from_name(name);
+}
+
 std::optional<float> checked_scale(const Attributes& a) {
   auto scale = a.optional_float("scale");
   if (scale && !std::isfinite(*scale)) fail(a.op(), "attribute 'scale' must be finite");
@@ -320,14 +328,17 @@ struct FusedAttention {
   static constexpr Ports<1> kOutputs{{{"out", kRequired, kFloat}}};
   int64_t num_heads;
   std::optional<float> scale;
+  bort::AttentionPrecision precision;
 
-  explicit FusedAttention(const Attributes& a) : num_heads(checked_num_heads(a)), scale(checked_scale(a)) {}
+  explicit FusedAttention(const Attributes& a)
+      : num_heads(checked_num_heads(a)), scale(checked_scale(a)), precision(checked_precision(a)) {}
 
   void Compute(const Io& io) const {
     const Tensor& qkv = io.in(0);
     const Tensor *bias = io.optional(1), *mask = io.optional(2);
-    const bort::AttentionDims dims =
+    bort::AttentionDims dims =
         bort::check_attention(qkv.shape, shape_of(bias), shape_of(mask), num_heads, scale ? &*scale : nullptr);
+    dims.shape.precision = precision;
     bort::AttentionMask m;
     m.kind = dims.mask_kind;
     if (mask) {
@@ -349,14 +360,17 @@ struct PackedAttention {
   static constexpr Ports<1> kOutputs{{{"out", kRequired, kFloat}}};
   int64_t num_heads;
   std::optional<float> scale;
+  bort::AttentionPrecision precision;
 
-  explicit PackedAttention(const Attributes& a) : num_heads(checked_num_heads(a)), scale(checked_scale(a)) {}
+  explicit PackedAttention(const Attributes& a)
+      : num_heads(checked_num_heads(a)), scale(checked_scale(a)), precision(checked_precision(a)) {}
 
   void Compute(const Io& io) const {
     const Tensor &qkv = io.in(0), &cu = io.in(2);
     const Tensor *bias = io.optional(1), *rows = io.optional(3), *query = io.optional(4);
-    const bort::PackedAttentionDims dims = bort::check_packed_attention(
+    bort::PackedAttentionDims dims = bort::check_packed_attention(
         qkv.shape, shape_of(bias), cu.shape, shape_of(rows), shape_of(query), num_heads, scale ? &*scale : nullptr);
+    dims.shape.precision = precision;
     const std::vector<int64_t> offsets = to_int64(cu, static_cast<size_t>(dims.num_seqs + 1));
     std::vector<int64_t> row_indices;
     bort::PackedQueries queries;

@@ -72,7 +72,8 @@ py::array as_integer(const py::handle& obj, const char* name) {
 const float* data_or_null(const std::optional<FloatArray>& a) { return a ? a->data() : nullptr; }
 
 py::array_t<float> attention(const py::object& qkv_obj, const py::object& bias_obj, const py::object& mask_obj,
-                             int64_t num_heads, std::optional<float> scale) {
+                             int64_t num_heads, std::optional<float> scale, const std::string& precision) {
+  const bort::AttentionPrecision prec = bort::attention_precision_from_name(precision);
   FloatArray qkv = as_float(qkv_obj, "qkv");
   auto bias = as_optional_float(bias_obj, "bias");
   std::optional<py::array> mask;
@@ -80,8 +81,9 @@ py::array_t<float> attention(const py::object& qkv_obj, const py::object& bias_o
   const bort::Shape qkv_shape = shape_of(qkv);
   const bort::Shape bias_shape = bias ? shape_of(*bias) : bort::Shape{};
   const bort::Shape mask_shape = mask ? shape_of(*mask) : bort::Shape{};
-  const bort::AttentionDims dims = bort::check_attention(
-      qkv_shape, bias ? &bias_shape : nullptr, mask ? &mask_shape : nullptr, num_heads, scale ? &*scale : nullptr);
+  bort::AttentionDims dims = bort::check_attention(qkv_shape, bias ? &bias_shape : nullptr,
+                                                   mask ? &mask_shape : nullptr, num_heads, scale ? &*scale : nullptr);
+  dims.shape.precision = prec;
   bort::AttentionMask m;
   m.kind = dims.mask_kind;
   if (mask) {
@@ -102,7 +104,8 @@ py::array_t<float> attention(const py::object& qkv_obj, const py::object& bias_o
 
 py::array_t<float> packed_attention(const py::object& qkv_obj, const py::object& bias_obj, const py::object& cu_obj,
                                     int64_t num_heads, std::optional<float> scale, const py::object& rows_obj,
-                                    const py::object& query_obj) {
+                                    const py::object& query_obj, const std::string& precision) {
+  const bort::AttentionPrecision prec = bort::attention_precision_from_name(precision);
   FloatArray qkv = as_float(qkv_obj, "qkv");
   auto bias = as_optional_float(bias_obj, "bias");
   Int64Array cu = Int64Array::ensure(as_integer(cu_obj, "cu_seqlens"));
@@ -113,9 +116,10 @@ py::array_t<float> packed_attention(const py::object& qkv_obj, const py::object&
   const bort::Shape bias_shape = bias ? shape_of(*bias) : bort::Shape{};
   const bort::Shape rows_shape = rows ? shape_of(*rows) : bort::Shape{};
   const bort::Shape query_shape = query ? shape_of(*query) : bort::Shape{};
-  const bort::PackedAttentionDims dims =
+  bort::PackedAttentionDims dims =
       bort::check_packed_attention(qkv_shape, bias ? &bias_shape : nullptr, shape_of(cu), rows ? &rows_shape : nullptr,
                                    query ? &query_shape : nullptr, num_heads, scale ? &*scale : nullptr);
+  dims.shape.precision = prec;
   bort::PackedQueries queries;
   if (rows) {  // present but empty selects no row: a zero-row result
     queries.selected = true;
@@ -484,15 +488,17 @@ PYBIND11_MODULE(_C, m) {
       "is an onnxruntime custom-op library (domain 'ai.bort_infer'): pass its __file__ to "
       "SessionOptions.register_custom_ops_library.";
   m.def("attention", &attention, py::arg("qkv"), py::arg("bias"), py::arg("mask"), py::arg("num_heads"),
-        py::arg("scale") = py::none(),
+        py::arg("scale") = py::none(), py::arg("precision") = "fp32",
         "Multi-head attention core. qkv float32 [B, S, 3H]; bias [3H] or None; mask int [B, S] (1 = attend), "
-        "int [B] (lengths) or None. Returns float32 [B, S, H].");
+        "int [B] (lengths) or None. Returns float32 [B, S, H]. precision 'fp32' or 'bf16' (bf16 operands of "
+        "Q K^T and P V, fp32 accumulation and softmax; see csrc/attention.h).");
   m.def("packed_attention", &packed_attention, py::arg("qkv"), py::arg("bias"), py::arg("cu_seqlens"),
         py::arg("num_heads"), py::arg("scale") = py::none(), py::arg("query_rows") = py::none(),
-        py::arg("query") = py::none(),
+        py::arg("query") = py::none(), py::arg("precision") = "fp32",
         "Attention over packed sequences. qkv float32 [T, 3H]; bias [3H] or None; cu_seqlens int [N + 1]. "
         "Returns float32 [T, H], or [Q, H] for query_rows int [Q] (token indices whose outputs are wanted). "
-        "With query float32 [Q, H] (those rows' projected queries), qkv holds only K | V [T, 2H].");
+        "With query float32 [Q, H] (those rows' projected queries), qkv holds only K | V [T, 2H]. precision as "
+        "attention's.");
   m.def("bias_gelu", &bias_gelu, py::arg("x"), py::arg("bias"), "gelu(x + bias), exact erf GELU; bias [x.shape[-1]].");
   m.def("skip_layernorm", &skip_layernorm, py::arg("x"), py::arg("skip"), py::arg("gamma"),
         py::arg("beta") = py::none(), py::arg("bias") = py::none(), py::arg("epsilon") = 1e-12f,

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from .test_kernels import (
+    BF16_ISAS,
     ISAS,
     OPS_LIBRARY,
     TOL,
@@ -137,6 +138,22 @@ def test_elementwise_ops_on_each_isa(isa):
     assert rel_err(norm, ref_skip_layernorm(x, skip, gamma, None, None, 1e-5)) <= TOL
     for got, want in zip((q, s, z), ref_quantize_rows(x)):
         np.testing.assert_array_equal(got, want)
+
+
+@pytest.mark.parametrize("isa", BF16_ISAS)
+def test_attention_ops_with_bf16_precision_equal_the_kernel(isa):
+    """precision="bf16" reaches the kernel (csrc/attention.h): both ops give C's bf16 results, on 1 or 2 threads."""
+    qkv, bias, mask = attention_inputs(batch=2, seq=70, heads=4, head_dim=64, seed=11)
+    cu = np.array([0, 70, 101], np.int64)
+    packed = np.ascontiguousarray(qkv.reshape(-1, qkv.shape[-1])[:101])
+    attrs = {"num_heads": 4, "precision": "bf16"}
+    with use_isa(isa):
+        for threads in (1, 2):
+            fused = run("FusedAttention", {"qkv": qkv, "bias": bias, "mask": mask}, attrs, threads=threads)
+            out = run("PackedAttention", {"qkv": packed, "bias": bias, "cu_seqlens": cu}, attrs, threads=threads)
+            np.testing.assert_array_equal(fused, C.attention(qkv, bias, mask, 4, precision="bf16"))
+            np.testing.assert_array_equal(out, C.packed_attention(packed, bias, cu, 4, precision="bf16"))
+    assert not np.array_equal(out, C.packed_attention(packed, bias, cu, 4))
 
 
 @pytest.mark.parametrize("cu_dtype", [np.int32, np.int64])
@@ -710,6 +727,8 @@ TYPED_ATTRIBUTES = [
     ("FusedAttention", {"qkv": Q, "bias": B, "mask": M}, {"num_heads": 2}, "scale", "a float"),
     ("PackedAttention", PACKED, {}, "num_heads", "an int"),
     ("PackedAttention", PACKED, {"num_heads": 2}, "scale", "a float"),
+    ("FusedAttention", {"qkv": Q, "bias": B, "mask": M}, {"num_heads": 2}, "precision", "a string"),
+    ("PackedAttention", PACKED, {"num_heads": 2}, "precision", "a string"),
     ("SkipLayerNorm", SKIP_LN, {}, "epsilon", "a float"),
     ("DequantizeRows", DQ, {}, "epsilon", "a float"),
     ("DequantizeRows", DQ, {}, "activation", "a string"),
@@ -739,6 +758,14 @@ def test_num_heads_is_required():
     expect_failure("FusedAttention: integer attribute 'num_heads' is required", "FusedAttention",
                    {"qkv": Q, "bias": B, "mask": M}, {})
     expect_failure("PackedAttention: integer attribute 'num_heads' is required", "PackedAttention", PACKED, {})
+
+
+@pytest.mark.parametrize("op,feeds", [("FusedAttention", {"qkv": Q, "bias": B, "mask": M}),
+                                      ("PackedAttention", PACKED)])
+@pytest.mark.parametrize("value", ["fp16", "BF16", ""])
+def test_attention_ops_reject_an_unknown_precision(op, feeds, value):
+    expect_failure(f"{op}: attribute 'precision' must be 'fp32' or 'bf16', got '{value}'", op, feeds,
+                   {"num_heads": 2, "precision": value})
 
 
 def session_with_empty_inputs(op, input_names, shapes: dict, feeds: dict, attrs: dict,

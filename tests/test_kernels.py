@@ -109,6 +109,58 @@ def ref_packed_attention(qkv, bias, cu, num_heads, scale=None):
     return out
 
 
+def round_bf16(x) -> np.ndarray:
+    """float32 → bf16 → float32: round to nearest even, fp32 subnormals to signed zero (csrc/gemm_bf16.h)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    u = x.view(np.uint32).astype(np.uint64)
+    bits = ((u + 0x7FFF + ((u >> 16) & 1)) >> 16).astype(np.uint32)
+    bits[np.isnan(x)] = ((u[np.isnan(x)] >> 16) | 0x40).astype(np.uint32)
+    subnormal = (u & 0x7F800000) == 0
+    bits[subnormal] = ((u[subnormal] >> 16) & 0x8000).astype(np.uint32)
+    return (bits << 16).view(np.float32)
+
+
+def ref_attention_bf16(qkv, bias, mask, num_heads, scale=None):
+    """AttentionPrecision::kBf16 (csrc/attention.h) on a padded batch: float64 products of the same bf16 operands,
+    float64 softmax, probabilities rounded to bf16. Returns (reference, allowance). The kernels round fp32
+    probabilities to bf16: exp(s - max) from fp32 scores (float32 sums of d products: relative error up to
+    d 2^-24 sum|q k|, twice with the max) and an exp of a few ulps. Such a p lands on the other bf16 neighbour when it
+    lies that close to a midpoint between two bf16 values; allowance bounds what those p (one bf16 spacing, 2^-7
+    relative, each) may move each output by."""
+    x = np.asarray(qkv, np.float32)
+    batch, seq, three_h = x.shape
+    hidden = three_h // 3
+    d = hidden // num_heads
+    s32 = np.float32(1.0) / np.sqrt(np.float32(d)) if scale is None else np.float32(scale)
+    b32 = np.zeros(three_h, np.float32) if bias is None else np.asarray(bias, np.float32)
+    q = x[..., :hidden] if bias is None else x[..., :hidden] + b32[:hidden]
+
+    def heads(t):
+        return t.astype(np.float64).reshape(batch, seq, num_heads, d).transpose(0, 2, 1, 3)
+
+    q = heads(round_bf16(q * s32))
+    k, v = heads(round_bf16(x[..., hidden:2 * hidden])), heads(round_bf16(x[..., 2 * hidden:]))
+    valid = key_valid(mask, batch, seq)[:, None, None, :]
+    scores = np.where(valid, q @ k.transpose(0, 1, 3, 2), -np.inf)
+    p = np.exp(scores - scores.max(-1, keepdims=True))
+    p = np.where(valid, p, 0.0)
+    p = np.nan_to_num(p)  # rows without a valid key: replaced below
+    total = p.sum(-1, keepdims=True)
+    total[total == 0] = 1.0
+    p32 = p.astype(np.float32)
+    drift = 2 * d * 2.0**-24 * (np.abs(q) @ np.abs(k).transpose(0, 1, 3, 2)).max(-1, keepdims=True) + 2.0**-20
+    ulps_to_midpoint = np.abs((p32.view(np.uint32) & 0xFFFF).astype(np.int64) - 0x8000)
+    near_midpoint = ulps_to_midpoint * 2.0**-24 <= drift  # an fp32 ulp is at least 2^-24 of p
+    out = (round_bf16(p32).astype(np.float64) @ v) / total
+    allowance = (np.where(near_midpoint, p, 0.0) * 2.0**-7 / total) @ np.abs(v)
+    out = out.transpose(0, 2, 1, 3).reshape(batch, seq, hidden) + b32[2 * hidden:]
+    allowance = allowance.transpose(0, 2, 1, 3).reshape(batch, seq, hidden)
+    none_valid = ~key_valid(mask, batch, seq).any(axis=1)  # HF: uniform weights, the mean of V (fp32 V, with bias)
+    out[none_valid] = (x[none_valid][..., 2 * hidden:].astype(np.float64) + b32[2 * hidden:]).mean(axis=1,
+                                                                                                 keepdims=True)
+    return out, allowance
+
+
 _erf64 = np.vectorize(math.erf, otypes=[np.float64])
 
 
@@ -407,6 +459,97 @@ def test_attention_accepts_non_contiguous_and_float64():
 
 def test_attention_empty_batch():
     assert C.attention(np.zeros((0, 4, 96), np.float32), None, np.zeros((0, 4), np.int64), 2).shape == (0, 4, 32)
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention with bf16 products (precision="bf16"): the AVX512-BF16 path and the scalar reference compute it; the
+# other vector paths compute fp32 instead.
+
+BF16_ISAS = ["scalar"] + (["avx512_bf16"] if "avx512_bf16" in C.supported_isas() else [])
+
+
+def bf16_err_ok(out, ref, allowance) -> bool:
+    return bool((np.abs(out.astype(np.float64) - ref) <= TOL * max(1.0, float(np.abs(ref).max(initial=0)))
+                 + allowance).all())
+
+
+@pytest.mark.parametrize("isa", BF16_ISAS)
+@FAST
+@given(case=attention_cases())
+def test_bf16_attention_matches_its_reference(isa, case):
+    rng = np.random.default_rng(case["seed"])
+    b, s, nh, d = case["batch"], case["seq"], case["heads"], case["head_dim"]
+    qkv = (rng.standard_normal((b, s, 3 * nh * d)) * 2).astype(np.float32)
+    bias = rng.standard_normal(3 * nh * d).astype(np.float32) if case["with_bias"] else None
+    mask = make_mask(rng, case["mask_form"], b, s)
+    with use_isa(isa):
+        out = C.attention(qkv, bias, mask, nh, case["scale"], precision="bf16")
+    ref, allowance = ref_attention_bf16(qkv, bias, mask, nh, case["scale"])
+    assert bf16_err_ok(out, ref, allowance)
+
+
+@pytest.mark.parametrize("isa", BF16_ISAS)
+@pytest.mark.parametrize("lengths,heads,head_dim", [([128] * 8, 16, 64), ([1, 0, 17, 33, 2], 12, 32),
+                                                    ([64, 7], 2, 96), ([31], 1, 128)])
+def test_bf16_packed_attention_matches_its_reference(isa, lengths, heads, head_dim):
+    """Bort's b8 s128 (16 heads of 64), MiniLM's head size, odd key counts and every 48-dim PV remainder."""
+    rng = np.random.default_rng(head_dim)
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    qkv = (rng.standard_normal((int(cu[-1]), 3 * heads * head_dim)) * 2).astype(np.float32)
+    bias = rng.standard_normal(3 * heads * head_dim).astype(np.float32)
+    rows = rng.integers(0, cu[-1], size=5)
+    with use_isa(isa):
+        out = C.packed_attention(qkv, bias, cu, heads, precision="bf16")
+        subset = C.packed_attention(qkv, bias, cu, heads, query_rows=rows, precision="bf16")
+    ref = np.zeros(out.shape)
+    allowance = np.zeros(out.shape)
+    for a, z in zip(cu[:-1], cu[1:]):
+        if z > a:
+            r, al = ref_attention_bf16(qkv[None, a:z], bias, None, heads)
+            ref[a:z], allowance[a:z] = r[0], al[0]
+    assert bf16_err_ok(out, ref, allowance)
+    np.testing.assert_array_equal(subset, out[rows])
+
+
+def test_bf16_attention_rounds_the_products():
+    """bf16 differs from fp32 by about bf16's resolution, and its reference says by how much."""
+    rng = np.random.default_rng(5)
+    qkv = (rng.standard_normal((2, 40, 3 * 2 * 64)) * 2).astype(np.float32)
+    with use_isa(BF16_ISAS[-1]):
+        out = C.attention(qkv, None, None, 2, precision="bf16")
+    exact = ref_attention(qkv, None, None, 2)
+    assert 1e-4 < np.abs(out - exact).max() < 0.1
+    ref, allowance = ref_attention_bf16(qkv, None, None, 2)
+    assert bf16_err_ok(out, ref, allowance)
+
+
+@pytest.mark.parametrize("isa", [i for i in ISAS if i != "scalar"])
+def test_bf16_attention_is_fp32_on_paths_without_bf16_instructions(isa):
+    rng = np.random.default_rng(6)
+    qkv = rng.standard_normal((2, 21, 3 * 2 * 64)).astype(np.float32)
+    mask = make_mask(rng, "keymask_int64", 2, 21)
+    with use_isa(isa):
+        np.testing.assert_array_equal(C.attention(qkv, None, mask, 2, precision="bf16"),
+                                      C.attention(qkv, None, mask, 2))
+
+
+@pytest.mark.skipif("avx512_bf16" not in BF16_ISAS, reason="CPU without AVX512-BF16")
+@pytest.mark.parametrize("head_dim", [16, 48, 80])
+def test_bf16_attention_runs_fp32_avx512_for_head_dims_not_multiple_of_32(head_dim):
+    rng = np.random.default_rng(head_dim)
+    qkv = rng.standard_normal((2, 19, 3 * 3 * head_dim)).astype(np.float32)
+    with use_isa("avx512_bf16"):
+        out = C.attention(qkv, None, None, 3, precision="bf16")
+    with use_isa("avx512"):
+        np.testing.assert_array_equal(out, C.attention(qkv, None, None, 3))
+
+
+def test_attention_rejects_unknown_precision():
+    qkv = np.zeros((1, 2, 6), np.float32)
+    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16', got 'fp16'"):
+        C.attention(qkv, None, None, 1, precision="fp16")
+    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16', got 'BF16'"):
+        C.packed_attention(qkv[0], None, np.array([0, 2]), 1, precision="BF16")
 
 
 # ----------------------------------------------------------------------------------------------

@@ -4,8 +4,9 @@ What changes from fp32: every linear (QKV, attention output, FFN input with its 
 and the last layer's query / key-value split of the CLS path) runs on LinearBf16: its weights are stored as
 BFLOAT16 initializers (2 bytes each), its input rows are rounded to bf16 on the fly, products and sums stay
 fp32, and the bias and GELU are applied to the fp32 accumulators. The word and position embedding tables are
-stored as bf16 too and widened after the lookup, so the file is about half the fp32 one. Everything else
-(LayerNorms, attention, residuals) stays fp32. Rounding is per element, so a text's vector does not depend
+stored as bf16 too and widened after the lookup, so the file is about half the fp32 one. Attention's two
+products (Q K^T, P V) take bf16 operands with fp32 accumulation (where the CPU has AVX512-BF16; fp32 elsewhere).
+Everything else (softmax, LayerNorms, residuals) stays fp32. Rounding is per element, so a text's vector does not depend
 on its batch.
 
 The export measures the bf16 graph against the fp32 one on the built-in evaluation texts (the odd lines of
@@ -29,8 +30,9 @@ def bf16_precision(enc: Encoder, tables: bool = True) -> Precision:
     linears = {(i, n): Bf16Linear(to_bf16_bits(getattr(layer, n))) for i, layer in enumerate(enc.layers)
                for n in LINEARS}
     if not tables:
-        return Precision(linears)
-    return Precision(linears, Bf16Table(to_bf16_bits(enc.word)), Bf16Table(to_bf16_bits(enc.position)))
+        return Precision(linears, attention="bf16")
+    return Precision(linears, Bf16Table(to_bf16_bits(enc.word)), Bf16Table(to_bf16_bits(enc.position)),
+                     attention="bf16")
 
 
 def convert_encoder(enc: Encoder, form: str, embed: Embedder) -> tuple[object, dict]:
@@ -42,8 +44,8 @@ def convert_encoder(enc: Encoder, form: str, embed: Embedder) -> tuple[object, d
     report = {
         "weights": "bf16 (round to nearest even): QKV, attention output, FFN in and out; word and position "
                    "embeddings",
-        "activations": "rounded to bf16 at each linear's input; fp32 accumulation, bias, GELU, attention, "
-                       "LayerNorm and residuals",
+        "activations": "rounded to bf16 at each linear's input and as attention's Q K^T and P V operands; fp32 "
+                       "accumulation, bias, GELU, softmax, LayerNorm and residuals",
         "evaluation": {"source": "built-in", **stats},
         "batch_consistency": batch_consistency(model, evaluation, embed),
         "gate": {"min_cosine": MIN_COSINE, "passed": passed},

@@ -311,12 +311,14 @@ TablePrecision = QuantizedTable | Bf16Table
 
 @dataclass
 class Precision:
-    """What emit changes from fp32: linears by (layer, name) in LINEARS (int8 or bf16), and optionally the
-    embedding tables (int8 or bf16)."""
+    """What emit changes from fp32: linears by (layer, name) in LINEARS (int8 or bf16), optionally the
+    embedding tables (int8 or bf16), and the arithmetic of attention's Q K^T and P V: "fp32" or "bf16" (bf16
+    operands, fp32 accumulation and softmax; the attention ops' attribute 'precision', csrc/attention.h)."""
 
     linears: dict[tuple[int, str], LinearPrecision] = field(default_factory=dict)
     word: TablePrecision | None = None
     position: TablePrecision | None = None
+    attention: str = "fp32"
 
     def is_int8(self, key: tuple[int, str]) -> bool:
         return isinstance(self.linears.get(key), QuantizedLinear)
@@ -498,10 +500,12 @@ def _layer_body(b: _Builder, enc: Encoder, i: int, precision: Precision, x: _Val
                                   gemm=gemm)
 
 
-def _attention_attrs(layer: Layer) -> dict:
+def _attention_attrs(layer: Layer, precision: Precision) -> dict:
     attrs = {"num_heads": layer.num_heads}
     if layer.scale is not None:
         attrs["scale"] = layer.scale
+    if precision.attention != "fp32":  # absent means fp32: fp32 graphs stay as they were
+        attrs["precision"] = precision.attention
     return attrs
 
 
@@ -541,7 +545,7 @@ def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None,
             def attention(layer, p, x, i=i):
                 qkv = _linear(b, x, layer.qkv, precision.linears.get((i, "qkv")), f"{p}/qkv", gemm)
                 ctx = b.node("FusedAttention", [qkv, b.const(f"{p}/qkv.bias", layer.qkv_bias), "attention_mask"],
-                             f"{p}/attention", domain=DOMAIN, **_attention_attrs(layer))
+                             f"{p}/attention", domain=DOMAIN, **_attention_attrs(layer, precision))
                 return ctx, x
             x = _layer_body(b, enc, i, precision, x, attention, gemm)
     else:
@@ -563,13 +567,13 @@ def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None,
                 if i < last:
                     qkv = _linear(b, x, layer.qkv, qq, f"{p}/qkv", gemm)
                     return b.node("PackedAttention", [qkv, bias, "cu_seqlens"], f"{p}/attention", domain=DOMAIN,
-                                  **_attention_attrs(layer)), x
+                                  **_attention_attrs(layer, precision)), x
                 # Last layer: keys and values for every token, queries only for the rows asked for.
                 rows = _Value(b.node("Gather", [x.fp32, "query_rows"], f"{p}/query_inputs", axis=0))
                 query = _linear(b, rows, layer.qkv[:, :H], qq.columns(0, H) if qq else None, f"{p}/q", gemm)
                 kv = _linear(b, x, layer.qkv[:, H:], qq.columns(H, 3 * H) if qq else None, f"{p}/kv", gemm)
                 ctx = b.node("PackedAttention", [kv, bias, "cu_seqlens", "query_rows", query], f"{p}/attention",
-                             domain=DOMAIN, **_attention_attrs(layer))
+                             domain=DOMAIN, **_attention_attrs(layer, precision))
                 return ctx, rows
             x = _layer_body(b, enc, i, precision, x, attention, gemm)
 

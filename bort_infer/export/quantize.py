@@ -5,7 +5,8 @@ per output column, and the word and position embedding tables to int8 with one s
 on the fly per row (per token: QuantizeRows → onnxruntime's MatMulInteger → DequantizeRows), so a token's
 range is its own: no calibrated range to clip unseen text, no outlier token costing the others their
 resolution, and a text's vector does not depend on what else is in its batch (onnxruntime's
-DynamicQuantizeMatMul uses one range per tensor, i.e. per batch).
+DynamicQuantizeMatMul uses one range per tensor, i.e. per batch). Attention's two products (Q K^T, P V) take bf16
+operands with fp32 accumulation and softmax (where the CPU has AVX512-BF16; fp32 elsewhere), measured with the rest.
 
 Beyond plain per-channel quantization, three measured steps, each kept only when the calibration texts
 say it helps:
@@ -107,7 +108,7 @@ def quantize_rows(table: np.ndarray) -> QuantizedTable:
 def full_int8(enc: Encoder, keep_fp32: frozenset = frozenset()) -> Precision:
     columns = {(i, n): quantize_columns(getattr(layer, n)) for i, layer in enumerate(enc.layers)
                for n in LINEARS if (i, n) not in keep_fp32}
-    return Precision(columns, quantize_rows(enc.word), quantize_rows(enc.position))
+    return Precision(columns, quantize_rows(enc.word), quantize_rows(enc.position), attention="bf16")
 
 
 def linear_flops(enc: Encoder, name: str) -> int:
@@ -258,6 +259,7 @@ def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, c
                    "int8 per row",
         "activations": "u8 per row (token), range computed at run time (" + (
             "inside LinearInt8" if gemm == "ours" else "QuantizeRows → MatMulInteger") + ")",
+        "attention": "Q K^T and P V on bf16 operands, fp32 accumulation and softmax",
         "smoothing_alpha": alpha,
         "fp32_linears": [f"layer {i} {n}" for i, n in sorted(keep)],
         "calibration": {"source": "user" if calibration_texts else "built-in", **stats,

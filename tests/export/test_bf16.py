@@ -44,6 +44,22 @@ def test_every_linear_runs_on_linear_bf16_with_bf16_weights(exports, form):
     assert all(len(i.dims) <= 1 for i in model.graph.initializer if i.data_type == onnx.TensorProto.FLOAT)
 
 
+def attention_precisions(model) -> list[str]:
+    """Each attention node's 'precision' attribute ("fp32" when absent, the ops' default)."""
+    return [next((a.s.decode() for a in n.attribute if a.name == "precision"), "fp32") for n in model.graph.node
+            if n.op_type in ("FusedAttention", "PackedAttention")]
+
+
+@pytest.mark.parametrize("form", ["packed", "padded"])
+def test_attention_takes_bf16_operands_in_a_bf16_export_and_fp32_in_an_fp32_one(exports, form):
+    bf16_model = graph(exports("tiny-bort", quantize="bf16", form=form))
+    assert attention_precisions(bf16_model) and set(attention_precisions(bf16_model)) == {"bf16"}
+    fp32_model = graph(exports("tiny-bort", form=form))
+    assert attention_precisions(fp32_model) and set(attention_precisions(fp32_model)) == {"fp32"}
+    activations = read_metadata(exports("tiny-bort", quantize="bf16", form=form)).fidelity["activations"]
+    assert "attention's Q K^T and P V operands" in activations
+
+
 def test_bf16_weights_are_the_fp32_weights_rounded_to_nearest_even(exports):
     fp32 = {i.name: onnx.numpy_helper.to_array(i) for i in graph(exports("tiny-bort")).graph.initializer}
     bf16_inits = {i.name: i for i in graph(exports("tiny-bort", quantize="bf16")).graph.initializer}

@@ -142,6 +142,15 @@ def test_int8_export_records_its_gemm_and_both_gemms_give_the_same_vectors(expor
     np.testing.assert_array_equal(vectors["ours"], vectors["mlas"])  # exact integer GEMMs: the same bits
 
 
+def test_int8_attention_takes_bf16_operands_and_the_report_says_so(exports):
+    from .test_bf16 import attention_precisions, graph
+
+    directory = exports("tiny-bort", quantize="int8")
+    assert set(attention_precisions(graph(directory))) == {"bf16"}
+    meta = json.loads((directory / "bort_infer.json").read_text())
+    assert meta["fidelity"]["attention"] == "Q K^T and P V on bf16 operands, fp32 accumulation and softmax"
+
+
 def test_smoothing_is_exact_before_rounding(checkpoints, tmp_path):
     """Folding 1/s into the LayerNorms and s into the weights and skip_scale changes nothing in fp32."""
     import onnxruntime as ort

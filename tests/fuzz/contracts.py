@@ -12,8 +12,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..test_kernels import (
+    C,
     layernorm_rounding_allowance,
     ref_attention,
+    ref_attention_bf16,
     ref_dequantize_epilogue,
     ref_gelu,
     ref_quantize_rows,
@@ -86,6 +88,31 @@ def scale(attrs):
     return s
 
 
+def attention_precision(attrs) -> str:
+    precision = attribute(attrs, "precision", str, "fp32")
+    expect(precision in ("fp32", "bf16"), "precision must be 'fp32' or 'bf16'")
+    return precision
+
+
+X86_LEVELS = ["scalar", "avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx"]
+
+
+def bf16_products(precision: str, head_dim: int) -> bool:
+    """Whether precision="bf16" runs as bf16 here (csrc/attention.h): the first path the active level runs whose
+    lanes divide the head size is AVX512-BF16 (32), AVX-512 (16), AVX2 (8) or NEON (4), else the scalar reference;
+    the AVX512-BF16 path and the scalar reference compute bf16 products, the others fp32."""
+    isa = C.active_isa()
+    if precision != "bf16":
+        return False
+    if isa.startswith("neon"):
+        return head_dim % 4 != 0
+    level = X86_LEVELS.index(isa)
+    if level >= X86_LEVELS.index("avx512_bf16") and head_dim % 32 == 0:
+        return True
+    fp32_vector = (level >= X86_LEVELS.index("avx512") and head_dim % 16 == 0) or (level >= 1 and head_dim % 8 == 0)
+    return not fp32_vector
+
+
 def epsilon(attrs):
     eps = attribute(attrs, "epsilon", float, np.float32(1e-12))
     expect(np.isfinite(eps) and eps >= 0, "epsilon must be finite and >= 0")
@@ -130,7 +157,7 @@ def moderate_scale(s) -> bool:
 # Ops
 
 def fused_attention(inputs, attrs, outputs):
-    heads, s = num_heads(attrs), scale(attrs)
+    heads, s, precision = num_heads(attrs), scale(attrs), attention_precision(attrs)
     single_output(outputs)
     required(inputs, "qkv")
     dtype_is(inputs, "qkv", F32), dtype_is(inputs, "bias", F32), dtype_is(inputs, "mask", INT32, INT64)
@@ -147,6 +174,9 @@ def fused_attention(inputs, attrs, outputs):
         return [Expected(shape, F32)]
     if not (tame(qkv, bias) and moderate_scale(s)):
         return [Expected(shape, F32)]
+    if bf16_products(precision, hidden // heads):
+        ref, allowance = ref_attention_bf16(qkv, bias, mask, heads, s)
+        return [Expected(shape, F32, ref, allowance=allowance)]
     return [Expected(shape, F32, ref_attention(qkv, bias, mask, heads, None if s is None else float(s)))]
 
 
@@ -172,7 +202,7 @@ def packed_attention_reference(kv, query, bias, cu, rows, heads, s):
 
 
 def packed_attention(inputs, attrs, outputs):
-    heads, s = num_heads(attrs), scale(attrs)
+    heads, s, precision = num_heads(attrs), scale(attrs), attention_precision(attrs)
     single_output(outputs)
     required(inputs, "qkv", "cu_seqlens")
     for name in ("qkv", "bias", "query"):
@@ -210,7 +240,22 @@ def packed_attention(inputs, attrs, outputs):
         query, kv = qkv[rows, :hidden], qkv[:, hidden:]
     else:
         kv = qkv
+    if bf16_products(precision, hidden // heads):
+        return [Expected(shape, F32, *packed_attention_reference_bf16(kv, query, bias, cu, rows, heads, s))]
     return [Expected(shape, F32, packed_attention_reference(kv, query, bias, cu, rows, heads, s))]
+
+
+def packed_attention_reference_bf16(kv, query, bias, cu, rows, heads, s):
+    """ref_attention_bf16 of each query over its own sequence's keys: (values, allowance)."""
+    hidden = query.shape[1]
+    out, allowance = np.zeros((len(rows), hidden)), np.zeros((len(rows), hidden))
+    for i, row in enumerate(rows):
+        seq = np.searchsorted(cu, row, side="right") - 1
+        keys = kv[cu[seq]:cu[seq + 1]]
+        qkv = np.concatenate([np.broadcast_to(query[i], (len(keys), hidden)), keys], axis=1)[None]
+        ref, allow = ref_attention_bf16(qkv, bias, None, heads, s)
+        out[i], allowance[i] = ref[0, 0], allow[0, 0]
+    return out, "close", allowance
 
 
 def bias_gelu(inputs, attrs, outputs):

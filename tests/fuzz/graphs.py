@@ -16,8 +16,8 @@ OPS = ["BiasGelu", "DequantizeRows", "FusedAttention", "LinearBf16", "LinearInt8
 HEAD_DIMS = [1, 2, 3, 4, 5, 8, 16, 32]
 WIDTHS = [0, 1, 3, 7, 8, 15, 16, 17, 33, 64]
 ATTRIBUTES = {  # each op's attributes and their kinds
-    "FusedAttention": {"num_heads": int, "scale": float},
-    "PackedAttention": {"num_heads": int, "scale": float},
+    "FusedAttention": {"num_heads": int, "scale": float, "precision": str},
+    "PackedAttention": {"num_heads": int, "scale": float, "precision": str},
     "SkipLayerNorm": {"epsilon": float},
     "DequantizeRows": {"activation": str, "epsilon": float},
     "LinearBf16": {"activation": str},
@@ -77,6 +77,8 @@ def fused_attention(r):
     attrs = {"num_heads": heads}
     if r.random() < 0.5:
         attrs["scale"] = round(r.uniform(-2, 2), 3)
+    if r.random() < 0.5:
+        attrs["precision"] = r.choice(["fp32", "bf16"])
     inputs = [["qkv", tensor(r, [batch, seq, three_h])], ["bias", maybe(r, tensor(r, [three_h]))], ["mask", mask]]
     return inputs, attrs, ["out"]
 
@@ -100,6 +102,8 @@ def packed_attention(r):
     attrs = {"num_heads": heads}
     if r.random() < 0.5:
         attrs["scale"] = round(r.uniform(-2, 2), 3)
+    if r.random() < 0.5:
+        attrs["precision"] = r.choice(["fp32", "bf16"])
     return inputs, attrs, ["out"]
 
 
