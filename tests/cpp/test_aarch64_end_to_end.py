@@ -71,7 +71,7 @@ def aarch64(tmp_path_factory) -> dict[str, Path]:
             for name in wheel.namelist():
                 if name.startswith("onnxruntime/capi/libonnxruntime"):
                     wheel.extract(name, wheels / version)
-    ops = BUILD / "aarch64-ops"
+    ops = BUILD / "aarch64"  # test_kernel_paths.py's aarch64 build: its kernel objects are the library's too
     make("-C", str(ROOT / "tests" / "cpp"), f"BUILD={ops}", "CXX=aarch64-linux-gnu-g++", f"PYTHON={sys.executable}",
          "ops-library")
     example = BUILD / "aarch64-example"

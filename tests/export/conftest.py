@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ..conftest import minilm_dir
+from ..conftest import VARIED_TEXTS, minilm_dir, sts_pairs
 
 # Layers of the BERT-large-shaped encoder. Every layer shape is BERT-large's (models/bert-large.json), but a
 # full 24-layer export is a 1.3 GB graph that must stay out of tests; two layers (~225 MB) still exercise
@@ -92,3 +92,59 @@ def tiny_bort_fused(checkpoints, exports):
     config = json.loads((checkpoints("tiny-bort") / "config.json").read_text())
     return fuse_with_onnxruntime(exports("tiny-bort", custom_ops=False) / "model.onnx",
                                  config["num_attention_heads"], config["hidden_size"])
+
+
+@dataclass
+class StsDev:
+    """all-MiniLM-L6-v2 fp32 on STS-B dev: the sentences (pairs flattened a0, b0, a1, b1, ...), gold scores and
+    the fp32 export's vectors, the reference every reduced-precision export is held to."""
+
+    texts: list[str]
+    gold: np.ndarray
+    fp32: np.ndarray
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def spearman(a: np.ndarray, b: np.ndarray) -> float:
+    def ranks(x):
+        order = np.argsort(x, kind="stable")
+        r = np.empty(len(x))
+        r[order] = np.arange(len(x))
+        for value in np.unique(x[np.r_[False, np.diff(np.sort(x)) == 0]]):  # ties share their mean rank
+            r[x == value] = r[x == value].mean()
+        return r
+    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
+
+
+def sts_spearman(vectors: np.ndarray, gold: np.ndarray) -> float:
+    """Spearman x100 of the pairs' dot products (vectors are normalized: cosines) against the gold scores."""
+    return spearman((vectors[0::2] * vectors[1::2]).sum(1), gold) * 100
+
+
+@pytest.fixture(scope="session")
+def minilm_sts_dev(exports) -> StsDev:
+    """Encoded once for the int8 and bf16 fidelity tests (skips without MiniLM or the STS-B data)."""
+    from bort_infer import Session
+
+    texts, gold = sts_pairs("dev")
+    return StsDev(texts, gold, Session(exports("minilm"), threads=2).encode(texts, batch_size=64))
+
+
+@pytest.fixture(scope="session")
+def tiny_bort_varied_fp32(exports) -> np.ndarray:
+    """tiny-bort fp32 (default export) vectors of VARIED_TEXTS, the reference of its int8 and bf16 exports."""
+    from bort_infer import Session
+
+    with pytest.warns(UserWarning, match="truncated"):
+        return Session(exports("tiny-bort"), threads=2).encode(VARIED_TEXTS)
+
+
+def encode_varied(directory: Path) -> np.ndarray:
+    """VARIED_TEXTS through a two-thread Session of `directory` (one of them is past the length limit: warned)."""
+    from bort_infer import Session
+
+    with pytest.warns(UserWarning, match="truncated"):
+        return Session(directory, threads=2).encode(VARIED_TEXTS)

@@ -11,9 +11,8 @@ from bort_infer.export import bf16
 from bort_infer.export.graph_rewrite import to_bf16_bits
 from bort_infer.model_dir import read_metadata
 
-from ..conftest import VARIED_TEXTS, sts_pairs
 from ..test_gemm_bf16 import bf16_bits
-from .test_quantize import cosines, spearman
+from .conftest import cosines, encode_varied, sts_spearman
 
 LINEAR_WEIGHTS = ("qkv", "attn_out", "ffn_in", "ffn_out")
 
@@ -74,15 +73,10 @@ def test_to_bf16_bits_is_the_kernels_rounding():
     assert np.array_equal(to_bf16_bits(x), bf16_bits(x))
 
 
-def test_tiny_bort_bf16_keeps_vectors_reports_fidelity_and_halves_the_file(exports):
-    fp32 = Session(exports("tiny-bort"), threads=2)
-    session = Session(exports("tiny-bort", quantize="bf16"), threads=2)
-    with pytest.warns(UserWarning, match="truncated"):
-        a = fp32.encode(VARIED_TEXTS)
-    with pytest.warns(UserWarning, match="truncated"):
-        b = session.encode(VARIED_TEXTS)
-    assert cosines(a, b).min() >= 0.9999
-    info = session.info
+def test_tiny_bort_bf16_keeps_vectors_reports_fidelity_and_halves_the_file(exports, tiny_bort_varied_fp32):
+    directory = exports("tiny-bort", quantize="bf16")
+    assert cosines(tiny_bort_varied_fp32, encode_varied(directory)).min() >= 0.9999
+    info = Session(directory).info
     assert info["precision"] == "bf16"
     f = info["fidelity"]
     assert f["gate"] == {"min_cosine": bf16.MIN_COSINE, "passed": True}
@@ -114,15 +108,13 @@ def test_bf16_export_rejects_options_it_cannot_honour(checkpoints, tmp_path, opt
         export_model(str(checkpoints("tiny-bort")), tmp_path / "model", quantize="bf16", **options)
 
 
-def test_minilm_bf16_matches_fp32_on_sts_dev(exports):
-    texts, gold = sts_pairs("dev")
-    fp32 = Session(exports("minilm"), threads=2).encode(texts, batch_size=64)
+def test_minilm_bf16_matches_fp32_on_sts_dev(exports, minilm_sts_dev):
     session = Session(exports("minilm", quantize="bf16"), threads=2)
-    got = session.encode(texts, batch_size=64)
-    cos = cosines(got, fp32)
+    got = session.encode(minilm_sts_dev.texts, batch_size=64)
+    cos = cosines(got, minilm_sts_dev.fp32)
     assert cos.min() >= bf16.MIN_COSINE, cos.min()
-    rho_fp32 = spearman((fp32[0::2] * fp32[1::2]).sum(1), gold) * 100
-    rho_bf16 = spearman((got[0::2] * got[1::2]).sum(1), gold) * 100
+    rho_fp32 = sts_spearman(minilm_sts_dev.fp32, minilm_sts_dev.gold)
+    rho_bf16 = sts_spearman(got, minilm_sts_dev.gold)
     assert abs(rho_bf16 - rho_fp32) <= 0.02, (rho_bf16, rho_fp32)
     f = session.info["fidelity"]
     assert f["gate"]["passed"] and f["evaluation"]["cosine_min"] >= bf16.MIN_COSINE

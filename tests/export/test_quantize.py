@@ -12,21 +12,7 @@ from bort_infer.export import quantize as q
 from bort_infer.export.graph_rewrite import emit
 
 from ..conftest import minilm_dir, sts_pairs, stsb_sentences
-
-
-def spearman(a: np.ndarray, b: np.ndarray) -> float:
-    def ranks(x):
-        order = np.argsort(x, kind="stable")
-        r = np.empty(len(x))
-        r[order] = np.arange(len(x))
-        for value in np.unique(x[np.r_[False, np.diff(np.sort(x)) == 0]]):  # ties share their mean rank
-            r[x == value] = r[x == value].mean()
-        return r
-    return float(np.corrcoef(ranks(a), ranks(b))[0, 1])
-
-
-def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+from .conftest import cosines, encode_varied, sts_spearman
 
 
 @pytest.fixture(scope="module")
@@ -42,15 +28,13 @@ def minilm_int8(tmp_path_factory):
     return out
 
 
-def test_minilm_int8_meets_the_fidelity_targets_on_sts_dev(minilm_int8, exports):
-    texts, gold = sts_pairs("dev")
-    fp32 = Session(exports("minilm"), threads=2).encode(texts, batch_size=64)
+def test_minilm_int8_meets_the_fidelity_targets_on_sts_dev(minilm_int8, minilm_sts_dev):
     int8_session = Session(minilm_int8, threads=2)
-    int8 = int8_session.encode(texts, batch_size=64)
-    cos = cosines(int8, fp32)
+    int8 = int8_session.encode(minilm_sts_dev.texts, batch_size=64)
+    cos = cosines(int8, minilm_sts_dev.fp32)
     assert cos.mean() >= 0.995 and cos.min() >= 0.98, (cos.mean(), cos.min())
-    rho_fp32 = spearman((fp32[0::2] * fp32[1::2]).sum(1), gold) * 100
-    rho_int8 = spearman((int8[0::2] * int8[1::2]).sum(1), gold) * 100
+    rho_fp32 = sts_spearman(minilm_sts_dev.fp32, minilm_sts_dev.gold)
+    rho_int8 = sts_spearman(int8, minilm_sts_dev.gold)
     assert rho_fp32 == pytest.approx(86.72, abs=0.05)  # sentence-transformers' own figure on this split
     assert abs(rho_int8 - rho_fp32) <= 0.10, (rho_int8, rho_fp32)
     # The session reports what it serves: precision and the exporter's measured fidelity.
@@ -111,22 +95,13 @@ def test_plain_graph_int8_also_gets_a_fidelity_report(exports):
     assert info["fidelity"]["gate"]["passed"] and "quantize_dynamic" in info["fidelity"]["weights"]
 
 
-def test_tiny_bort_int8_keeps_cls_vectors_and_hard_inputs(exports):
-    from ..conftest import VARIED_TEXTS
-
-    fp32 = Session(exports("tiny-bort"), threads=2)
-    int8 = Session(exports("tiny-bort", quantize="int8"), threads=2)
-    with pytest.warns(UserWarning, match="truncated"):
-        a = fp32.encode(VARIED_TEXTS)
-    with pytest.warns(UserWarning, match="truncated"):
-        b = int8.encode(VARIED_TEXTS)
-    assert cosines(a, b).min() >= 0.999
+def test_tiny_bort_int8_keeps_cls_vectors_and_hard_inputs(exports, tiny_bort_varied_fp32):
+    int8 = encode_varied(exports("tiny-bort", quantize="int8"))
+    assert cosines(tiny_bort_varied_fp32, int8).min() >= 0.999
 
 
 def test_int8_export_records_its_gemm_and_both_gemms_give_the_same_vectors(exports):
     from bort_infer.export.export import default_int8_gemm
-
-    from ..conftest import VARIED_TEXTS
 
     default = exports("tiny-bort", quantize="int8")
     assert Session(default).info["int8_gemm"] == default_int8_gemm()
@@ -137,8 +112,7 @@ def test_int8_export_records_its_gemm_and_both_gemms_give_the_same_vectors(expor
         assert meta["int8_gemm"] == gemm
         assert ("LinearInt8" in meta["custom_ops"]) == (gemm == "ours")
         assert ("DequantizeRows" in meta["custom_ops"]) == (gemm == "mlas")
-        with pytest.warns(UserWarning, match="truncated"):
-            vectors[gemm] = Session(directory, threads=2).encode(VARIED_TEXTS)
+        vectors[gemm] = encode_varied(directory)
     np.testing.assert_array_equal(vectors["ours"], vectors["mlas"])  # exact integer GEMMs: the same bits
 
 
