@@ -37,12 +37,15 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(model, session):
         results = [None] * 6
 
         def post(i):
-            results[i] = httpx.post(f"{url}/embed", json={"inputs": texts, "normalize": False}, timeout=60)
+            try:
+                results[i] = httpx.post(f"{url}/embed", json={"inputs": texts, "normalize": False}, timeout=60)
+            except httpx.ConnectError as e:  # sent after the server stopped listening: never in flight
+                results[i] = e
         threads = [threading.Thread(target=post, args=(i,)) for i in range(len(results))]
         for t in threads:
             t.start()
         deadline = time.monotonic() + 20
-        while httpx.get(f"{url}/health").json()["queued_texts"] < 600:
+        while (queued := httpx.get(f"{url}/health").json()["queued_texts"]) < 400:
             assert time.monotonic() < deadline, "the requests never queued"
             time.sleep(0.005)
         proc.send_signal(signal.SIGTERM)
@@ -52,7 +55,11 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(model, session):
         _, err = proc.communicate()
         assert "SIGTERM" in err
         want = session.encode(texts, normalize=False)
-        for r in results:
+        answered = [r for r in results if not isinstance(r, httpx.ConnectError)]
+        # Every request the server had admitted when the signal came (at least queued / 200 of them) is answered
+        # in full; on a busy machine a thread may not have connected yet, and that one is refused, not dropped.
+        assert len(answered) >= -(-queued // len(texts))
+        for r in answered:
             assert r is not None and r.status_code == 200
             assert cosines(np.array(r.json()), want).min() >= 0.99999
         try:
