@@ -5,11 +5,12 @@
 #include <cstdint>
 
 #include "parallel.h"
+#include "simd_constants.h"
 
 namespace bort {
 
 // Reference (scalar) exact GELU.
-inline float gelu_exact(float v) { return 0.5f * v * (1.0f + std::erf(v * 0.70710678118654752440f)); }
+inline float gelu_exact(float v) { return 0.5f * v * (1.0f + std::erf(v * simd::coeff::kSqrtHalf)); }
 
 // x, y: [rows, n] row-major (y may alias x); bias: [n] or nullptr.
 void bias_gelu(const float* x, const float* bias, float* y, int64_t rows, int64_t n, const ParallelFor& pf);

@@ -1,11 +1,13 @@
 #include "dequantize_rows.h"
 
 #include <algorithm>
+#include <tuple>
 #include <vector>
 
 #include "bias_gelu.h"
 #include "cpu_dispatch.h"
 #include "quantize_rows.h"
+#include "row_dispatch.h"
 #include "simd_math.h"
 #include "simd_neon.h"
 #include "skip_layernorm.h"
@@ -13,55 +15,64 @@
 namespace bort {
 namespace {
 
-void dequantize_rows_scalar(const int32_t* acc, int64_t acc_ld, const float* row_scale, const uint8_t* row_zero_point,
-                            const float* weight_scale, const int32_t* weight_colsum, const float* bias, Activation act,
-                            float* y, int64_t y_ld, int64_t rows, int64_t n) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const int64_t zp = row_zero_point[r];
-    for (int64_t i = 0; i < n; ++i) {
-      // Unsigned arithmetic wraps like the vector path's 32-bit lanes (signed overflow would be UB).
-      const uint32_t centred = static_cast<uint32_t>(acc[r * acc_ld + i]) -
-                               static_cast<uint32_t>(zp) * static_cast<uint32_t>(weight_colsum[i]);
-      float v = static_cast<float>(static_cast<int32_t>(centred)) * (row_scale[r] * weight_scale[i]);
-      if (bias) v += bias[i];
-      y[r * y_ld + i] = act == Activation::kGelu ? gelu_exact(v) : v;
-    }
+// v = act(row_scale[r] * weight_scale * (acc - row_zero_point[r] * weight_colsum) + bias) into y: acc [rows, n]
+// (row stride acc_ld), y [rows, n] (row stride y_ld). Each path computes one row: a, row_scale, zero_point, y.
+struct DequantizeRows {
+  const int32_t* acc;
+  int64_t acc_ld;
+  const float* row_scale;
+  const uint8_t* row_zero_point;
+  const float *weight_scale, *bias;
+  const int32_t* weight_colsum;
+  float* y;
+  int64_t y_ld, n;
+  std::tuple<const int32_t*, float, uint8_t, const float*, const int32_t*, const float*, float*, int64_t> row(
+      int64_t r) const {
+    return {acc + r * acc_ld, row_scale[r], row_zero_point[r], weight_scale, weight_colsum, bias, y + r * y_ld, n};
+  }
+};
+
+// The integer part of one output, centred on the row's zero point: unsigned arithmetic wraps like the vector
+// paths' 32-bit lanes (signed overflow would be UB).
+inline int32_t centred(int32_t acc, uint8_t zero_point, int32_t colsum) {
+  return static_cast<int32_t>(static_cast<uint32_t>(acc) -
+                              static_cast<uint32_t>(zero_point) * static_cast<uint32_t>(colsum));
+}
+
+template <Activation kAct>
+void dequantize_row_scalar(const int32_t* a, float row_scale, uint8_t zero_point, const float* weight_scale,
+                           const int32_t* weight_colsum, const float* bias, float* y, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    float v = static_cast<float>(centred(a[i], zero_point, weight_colsum[i])) * (row_scale * weight_scale[i]);
+    if (bias) v += bias[i];
+    y[i] = kAct == Activation::kGelu ? gelu_exact(v) : v;
   }
 }
 
 #if BORT_X86_64
 template <Activation kAct>
-BORT_AVX2 void dequantize_rows_avx2(const int32_t* acc, int64_t acc_ld, const float* row_scale,
-                                    const uint8_t* row_zero_point, const float* weight_scale,
-                                    const int32_t* weight_colsum, const float* bias, float* y, int64_t y_ld,
-                                    int64_t rows, int64_t n) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const int32_t* a = acc + r * acc_ld;
-    float* yr = y + r * y_ld;
-    const __m256i zp = _mm256_set1_epi32(row_zero_point[r]);
-    const __m256 rs = _mm256_set1_ps(row_scale[r]);
-    int64_t i = 0;
-    for (; i + 8 <= n; i += 8) {
-      const __m256i c = _mm256_sub_epi32(
-          _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)),
-          _mm256_mullo_epi32(zp, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(weight_colsum + i))));
-      __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(c), _mm256_mul_ps(rs, _mm256_loadu_ps(weight_scale + i)));
-      if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + i));
-      if (kAct == Activation::kGelu) v = simd::gelu_ps(v);
-      _mm256_storeu_ps(yr + i, v);
-    }
-    if (i < n) {
-      // The tail through a padded buffer, so it uses the same GELU approximation as the body.
-      alignas(32) float buf[8] = {0};
-      for (int64_t k = i; k < n; ++k) {
-        const uint32_t centred = static_cast<uint32_t>(a[k]) -
-                                 static_cast<uint32_t>(row_zero_point[r]) * static_cast<uint32_t>(weight_colsum[k]);
-        buf[k - i] = static_cast<float>(static_cast<int32_t>(centred)) * (row_scale[r] * weight_scale[k]) +
-                     (bias ? bias[k] : 0.0f);
-      }
-      if (kAct == Activation::kGelu) _mm256_store_ps(buf, simd::gelu_ps(_mm256_load_ps(buf)));
-      std::copy(buf, buf + (n - i), yr + i);
-    }
+BORT_AVX2 void dequantize_row_avx2(const int32_t* a, float row_scale, uint8_t zero_point, const float* weight_scale,
+                                   const int32_t* weight_colsum, const float* bias, float* y, int64_t n) {
+  const __m256i zp = _mm256_set1_epi32(zero_point);
+  const __m256 rs = _mm256_set1_ps(row_scale);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const __m256i c = _mm256_sub_epi32(
+        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(a + i)),
+        _mm256_mullo_epi32(zp, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(weight_colsum + i))));
+    __m256 v = _mm256_mul_ps(_mm256_cvtepi32_ps(c), _mm256_mul_ps(rs, _mm256_loadu_ps(weight_scale + i)));
+    if (bias) v = _mm256_add_ps(v, _mm256_loadu_ps(bias + i));
+    if (kAct == Activation::kGelu) v = simd::gelu_ps(v);
+    _mm256_storeu_ps(y + i, v);
+  }
+  if (i < n) {
+    // The tail through a padded buffer, so it uses the same GELU approximation as the body.
+    alignas(32) float buf[8] = {0};
+    for (int64_t k = i; k < n; ++k)
+      buf[k - i] = static_cast<float>(centred(a[k], zero_point, weight_colsum[k])) * (row_scale * weight_scale[k]) +
+                   (bias ? bias[k] : 0.0f);
+    if (kAct == Activation::kGelu) _mm256_store_ps(buf, simd::gelu_ps(_mm256_load_ps(buf)));
+    std::copy(buf, buf + (n - i), y + i);
   }
 }
 
@@ -69,25 +80,19 @@ BORT_AVX2 void dequantize_rows_avx2(const int32_t* acc, int64_t acc_ld, const fl
 // its 8-lane form), with masked tails. Worth it for GELU (erf arithmetic) and for the fused linear op's
 // epilogue, which reads its int32 tile from L1.
 template <Activation kAct>
-BORT_AVX512 void dequantize_rows_avx512(const int32_t* acc, int64_t acc_ld, const float* row_scale,
-                                        const uint8_t* row_zero_point, const float* weight_scale,
-                                        const int32_t* weight_colsum, const float* bias, float* y, int64_t y_ld,
-                                        int64_t rows, int64_t n) {
+BORT_AVX512 void dequantize_row_avx512(const int32_t* a, float row_scale, uint8_t zero_point, const float* weight_scale,
+                                       const int32_t* weight_colsum, const float* bias, float* y, int64_t n) {
   const __mmask16 tail = static_cast<__mmask16>((1u << (n % 16)) - 1);
-  for (int64_t r = 0; r < rows; ++r) {
-    const int32_t* a = acc + r * acc_ld;
-    float* yr = y + r * y_ld;
-    const __m512i zp = _mm512_set1_epi32(row_zero_point[r]);
-    const __m512 rs = _mm512_set1_ps(row_scale[r]);
-    for (int64_t i = 0; i < n; i += 16) {
-      const __mmask16 m = i + 16 <= n ? __mmask16{0xFFFF} : tail;
-      const __m512i c = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, a + i),
-                                         _mm512_mullo_epi32(zp, _mm512_maskz_loadu_epi32(m, weight_colsum + i)));
-      __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(rs, _mm512_maskz_loadu_ps(m, weight_scale + i)));
-      if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + i));
-      if (kAct == Activation::kGelu) v = simd::gelu_ps(v);
-      _mm512_mask_storeu_ps(yr + i, m, v);
-    }
+  const __m512i zp = _mm512_set1_epi32(zero_point);
+  const __m512 rs = _mm512_set1_ps(row_scale);
+  for (int64_t i = 0; i < n; i += 16) {
+    const __mmask16 m = i + 16 <= n ? __mmask16{0xFFFF} : tail;
+    const __m512i c = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(m, a + i),
+                                       _mm512_mullo_epi32(zp, _mm512_maskz_loadu_epi32(m, weight_colsum + i)));
+    __m512 v = _mm512_mul_ps(_mm512_cvtepi32_ps(c), _mm512_mul_ps(rs, _mm512_maskz_loadu_ps(m, weight_scale + i)));
+    if (bias) v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(m, bias + i));
+    if (kAct == Activation::kGelu) v = simd::gelu_ps(v);
+    _mm512_mask_storeu_ps(y + i, m, v);
   }
 }
 
@@ -96,62 +101,44 @@ BORT_AVX512 void dequantize_rows_avx512(const int32_t* acc, int64_t acc_ld, cons
 #if BORT_AARCH64
 // The AVX2 path on 4 lanes (wrapping int32 arithmetic, then the same float operations), tail via a buffer.
 template <Activation kAct>
-void dequantize_rows_neon(const int32_t* acc, int64_t acc_ld, const float* row_scale, const uint8_t* row_zero_point,
-                          const float* weight_scale, const int32_t* weight_colsum, const float* bias, float* y,
-                          int64_t y_ld, int64_t rows, int64_t n) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const int32_t* a = acc + r * acc_ld;
-    float* yr = y + r * y_ld;
-    const int32x4_t zp = vdupq_n_s32(row_zero_point[r]);
-    const float32x4_t rs = vdupq_n_f32(row_scale[r]);
-    int64_t i = 0;
-    for (; i + 4 <= n; i += 4) {
-      const int32x4_t c = vsubq_s32(vld1q_s32(a + i), vmulq_s32(zp, vld1q_s32(weight_colsum + i)));
-      float32x4_t v = vmulq_f32(vcvtq_f32_s32(c), vmulq_f32(rs, vld1q_f32(weight_scale + i)));
-      if (bias) v = vaddq_f32(v, vld1q_f32(bias + i));
-      if (kAct == Activation::kGelu) v = simd::gelu_f32x4(v);
-      vst1q_f32(yr + i, v);
-    }
-    if (i < n) {
-      float buf[4] = {0};
-      for (int64_t k = i; k < n; ++k) {
-        const uint32_t centred = static_cast<uint32_t>(a[k]) -
-                                 static_cast<uint32_t>(row_zero_point[r]) * static_cast<uint32_t>(weight_colsum[k]);
-        buf[k - i] = static_cast<float>(static_cast<int32_t>(centred)) * (row_scale[r] * weight_scale[k]) +
-                     (bias ? bias[k] : 0.0f);
-      }
-      if (kAct == Activation::kGelu) vst1q_f32(buf, simd::gelu_f32x4(vld1q_f32(buf)));
-      std::copy(buf, buf + (n - i), yr + i);
-    }
+void dequantize_row_neon(const int32_t* a, float row_scale, uint8_t zero_point, const float* weight_scale,
+                         const int32_t* weight_colsum, const float* bias, float* y, int64_t n) {
+  const int32x4_t zp = vdupq_n_s32(zero_point);
+  const float32x4_t rs = vdupq_n_f32(row_scale);
+  int64_t i = 0;
+  for (; i + 4 <= n; i += 4) {
+    const int32x4_t c = vsubq_s32(vld1q_s32(a + i), vmulq_s32(zp, vld1q_s32(weight_colsum + i)));
+    float32x4_t v = vmulq_f32(vcvtq_f32_s32(c), vmulq_f32(rs, vld1q_f32(weight_scale + i)));
+    if (bias) v = vaddq_f32(v, vld1q_f32(bias + i));
+    if (kAct == Activation::kGelu) v = simd::gelu_f32x4(v);
+    vst1q_f32(y + i, v);
+  }
+  if (i < n) {
+    float buf[4] = {0};
+    for (int64_t k = i; k < n; ++k)
+      buf[k - i] = static_cast<float>(centred(a[k], zero_point, weight_colsum[k])) * (row_scale * weight_scale[k]) +
+                   (bias ? bias[k] : 0.0f);
+    if (kAct == Activation::kGelu) vst1q_f32(buf, simd::gelu_f32x4(vld1q_f32(buf)));
+    std::copy(buf, buf + (n - i), y + i);
   }
 }
 #endif  // BORT_AARCH64
 
-// The scalar reference with the activation fixed, as the vector paths have it.
-template <Activation kAct>
-void dequantize_rows_reference(const int32_t* acc, int64_t acc_ld, const float* row_scale,
-                               const uint8_t* row_zero_point, const float* weight_scale, const int32_t* weight_colsum,
-                               const float* bias, float* y, int64_t y_ld, int64_t rows, int64_t n) {
-  dequantize_rows_scalar(acc, acc_ld, row_scale, row_zero_point, weight_scale, weight_colsum, bias, kAct, y, y_ld, rows,
-                         n);
-}
-
 // Each path with one instantiation per activation.
-using BlockFn = void (*)(const int32_t*, int64_t, const float*, const uint8_t*, const float*, const int32_t*,
-                         const float*, float*, int64_t, int64_t, int64_t);
+using RowFn = void (*)(const int32_t*, float, uint8_t, const float*, const int32_t*, const float*, float*, int64_t);
 struct DequantizePath {
   Isa isa;
-  BlockFn none, gelu;
+  RowFn none, gelu;
 };
 constexpr DequantizePath kDequantizePaths[] = {
 #if BORT_X86_64
-    {Isa::kAvx512, dequantize_rows_avx512<Activation::kNone>, dequantize_rows_avx512<Activation::kGelu>},
-    {Isa::kAvx2, dequantize_rows_avx2<Activation::kNone>, dequantize_rows_avx2<Activation::kGelu>},
+    {Isa::kAvx512, dequantize_row_avx512<Activation::kNone>, dequantize_row_avx512<Activation::kGelu>},
+    {Isa::kAvx2, dequantize_row_avx2<Activation::kNone>, dequantize_row_avx2<Activation::kGelu>},
 #endif
 #if BORT_AARCH64
-    {Isa::kNeon, dequantize_rows_neon<Activation::kNone>, dequantize_rows_neon<Activation::kGelu>},
+    {Isa::kNeon, dequantize_row_neon<Activation::kNone>, dequantize_row_neon<Activation::kGelu>},
 #endif
-    {Isa::kScalar, dequantize_rows_reference<Activation::kNone>, dequantize_rows_reference<Activation::kGelu>}};
+    {Isa::kScalar, dequantize_row_scalar<Activation::kNone>, dequantize_row_scalar<Activation::kGelu>}};
 
 }  // namespace
 
@@ -159,8 +146,9 @@ void dequantize_block_serial(Isa isa, const int32_t* acc, int64_t acc_ld, const 
                              const uint8_t* row_zero_point, const float* weight_scale, const int32_t* weight_colsum,
                              const float* bias, Activation act, float* y, int64_t y_ld, int64_t rows, int64_t n) {
   const DequantizePath& path = select_entry(isa, kDequantizePaths);
-  (act == Activation::kGelu ? path.gelu : path.none)(acc, acc_ld, row_scale, row_zero_point, weight_scale,
-                                                     weight_colsum, bias, y, y_ld, rows, n);
+  run_rows(act == Activation::kGelu ? path.gelu : path.none,
+           DequantizeRows{acc, acc_ld, row_scale, row_zero_point, weight_scale, bias, weight_colsum, y, y_ld, n}, 0,
+           rows);
 }
 
 void finish_rows_serial(Isa isa, float* y, const SkipLayerNormEpilogue& norm, const RequantizedRows& requantized,

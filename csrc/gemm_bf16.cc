@@ -88,25 +88,20 @@ namespace bf16 {
 // miscompiles the plain `acc += x * y; acc += u * v;` form of this loop (it drops the stride of b).
 void block_scalar(const Block& blk) {
   const PackedBf16Weights& w = *blk.w;
-  const float* bias = blk.epilogue.bias;
   const bool gelu = blk.epilogue.activation == Activation::kGelu;
-  for (int64_t r = 0; r < blk.rows; ++r) {
-    const uint16_t* a = blk.a + r * blk.lda;
-    for (int64_t j = blk.panel_begin; j < blk.panel_end; ++j) {
-      const int64_t width = w.panel_width(j), valid = valid_columns(w, j), col0 = j * PackedBf16Weights::kPanelWidth;
-      for (int64_t c = 0; c < valid; ++c) {
-        const uint16_t* b = w.panel(j) + 2 * c;
-        float acc = 0.0f;
-        for (int64_t p = 0; p < w.pairs(); ++p) {
-          const uint16_t* bp = b + p * 2 * width;
-          acc = std::fma(bf16_to_float(a[2 * p + 1]), bf16_to_float(bp[1]), acc);
-          acc = std::fma(bf16_to_float(a[2 * p]), bf16_to_float(bp[0]), acc);
-        }
-        if (bias != nullptr) acc += bias[col0 + c];
-        blk.c[r * blk.ldc + col0 + c] = gelu ? gelu_exact(acc) : acc;
+  for_each_panel_tile<1>(blk, [&](const PanelTile& t) {
+    for (int64_t c = 0; c < t.valid; ++c) {
+      const uint16_t* b = t.b + 2 * c;
+      float acc = 0.0f;
+      for (int64_t p = 0; p < w.pairs(); ++p) {
+        const uint16_t* bp = b + p * 2 * t.width;
+        acc = std::fma(bf16_to_float(t.a[2 * p + 1]), bf16_to_float(bp[1]), acc);
+        acc = std::fma(bf16_to_float(t.a[2 * p]), bf16_to_float(bp[0]), acc);
       }
+      if (t.bias != nullptr) acc += t.bias[c];
+      t.c[c] = gelu ? gelu_exact(acc) : acc;
     }
-  }
+  });
 }
 
 }  // namespace bf16

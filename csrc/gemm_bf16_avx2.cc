@@ -77,21 +77,13 @@ BORT_AVX2_INLINE __m256i to_bf16_lanes(__m256 x) {
 }  // namespace
 
 void block_avx2(const Block& blk) {
-  const PackedBf16Weights& w = *blk.w;
   const bool gelu = blk.epilogue.activation == Activation::kGelu;
-  for (int64_t r0 = 0; r0 < blk.rows; r0 += kMaxRows) {
-    const int64_t mr = blk.rows - r0 < kMaxRows ? blk.rows - r0 : kMaxRows;
-    for (int64_t j = blk.panel_begin; j < blk.panel_end; ++j) {
-      const int64_t width = w.panel_width(j), valid = valid_columns(w, j);
-      for (int64_t c0 = 0; c0 < width; c0 += 16) {
-        const int64_t col = j * PackedBf16Weights::kPanelWidth + c0;
-        kTiles[mr - 1](blk.a + r0 * blk.lda, blk.lda, w.panel(j) + 2 * c0, 2 * width, w.pairs(),
-                       blk.c + r0 * blk.ldc + col, blk.ldc,
-                       blk.epilogue.bias == nullptr ? nullptr : blk.epilogue.bias + col, gelu,
-                       static_cast<int>(valid - c0 < 16 ? valid - c0 : 16));
-      }
-    }
-  }
+  for_each_panel_tile<kMaxRows>(blk, [&](const PanelTile& t) {
+    for (int64_t c0 = 0; c0 < t.width; c0 += 16)
+      kTiles[t.rows - 1](t.a, blk.lda, t.b + 2 * c0, 2 * t.width, blk.w->pairs(), t.c + c0, blk.ldc,
+                         t.bias == nullptr ? nullptr : t.bias + c0, gelu,
+                         static_cast<int>(t.valid - c0 < 16 ? t.valid - c0 : 16));
+  });
 }
 
 namespace {

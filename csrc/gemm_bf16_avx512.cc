@@ -69,21 +69,14 @@ const std::array<std::array<TileFn, kMaxVectors>, kMaxRows> kTiles = {
 }  // namespace
 
 void block_avx512_bf16(const Block& blk) {
-  const PackedBf16Weights& w = *blk.w;
   const bool gelu = blk.epilogue.activation == Activation::kGelu;
-  // Rows outer, panels inner: the 6 rows' A (6 x 2K bytes at K = 1024) stay in L1 across the block's panels,
-  // each panel streams from L2 (the caller sizes blocks so that they fit).
-  for (int64_t r0 = 0; r0 < blk.rows; r0 += kMaxRows) {
-    const int64_t mr = blk.rows - r0 < kMaxRows ? blk.rows - r0 : kMaxRows;
-    for (int64_t j = blk.panel_begin; j < blk.panel_end; ++j) {
-      const int64_t width = w.panel_width(j), col0 = j * PackedBf16Weights::kPanelWidth;
-      const int64_t nv = width / 16, tail = valid_columns(w, j) - 16 * (nv - 1);
-      const __mmask16 last = static_cast<__mmask16>((1u << tail) - 1);
-      kTiles[mr - 1][nv - 1](blk.a + r0 * blk.lda, blk.lda, w.panel(j), 2 * width, w.pairs(),
-                             blk.c + r0 * blk.ldc + col0, blk.ldc,
-                             blk.epilogue.bias == nullptr ? nullptr : blk.epilogue.bias + col0, gelu, last);
-    }
-  }
+  // The 6 rows' A (6 x 2K bytes at K = 1024) stay in L1 across the block's panels, each panel streams from L2
+  // (the caller sizes blocks so that they fit). The last vector of a panel holds its tail.
+  for_each_panel_tile<kMaxRows>(blk, [&](const PanelTile& t) {
+    const int64_t vectors = t.width / 16, tail = t.valid - 16 * (vectors - 1);
+    kTiles[t.rows - 1][vectors - 1](t.a, blk.lda, t.b, 2 * t.width, blk.w->pairs(), t.c, blk.ldc, t.bias, gelu,
+                                    static_cast<__mmask16>((1u << tail) - 1));
+  });
 }
 
 namespace {

@@ -39,5 +39,31 @@ inline int64_t valid_columns(const PackedBf16Weights& w, int64_t j) {
   return left < width ? left : width;
 }
 
+// One register tile's view of a block: up to a path's row limit of rows times one panel.
+struct PanelTile {
+  const uint16_t* a;  // the tile's first A row (row stride: the block's lda)
+  int64_t rows;       // 1 to the path's row limit
+  const uint16_t* b;  // the panel (pair rows of 2 * width bf16)
+  int64_t width;      // the panel's width, a multiple of 16
+  int64_t valid;      // its columns that hold C's columns (the rest is the zero padding: the tail)
+  float* c;           // C at the tile's first row and the panel's first column (row stride: the block's ldc)
+  const float* bias;  // the bias at the panel's first column, or nullptr
+};
+
+// Walks a block as every path does: groups of up to kMaxRows rows outer (their A rows stay in L1), the
+// block's panels inner (each streams from L2), calling fn(tile) for each.
+template <int64_t kMaxRows, typename F>
+inline void for_each_panel_tile(const Block& blk, const F& fn) {
+  const PackedBf16Weights& w = *blk.w;
+  for (int64_t r0 = 0; r0 < blk.rows; r0 += kMaxRows) {
+    const int64_t rows = blk.rows - r0 < kMaxRows ? blk.rows - r0 : kMaxRows;
+    for (int64_t j = blk.panel_begin; j < blk.panel_end; ++j) {
+      const int64_t col0 = j * PackedBf16Weights::kPanelWidth;
+      fn(PanelTile{blk.a + r0 * blk.lda, rows, w.panel(j), w.panel_width(j), valid_columns(w, j),
+                   blk.c + r0 * blk.ldc + col0, blk.epilogue.bias == nullptr ? nullptr : blk.epilogue.bias + col0});
+    }
+  }
+}
+
 }  // namespace bf16
 }  // namespace bort

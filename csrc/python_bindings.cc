@@ -220,6 +220,43 @@ py::array_t<T, py::array::c_style | py::array::forcecast> as_exact(const py::obj
   return py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(arr);
 }
 
+// The outputs of dequantize_rows and linear_int8: y (`shape`) when output_float; with requantize, q (`shape`),
+// scale and zero_point (`shape` but the last dimension).
+struct RowOutputs {
+  std::optional<py::array_t<float>> y, scale;
+  std::optional<py::array_t<uint8_t>> q, zero_point;
+  bort::RequantizedRows requantized;
+
+  RowOutputs(const bort::Shape& shape, bool output_float, bool requantize) {
+    if (output_float) y.emplace(shape);
+    if (!requantize) return;
+    const bort::Shape leading(shape.begin(), shape.end() - 1);
+    q.emplace(shape);
+    scale.emplace(leading);
+    zero_point.emplace(leading);
+    requantized = {q->mutable_data(), scale->mutable_data(), zero_point->mutable_data()};
+  }
+  float* y_data() { return y ? y->mutable_data() : nullptr; }
+  // y; (y, q, scale, zero_point) with requantize; (q, scale, zero_point) with requantize and no y.
+  py::object result() {
+    if (!q) return std::move(*y);
+    if (!y) return py::make_tuple(*q, *scale, *zero_point);
+    return py::make_tuple(*y, *q, *scale, *zero_point);
+  }
+};
+
+bort::SkipLayerNormEpilogue norm_epilogue(const std::optional<FloatArray>& skip, const std::optional<FloatArray>& gamma,
+                                          const std::optional<FloatArray>& beta,
+                                          const std::optional<FloatArray>& skip_scale, float epsilon) {
+  bort::SkipLayerNormEpilogue norm;
+  norm.skip = data_or_null(skip);
+  norm.gamma = data_or_null(gamma);
+  norm.beta = data_or_null(beta);
+  norm.skip_scale = data_or_null(skip_scale);
+  norm.epsilon = epsilon;
+  return norm;
+}
+
 // Returns y; (y, q, scale, zero_point) with requantize; (q, scale, zero_point) with requantize and no y.
 py::object dequantize_rows(const py::object& acc_obj, const py::object& row_scale_obj,
                            const py::object& row_zero_point_obj, const py::object& weight_scale_obj,
@@ -249,36 +286,18 @@ py::object dequantize_rows(const py::object& acc_obj, const py::object& row_scal
       bias ? &bias_shape : nullptr, skip ? &skip_shape : nullptr, gamma ? &gamma_shape : nullptr,
       beta ? &beta_shape : nullptr, skip_scale ? &scale_shape : nullptr, act, epsilon);
   bort::check_dequantize_rows_outputs(output_float, requantize, requantize, requantize);
-  const bort::Shape leading(acc_shape.begin(), acc_shape.end() - 1);
-  std::optional<py::array_t<float>> out;
-  std::optional<py::array_t<uint8_t>> q, zero_point;
-  std::optional<py::array_t<float>> scale;
-  if (output_float) out.emplace(acc_shape);
-  bort::RequantizedRows requantized;
-  if (requantize) {
-    q.emplace(acc_shape);
-    scale.emplace(leading);
-    zero_point.emplace(leading);
-    requantized = {q->mutable_data(), scale->mutable_data(), zero_point->mutable_data()};
-  }
-  bort::SkipLayerNormEpilogue norm;
-  norm.skip = data_or_null(skip);
-  norm.gamma = data_or_null(gamma);
-  norm.beta = data_or_null(beta);
-  norm.skip_scale = data_or_null(skip_scale);
-  norm.epsilon = epsilon;
+  RowOutputs out(acc_shape, output_float, requantize);
+  const bort::SkipLayerNormEpilogue norm = norm_epilogue(skip, gamma, beta, skip_scale, epsilon);
   const int32_t *ap = acc.data(), *cp = weight_colsum.data();
   const float *rsp = row_scale.data(), *wsp = weight_scale.data(), *bp = data_or_null(bias);
   const uint8_t* zp = row_zero_point.data();
-  float* o = out ? out->mutable_data() : nullptr;
+  float* o = out.y_data();
   {
     py::gil_scoped_release release;
     bort::ThreadFor pf(g_num_threads.load());
-    bort::dequantize_rows(ap, rsp, zp, wsp, cp, bp, act, norm, o, requantized, dims.rows, dims.width, pf);
+    bort::dequantize_rows(ap, rsp, zp, wsp, cp, bp, act, norm, o, out.requantized, dims.rows, dims.width, pf);
   }
-  if (!requantize) return std::move(*out);
-  if (!output_float) return py::make_tuple(*q, *scale, *zero_point);
-  return py::make_tuple(*out, *q, *scale, *zero_point);
+  return out.result();
 }
 
 // ------------------------------------------------------------------------------------------------ bf16
@@ -388,6 +407,26 @@ std::shared_ptr<bort::PackedInt8Weights> pack_int8_weights(const py::object& wei
   return std::make_shared<bort::PackedInt8Weights>(wp, k, n);
 }
 
+py::array_t<int8_t> unpack_int8_weights(const bort::PackedInt8Weights& w) {
+  py::array_t<int8_t> out({w.k(), w.n()});
+  int8_t* o = out.mutable_data();
+  for (int64_t k = 0; k < w.k(); ++k)
+    for (int64_t n = 0; n < w.n(); ++n) o[k * w.n() + n] = w.at(k, n);
+  return out;
+}
+
+// The Python class of packed weights W: built once from a [K, N] array by `pack`, with k, n and unpack().
+template <typename W, typename Unpacked>
+py::class_<W, std::shared_ptr<W>> bind_packed_weights(py::module_& m, const char* name, const char* doc,
+                                                      std::shared_ptr<W> (*pack)(const py::object&),
+                                                      Unpacked (*unpack)(const W&), const char* unpack_doc) {
+  return py::class_<W, std::shared_ptr<W>>(m, name, doc)
+      .def(py::init(pack), py::arg("weight"))
+      .def_property_readonly("k", &W::k)
+      .def_property_readonly("n", &W::n)
+      .def("unpack", unpack, unpack_doc);
+}
+
 py::array_t<int32_t> gemm_u8s8(const py::object& a_obj, const bort::PackedInt8Weights& w) {
   auto a = as_exact<uint8_t>(a_obj, "a", "uint8");
   if (a.ndim() != 2 || a.shape(1) != w.k())
@@ -434,23 +473,8 @@ py::object linear_int8(const py::object& x_obj, const bort::PackedInt8Weights& w
       bort::Shape{w.k(), w.n()}, shape_of(weight_scale), shape_or_null(bias, s_bias), shape_or_null(skip, s_skip),
       shape_or_null(gamma, s_gamma), shape_or_null(beta, s_beta), shape_or_null(skip_scale, s_scale), act, epsilon);
   bort::check_linear_int8_outputs(output_float, requantize, requantize, requantize);
-  const bort::Shape leading(dims.output.begin(), dims.output.end() - 1);
-  std::optional<py::array_t<float>> out, scale;
-  std::optional<py::array_t<uint8_t>> q, zero_point;
-  if (output_float) out.emplace(dims.output);
-  bort::RequantizedRows requantized;
-  if (requantize) {
-    q.emplace(dims.output);
-    scale.emplace(leading);
-    zero_point.emplace(leading);
-    requantized = {q->mutable_data(), scale->mutable_data(), zero_point->mutable_data()};
-  }
-  bort::SkipLayerNormEpilogue norm;
-  norm.skip = data_or_null(skip);
-  norm.gamma = data_or_null(gamma);
-  norm.beta = data_or_null(beta);
-  norm.skip_scale = data_or_null(skip_scale);
-  norm.epsilon = epsilon;
+  RowOutputs out(dims.output, output_float, requantize);
+  const bort::SkipLayerNormEpilogue norm = norm_epilogue(skip, gamma, beta, skip_scale, epsilon);
   bort::LinearInt8Input in;
   in.x = data_or_null(x);
   if (xq) {
@@ -459,15 +483,13 @@ py::object linear_int8(const py::object& x_obj, const bort::PackedInt8Weights& w
     in.zero_point = xz->data();
   }
   const float *wsp = weight_scale.data(), *bp = data_or_null(bias);
-  float* o = out ? out->mutable_data() : nullptr;
+  float* o = out.y_data();
   {
     py::gil_scoped_release release;
     bort::ThreadFor pf(g_num_threads.load());
-    bort::linear_int8(in, dims.rows, w, wsp, bp, act, norm, o, requantized, pf);
+    bort::linear_int8(in, dims.rows, w, wsp, bp, act, norm, o, out.requantized, pf);
   }
-  if (!requantize) return std::move(*out);
-  if (!output_float) return py::make_tuple(*q, *scale, *zero_point);
-  return py::make_tuple(*out, *q, *scale, *zero_point);
+  return out.result();
 }
 
 py::array_t<float> erf_for_tests(const py::object& x_obj) {
@@ -517,15 +539,11 @@ PYBIND11_MODULE(_C, m) {
         "v = LayerNorm(v + skip [* skip_scale]) * gamma [+ beta]. Returns y = v; with requantize, (y, q, scale, "
         "zero_point) where the last three are quantize_rows(y) exactly; with requantize and output_float=False, "
         "(q, scale, zero_point) only.");
-  py::class_<bort::PackedBf16Weights, std::shared_ptr<bort::PackedBf16Weights>>(
-      m, "PackedBf16Weights",
-      "Weights [K, N] packed once in the bf16 kernels' layout. From float32 (rounded to nearest even, as "
-      "float_to_bf16) or from uint16 bf16 bit patterns.")
-      .def(py::init(&pack_bf16_weights), py::arg("weight"))
-      .def_property_readonly("k", &bort::PackedBf16Weights::k)
-      .def_property_readonly("n", &bort::PackedBf16Weights::n)
-      .def_property_readonly("nbytes", &bort::PackedBf16Weights::bytes, "Bytes of the packed weights.")
-      .def("unpack", &unpack_bf16_weights, "The stored weights as uint16 bf16 bits [K, N].");
+  bind_packed_weights(m, "PackedBf16Weights",
+                      "Weights [K, N] packed once in the bf16 kernels' layout. From float32 (rounded to nearest "
+                      "even, as float_to_bf16) or from uint16 bf16 bit patterns.",
+                      &pack_bf16_weights, &unpack_bf16_weights, "The stored weights as uint16 bf16 bits [K, N].")
+      .def_property_readonly("nbytes", &bort::PackedBf16Weights::bytes, "Bytes of the packed weights.");
   m.def("float_to_bf16", &float_to_bf16, py::arg("x"),
         "float32 → bf16 bit patterns (uint16), round to nearest even; NaN stays NaN, fp32 subnormals become "
         "signed zero (as vcvtne2ps2bf16).");
@@ -539,31 +557,17 @@ PYBIND11_MODULE(_C, m) {
   m.def(
       "bf16_path", [] { return std::string(bort::bf16_path_name(bort::active_bf16_path())); },
       "The bf16 GEMM path the active ISA runs: 'amx', 'avx512_bf16', 'avx2' or 'scalar'.");
-  py::class_<bort::PackedInt8Weights, std::shared_ptr<bort::PackedInt8Weights>>(
-      m, "PackedInt8Weights",
-      "int8 weights [K, N] packed once for every int8 GEMM path (panels of 64 columns x K padded to 64), with "
-      "their column sums.")
-      .def(py::init(&pack_int8_weights), py::arg("weight"))
-      .def_property_readonly("k", &bort::PackedInt8Weights::k)
-      .def_property_readonly("n", &bort::PackedInt8Weights::n)
+  bind_packed_weights(m, "PackedInt8Weights",
+                      "int8 weights [K, N] packed once for every int8 GEMM path (panels of 64 columns x K padded "
+                      "to 64), with their column sums.",
+                      &pack_int8_weights, &unpack_int8_weights, "The weights read back from the packed form.")
       .def_property_readonly("padded_k", &bort::PackedInt8Weights::padded_k)
       .def_property_readonly("packed_bytes", &bort::PackedInt8Weights::packed_bytes)
-      .def_property_readonly("column_sums",
-                             [](const bort::PackedInt8Weights& w) {
-                               py::array_t<int32_t> out(w.n());
-                               std::copy(w.column_sums(), w.column_sums() + w.n(), out.mutable_data());
-                               return out;
-                             })
-      .def(
-          "unpack",
-          [](const bort::PackedInt8Weights& w) {
-            py::array_t<int8_t> out({w.k(), w.n()});
-            int8_t* o = out.mutable_data();
-            for (int64_t k = 0; k < w.k(); ++k)
-              for (int64_t n = 0; n < w.n(); ++n) o[k * w.n() + n] = w.at(k, n);
-            return out;
-          },
-          "The weights read back from the packed form.");
+      .def_property_readonly("column_sums", [](const bort::PackedInt8Weights& w) {
+        py::array_t<int32_t> out(w.n());
+        std::copy(w.column_sums(), w.column_sums() + w.n(), out.mutable_data());
+        return out;
+      });
   m.def("gemm_u8s8", &gemm_u8s8, py::arg("a"), py::arg("weights"),
         "Exact int32 C [M, N] = a uint8 [M, K] @ weights (PackedInt8Weights), on the active ISA's int8 path "
         "(int32 lanes wrap as onnxruntime's MatMulInteger does).");

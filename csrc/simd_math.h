@@ -3,11 +3,14 @@
 //
 // Every function here carries a target attribute because the library is compiled for baseline x86-64;
 // only call them from functions with the same (or a wider) target attribute, after CPU dispatch.
-// The 16-lane versions are the 8-lane algorithms with the same constants in the same order, so both
-// widths give the same result for the same input lane.
+// The 16-lane versions are the 8-lane algorithms with the same constants (simd_constants.h) in the same order,
+// so both widths give the same result for the same input lane.
 #pragma once
 
+#include <cstddef>
+
 #include "cpu_dispatch.h"
+#include "simd_constants.h"
 
 #if BORT_X86_64
 // GCC 12's AVX-512 intrinsics initialise _mm512_undefined_ps() from itself, which -Wall reports as
@@ -40,47 +43,33 @@
 namespace bort {
 namespace simd {
 
-// exp(x) for 8 floats, ~1-2 ulp on [-87, 88] (Cephes polynomial after x = n*ln2 + r, |r| <= ln2/2).
+// The polynomial with coefficients c (highest power first) at x, by Horner's rule (p = p * x + c), 8 lanes.
+template <size_t N>
+BORT_AVX2_INLINE __m256 horner(__m256 x, const float (&c)[N]) {
+  __m256 p = _mm256_set1_ps(c[0]);
+  for (size_t k = 1; k < N; ++k) p = _mm256_fmadd_ps(p, x, _mm256_set1_ps(c[k]));
+  return p;
+}
+
+// exp(x) for 8 floats, ~1-2 ulp on [-87, 88] (coeff::kExp after x = n*ln2 + r, |r| <= ln2/2).
 // Inputs below -87.3 give ~1e-38 rather than 0: callers that need exact zeros must mask.
 BORT_AVX2_INLINE __m256 exp_ps(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-87.3f)), _mm256_set1_ps(88.3f));
-  const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  // Two-constant ln2 so that r keeps full precision.
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
-  const __m256 r2 = _mm256_mul_ps(r, r);
-  p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(coeff::kExpMin)), _mm256_set1_ps(coeff::kExpMax));
+  const __m256 n =
+      _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(coeff::kLog2e)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(coeff::kLn2Hi), x);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(coeff::kLn2Lo), r);
+  const __m256 p = _mm256_fmadd_ps(horner(r, coeff::kExp), _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
   // Scale by 2^n through the exponent bits; n is within [-126, 127] thanks to the clamp.
   const __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
   return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
 }
 
-// erf(x) for 8 floats: odd/even rational minimax approximation x*P(x^2)/Q(x^2) on [-4, 4]
-// (the coefficients used by Eigen and TensorFlow); max abs/rel error ~1e-7, erf(|x|>=4) == +-1 in float.
+// erf(x) for 8 floats: x * P(x^2) / Q(x^2) (coeff::kErfP, kErfQ) on [-4, 4].
 BORT_AVX2_INLINE __m256 erf_ps(__m256 x) {
-  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-4.0f)), _mm256_set1_ps(4.0f));
+  x = _mm256_min_ps(_mm256_max_ps(x, _mm256_set1_ps(-coeff::kErfBound)), _mm256_set1_ps(coeff::kErfBound));
   const __m256 x2 = _mm256_mul_ps(x, x);
-  __m256 p = _mm256_set1_ps(-2.72614225801306e-10f);
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(2.77068142495902e-08f));
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-2.10102402082508e-06f));
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-5.69250639462346e-05f));
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-7.34990630326855e-04f));
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-2.95459980854025e-03f));
-  p = _mm256_fmadd_ps(p, x2, _mm256_set1_ps(-1.60960333262415e-02f));
-  p = _mm256_mul_ps(p, x);
-  __m256 q = _mm256_set1_ps(-1.45660718464996e-05f);
-  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(-2.13374055278905e-04f));
-  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(-1.68282697438203e-03f));
-  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(-7.37332916720468e-03f));
-  q = _mm256_fmadd_ps(q, x2, _mm256_set1_ps(-1.42647390514189e-02f));
-  return _mm256_div_ps(p, q);
+  return _mm256_div_ps(_mm256_mul_ps(horner(x2, coeff::kErfP), x), horner(x2, coeff::kErfQ));
 }
 
 BORT_AVX2_INLINE float hsum_ps(__m256 v) {
@@ -100,7 +89,7 @@ BORT_AVX2_INLINE float hmin_ps(__m256 v) {
 // Exact (erf) GELU of 8 floats: 0.5 v (1 + erf(v / sqrt 2)).
 BORT_AVX2_INLINE __m256 gelu_ps(__m256 v) {
   const __m256 half_v = _mm256_mul_ps(v, _mm256_set1_ps(0.5f));
-  const __m256 e = erf_ps(_mm256_mul_ps(v, _mm256_set1_ps(0.70710678118654752440f)));
+  const __m256 e = erf_ps(_mm256_mul_ps(v, _mm256_set1_ps(coeff::kSqrtHalf)));
   return _mm256_fmadd_ps(half_v, e, half_v);
 }
 
@@ -114,49 +103,37 @@ BORT_AVX2_INLINE float hmax_ps(__m256 v) {
 // ---------------------------------------------------------------------------------------------
 // 16 lanes (AVX-512)
 
+// horner(__m256) on 16 lanes.
+template <size_t N>
+BORT_AVX512_INLINE __m512 horner(__m512 x, const float (&c)[N]) {
+  __m512 p = _mm512_set1_ps(c[0]);
+  for (size_t k = 1; k < N; ++k) p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(c[k]));
+  return p;
+}
+
 // exp(x) for 16 floats: exp_ps(__m256) lane for lane (scalef multiplies by 2^n exactly, as the exponent
 // bits do there, because the clamp keeps n within [-126, 127]).
 BORT_AVX512_INLINE __m512 exp_ps(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.3f)), _mm512_set1_ps(88.3f));
-  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(coeff::kExpMin)), _mm512_set1_ps(coeff::kExpMax));
+  const __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(x, _mm512_set1_ps(coeff::kLog2e)),
                                         _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-  __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
-  const __m512 r2 = _mm512_mul_ps(r, r);
-  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
-  return _mm512_scalef_ps(p, n);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(coeff::kLn2Hi), x);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(coeff::kLn2Lo), r);
+  return _mm512_scalef_ps(
+      _mm512_fmadd_ps(horner(r, coeff::kExp), _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f))), n);
 }
 
 // erf(x) for 16 floats: erf_ps(__m256) lane for lane.
 BORT_AVX512_INLINE __m512 erf_ps(__m512 x) {
-  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-4.0f)), _mm512_set1_ps(4.0f));
+  x = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-coeff::kErfBound)), _mm512_set1_ps(coeff::kErfBound));
   const __m512 x2 = _mm512_mul_ps(x, x);
-  __m512 p = _mm512_set1_ps(-2.72614225801306e-10f);
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(2.77068142495902e-08f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.10102402082508e-06f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-5.69250639462346e-05f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-7.34990630326855e-04f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-2.95459980854025e-03f));
-  p = _mm512_fmadd_ps(p, x2, _mm512_set1_ps(-1.60960333262415e-02f));
-  p = _mm512_mul_ps(p, x);
-  __m512 q = _mm512_set1_ps(-1.45660718464996e-05f);
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-2.13374055278905e-04f));
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.68282697438203e-03f));
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-7.37332916720468e-03f));
-  q = _mm512_fmadd_ps(q, x2, _mm512_set1_ps(-1.42647390514189e-02f));
-  return _mm512_div_ps(p, q);
+  return _mm512_div_ps(_mm512_mul_ps(horner(x2, coeff::kErfP), x), horner(x2, coeff::kErfQ));
 }
 
 // Exact (erf) GELU of 16 floats: gelu_ps(__m256) lane for lane.
 BORT_AVX512_INLINE __m512 gelu_ps(__m512 v) {
   const __m512 half_v = _mm512_mul_ps(v, _mm512_set1_ps(0.5f));
-  const __m512 e = erf_ps(_mm512_mul_ps(v, _mm512_set1_ps(0.70710678118654752440f)));
+  const __m512 e = erf_ps(_mm512_mul_ps(v, _mm512_set1_ps(coeff::kSqrtHalf)));
   return _mm512_fmadd_ps(half_v, e, half_v);
 }
 
