@@ -596,13 +596,14 @@ BORT_AVX512 void attend_tile512(const Avx512Item& it, const float* const* q_rows
 
 using Tile512 = void (*)(const Avx512Item&, const float* const*, float* const*);
 
-template <size_t... R>
-constexpr std::array<Tile512, sizeof...(R)> tiles512(std::index_sequence<R...>) {
-  return {&attend_tile512<static_cast<int>(R) + 1>...};
-}
+// Tiles of 8, 4, 2 and 1 rows (a remainder runs as at most three smaller tiles): every row count would compile
+// eight copies of each tile body, about 100 KB of the ops library for the rare last tile of a sequence.
+static_assert(kTileRows512 == 8, "tile_rows assumes 8-row tiles");
+constexpr int64_t tile_rows(int64_t left) { return left >= 8 ? 8 : left >= 4 ? 4 : left >= 2 ? 2 : 1; }
+constexpr size_t tile_index(int64_t rows) { return rows == 8 ? 3 : rows == 4 ? 2 : rows == 2 ? 1 : 0; }
 
-// kTiles512[n - 1] handles a tile of n rows.
-constexpr std::array<Tile512, kTileRows512> kTiles512 = tiles512(std::make_index_sequence<kTileRows512>{});
+constexpr std::array<Tile512, 4> kTiles512 = {&attend_tile512<1>, &attend_tile512<2>, &attend_tile512<4>,
+                                              &attend_tile512<8>};
 
 BORT_AVX512 void attend_rows_avx512(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head,
                                     int64_t q0, int64_t q1) {
@@ -640,9 +641,10 @@ BORT_AVX512 void attend_rows_avx512(const SeqView& s, const AttentionShape& sh, 
   }
   it.attend = attend;
 
-  for (int64_t t = q0; t < q1; t += kTileRows512) {
-    const int64_t rows = std::min<int64_t>(kTileRows512, q1 - t);
-    kTiles512[static_cast<size_t>(rows - 1)](it, s.q + t, s.out + t);
+  for (int64_t t = q0; t < q1;) {
+    const int64_t rows = tile_rows(q1 - t);
+    kTiles512[tile_index(rows)](it, s.q + t, s.out + t);
+    t += rows;
   }
 }
 
@@ -806,12 +808,8 @@ BORT_AVX512_BF16 void attend_tile_bf16(const Bf16Item& it, const float* const* q
 
 using TileBf16 = void (*)(const Bf16Item&, const float* const*, float* const*);
 
-template <size_t... R>
-constexpr std::array<TileBf16, sizeof...(R)> tiles_bf16(std::index_sequence<R...>) {
-  return {&attend_tile_bf16<static_cast<int>(R) + 1>...};
-}
-
-constexpr std::array<TileBf16, kTileRows512> kTilesBf16 = tiles_bf16(std::make_index_sequence<kTileRows512>{});
+constexpr std::array<TileBf16, 4> kTilesBf16 = {&attend_tile_bf16<1>, &attend_tile_bf16<2>, &attend_tile_bf16<4>,
+                                                &attend_tile_bf16<8>};
 
 // K (already packed as fp32 [key block][d][16] by pack_keys) -> kpack; V rows -> vpack.
 BORT_AVX512_BF16 void pack_bf16_operands(const float* kfloat, const float* v_base, int64_t stride, int64_t D,
@@ -875,9 +873,10 @@ BORT_AVX512_BF16 void attend_rows_avx512_bf16(const SeqView& s, const AttentionS
   }
   it.f.attend = attend;
 
-  for (int64_t t = q0; t < q1; t += kTileRows512) {
-    const int64_t rows = std::min<int64_t>(kTileRows512, q1 - t);
-    kTilesBf16[static_cast<size_t>(rows - 1)](it, s.q + t, s.out + t);
+  for (int64_t t = q0; t < q1;) {
+    const int64_t rows = tile_rows(q1 - t);
+    kTilesBf16[tile_index(rows)](it, s.q + t, s.out + t);
+    t += rows;
   }
 }
 

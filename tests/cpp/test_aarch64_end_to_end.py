@@ -99,8 +99,26 @@ def test_aarch64_vectors_match_session_on_x86(aarch64, exports, options, model_f
     directory = exports("tiny-bort", **options)
     session = Session(directory, threads=1)
     ids = [e.ids for e in session.tokenize(VARIED_TEXTS[:12])]
+    # An int8 export asks for attention on bf16 operands, which only AVX512-BF16 (or AMX) CPUs run; aarch64 runs
+    # that attention in fp32, so the x86 reference does too (the int8 GEMMs are exact on every level).
+    previous = bort_infer._C.active_isa()
+    if bort_infer._C.best_isa() in ("avx512_bf16", "amx"):
+        bort_infer._C.set_isa("avx512_vnni")
+    try:
+        want = {pooling: session.embed_ids(ids, pooling=pooling) for pooling in ("cls", "mean")}
+    finally:
+        bort_infer._C.set_isa(previous)
     for pooling in ("cls", "mean"):
-        want = session.embed_ids(ids, pooling=pooling)
         got = embed_under_qemu(aarch64, directory, ids, "--pooling", pooling, "--model", model_file)
-        assert got.shape == want.shape
-        assert np.abs(got - want).max() <= 1e-5 * max(1.0, float(np.abs(want).max()))
+        assert got.shape == want[pooling].shape
+        bound = 1e-5 * max(1.0, float(np.abs(want[pooling]).max()))
+        diff = np.abs(got - want[pooling])
+        if options.get("quantize"):
+            # Attention's float sums differ in the last bit between the two machines' kernels; where that moves an
+            # activation across a rounding boundary, requantizing it for the next int8 GEMM lands one level away.
+            # One such step moves a text's whole vector slightly (LayerNorm spreads it): bound each text's vector.
+            a, b = got.astype(np.float64), want[pooling].astype(np.float64)
+            cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+            assert cosine.min() >= 0.999999 and diff.max() <= 100 * bound
+        else:
+            assert diff.max() <= bound

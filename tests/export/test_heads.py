@@ -62,6 +62,13 @@ def test_fp32_logits_equal_transformers(head_checkpoints, head_exports, name, in
     session = Session(head_exports(name), threads=1)
     got = _session_logits(session, inputs)
     ref = _transformers_logits(head_checkpoints(name), inputs, session.metadata.task)
+    if session.metadata.task == "token-classification":
+        # A text past the model's limit is read whole, as overlapping windows (test_session's tag tests); the
+        # transformers reference truncates it, so only texts within the limit are compared row for row.
+        longer = [i for i, (g, r) in enumerate(zip(got, ref)) if g.shape != r.shape]
+        assert all(got[i].shape[0] > ref[i].shape[0] == session.metadata.max_length for i in longer)
+        got, ref = [g for i, g in enumerate(got) if i not in longer], [r for i, r in enumerate(ref) if i not in longer]
+        assert len(got) >= 20
     assert [g.shape for g in got] == [r.shape for r in ref]
     worst = max(float(np.abs(g - r).max()) for g, r in zip(got, ref))
     assert worst <= PARITY_ATOL
