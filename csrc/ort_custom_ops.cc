@@ -238,8 +238,7 @@ class Attributes {
     if (!weight.IsTensor()) fail(op_, "input 'weight' must be a tensor");
     const auto info = weight.GetTensorTypeAndShapeInfo();
     if (info.GetElementType() != type)
-      fail(op_, std::string("input 'weight' must be ") + type_name(type) + ", got " +
-                    type_name(info.GetElementType()));
+      fail(op_, std::string("input 'weight' must be ") + type_name(type) + ", got " + type_name(info.GetElementType()));
     ConstantWeight w{weight.GetTensorRawData(), info.GetShape()};
     bort::check_linear_weight(op_, w.shape);
     if (w.shape[0] == 0 || w.shape[1] == 0) return std::nullopt;
@@ -585,8 +584,8 @@ struct LinearInt8 {
   static std::shared_ptr<const bort::PackedInt8Weights> pack_constant_weight(const Attributes& a) {
     const auto weight = a.constant_weight(kWeight, kInt8);
     if (!weight) return nullptr;
-    return std::make_shared<const bort::PackedInt8Weights>(static_cast<const int8_t*>(weight->data),
-                                                           weight->shape[0], weight->shape[1]);
+    return std::make_shared<const bort::PackedInt8Weights>(static_cast<const int8_t*>(weight->data), weight->shape[0],
+                                                           weight->shape[1]);
   }
 
   void Compute(const Io& io) const {
