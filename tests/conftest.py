@@ -241,3 +241,25 @@ def head_exports(tmp_path_factory, head_checkpoints):
             made[key] = out
         return made[key]
     return get
+
+
+# One-thread Sessions of the fp32 head exports, shared by the heads' tests and the server's.
+@pytest.fixture(scope="session")
+def classifier(head_exports):
+    from bort_infer import Session
+
+    return Session(head_exports("classifier"), threads=1)
+
+
+@pytest.fixture(scope="session")
+def cross_encoder(head_exports):
+    from bort_infer import Session
+
+    return Session(head_exports("cross-encoder"), threads=1)
+
+
+@pytest.fixture(scope="session")
+def tagger(head_exports):
+    from bort_infer import Session
+
+    return Session(head_exports("tagger"), threads=1)

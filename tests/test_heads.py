@@ -14,21 +14,6 @@ from bort_infer.model_dir import ModelMetadata
 from .conftest import VARIED_TEXTS
 
 
-@pytest.fixture(scope="module")
-def classifier(head_exports):
-    return Session(head_exports("classifier"), threads=1)
-
-
-@pytest.fixture(scope="module")
-def cross_encoder(head_exports):
-    return Session(head_exports("cross-encoder"), threads=1)
-
-
-@pytest.fixture(scope="module")
-def tagger(head_exports):
-    return Session(head_exports("tagger"), threads=1)
-
-
 def test_predict_gives_every_label_sorted_by_score_when_top_k_is_none(classifier):
     results = classifier.predict(["Hello world.", "Another text"])
     assert len(results) == 2

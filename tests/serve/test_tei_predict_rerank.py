@@ -19,16 +19,6 @@ LONG = "word " * 2000
 
 
 @pytest.fixture(scope="module")
-def classifier(head_exports):
-    return Session(head_exports("classifier"), threads=1)
-
-
-@pytest.fixture(scope="module")
-def cross_encoder(head_exports):
-    return Session(head_exports("cross-encoder"), threads=1)
-
-
-@pytest.fixture(scope="module")
 def classifier_url(classifier):
     with running_server(classifier, max_input_texts=16) as (url, _):
         yield url
