@@ -435,6 +435,17 @@ struct Avx512Scratch {
   std::vector<__mmask16> attend;
 };
 
+// Which keys of 16-key block b attend (bit i: key 16 b + i exists and is not padding), in `masks`.
+inline const __mmask16* key_masks(const SeqKeys& keys, int64_t num_blocks, std::vector<__mmask16>& masks) {
+  const int64_t num_keys = keys.key_end;
+  masks.assign(static_cast<size_t>(num_blocks), __mmask16{0xFFFF});
+  if (num_keys % 16 != 0) masks[num_blocks - 1] = static_cast<__mmask16>((1u << (num_keys % 16)) - 1);
+  if (keys.valid != nullptr)
+    for (int64_t j = 0; j < num_keys; ++j)
+      if (!keys.valid[j]) masks[j / 16] = static_cast<__mmask16>(masks[j / 16] & ~(1u << (j % 16)));
+  return masks.data();
+}
+
 // What the tiles of one work item share: packed K and V of one head, which keys attend, the biases.
 struct Avx512Item {
   const float* kpack;
@@ -632,14 +643,7 @@ BORT_AVX512 void attend_rows_avx512(const SeqView& s, const AttentionShape& sh, 
   pack_keys(s.k + head * D, s.kv_stride, D, num_keys, num_blocks * 16, kpack);
   pack_values(s.v + head * D, s.kv_stride, D, num_keys, vpack);
 
-  scratch.attend.assign(static_cast<size_t>(num_blocks), __mmask16{0xFFFF});
-  __mmask16* attend = scratch.attend.data();
-  if (num_keys % 16 != 0) attend[num_blocks - 1] = static_cast<__mmask16>((1u << (num_keys % 16)) - 1);
-  if (keys.valid != nullptr) {
-    for (int64_t j = 0; j < num_keys; ++j)
-      if (!keys.valid[j]) attend[j / 16] = static_cast<__mmask16>(attend[j / 16] & ~(1u << (j % 16)));
-  }
-  it.attend = attend;
+  it.attend = key_masks(keys, num_blocks, scratch.attend);
 
   for (int64_t t = q0; t < q1;) {
     const int64_t rows = tile_rows(q1 - t);
@@ -864,14 +868,7 @@ BORT_AVX512_BF16 void attend_rows_avx512_bf16(const SeqView& s, const AttentionS
   pack_keys(s.k + head * D, s.kv_stride, D, num_keys, num_blocks * 16, kfloat);
   pack_bf16_operands(kfloat, s.v + head * D, s.kv_stride, D, num_keys, num_blocks, kpack, vpack);
 
-  scratch.attend.assign(static_cast<size_t>(num_blocks), __mmask16{0xFFFF});
-  __mmask16* attend = scratch.attend.data();
-  if (num_keys % 16 != 0) attend[num_blocks - 1] = static_cast<__mmask16>((1u << (num_keys % 16)) - 1);
-  if (keys.valid != nullptr) {
-    for (int64_t j = 0; j < num_keys; ++j)
-      if (!keys.valid[j]) attend[j / 16] = static_cast<__mmask16>(attend[j / 16] & ~(1u << (j % 16)));
-  }
-  it.f.attend = attend;
+  it.f.attend = key_masks(keys, num_blocks, scratch.attend);
 
   for (int64_t t = q0; t < q1;) {
     const int64_t rows = tile_rows(q1 - t);
