@@ -495,12 +495,7 @@ struct DequantizeRows {
     const bort::RowsDims dims = bort::check_dequantize_rows(
         acc.shape, row_scale.shape, row_zero_point.shape, weight_scale.shape, weight_colsum.shape, shape_of(bias),
         shape_of(skip), shape_of(gamma), shape_of(beta), shape_of(skip_scale), activation, epsilon);
-    bort::SkipLayerNormEpilogue norm;
-    norm.skip = floats(skip);
-    norm.gamma = floats(gamma);
-    norm.beta = floats(beta);
-    norm.skip_scale = floats(skip_scale);
-    norm.epsilon = epsilon;
+    const bort::SkipLayerNormEpilogue norm{floats(skip), floats(gamma), floats(beta), floats(skip_scale), epsilon};
     float* y = output_y ? io.out<float>(0, acc.shape) : nullptr;
     bort::RequantizedRows requantized;
     if (output_requantized) {
@@ -601,12 +596,7 @@ struct LinearInt8 {
     if (!w) w = std::make_shared<const bort::PackedInt8Weights>(weight.as<int8_t>(), dims.k, dims.n);
     if (w->k() != dims.k || w->n() != dims.n)  // a constant never changes shape; this guards the invariant
       fail(kName, "the packed weight does not match input 'weight' " + bort::shape_str(weight.shape));
-    bort::SkipLayerNormEpilogue norm;
-    norm.skip = floats(skip);
-    norm.gamma = floats(gamma);
-    norm.beta = floats(beta);
-    norm.skip_scale = floats(skip_scale);
-    norm.epsilon = epsilon;
+    const bort::SkipLayerNormEpilogue norm{floats(skip), floats(gamma), floats(beta), floats(skip_scale), epsilon};
     float* y = output_y ? io.out<float>(0, dims.output) : nullptr;
     bort::RequantizedRows requantized;
     if (output_requantized) {

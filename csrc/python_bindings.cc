@@ -248,13 +248,7 @@ struct RowOutputs {
 bort::SkipLayerNormEpilogue norm_epilogue(const std::optional<FloatArray>& skip, const std::optional<FloatArray>& gamma,
                                           const std::optional<FloatArray>& beta,
                                           const std::optional<FloatArray>& skip_scale, float epsilon) {
-  bort::SkipLayerNormEpilogue norm;
-  norm.skip = data_or_null(skip);
-  norm.gamma = data_or_null(gamma);
-  norm.beta = data_or_null(beta);
-  norm.skip_scale = data_or_null(skip_scale);
-  norm.epsilon = epsilon;
-  return norm;
+  return {data_or_null(skip), data_or_null(gamma), data_or_null(beta), data_or_null(skip_scale), epsilon};
 }
 
 // Returns y; (y, q, scale, zero_point) with requantize; (q, scale, zero_point) with requantize and no y.
