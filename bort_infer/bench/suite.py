@@ -41,14 +41,39 @@ def _died(exitcode: int | None) -> str:
 
 # ---------------------------------------------------------------------------------------------- building
 
-def _build_one(model: str, name: str, conn) -> None:
-    """Child process: build one artifact; sends None, or why it could not be built."""
+def _peak_rss_bytes() -> int:
+    """This process's peak resident set so far (getrusage: kB on Linux, bytes on macOS)."""
+    import resource
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return int(peak if sys.platform == "darwin" else peak * 1024)
+
+
+def _in_child(work, args, conn) -> None:
+    """A child process's entry: runs `work(*args)` and sends back (its result, or why it failed as a string;
+    {"wall_s", "peak_rss_bytes"} of this process), so that the parent can say what each child cost."""
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    t0 = time.perf_counter()
     try:
-        artifacts.build(model, name)
-        conn.send(None)
-    except Exception as exc:  # a peer failing to build must not take the whole bench down
-        conn.send(f"{type(exc).__name__}: {exc}")
+        result = work(*args)
+    except Exception as exc:  # a peer failing to build or load must not take the whole bench down
+        result = f"{type(exc).__name__}: {exc}"
+    conn.send((result, {"wall_s": time.perf_counter() - t0, "peak_rss_bytes": _peak_rss_bytes()}))
+
+
+def _usage(what: str, wall_s: float, peak_rss_bytes: int | None) -> dict:
+    return {"what": what, "wall_s": round(wall_s, 1),
+            "peak_rss_gib": None if peak_rss_bytes is None else round(peak_rss_bytes / GB, 2)}
+
+
+def usage_line(usage: dict) -> str:
+    peak = "peak unknown" if usage["peak_rss_gib"] is None else f"peak {usage['peak_rss_gib']:.2f} GiB resident"
+    return f"  {usage['what']}: {usage['wall_s']:.0f} s, {peak}"
+
+
+def _build_one(model: str, name: str) -> None:
+    """Child process: build one artifact (an exception says why it could not be built)."""
+    artifacts.build(model, name)
 
 
 def build_estimate(model: str, name: str) -> int:
@@ -57,11 +82,13 @@ def build_estimate(model: str, name: str) -> int:
 
 
 def build_artifacts(jobs: list[tuple[str, str]], build_one=_build_one, memory_bytes: int = int(DEFAULT_MEMORY_GB * GB),
-                    parallel: int = 2, estimate=build_estimate) -> dict[tuple[str, str], str]:
+                    parallel: int = 2, estimate=build_estimate,
+                    usage: list[dict] | None = None) -> dict[tuple[str, str], str]:
     """Build every (model, artifact) of `jobs` (listed with what each needs before it, as artifacts.plan
     orders them), each in a fresh child process, up to `parallel` at once while their estimated peaks fit
     `memory_bytes` (one always runs, however large). Returns {(model, artifact): why} for those that could
-    not be built, including those whose sources could not. `build_one(model, name, conn)` runs in the child."""
+    not be built, including those whose sources could not. `build_one(model, name)` runs in the child (it
+returns None or raises); each build's wall time and peak resident set are printed and appended to `usage`."""
     from multiprocessing import get_context
     from multiprocessing.connection import wait
 
@@ -71,7 +98,7 @@ def build_artifacts(jobs: list[tuple[str, str]], build_one=_build_one, memory_by
     failed: dict[tuple[str, str], str] = {}
     done: set[tuple[str, str]] = set()
     pending = list(jobs)
-    running: dict = {}  # receive end → (job, process, reserved bytes)
+    running: dict = {}  # receive end → (job, process, reserved bytes, start time)
     bar = tqdm(total=len(jobs), desc="building", unit="artifact", file=sys.stderr)
 
     def needs(job):
@@ -84,7 +111,7 @@ def build_artifacts(jobs: list[tuple[str, str]], build_one=_build_one, memory_by
                 failed[job] = f"needs {broken[0][1]}, which could not be built"
                 pending.remove(job)
                 bar.update()
-        reserved = sum(r for _, _, r in running.values())
+        reserved = sum(r[2] for r in running.values())
         for job in list(pending):
             if len(running) >= parallel:
                 break
@@ -94,10 +121,10 @@ def build_artifacts(jobs: list[tuple[str, str]], build_one=_build_one, memory_by
             if running and reserved + cost > memory_bytes:
                 continue
             receive, send = context.Pipe(duplex=False)
-            child = context.Process(target=build_one, args=(*job, send), name=f"build {job[0]} {job[1]}")
+            child = context.Process(target=_in_child, args=(build_one, job, send), name=f"build {job[0]} {job[1]}")
             child.start()
             send.close()  # so that a child that dies leaves an end-of-file here, not a hang
-            running[receive] = (job, child, cost)
+            running[receive] = (job, child, cost, time.perf_counter())
             reserved += cost
             pending.remove(job)
         if not running:
@@ -105,13 +132,18 @@ def build_artifacts(jobs: list[tuple[str, str]], build_one=_build_one, memory_by
                 raise RuntimeError(f"cannot schedule {pending}: what they need is not in the job list")
             break
         for receive in wait(list(running)):
-            job, child, _ = running.pop(receive)
+            job, child, _, started = running.pop(receive)
             try:
-                why = receive.recv()
+                why, used = receive.recv()
             except EOFError:
                 child.join()
                 why = f"the build process was {_died(child.exitcode)}"
+                used = {"wall_s": time.perf_counter() - started, "peak_rss_bytes": None}
             child.join()
+            record = _usage(f"build {job[0]} {job[1]}", used["wall_s"], used["peak_rss_bytes"])
+            bar.write(usage_line(record) + ("" if why is None else " (failed)"), file=sys.stderr)
+            if usage is not None:
+                usage.append(record)
             if why is None:
                 done.add(job)
             else:
@@ -133,8 +165,10 @@ def build_plan(models: list[str], backends: list[str], with_fidelity: bool) -> l
     return jobs
 
 
-def prepare(models: list[str], backends: list[str], memory_bytes: int, parallel: int = 2) -> dict[str, str]:
-    """Build (once, cached) what every backend needs; returns {backend: why} for those that cannot run here."""
+def prepare(models: list[str], backends: list[str], memory_bytes: int, parallel: int = 2,
+            usage: list[dict] | None = None) -> dict[str, str]:
+    """Build (once, cached) what every backend needs; returns {backend: why} for those that cannot run here.
+    Each build's wall time and peak resident set are appended to `usage`."""
     skipped: dict[str, str] = {}
     for b in backends:
         try:
@@ -143,7 +177,8 @@ def prepare(models: list[str], backends: list[str], memory_bytes: int, parallel:
             skipped[b] = str(exc)
     wanted = [b for b in backends if b not in skipped]
     with_fidelity = any(BACKENDS[b].reduced_precision for b in wanted)
-    failed = build_artifacts(build_plan(models, wanted, with_fidelity), memory_bytes=memory_bytes, parallel=parallel)
+    failed = build_artifacts(build_plan(models, wanted, with_fidelity), memory_bytes=memory_bytes, parallel=parallel,
+                             usage=usage)
     for (model, name), why in failed.items():
         for b in wanted:
             if name in artifacts.plan(model, BACKENDS[b].artifacts) and b not in skipped:
@@ -190,6 +225,7 @@ class GroupResult:
     precision: dict[str, str] = field(default_factory=dict)  # backend → what actually ran
     fidelity: dict[str, dict[str, dict]] = field(default_factory=dict)  # backend → model → figures
     seconds: dict[str, float] = field(default_factory=dict)  # load / fidelity / measure
+    resources: list[dict] = field(default_factory=list)  # each group process's wall time and peak resident set
 
 
 @dataclass(frozen=True)
@@ -257,18 +293,12 @@ def measure_group(models: list[str], backends: list[str], threads: int, grid: Gr
     return result
 
 
-def _measure_child(models, backends, threads, grid, conn) -> None:
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    try:
-        conn.send(measure_group(models, backends, threads, grid))
-    except Exception as exc:
-        conn.send(f"{type(exc).__name__}: {exc}")
-
-
 def measure(models: list[str], backends: list[str], threads: int, grid: Grid, memory_bytes: int,
-            child=_measure_child) -> tuple[list[list[str]], GroupResult]:
-    """Measure every backend in memory-bounded groups (see measurement_groups), each in a child process;
-    returns the groups and everything they measured. A group whose process dies skips its backends with why."""
+            child=measure_group) -> tuple[list[list[str]], GroupResult]:
+    """Measure every backend in memory-bounded groups (see measurement_groups), each in a child process
+    running `child(models, group, threads, grid)`; returns the groups and everything they measured, with each
+    group process's wall time and peak resident set (printed too). A group whose process dies skips its
+    backends with why."""
     from multiprocessing import get_context
 
     context = get_context("spawn")
@@ -277,15 +307,21 @@ def measure(models: list[str], backends: list[str], threads: int, grid: Grid, me
     for i, group in enumerate(groups, 1):
         print(f"measuring group {i}/{len(groups)}: {', '.join(group)}", file=sys.stderr, flush=True)
         receive, send = context.Pipe(duplex=False)
-        proc = context.Process(target=child, args=(models, group, threads, grid, send), name=f"measure group {i}")
+        proc = context.Process(target=_in_child, args=(child, (models, group, threads, grid), send),
+                               name=f"measure group {i}")
+        started = time.perf_counter()
         proc.start()
         send.close()
         try:
-            got = receive.recv()
+            got, used = receive.recv()
         except EOFError:
             proc.join()
             got = f"the measuring process was {_died(proc.exitcode)}"
+            used = {"wall_s": time.perf_counter() - started, "peak_rss_bytes": None}
         proc.join()
+        record = _usage(f"measuring group {i} ({', '.join(group)})", used["wall_s"], used["peak_rss_bytes"])
+        print(usage_line(record), file=sys.stderr, flush=True)
+        total.resources.append(record)
         if isinstance(got, str):
             for b in group:
                 total.skipped[b] = f"could not be measured: {got}"

@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{artifacts.cache_root()}", file=sys.stderr)
     memory = int(args.memory * suite.GB)
     t0 = time.perf_counter()
-    skipped = suite.prepare(args.models, args.backends, memory, parallel=args.build_jobs)
+    builds: list[dict] = []
+    skipped = suite.prepare(args.models, args.backends, memory, parallel=args.build_jobs, usage=builds)
     build_s = time.perf_counter() - t0
     grid = suite.Grid(tuple(args.batch), tuple(args.seq), args.repeat, args.shape_budget, args.min_rounds)
     measured = [b for b in args.backends if b not in skipped]
@@ -92,7 +93,9 @@ def main(argv: list[str] | None = None) -> int:
     print(text)
     run = {"command": " ".join(["bort-bench", *(sys.argv[1:] if argv is None else argv)]),
            "date": time.strftime("%Y-%m-%d"), "build_s": round(build_s, 1), "measure_s": round(measure_s, 1),
-           "seconds": {k: round(v, 1) for k, v in result.seconds.items()}}
+           "seconds": {k: round(v, 1) for k, v in result.seconds.items()},
+           # each build's and each measuring group's process: wall time and peak resident set
+           "resources": {"builds": builds, "groups": result.resources}}
     if args.json:
         report.write_json(args.json, run, info, result.cells, skipped, args.baseline, result.precision,
                           result.fidelity, groups)

@@ -10,7 +10,7 @@ from bort_infer.bench import suite
 from bort_infer.bench.suite import GB, build_artifacts, build_plan, measurement_groups
 
 
-def _log_and_maybe_die(model, name, conn):
+def _log_and_maybe_die(model, name):
     """Stands in for a build (runs in bort-bench's build child): logs its start and end to $BUILD_LOG;
     bert-large's plain-fp32 is killed as the out-of-memory killer would, `ctranslate2-int8` fails."""
     log = Path(os.environ["BUILD_LOG"])
@@ -20,7 +20,8 @@ def _log_and_maybe_die(model, name, conn):
         os.kill(os.getpid(), signal.SIGKILL)
     with open(log, "a") as f:
         f.write(f"end {model} {name}\n")
-    conn.send("ctranslate2 is not installed" if name == "ctranslate2-int8" else None)
+    if name == "ctranslate2-int8":
+        raise ModuleNotFoundError("ctranslate2 is not installed")
 
 
 JOBS = [("bort", "checkpoint"), ("bort", "plain-fp32"), ("bort", "ort-int8"), ("bort", "ctranslate2-int8"),
@@ -31,7 +32,7 @@ def test_a_build_that_dies_or_fails_is_named_with_why_and_what_needs_it_is_not_b
     monkeypatch.setenv("BUILD_LOG", str(tmp_path / "log"))
     failed = build_artifacts(JOBS, build_one=_log_and_maybe_die, memory_bytes=100 * GB)
     assert failed == {
-        ("bort", "ctranslate2-int8"): "ctranslate2 is not installed",
+        ("bort", "ctranslate2-int8"): "ModuleNotFoundError: ctranslate2 is not installed",
         ("bert-large", "plain-fp32"): "the build process was killed by SIGKILL; most likely the kernel's "
                                       "out-of-memory killer",
         ("bert-large", "ort-int8"): "needs plain-fp32, which could not be built"}
@@ -73,10 +74,10 @@ def test_groups_put_reduced_precision_backends_together_and_fp32_ones_after_with
         ["ort-fp32"], ["torch-fp32"]]
 
 
-def _group_dies(models, backends, threads, grid, conn):
+def _group_dies(models, backends, threads, grid):
     if "torch-fp32" in backends:
         os.kill(os.getpid(), signal.SIGKILL)
-    conn.send(suite.GroupResult(precision={b: "fp32" for b in backends}))
+    return suite.GroupResult(precision={b: "fp32" for b in backends})
 
 
 def test_a_measuring_process_that_dies_skips_its_group_with_why(monkeypatch):
@@ -88,3 +89,40 @@ def test_a_measuring_process_that_dies_skips_its_group_with_why(monkeypatch):
     assert "killed by SIGKILL" in result.skipped["torch-fp32"]
     with pytest.raises(KeyError):
         result.skipped["ort-fp32"]
+
+
+def _hold_bytes(model, name):
+    """A build that holds 300 MiB for a moment (at least 0.2 s)."""
+    import time
+
+    import numpy as np
+
+    block = np.ones(300 * 2**20, dtype=np.uint8)
+    time.sleep(0.2)
+    del block
+
+
+def test_each_build_process_reports_its_wall_time_and_peak_resident_set(capsys):
+    usage = []
+    failed = build_artifacts([("bort", "checkpoint"), ("bort", "plain-fp32")], build_one=_hold_bytes,
+                             memory_bytes=100 * GB, usage=usage)
+    assert failed == {}
+    assert [u["what"] for u in usage] == ["build bort checkpoint", "build bort plain-fp32"]
+    for u in usage:  # the child's own peak: its 300 MiB block on top of the interpreter, not the parent's
+        assert 0.2 <= u["wall_s"] < 60 and 0.29 < u["peak_rss_gib"] < 2
+    err = capsys.readouterr().err
+    assert "build bort checkpoint: " in err and " GiB resident" in err
+
+
+def test_each_measuring_group_process_reports_its_wall_time_and_peak_and_a_killed_one_its_wall_time(
+        monkeypatch, capsys):
+    monkeypatch.setattr(suite, "load_estimate", lambda model, backend: 3 * GB)
+    grid = suite.Grid((1,), (8,), 1, 1.0)
+    _, result = suite.measure(["bort"], ["ort-fp32", "torch-fp32"], 1, grid, 4 * GB, child=_group_dies)
+    first, second = result.resources
+    assert first["what"] == "measuring group 1 (ort-fp32)" and 0 < first["peak_rss_gib"] < 2
+    assert second["what"] == "measuring group 2 (torch-fp32)" and second["peak_rss_gib"] is None
+    assert second["wall_s"] >= 0
+    err = capsys.readouterr().err
+    assert "measuring group 1 (ort-fp32): " in err and "measuring group 2 (torch-fp32): " in err
+    assert "peak unknown" in err

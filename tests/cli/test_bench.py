@@ -27,6 +27,12 @@ def test_quick_smoke_run_writes_json_and_markdown(tmp_path, monkeypatch, capsys)
             for model in ("tiny-bort", "tiny-bert-large"):
                 fid = data["fidelity"][backend][model]
                 assert fid["texts"] > 40 and 0.9 < fid["cosine_min"] <= fid["cosine_mean"] <= 1.0 + 1e-9
+    resources = data["run"]["resources"]  # every build and measuring group, with its own process's cost
+    assert {u["what"] for u in resources["builds"]} >= {"build tiny-bort checkpoint",
+                                                       "build tiny-bert-large plain-fp32"}
+    assert len(resources["groups"]) == len(data["groups"])
+    for u in resources["builds"] + resources["groups"]:
+        assert u["wall_s"] > 0 and 0.05 < u["peak_rss_gib"] < 20
     if "openvino" in backends:
         assert data["precision"]["openvino"] in ("bf16", "f32", "f16")
     assert "bort-bench --quick" in md.read_text() and data["machine"]["cpu"] in md.read_text()
