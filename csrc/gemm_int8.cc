@@ -81,6 +81,10 @@ size_t a_element_bytes(Int8Path path) { return path == Int8Path::kAvx2 ? 2 : 1; 
 
 int64_t a_row_padding(Int8Path path) { return path == Int8Path::kAmx ? 31 : 0; }
 
+bool a_rows_read_in_place(Int8Path path, int64_t k, int64_t padded_k) {
+  return k == padded_k && a_element_bytes(path) == 1 && a_row_padding(path) == 0 && path != Int8Path::kNeonDotprod;
+}
+
 void prepare_a_rows(Int8Path path, const uint8_t* src, int64_t lds, int64_t rows, int64_t k, int64_t padded_k,
                     void* dst) {
   if (path == Int8Path::kAvx2) {

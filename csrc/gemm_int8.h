@@ -82,6 +82,9 @@ const char* int8_path_name(Int8Path path);
 // (AMX loads whole 16-row tiles).
 size_t a_element_bytes(Int8Path path);
 int64_t a_row_padding(Int8Path path);
+// True when `path`'s A form of u8 rows [rows, k] is those rows themselves (u8, stride k == padded_k, no zero
+// rows past the last one): the kernels can read the rows where they are, with no prepare_a_rows copy.
+bool a_rows_read_in_place(Int8Path path, int64_t k, int64_t padded_k);
 // Copies u8 rows src[r * lds + k] (r < rows, k < K) into dst in `path`'s form (stride padded_k, zero tail;
 // kNeonDotprod stores a - 128 as s8, its kernel adds 128 x column sum back).
 void prepare_a_rows(Int8Path path, const uint8_t* src, int64_t lds, int64_t rows, int64_t k, int64_t padded_k,

@@ -48,11 +48,19 @@ class DequantizeSink final : public TileSink {
   int64_t out_row0_, n_;
 };
 
-// Rows [r0, r1) of the input in `path`'s A form at dst (with the path's zero padding rows), quantizing float
-// rows first (their scales and zero points go to row_scale / row_zero_point).
-void prepare_input_rows(Isa isa, Int8Path path, const LinearInt8Input& in, int64_t r0, int64_t r1, int64_t k,
-                        int64_t padded_k, float* row_scale, uint8_t* row_zero_point, void* dst) {
+// Rows [r0, r1) of the input in `path`'s A form: where they are when they are already-quantized rows the kernels
+// can read as they are (a_rows_read_in_place), otherwise written to dst (with the path's zero padding rows),
+// quantizing float rows first (their scales and zero points go to row_scale / row_zero_point). dst may be
+// nullptr only in the first case.
+const void* prepare_input_rows(Isa isa, Int8Path path, const LinearInt8Input& in, int64_t r0, int64_t r1, int64_t k,
+                               int64_t padded_k, float* row_scale, uint8_t* row_zero_point, void* dst) {
   const int64_t rows = r1 - r0;
+  const bool in_place = a_rows_read_in_place(path, k, padded_k);
+  if (in.x == nullptr && in_place) return in.q + r0 * k;
+  if (in.x != nullptr && in_place) {  // quantized straight into the A rows: one pass over the activations
+    quantize_rows_serial(isa, in.x + r0 * k, static_cast<uint8_t*>(dst), row_scale + r0, row_zero_point + r0, rows, k);
+    return dst;
+  }
   const uint8_t* q = in.q != nullptr ? in.q + r0 * k : nullptr;
   if (in.x != nullptr) {
     auto* tmp = static_cast<uint8_t*>(thread_scratch(1, static_cast<size_t>(std::max<int64_t>(rows * k, 1))));
@@ -63,6 +71,7 @@ void prepare_input_rows(Isa isa, Int8Path path, const LinearInt8Input& in, int64
   prepare_a_rows(path, q, k, rows, k, padded_k, dst);
   std::memset(static_cast<char*>(dst) + static_cast<size_t>(rows * padded_k) * elem, 0,
               static_cast<size_t>(a_row_padding(path) * padded_k) * elem);
+  return dst;
 }
 
 }  // namespace
@@ -82,6 +91,7 @@ void linear_int8(const LinearInt8Input& in, int64_t rows, const PackedInt8Weight
   const Int8Path path = int8_path_for(isa);
   const size_t elem = a_element_bytes(path);
   const bool row_stages = norm.skip != nullptr || requantize;
+  const bool copy_a = in.x != nullptr || !a_rows_read_in_place(path, k, kp);  // else the kernels read in.q
 
   // Row scales and zero points: the input's, or filled in as the rows are quantized.
   std::vector<float> own_scale;
@@ -105,8 +115,9 @@ void linear_int8(const LinearInt8Input& in, int64_t rows, const PackedInt8Weight
       const int64_t chunk_rows = (t1 - t0 + chunks - 1) / std::max<int64_t>(chunks, 1);
       for (int64_t r0 = t0; r0 < t1; r0 += chunk_rows) {
         const int64_t r1 = std::min(t1, r0 + chunk_rows), chunk = r1 - r0;
-        void* a = thread_scratch(0, static_cast<size_t>((chunk + a_row_padding(path)) * kp) * elem);
-        prepare_input_rows(isa, path, in, r0, r1, k, kp, row_scale, row_zero_point, a);
+        void* buf =
+            copy_a ? thread_scratch(0, static_cast<size_t>((chunk + a_row_padding(path)) * kp) * elem) : nullptr;
+        const void* a = prepare_input_rows(isa, path, in, r0, r1, k, kp, row_scale, row_zero_point, buf);
         float* out =
             y != nullptr ? y + r0 * n : static_cast<float*>(thread_scratch(2, static_cast<size_t>(chunk * n) * 4));
         const DequantizeSink sink(isa, row_scale, row_zero_point, weight_scale, w.column_sums(), bias, act, out, r0, n);
@@ -122,9 +133,9 @@ void linear_int8(const LinearInt8Input& in, int64_t rows, const PackedInt8Weight
   }
 
   // Panel tasks (few rows): prepare every row once, split the columns, then finish the rows.
-  std::vector<char> a_rows(static_cast<size_t>((rows + a_row_padding(path)) * kp) * elem + 64);
-  void* a = a_rows.data() + (64 - reinterpret_cast<uintptr_t>(a_rows.data()) % 64) % 64;
-  prepare_input_rows(isa, path, in, 0, rows, k, kp, row_scale, row_zero_point, a);
+  std::vector<char> a_rows(copy_a ? static_cast<size_t>((rows + a_row_padding(path)) * kp) * elem + 64 : 0);
+  void* buf = copy_a ? a_rows.data() + (64 - reinterpret_cast<uintptr_t>(a_rows.data()) % 64) % 64 : nullptr;
+  const void* a = prepare_input_rows(isa, path, in, 0, rows, k, kp, row_scale, row_zero_point, buf);
   std::vector<float> own_out(y == nullptr ? static_cast<size_t>(rows * n) : 0);
   float* out = y != nullptr ? y : own_out.data();
   const DequantizeSink sink(isa, row_scale, row_zero_point, weight_scale, w.column_sums(), bias, act, out, 0, n);

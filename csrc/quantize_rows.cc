@@ -118,10 +118,14 @@ BORT_AVX512 void quantize_rows_avx512(const float* x, uint8_t* q, float* scale, 
     }
     const RowParams p = params_from_range(_mm512_reduce_min_ps(vlo), _mm512_reduce_max_ps(vhi));
     const __m512 inv = _mm512_set1_ps(p.inv_scale), zp = _mm512_set1_ps(p.zero_point);
-    for (int64_t i = 0; i < k; i += 16) {
-      const __mmask16 m = i + 16 <= k ? __mmask16{0xFFFF} : tail;
-      _mm_mask_storeu_epi8(qr + i, m, _mm512_cvtepi32_epi8(quantize16(_mm512_maskz_loadu_ps(m, xr + i), inv, zp)));
-    }
+    // Whole vectors with plain stores (a masked store costs ~1.6x a plain one on Zen 4), then the masked tail.
+    int64_t i = 0;
+    for (; i + 16 <= k; i += 16)
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + i),
+                       _mm512_cvtepi32_epi8(quantize16(_mm512_loadu_ps(xr + i), inv, zp)));
+    if (i < k)
+      _mm_mask_storeu_epi8(qr + i, tail,
+                           _mm512_cvtepi32_epi8(quantize16(_mm512_maskz_loadu_ps(tail, xr + i), inv, zp)));
     scale[r] = p.scale;
     zero_point[r] = static_cast<uint8_t>(p.zero_point);
   }

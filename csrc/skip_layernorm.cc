@@ -157,11 +157,16 @@ BORT_AVX512 void skip_layernorm_row_avx512(const float* xr, const float* sr, con
   }
   const float sq = _mm512_reduce_add_ps(_mm512_add_ps(q0, q1));
   const __m512 vrstd = _mm512_set1_ps(1.0f / std::sqrt(sq / static_cast<float>(h) + eps));
-  for (i = 0; i < h; i += 16) {
-    const __mmask16 m = i < h16 ? all : tail;
-    const __m512 n = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(m, yr + i), vmean), vrstd);
-    const __m512 b = beta ? _mm512_maskz_loadu_ps(m, beta + i) : _mm512_setzero_ps();
-    _mm512_mask_storeu_ps(yr + i, m, _mm512_fmadd_ps(n, _mm512_maskz_loadu_ps(m, gamma + i), b));
+  // Whole vectors with plain stores (a masked store costs ~1.6x a plain one on Zen 4), then the masked tail.
+  for (i = 0; i < h16; i += 16) {
+    const __m512 n = _mm512_mul_ps(_mm512_sub_ps(_mm512_loadu_ps(yr + i), vmean), vrstd);
+    const __m512 b = beta ? _mm512_loadu_ps(beta + i) : _mm512_setzero_ps();
+    _mm512_storeu_ps(yr + i, _mm512_fmadd_ps(n, _mm512_loadu_ps(gamma + i), b));
+  }
+  if (i < h) {
+    const __m512 n = _mm512_mul_ps(_mm512_sub_ps(_mm512_maskz_loadu_ps(tail, yr + i), vmean), vrstd);
+    const __m512 b = beta ? _mm512_maskz_loadu_ps(tail, beta + i) : _mm512_setzero_ps();
+    _mm512_mask_storeu_ps(yr + i, tail, _mm512_fmadd_ps(n, _mm512_maskz_loadu_ps(tail, gamma + i), b));
   }
 }
 
