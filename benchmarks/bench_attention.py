@@ -1,7 +1,8 @@
-"""PackedAttention alone at Bort's shapes (hidden 1024, 8 heads x 128): precision="fp32" vs precision="bf16"
-(bf16 operands of Q K^T and P V, fp32 accumulation and softmax; csrc/attention.h), one-node onnxruntime graphs,
-interleaved rounds, medians. The ratio fp32 / bf16 is what the bf16 products are worth on this CPU (on a CPU
-without AVX512-BF16 both run the fp32 path and it is ~1.0).
+"""PackedAttention alone at Bort's shapes (hidden 1024, 8 heads x 128): precision="fp32" vs "bf16" (bf16 operands
+of Q K^T and P V, fp32 accumulation and softmax) vs "int8" (Q K^T on int8 operands, P V as bf16; csrc/attention.h),
+one-node onnxruntime graphs, interleaved rounds, medians. The ratio fp32 / bf16 is what the bf16 products are worth
+on this CPU, bf16 / int8 what int8 Q K^T adds (on a CPU without AVX512-BF16 all three run the fp32 path and both
+are ~1.0).
 
 Run: python -m benchmarks.bench_attention [--threads 2] [--cpu-time] [--rounds 15] [--json out.json]
 --cpu-time: one thread, the calling thread's CPU time (the steady figure on a shared machine).
@@ -17,7 +18,7 @@ import numpy as np
 
 HIDDEN, HEADS = 1024, 8
 SHAPES = [(1, 128), (8, 128), (1, 512), (8, 512)]
-PRECISIONS = ("fp32", "bf16")
+PRECISIONS = ("fp32", "bf16", "int8")
 THREADS = int(os.environ.get("BORT_BENCH_THREADS", "2"))
 POOL_SPIN_SECONDS = 0.1  # > how long an idle onnxruntime pool worker spins before it sleeps
 
@@ -68,6 +69,7 @@ def measure(batch: int, seq: int, threads: int, rounds: int, cpu_time: bool) -> 
     for p in PRECISIONS:
         row[f"{p}_ms"] = round(float(np.median(times[p])), 3)
     row["fp32_over_bf16"] = round(row["fp32_ms"] / row["bf16_ms"], 3)
+    row["bf16_over_int8"] = round(row["bf16_ms"] / row["int8_ms"], 3)
     return row
 
 
@@ -86,7 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         row = measure(batch, seq, args.threads, args.rounds, args.cpu_time)
         rows.append(row)
         print(f"b{batch} s{seq} ({row['threads']} thread(s), {row['clock']}): fp32 {row['fp32_ms']:8.3f} ms  "
-              f"bf16 {row['bf16_ms']:8.3f} ms  fp32/bf16 {row['fp32_over_bf16']:.2f}x", flush=True)
+              f"bf16 {row['bf16_ms']:8.3f} ms  int8 {row['int8_ms']:8.3f} ms  fp32/bf16 {row['fp32_over_bf16']:.2f}x  "
+              f"bf16/int8 {row['bf16_over_int8']:.2f}x", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"isa": _C.active_isa(), "rows": rows}, f, indent=1)

@@ -108,6 +108,33 @@ void attend_rows_scalar(const SeqView& s, const AttentionShape& sh, const float*
 // the AVX512-BF16 path; exp and the order of the fp32 sums are std::exp's and sequential.
 float round_bf16(float x) { return bf16_to_float(float_to_bf16(x)); }
 
+// The part kBf16 and kInt8 share, for one query row: softmax of scores[0, n) (keys that do not attend skipped),
+// then o = (sum over key pairs of bf16(p_j) * bf16(v_j), odd key first) / sum + bv. scores is overwritten and has
+// room for n + 1 entries (an odd key count is padded with a zero key).
+void softmax_pv_scalar_bf16(const SeqView& s, const float* bv, int64_t offset, int64_t D, float* scores, float* o) {
+  const SeqKeys& keys = s.keys;
+  const int64_t n = keys.key_end;
+  float max_score = -std::numeric_limits<float>::infinity();
+  for (int64_t j = 0; j < n; ++j)
+    if (!keys.valid || keys.valid[j]) max_score = std::max(max_score, scores[j]);
+  float sum = 0.0f;
+  for (int64_t j = 0; j < n; ++j) {
+    scores[j] = keys.valid && !keys.valid[j] ? 0.0f : std::exp(scores[j] - max_score);
+    sum += scores[j];
+  }
+  scores[n] = 0.0f;
+  auto value = [&](int64_t j, int64_t d) { return j < n ? round_bf16(s.v[j * s.kv_stride + offset + d]) : 0.0f; };
+  const float inv_sum = 1.0f / sum;
+  for (int64_t d = 0; d < D; ++d) {
+    float acc = 0.0f;
+    for (int64_t j = 0; j < n; j += 2) {
+      acc += round_bf16(scores[j + 1]) * value(j + 1, d);
+      acc += round_bf16(scores[j]) * value(j, d);
+    }
+    o[d] = std::fma(acc, inv_sum, bv ? bv[d] : 0.0f);
+  }
+}
+
 void attend_rows_scalar_bf16(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head, int64_t q0,
                              int64_t q1) {
   const SeqKeys& keys = s.keys;
@@ -115,15 +142,13 @@ void attend_rows_scalar_bf16(const SeqView& s, const AttentionShape& sh, const f
   const int64_t D = sh.head_dim, H = sh.hidden(), n = keys.key_end;
   const float* bq = bias ? bias + head * D : nullptr;
   const float* bv = bias ? bias + 2 * H + head * D : nullptr;
-  thread_local std::vector<float> query, probs;
-  query.assign(static_cast<size_t>(D + 1), 0.0f);  // a zero pads an odd head dim to whole pairs
-  probs.assign(static_cast<size_t>(n + 1), 0.0f);  // and an odd key count
+  thread_local std::vector<float> query, scores;
+  query.assign(static_cast<size_t>(D + 1), 0.0f);   // a zero pads an odd head dim to whole pairs
+  scores.assign(static_cast<size_t>(n + 1), 0.0f);  // and an odd key count
   auto key = [&](int64_t j, int64_t d) { return d < D ? round_bf16(s.k[j * s.kv_stride + head * D + d]) : 0.0f; };
-  auto value = [&](int64_t j, int64_t d) { return j < n ? round_bf16(s.v[j * s.kv_stride + head * D + d]) : 0.0f; };
   for (int64_t i = q0; i < q1; ++i) {
     const float* q = s.q[i] + head * D;
     for (int64_t d = 0; d < D; ++d) query[d] = round_bf16(bq ? (q[d] + bq[d]) * sh.scale : q[d] * sh.scale);
-    float max_score = -std::numeric_limits<float>::infinity();
     for (int64_t j = 0; j < n; ++j) {
       if (keys.valid && !keys.valid[j]) continue;
       float dot = 0.0f;
@@ -131,24 +156,57 @@ void attend_rows_scalar_bf16(const SeqView& s, const AttentionShape& sh, const f
         dot += query[d + 1] * key(j, d + 1);  // each product is exact in fp32: one rounding per step
         dot += query[d] * key(j, d);
       }
-      probs[j] = dot;
-      max_score = std::max(max_score, dot);
+      scores[j] = dot;
     }
-    float sum = 0.0f;
+    softmax_pv_scalar_bf16(s, bv, head * D, D, scores.data(), s.out[i] + head * D);
+  }
+}
+
+// kInt8's quantization of one row (attention.h): x_int into out, returns the row scale.
+constexpr float kInt8TinyRow = 1e-30f;  // a row whose largest |x| is under this quantizes to zeros, scale 0
+
+float quantize_row_s8(const float* x, int64_t n, int8_t* out) {
+  float amax = 0.0f;
+  for (int64_t d = 0; d < n; ++d) amax = std::max(amax, std::fabs(x[d]));
+  const bool tiny = !(amax >= kInt8TinyRow);
+  const float inv = tiny ? 0.0f : 127.0f / amax;
+  for (int64_t d = 0; d < n; ++d) {
+    const float r = std::nearbyint(x[d] * inv);
+    out[d] = static_cast<int8_t>(std::min(127.0f, std::max(-127.0f, r)));
+  }
+  return tiny ? 0.0f : amax / 127.0f;
+}
+
+// Plain reference of AttentionPrecision::kInt8: the same integers as the AVX512-BF16 level's vpdpbusd path (summed
+// here as signed products, which equals its u8 sums minus the per-key offset) and the same score epilogue.
+void attend_rows_scalar_int8(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head, int64_t q0,
+                             int64_t q1) {
+  const SeqKeys& keys = s.keys;
+  if (keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
+  const int64_t D = sh.head_dim, H = sh.hidden(), n = keys.key_end;
+  const float* bq = bias ? bias + head * D : nullptr;
+  const float* bv = bias ? bias + 2 * H + head * D : nullptr;
+  thread_local std::vector<float> query, scores, key_scale;
+  thread_local std::vector<int8_t> query_int, key_int;
+  query.resize(static_cast<size_t>(D));
+  query_int.resize(static_cast<size_t>(D));
+  scores.assign(static_cast<size_t>(n + 1), 0.0f);
+  key_scale.resize(static_cast<size_t>(n));
+  key_int.resize(static_cast<size_t>(n * D));
+  for (int64_t j = 0; j < n; ++j)
+    key_scale[j] = quantize_row_s8(s.k + j * s.kv_stride + head * D, D, key_int.data() + j * D);
+  for (int64_t i = q0; i < q1; ++i) {
+    const float* q = s.q[i] + head * D;
+    for (int64_t d = 0; d < D; ++d) query[d] = bq ? (q[d] + bq[d]) * sh.scale : q[d] * sh.scale;
+    const float query_scale = quantize_row_s8(query.data(), D, query_int.data());
     for (int64_t j = 0; j < n; ++j) {
-      probs[j] = keys.valid && !keys.valid[j] ? 0.0f : std::exp(probs[j] - max_score);
-      sum += probs[j];
+      if (keys.valid && !keys.valid[j]) continue;
+      const int8_t* k = key_int.data() + j * D;
+      int32_t dot = 0;
+      for (int64_t d = 0; d < D; ++d) dot += int32_t{query_int[d]} * int32_t{k[d]};
+      scores[j] = static_cast<float>(dot) * (query_scale * key_scale[j]);
     }
-    const float inv_sum = 1.0f / sum;
-    float* o = s.out[i] + head * D;
-    for (int64_t d = 0; d < D; ++d) {
-      float acc = 0.0f;
-      for (int64_t j = 0; j < n; j += 2) {
-        acc += round_bf16(probs[j + 1]) * value(j + 1, d);
-        acc += round_bf16(probs[j]) * value(j, d);
-      }
-      o[d] = std::fma(acc, inv_sum, bv ? bv[d] : 0.0f);
-    }
+    softmax_pv_scalar_bf16(s, bv, head * D, D, scores.data(), s.out[i] + head * D);
   }
 }
 
@@ -772,6 +830,10 @@ BORT_AVX512_BF16_INLINE void pv_blocks_bf16(const Bf16Item& it, int64_t d0, cons
   }
 }
 
+// A function of its own, not inlined: the kBf16 and kInt8 tiles share one copy.
+template <int R>
+BORT_AVX512_BF16 void softmax_pv_bf16(const Bf16Item& it, float* const* out_rows);
+
 template <int R>
 BORT_AVX512_BF16 void attend_tile_bf16(const Bf16Item& it, const float* const* q_rows, float* const* out_rows) {
   const int64_t D = it.f.head_dim;
@@ -795,6 +857,13 @@ BORT_AVX512_BF16 void attend_tile_bf16(const Bf16Item& it, const float* const* q
   for (; kb + 3 <= it.f.num_blocks; kb += 3) qk_blocks_bf16<R, 3>(it, kb);
   if (it.f.num_blocks - kb == 2) qk_blocks_bf16<R, 2>(it, kb);
   if (it.f.num_blocks - kb == 1) qk_blocks_bf16<R, 1>(it, kb);
+  softmax_pv_bf16<R>(it, out_rows);
+}
+
+// From the scores of R rows (with rowmax): softmax numerators, rounded to bf16, then P V (kBf16 and kInt8).
+template <int R>
+BORT_AVX512_BF16 void softmax_pv_bf16(const Bf16Item& it, float* const* out_rows) {
+  const int64_t D = it.f.head_dim;
   float inv_sum[R];
   softmax_numerators512<R>(it.f, inv_sum);
   for (int64_t b = 0; b < it.f.num_blocks; ++b)
@@ -815,9 +884,8 @@ using TileBf16 = void (*)(const Bf16Item&, const float* const*, float* const*);
 constexpr std::array<TileBf16, 4> kTilesBf16 = {&attend_tile_bf16<1>, &attend_tile_bf16<2>, &attend_tile_bf16<4>,
                                                 &attend_tile_bf16<8>};
 
-// K (already packed as fp32 [key block][d][16] by pack_keys) -> kpack; V rows -> vpack.
-BORT_AVX512_BF16 void pack_bf16_operands(const float* kfloat, const float* v_base, int64_t stride, int64_t D,
-                                         int64_t num_keys, int64_t num_blocks, uint16_t* kpack, uint16_t* vpack) {
+// K (already packed as fp32 [key block][d][16] by pack_keys) -> kpack.
+BORT_AVX512_BF16 void pack_bf16_keys(const float* kfloat, int64_t D, int64_t num_blocks, uint16_t* kpack) {
   const int64_t P = D / 2;
   for (int64_t kb = 0; kb < num_blocks; ++kb)
     for (int64_t p = 0; p < P; ++p) {
@@ -825,6 +893,11 @@ BORT_AVX512_BF16 void pack_bf16_operands(const float* kfloat, const float* v_bas
       const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_load_ps(src + 16), _mm512_load_ps(src));
       _mm512_store_si512(kpack + (kb * P + p) * 32, interleave_halves(x));
     }
+}
+
+// V rows -> vpack.
+BORT_AVX512_BF16 void pack_bf16_values(const float* v_base, int64_t stride, int64_t D, int64_t num_keys,
+                                       int64_t num_blocks, uint16_t* vpack) {
   const int64_t v_stride = 32 * num_blocks * 8, num_pairs = (num_keys + 1) / 2;
   for (int64_t jp = 0; jp < num_pairs; ++jp) {
     const float* v0 = v_base + 2 * jp * stride;
@@ -837,16 +910,12 @@ BORT_AVX512_BF16 void pack_bf16_operands(const float* kfloat, const float* v_bas
   }
 }
 
-BORT_AVX512_BF16 void attend_rows_avx512_bf16(const SeqView& s, const AttentionShape& sh, const float* bias,
-                                              int64_t head, int64_t q0, int64_t q1) {
-  const SeqKeys& keys = s.keys;
-  if (keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
+// What kBf16 and kInt8 items share: sizes, biases, scores, rowmax, which keys attend, and V packed as bf16 pairs.
+BORT_AVX512_BF16 void init_bf16_item(Bf16Item& it, Bf16Scratch& scratch, const SeqView& s, const AttentionShape& sh,
+                                     const float* bias, int64_t head) {
   const int64_t D = sh.head_dim, H = sh.hidden();
-  const int64_t num_keys = keys.key_end;
+  const int64_t num_keys = s.keys.key_end;
   const int64_t num_blocks = (num_keys + 15) / 16;
-
-  thread_local Bf16Scratch scratch;
-  Bf16Item it;
   it.f.head_dim = D;
   it.f.num_keys = num_keys;
   it.f.num_blocks = num_blocks;
@@ -858,21 +927,277 @@ BORT_AVX512_BF16 void attend_rows_avx512_bf16(const SeqView& s, const AttentionS
   it.f.scores = scratch.scores.get(static_cast<size_t>(num_blocks * kTileRows512 * 16));
   it.f.rowmax = scratch.rowmax.get(kTileRows512 * 16);
   // bf16 buffers live in 64-byte-aligned float storage, two bf16 per float.
-  float* kfloat = scratch.kfloat.get(static_cast<size_t>(num_blocks * 16 * D));
-  uint16_t* kpack = reinterpret_cast<uint16_t*>(scratch.kpack.get(static_cast<size_t>(num_blocks * 16 * D / 2)));
   uint16_t* vpack = reinterpret_cast<uint16_t*>(scratch.vpack.get(static_cast<size_t>(num_blocks * 16 * D / 2)));
-  it.kpack = kpack;
   it.vpack = vpack;
   it.probs = reinterpret_cast<uint16_t*>(scratch.probs.get(static_cast<size_t>(num_blocks * kTileRows512 * 8)));
-  it.qtile = reinterpret_cast<uint16_t*>(scratch.qtile.get(static_cast<size_t>(kTileRows512 * D / 2)));
-  pack_keys(s.k + head * D, s.kv_stride, D, num_keys, num_blocks * 16, kfloat);
-  pack_bf16_operands(kfloat, s.v + head * D, s.kv_stride, D, num_keys, num_blocks, kpack, vpack);
+  it.kpack = nullptr;
+  it.qtile = nullptr;
+  pack_bf16_values(s.v + head * D, s.kv_stride, D, num_keys, num_blocks, vpack);
+  it.f.attend = key_masks(s.keys, num_blocks, scratch.attend);
+}
 
-  it.f.attend = key_masks(keys, num_blocks, scratch.attend);
+BORT_AVX512_BF16 void attend_rows_avx512_bf16(const SeqView& s, const AttentionShape& sh, const float* bias,
+                                              int64_t head, int64_t q0, int64_t q1) {
+  if (s.keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
+  const int64_t D = sh.head_dim;
+  thread_local Bf16Scratch scratch;
+  Bf16Item it;
+  init_bf16_item(it, scratch, s, sh, bias, head);
+  const int64_t num_blocks = it.f.num_blocks;
+  float* kfloat = scratch.kfloat.get(static_cast<size_t>(num_blocks * 16 * D));
+  uint16_t* kpack = reinterpret_cast<uint16_t*>(scratch.kpack.get(static_cast<size_t>(num_blocks * 16 * D / 2)));
+  it.kpack = kpack;
+  it.qtile = reinterpret_cast<uint16_t*>(scratch.qtile.get(static_cast<size_t>(kTileRows512 * D / 2)));
+  pack_keys(s.k + head * D, s.kv_stride, D, it.f.num_keys, num_blocks * 16, kfloat);
+  pack_bf16_keys(kfloat, D, num_blocks, kpack);
 
   for (int64_t t = q0; t < q1;) {
     const int64_t rows = tile_rows(q1 - t);
     kTilesBf16[tile_index(rows)](it, s.q + t, s.out + t);
+    t += rows;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// AVX512-BF16 level path of AttentionPrecision::kInt8 (head_dim % 32 == 0): Q K^T with vpdpbusd (four head dims
+// per 32-bit lane, u8 query x s8 key into int32; the query is offset by +128 to u8 and 128 * sum_d k_int is
+// subtracted per key), then the kBf16 path's softmax and P V. Same tiles as the other AVX-512 paths. Layouts:
+//   kpack  [key block][quad p][16 keys][4]      s8 K dims 4p..4p+3 of 16 keys (zero for keys past num_keys)
+//   kscale [key block][16]                      each key's row scale (0 past num_keys)
+//   kcomp  [key block][16]                      128 * sum_d k_int of each key
+//   qtile  [32-dim block][row][8 quads][4]       u8 query dims (q_int + 128) of each row
+// A score is float(acc - kcomp) * (q_scale * k_scale), the scalar reference's integer and epilogue.
+
+struct Int8Scratch {
+  Bf16Scratch b;
+  AlignedFloats kpack, kscale, kcomp, qtile, qfloat, qscale, rows;
+};
+
+struct Int8Item {
+  Bf16Item b;  // scores, rowmax, probs, vpack, sizes, biases, scale (its kpack and qtile are unused)
+  const int8_t* kpack;
+  const float* kscale;
+  const int32_t* kcomp;
+  uint8_t* qtile;
+  float* qfloat;  // [head_dim]: one scaled query row before quantization
+  float* qscale;  // [rows]: each tile row's scale
+};
+
+// quantize_row_s8's inverse and scale from the row's largest |x|.
+inline float int8_inverse(float amax) { return amax >= kInt8TinyRow ? 127.0f / amax : 0.0f; }
+inline float int8_scale(float amax) { return amax >= kInt8TinyRow ? amax / 127.0f : 0.0f; }
+
+// 16 values -> quantize_row_s8's integers. max_ps returns its second operand when either is NaN, as
+// std::max(-127.0f, r) returns -127.
+BORT_AVX512_INLINE __m512i quantize16(__m512 x, __m512 inv) {
+  const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  return _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f)));
+}
+
+// In-register transpose of 16 rows of 16 int32 (r[i] element j -> r[j] element i).
+BORT_AVX512_INLINE void transpose16x16_epi32(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4i + c], 128-bit lane L: column 4L + c of rows 4i..4i+3
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i a0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88), b0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xDD);
+    const __m512i a1 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88);
+    const __m512i b1 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xDD);
+    t[c] = _mm512_shuffle_i32x4(a0, a1, 0x88);
+    t[8 + c] = _mm512_shuffle_i32x4(a0, a1, 0xDD);
+    t[4 + c] = _mm512_shuffle_i32x4(b0, b1, 0x88);
+    t[12 + c] = _mm512_shuffle_i32x4(b0, b1, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
+
+// K rows of one head -> kpack, kscale, kcomp (num_blocks * 16 keys, the padding keys zero). Each block's 16 keys
+// are quantized into `rows` ([16][D rounded up to 64] bytes), then 16 quads of the 16 keys at a time are
+// transposed in registers into kpack's [quad][key] order.
+BORT_AVX512_BF16 void pack_int8_keys(const float* k_base, int64_t stride, int64_t D, int64_t num_keys,
+                                     int64_t num_blocks, int8_t* kpack, float* kscale, int32_t* kcomp, int8_t* rows) {
+  const int64_t P = D / 4, row_bytes = (D + 63) / 64 * 64;
+  for (int64_t kb = 0; kb < num_blocks; ++kb) {
+    for (int64_t jj = 0; jj < 16; ++jj) {
+      const int64_t j = kb * 16 + jj;
+      int8_t* row = rows + jj * row_bytes;
+      std::memset(row, 0, static_cast<size_t>(row_bytes));
+      if (j >= num_keys) {
+        kscale[j] = 0.0f;
+        kcomp[j] = 0;
+        continue;
+      }
+      const float* k = k_base + j * stride;
+      __m512 amax = _mm512_setzero_ps();
+      for (int64_t d = 0; d < D; d += 16) amax = _mm512_max_ps(amax, _mm512_abs_ps(_mm512_loadu_ps(k + d)));
+      const float a = _mm512_reduce_max_ps(amax);
+      const __m512 inv = _mm512_set1_ps(int8_inverse(a));
+      __m512i sum = _mm512_setzero_si512();
+      for (int64_t d = 0; d < D; d += 16) {
+        const __m512i x = quantize16(_mm512_loadu_ps(k + d), inv);
+        sum = _mm512_add_epi32(sum, x);
+        _mm_store_si128(reinterpret_cast<__m128i*>(row + d), _mm512_cvtepi32_epi8(x));
+      }
+      kscale[j] = int8_scale(a);
+      kcomp[j] = 128 * _mm512_reduce_add_epi32(sum);
+    }
+    for (int64_t g = 0; g < P; g += 16) {
+      __m512i r[16];
+      for (int jj = 0; jj < 16; ++jj) r[jj] = _mm512_load_si512(rows + jj * row_bytes + 4 * g);
+      transpose16x16_epi32(r);
+      for (int64_t p = 0; p < std::min<int64_t>(16, P - g); ++p)
+        _mm512_store_si512(kpack + (kb * P + g + p) * 64, r[p]);
+    }
+  }
+}
+
+// vpdpbusd acc += u8 a . s8 b, with the accumulator tied in place: GCC 12's builtin copies it to a new register
+// and back around each instruction here, which with 24 accumulators spills them to the stack every step.
+BORT_AVX512_VNNI_INLINE void dpbusd(__m512i& acc, __m512i a, __m512i b) {
+  asm("vpdpbusd %2, %1, %0" : "+v"(acc) : "v"(a), "v"(b));
+}
+
+#define BORT_QK8_ROW(r) __m512i a##r##0 = _mm512_setzero_si512(), a##r##1 = a##r##0, a##r##2 = a##r##0
+#define BORT_QK8_STEP(r)                          \
+  if (R > r) {                                    \
+    int32_t quad;                                 \
+    std::memcpy(&quad, qg + r * 32, sizeof quad); \
+    const __m512i qv = _mm512_set1_epi32(quad);   \
+    dpbusd(a##r##0, qv, k0);                      \
+    if (NB > 1) dpbusd(a##r##1, qv, k1);          \
+    if (NB > 2) dpbusd(a##r##2, qv, k2);          \
+  }
+#define BORT_QK8_SCORES(r)                             \
+  if (R > r) {                                         \
+    qk8_scores<R>(it, kb, r, a##r##0);                 \
+    if (NB > 1) qk8_scores<R>(it, kb + 1, r, a##r##1); \
+    if (NB > 2) qk8_scores<R>(it, kb + 2, r, a##r##2); \
+  }
+
+// Row r's scores against key block kb from its integer sums: float(acc - kcomp) * (q_scale * k_scale), stored to
+// the tile of R rows; rowmax takes the lane-wise max over the keys that attend.
+template <int R>
+BORT_AVX512_BF16_INLINE void qk8_scores(const Int8Item& it, int64_t kb, int r, __m512i acc) {
+  const __m512 score = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_load_si512(it.kcomp + kb * 16))),
+                                     _mm512_mul_ps(_mm512_set1_ps(it.qscale[r]), _mm512_load_ps(it.kscale + kb * 16)));
+  _mm512_store_ps(it.b.f.scores + (kb * R + r) * 16, score);
+  const __m512 m = _mm512_load_ps(it.b.f.rowmax + r * 16);
+  _mm512_store_ps(it.b.f.rowmax + r * 16, _mm512_mask_max_ps(m, it.b.f.attend[kb], m, score));
+}
+
+template <int R, int NB>
+BORT_AVX512_BF16_INLINE void qk_blocks_int8(const Int8Item& it, int64_t kb) {
+  const int64_t D = it.b.f.head_dim, P = D / 4;
+  const int8_t* k = it.kpack + kb * P * 64;
+  const uint8_t* q = it.qtile;
+  BORT_QK8_ROW(0);
+  BORT_QK8_ROW(1);
+  BORT_QK8_ROW(2);
+  BORT_QK8_ROW(3);
+  BORT_QK8_ROW(4);
+  BORT_QK8_ROW(5);
+  BORT_QK8_ROW(6);
+  BORT_QK8_ROW(7);
+  // One loop over the quads (two nested loops made GCC store every accumulator to the stack each step).
+  for (int64_t g = 0; g < P; ++g, k += 64) {
+    const uint8_t* qg = q + (g / 8) * R * 32 + (g % 8) * 4;
+    const __m512i k0 = _mm512_load_si512(k);
+    const __m512i k1 = NB > 1 ? _mm512_load_si512(k + P * 64) : k0;
+    const __m512i k2 = NB > 2 ? _mm512_load_si512(k + 2 * P * 64) : k0;
+    BORT_QK8_STEP(0)
+    BORT_QK8_STEP(1)
+    BORT_QK8_STEP(2)
+    BORT_QK8_STEP(3)
+    BORT_QK8_STEP(4)
+    BORT_QK8_STEP(5)
+    BORT_QK8_STEP(6)
+    BORT_QK8_STEP(7)
+  }
+  BORT_QK8_SCORES(0)
+  BORT_QK8_SCORES(1)
+  BORT_QK8_SCORES(2)
+  BORT_QK8_SCORES(3)
+  BORT_QK8_SCORES(4)
+  BORT_QK8_SCORES(5)
+  BORT_QK8_SCORES(6)
+  BORT_QK8_SCORES(7)
+}
+
+#undef BORT_QK8_ROW
+#undef BORT_QK8_STEP
+#undef BORT_QK8_SCORES
+
+template <int R>
+BORT_AVX512_BF16 void attend_tile_int8(const Int8Item& it, const float* const* q_rows, float* const* out_rows) {
+  const int64_t D = it.b.f.head_dim;
+  const __m512 vscale = _mm512_set1_ps(it.b.f.scale);
+  const float* bq = it.b.f.bq;
+  const __m512i offset = _mm512_set1_epi32(128);
+  for (int r = 0; r < R; ++r) {
+    const float* q = q_rows[r] + it.b.f.offset;
+    __m512 amax = _mm512_setzero_ps();
+    for (int64_t d = 0; d < D; d += 16) {
+      __m512 v = _mm512_loadu_ps(q + d);
+      if (bq) v = _mm512_add_ps(v, _mm512_loadu_ps(bq + d));
+      v = _mm512_mul_ps(v, vscale);
+      _mm512_store_ps(it.qfloat + d, v);
+      amax = _mm512_max_ps(amax, _mm512_abs_ps(v));
+    }
+    const float a = _mm512_reduce_max_ps(amax);
+    const __m512 inv = _mm512_set1_ps(int8_inverse(a));
+    it.qscale[r] = int8_scale(a);
+    for (int64_t d = 0; d < D; d += 16) {
+      const __m512i x = _mm512_add_epi32(quantize16(_mm512_load_ps(it.qfloat + d), inv), offset);
+      _mm_store_si128(reinterpret_cast<__m128i*>(it.qtile + (d / 32) * R * 32 + r * 32 + d % 32),
+                      _mm512_cvtepi32_epi8(x));
+    }
+  }
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int r = 0; r < R; ++r) _mm512_store_ps(it.b.f.rowmax + r * 16, neg_inf);
+  int64_t kb = 0;
+  for (; kb + 3 <= it.b.f.num_blocks; kb += 3) qk_blocks_int8<R, 3>(it, kb);
+  if (it.b.f.num_blocks - kb == 2) qk_blocks_int8<R, 2>(it, kb);
+  if (it.b.f.num_blocks - kb == 1) qk_blocks_int8<R, 1>(it, kb);
+  softmax_pv_bf16<R>(it.b, out_rows);
+}
+
+using TileInt8 = void (*)(const Int8Item&, const float* const*, float* const*);
+
+constexpr std::array<TileInt8, 4> kTilesInt8 = {&attend_tile_int8<1>, &attend_tile_int8<2>, &attend_tile_int8<4>,
+                                                &attend_tile_int8<8>};
+
+BORT_AVX512_BF16 void attend_rows_avx512_int8(const SeqView& s, const AttentionShape& sh, const float* bias,
+                                              int64_t head, int64_t q0, int64_t q1) {
+  if (s.keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
+  const int64_t D = sh.head_dim;
+  thread_local Int8Scratch scratch;
+  Int8Item it;
+  init_bf16_item(it.b, scratch.b, s, sh, bias, head);
+  const int64_t num_blocks = it.b.f.num_blocks;
+  // int8 and int32 buffers live in 64-byte-aligned float storage.
+  int8_t* kpack = reinterpret_cast<int8_t*>(scratch.kpack.get(static_cast<size_t>(num_blocks * 16 * D / 4)));
+  float* kscale = scratch.kscale.get(static_cast<size_t>(num_blocks * 16));
+  int32_t* kcomp = reinterpret_cast<int32_t*>(scratch.kcomp.get(static_cast<size_t>(num_blocks * 16)));
+  it.kpack = kpack;
+  it.kscale = kscale;
+  it.kcomp = kcomp;
+  it.qtile = reinterpret_cast<uint8_t*>(scratch.qtile.get(static_cast<size_t>(kTileRows512 * D / 4)));
+  it.qfloat = scratch.qfloat.get(static_cast<size_t>(D));
+  it.qscale = scratch.qscale.get(kTileRows512);
+  int8_t* rows = reinterpret_cast<int8_t*>(scratch.rows.get(static_cast<size_t>((D + 63) / 64 * 256)));
+  pack_int8_keys(s.k + head * D, s.kv_stride, D, it.b.f.num_keys, num_blocks, kpack, kscale, kcomp, rows);
+
+  for (int64_t t = q0; t < q1;) {
+    const int64_t rows = tile_rows(q1 - t);
+    kTilesInt8[tile_index(rows)](it, s.q + t, s.out + t);
     t += rows;
   }
 }
@@ -981,6 +1306,19 @@ constexpr AttentionCore kAttentionCoresBf16[] = {
 #endif
     {Isa::kScalar, 1, 1, attend_rows_scalar_bf16}};
 
+// AttentionPrecision::kInt8: vpdpbusd Q K^T with AVX512-BF16 P V (the AVX512-BF16 level includes VNNI), else the fp32
+// vector paths, and its own scalar reference.
+constexpr AttentionCore kAttentionCoresInt8[] = {
+#if BORT_X86_64
+    {Isa::kAvx512Bf16, 32, kTileRows512, attend_rows_avx512_int8},
+    {Isa::kAvx512, 16, kTileRows512, attend_rows_avx512},
+    {Isa::kAvx2, 8, kTileRows, attend_rows_avx2},
+#endif
+#if BORT_AARCH64
+    {Isa::kNeon, 4, 1, attend_rows_neon},
+#endif
+    {Isa::kScalar, 1, 1, attend_rows_scalar_int8}};
+
 // Splits the queries of every (sequence, head) into chunks so that ~8 tasks per thread exist (the pool hands
 // them out dynamically, which evens out threads slowed by other load), but never
 // below 24 rows per chunk: each task re-packs K and V (2 x S x D), small next to its 24*S*D*2 FMAs.
@@ -1006,9 +1344,10 @@ std::vector<WorkItem> plan_work(const std::vector<SeqView>& seqs, int64_t num_he
 void run_attention(const std::vector<SeqView>& seqs, const AttentionShape& sh, const float* bias,
                    const ParallelFor& pf) {
   const auto usable = [&](const AttentionCore& c) { return sh.head_dim % c.lanes == 0; };
-  const AttentionCore& core = sh.precision == AttentionPrecision::kBf16
-                                  ? select_entry(active_isa(), kAttentionCoresBf16, usable)
-                                  : select_entry(active_isa(), kAttentionCores, usable);
+  const AttentionCore& core =
+      sh.precision == AttentionPrecision::kBf16   ? select_entry(active_isa(), kAttentionCoresBf16, usable)
+      : sh.precision == AttentionPrecision::kInt8 ? select_entry(active_isa(), kAttentionCoresInt8, usable)
+                                                  : select_entry(active_isa(), kAttentionCores, usable);
   const std::vector<WorkItem> items = plan_work(seqs, sh.num_heads, pf.concurrency(), core.tile_rows);
   pf.run(items.size(), [&](size_t i) {
     const WorkItem& w = items[i];
@@ -1026,11 +1365,17 @@ int64_t mask_value(const void* data, int64_t i) {
 AttentionPrecision attention_precision_from_name(const std::string& name) {
   if (name == "fp32") return AttentionPrecision::kFp32;
   if (name == "bf16") return AttentionPrecision::kBf16;
-  throw std::invalid_argument("attention precision must be 'fp32' or 'bf16', got '" + name + "'");
+  if (name == "int8") return AttentionPrecision::kInt8;
+  throw std::invalid_argument("attention precision must be 'fp32', 'bf16' or 'int8', got '" + name + "'");
 }
 
 const char* attention_precision_name(AttentionPrecision precision) {
-  return precision == AttentionPrecision::kBf16 ? "bf16" : "fp32";
+  switch (precision) {
+    case AttentionPrecision::kBf16: return "bf16";
+    case AttentionPrecision::kInt8: return "int8";
+    case AttentionPrecision::kFp32: break;
+  }
+  return "fp32";
 }
 
 void attention_padded(const float* qkv, const float* bias, const AttentionMask& mask, float* out, int64_t batch,

@@ -21,9 +21,19 @@ namespace bort {
 //   first) / sum + bv, with V rounded without its bias (the probabilities sum to 1). It runs on the AVX512-BF16
 //   path (head_dim % 32 == 0) and on the scalar reference (ISA scalar, or a head size no vector path takes); the
 //   other vector paths compute kFp32 (which is more exact), since an emulation of bf16 products is no faster there.
-enum class AttentionPrecision { kFp32, kBf16 };
+// kInt8: Q K^T on int8 operands with int32 accumulation, P V as kBf16. Each query row q' = (q + bq) * scale (fp32)
+//   and each key row k (without its bias, as kBf16) is quantized symmetrically on its own (per token per head):
+//   a = max_d |x_d|, x_int = clamp(nearbyint(x_d * (127 / a)), -127, 127), row scale a / 127 (a row with
+//   a < 1e-30 quantizes to zeros with scale 0). A score is float(sum_d q_int k_int) * (q_scale * k_scale), the
+//   integer sum exact. Softmax, the bf16 probabilities and P V are those of kBf16. It runs on the AVX512-BF16 level
+//   (vpdpbusd with the query offset to u8 by +128 and 128 * sum_d k_int subtracted per key, which gives the same
+//   integer; head_dim % 32 == 0) and on the scalar reference; the other vector paths compute kFp32. Measured on
+//   all-MiniLM-L6-v2 (STS-B dev, 3,000 sentences; 48 texts of 450-512 tokens): cosine to fp32 of the pooled
+//   vectors >= 0.99998 with Q K^T in int8; P V in int8 too (P u8 at 1/255, V s8 per column) fell to 0.9935 on the
+//   long texts, so P V stays bf16.
+enum class AttentionPrecision { kFp32, kBf16, kInt8 };
 
-// "fp32" or "bf16"; std::invalid_argument naming the accepted values otherwise.
+// "fp32", "bf16" or "int8"; std::invalid_argument naming the accepted values otherwise.
 AttentionPrecision attention_precision_from_name(const std::string& name);
 const char* attention_precision_name(AttentionPrecision precision);
 

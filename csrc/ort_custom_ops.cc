@@ -303,12 +303,15 @@ int64_t checked_num_heads(const Attributes& a) {
   return heads;
 }
 
-// Attention ops: attribute 'precision' ("fp32", the default, or "bf16"; csrc/attention.h).
+// Attention ops: attribute 'precision' ("fp32", the default, "bf16" or "int8"; csrc/attention.h, which names the
+// accepted values).
 bort::AttentionPrecision checked_precision(const Attributes& a) {
   const std::string name = a.optional_string("precision").value_or("fp32");
-  if (name != "fp32" && name != "bf16")
-    fail(a.op(), "attribute 'precision' must be 'fp32' or 'bf16', got '" + name + "'");
-  return bort::attention_precision_from_name(name);
+  try {
+    return bort::attention_precision_from_name(name);
+  } catch (const std::invalid_argument& e) {
+    fail(a.op(), std::string("attribute 'precision': ") + e.what());
+  }
 }
 
 std::optional<float> checked_scale(const Attributes& a) {

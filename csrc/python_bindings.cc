@@ -506,8 +506,9 @@ PYBIND11_MODULE(_C, m) {
   m.def("attention", &attention, py::arg("qkv"), py::arg("bias"), py::arg("mask"), py::arg("num_heads"),
         py::arg("scale") = py::none(), py::arg("precision") = "fp32",
         "Multi-head attention core. qkv float32 [B, S, 3H]; bias [3H] or None; mask int [B, S] (1 = attend), "
-        "int [B] (lengths) or None. Returns float32 [B, S, H]. precision 'fp32' or 'bf16' (bf16 operands of "
-        "Q K^T and P V, fp32 accumulation and softmax; see csrc/attention.h).");
+        "int [B] (lengths) or None. Returns float32 [B, S, H]. precision 'fp32', 'bf16' (bf16 operands of "
+        "Q K^T and P V, fp32 accumulation and softmax) or 'int8' (Q K^T on int8 operands, P V as bf16); see "
+        "csrc/attention.h.");
   m.def("packed_attention", &packed_attention, py::arg("qkv"), py::arg("bias"), py::arg("cu_seqlens"),
         py::arg("num_heads"), py::arg("scale") = py::none(), py::arg("query_rows") = py::none(),
         py::arg("query") = py::none(), py::arg("precision") = "fp32",

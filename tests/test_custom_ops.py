@@ -140,20 +140,24 @@ def test_elementwise_ops_on_each_isa(isa):
         np.testing.assert_array_equal(got, want)
 
 
+@pytest.mark.parametrize("precision", ["bf16", "int8"])
 @pytest.mark.parametrize("isa", BF16_ISAS)
-def test_attention_ops_with_bf16_precision_equal_the_kernel(isa):
-    """precision="bf16" reaches the kernel (csrc/attention.h): both ops give C's bf16 results, on 1 or 2 threads."""
+def test_attention_ops_with_reduced_precision_equal_the_kernel(isa, precision):
+    """precision="bf16" / "int8" reaches the kernel (csrc/attention.h): both ops give C's results at that precision,
+    on 1 or 2 threads."""
     qkv, bias, mask = attention_inputs(batch=2, seq=70, heads=4, head_dim=64, seed=11)
     cu = np.array([0, 70, 101], np.int64)
     packed = np.ascontiguousarray(qkv.reshape(-1, qkv.shape[-1])[:101])
-    attrs = {"num_heads": 4, "precision": "bf16"}
+    attrs = {"num_heads": 4, "precision": precision}
     with use_isa(isa):
         for threads in (1, 2):
             fused = run("FusedAttention", {"qkv": qkv, "bias": bias, "mask": mask}, attrs, threads=threads)
             out = run("PackedAttention", {"qkv": packed, "bias": bias, "cu_seqlens": cu}, attrs, threads=threads)
-            np.testing.assert_array_equal(fused, C.attention(qkv, bias, mask, 4, precision="bf16"))
-            np.testing.assert_array_equal(out, C.packed_attention(packed, bias, cu, 4, precision="bf16"))
+            np.testing.assert_array_equal(fused, C.attention(qkv, bias, mask, 4, precision=precision))
+            np.testing.assert_array_equal(out, C.packed_attention(packed, bias, cu, 4, precision=precision))
     assert not np.array_equal(out, C.packed_attention(packed, bias, cu, 4))
+    other = "int8" if precision == "bf16" else "bf16"
+    assert not np.array_equal(out, C.packed_attention(packed, bias, cu, 4, precision=other))
 
 
 @pytest.mark.parametrize("cu_dtype", [np.int32, np.int64])
@@ -764,7 +768,8 @@ def test_num_heads_is_required():
                                       ("PackedAttention", PACKED)])
 @pytest.mark.parametrize("value", ["fp16", "BF16", ""])
 def test_attention_ops_reject_an_unknown_precision(op, feeds, value):
-    expect_failure(f"{op}: attribute 'precision' must be 'fp32' or 'bf16', got '{value}'", op, feeds,
+    expect_failure(f"{op}: attribute 'precision': attention precision must be 'fp32', 'bf16' or 'int8', got '{value}'",
+                   op, feeds,
                    {"num_heads": 2, "precision": value})
 
 

@@ -127,28 +127,45 @@ def ref_attention_bf16(qkv, bias, mask, num_heads, scale=None):
     d 2^-24 sum|q k|, twice with the max) and an exp of a few ulps. Such a p lands on the other bf16 neighbour when it
     lies that close to a midpoint between two bf16 values; allowance bounds what those p (one bf16 spacing, 2^-7
     relative, each) may move each output by."""
+    x, b32, hidden, d, s32, heads = _attention_operands(qkv, bias, num_heads, scale)
+    q = x[..., :hidden] if bias is None else x[..., :hidden] + b32[:hidden]
+    q = heads(round_bf16(q * s32))
+    k = heads(round_bf16(x[..., hidden:2 * hidden]))
+    scores = q @ k.transpose(0, 1, 3, 2)
+    drift = 2 * d * 2.0**-24 * (np.abs(q) @ np.abs(k).transpose(0, 1, 3, 2)).max(-1, keepdims=True) + 2.0**-20
+    return _softmax_pv_bf16(x, b32, mask, num_heads, scores, drift)
+
+
+def _attention_operands(qkv, bias, num_heads, scale):
     x = np.asarray(qkv, np.float32)
     batch, seq, three_h = x.shape
     hidden = three_h // 3
     d = hidden // num_heads
     s32 = np.float32(1.0) / np.sqrt(np.float32(d)) if scale is None else np.float32(scale)
     b32 = np.zeros(three_h, np.float32) if bias is None else np.asarray(bias, np.float32)
-    q = x[..., :hidden] if bias is None else x[..., :hidden] + b32[:hidden]
 
     def heads(t):
         return t.astype(np.float64).reshape(batch, seq, num_heads, d).transpose(0, 2, 1, 3)
 
-    q = heads(round_bf16(q * s32))
-    k, v = heads(round_bf16(x[..., hidden:2 * hidden])), heads(round_bf16(x[..., 2 * hidden:]))
+    return x, b32, hidden, d, s32, heads
+
+
+def _softmax_pv_bf16(x, b32, mask, num_heads, scores, drift):
+    """What kBf16 and kInt8 share from the scores [batch, heads, seq, seq] on (attention.h), with drift: how far the
+    kernels' fp32 probabilities may be from float64's, relative (see ref_attention_bf16). (reference, allowance)."""
+    batch, seq, three_h = x.shape
+    hidden = three_h // 3
+    d = hidden // num_heads
+    v = x[..., 2 * hidden:].astype(np.float64).reshape(batch, seq, num_heads, d).transpose(0, 2, 1, 3)
+    v = round_bf16(v.astype(np.float32)).astype(np.float64)
     valid = key_valid(mask, batch, seq)[:, None, None, :]
-    scores = np.where(valid, q @ k.transpose(0, 1, 3, 2), -np.inf)
+    scores = np.where(valid, scores, -np.inf)
     p = np.exp(scores - scores.max(-1, keepdims=True))
     p = np.where(valid, p, 0.0)
     p = np.nan_to_num(p)  # rows without a valid key: replaced below
     total = p.sum(-1, keepdims=True)
     total[total == 0] = 1.0
     p32 = p.astype(np.float32)
-    drift = 2 * d * 2.0**-24 * (np.abs(q) @ np.abs(k).transpose(0, 1, 3, 2)).max(-1, keepdims=True) + 2.0**-20
     ulps_to_midpoint = np.abs((p32.view(np.uint32) & 0xFFFF).astype(np.int64) - 0x8000)
     near_midpoint = ulps_to_midpoint * 2.0**-24 <= drift  # an fp32 ulp is at least 2^-24 of p
     out = (round_bf16(p32).astype(np.float64) @ v) / total
@@ -159,6 +176,41 @@ def ref_attention_bf16(qkv, bias, mask, num_heads, scale=None):
     out[none_valid] = (x[none_valid][..., 2 * hidden:].astype(np.float64) + b32[2 * hidden:]).mean(axis=1,
                                                                                                  keepdims=True)
     return out, allowance
+
+
+def quantize_rows_s8(x32):
+    """kInt8's quantization of each last-axis row (attention.h), in float32 as the kernels compute it:
+    (integers as float64, scales as float64 of their float32 values)."""
+    amax = np.abs(x32).max(-1, keepdims=True)
+    tiny = ~(amax >= np.float32(1e-30))
+    with np.errstate(divide="ignore"):
+        inv = np.where(tiny, np.float32(0), np.float32(127) / amax).astype(np.float32)
+    ints = np.clip(np.rint((x32 * inv).astype(np.float32)), -127, 127)
+    scale = np.where(tiny, np.float32(0), amax / np.float32(127)).astype(np.float32)
+    return ints.astype(np.float64), scale
+
+
+def ref_attention_int8(qkv, bias, mask, num_heads, scale=None):
+    """AttentionPrecision::kInt8 (csrc/attention.h) on a padded batch: the kernels' integers (each query row
+    (q + bq) * scale and each key row, per head, quantized to s8 in float32) and score epilogue
+    float32(sum q_int k_int) * float32(q_scale * k_scale), exactly; then kBf16's softmax and P V (float64 softmax,
+    probabilities rounded to bf16), whose allowance here only covers exp (a few ulps) and the fp32 s - max (2^-24
+    |s - max| relative). Returns (reference, allowance)."""
+    x, b32, hidden, d, s32, heads = _attention_operands(qkv, bias, num_heads, scale)
+    batch, seq, _ = x.shape
+    q = (x[..., :hidden] if bias is None else x[..., :hidden] + b32[:hidden]) * s32
+
+    def split(t):
+        return t.reshape(batch, seq, num_heads, d).transpose(0, 2, 1, 3)
+
+    q_int, q_scale = quantize_rows_s8(split(q.astype(np.float32)))
+    k_int, k_scale = quantize_rows_s8(split(x[..., hidden:2 * hidden]))
+    dots = (q_int @ k_int.transpose(0, 1, 3, 2)).astype(np.int64)  # exact: |sum| < 2^53
+    scores = (dots.astype(np.float32) * (q_scale * k_scale.transpose(0, 1, 3, 2)).astype(np.float32)).astype(np.float64)
+    valid = key_valid(mask, batch, seq)[:, None, None, :]
+    row_max = np.where(valid, scores, -np.inf).max(-1, keepdims=True)
+    drift = np.abs(scores - np.where(np.isfinite(row_max), row_max, 0.0)) * 2.0**-24 + 2.0**-20
+    return _softmax_pv_bf16(x, b32, mask, num_heads, scores, drift)
 
 
 _erf64 = np.vectorize(math.erf, otypes=[np.float64])
@@ -546,10 +598,110 @@ def test_bf16_attention_runs_fp32_avx512_for_head_dims_not_multiple_of_32(head_d
 
 def test_attention_rejects_unknown_precision():
     qkv = np.zeros((1, 2, 6), np.float32)
-    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16', got 'fp16'"):
+    with pytest.raises(ValueError, match="precision must be 'fp32', 'bf16' or 'int8', got 'fp16'"):
         C.attention(qkv, None, None, 1, precision="fp16")
-    with pytest.raises(ValueError, match="precision must be 'fp32' or 'bf16', got 'BF16'"):
+    with pytest.raises(ValueError, match="precision must be 'fp32', 'bf16' or 'int8', got 'BF16'"):
         C.packed_attention(qkv[0], None, np.array([0, 2]), 1, precision="BF16")
+    with pytest.raises(ValueError, match="precision must be 'fp32', 'bf16' or 'int8', got 'u8'"):
+        C.attention(qkv, None, None, 1, precision="u8")
+
+
+# ----------------------------------------------------------------------------------------------
+# Attention with int8 Q K^T (precision="int8"): the AVX512-BF16 level's vpdpbusd path and the scalar reference
+# compute it (the same integers and score epilogue, kBf16's softmax and P V); the other vector paths compute fp32.
+
+INT8_ISAS = BF16_ISAS
+
+
+@pytest.mark.parametrize("isa", INT8_ISAS)
+@FAST
+@given(case=attention_cases())
+def test_int8_attention_matches_its_reference(isa, case):
+    rng = np.random.default_rng(case["seed"])
+    b, s, nh, d = case["batch"], case["seq"], case["heads"], case["head_dim"]
+    qkv = (rng.standard_normal((b, s, 3 * nh * d)) * 2).astype(np.float32)
+    bias = rng.standard_normal(3 * nh * d).astype(np.float32) if case["with_bias"] else None
+    mask = make_mask(rng, case["mask_form"], b, s)
+    with use_isa(isa):
+        out = C.attention(qkv, bias, mask, nh, case["scale"], precision="int8")
+    ref, allowance = ref_attention_int8(qkv, bias, mask, nh, case["scale"])
+    assert bf16_err_ok(out, ref, allowance)
+
+
+@pytest.mark.parametrize("isa", INT8_ISAS)
+@pytest.mark.parametrize("lengths,heads,head_dim", [([128] * 8, 8, 128), ([1, 0, 17, 33, 2], 12, 32),
+                                                    ([64, 7], 2, 96), ([31, 16, 15], 1, 192), ([513], 2, 64)])
+def test_int8_packed_attention_matches_its_reference(isa, lengths, heads, head_dim):
+    """Bort's b8 s128 (8 heads of 128), MiniLM's head size, key counts off the 16-key blocks, head sizes off the
+    64-dim transposes, a sequence past 512."""
+    rng = np.random.default_rng(head_dim)
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    qkv = (rng.standard_normal((int(cu[-1]), 3 * heads * head_dim)) * 2).astype(np.float32)
+    bias = rng.standard_normal(3 * heads * head_dim).astype(np.float32)
+    rows = rng.integers(0, cu[-1], size=5)
+    with use_isa(isa):
+        out = C.packed_attention(qkv, bias, cu, heads, precision="int8")
+        subset = C.packed_attention(qkv, bias, cu, heads, query_rows=rows, precision="int8")
+    ref = np.zeros(out.shape)
+    allowance = np.zeros(out.shape)
+    for a, z in zip(cu[:-1], cu[1:]):
+        if z > a:
+            r, al = ref_attention_int8(qkv[None, a:z], bias, None, heads)
+            ref[a:z], allowance[a:z] = r[0], al[0]
+    assert bf16_err_ok(out, ref, allowance)
+    np.testing.assert_array_equal(subset, out[rows])
+
+
+@pytest.mark.parametrize("isa", INT8_ISAS)
+def test_int8_attention_quantizes_each_row_on_its_own(isa):
+    """A query or key row of zeros (or under 1e-30) quantizes to zeros; a row's scale does not depend on another's:
+    one key 1000x larger than the others leaves the other keys' scores as the reference's."""
+    rng = np.random.default_rng(8)
+    qkv = rng.standard_normal((1, 24, 3 * 2 * 64)).astype(np.float32)
+    qkv[0, 3, :128] = 0.0  # query row 3, both heads
+    qkv[0, 5, 128:256] = 1e-31  # key row 5
+    qkv[0, 9, 128:256] *= 1000.0  # key row 9
+    with use_isa(isa):
+        out = C.attention(qkv, None, None, 2, precision="int8")
+    ref, allowance = ref_attention_int8(qkv, None, None, 2)
+    assert bf16_err_ok(out, ref, allowance)
+    v = round_bf16(qkv[0, :, 256:]).astype(np.float64)  # a zero query: equal scores, the bf16 mean of V
+    np.testing.assert_allclose(out[0, 3], v.mean(0), atol=1e-2)
+
+
+def test_int8_attention_rounds_the_query_key_products():
+    """int8 Q K^T differs from bf16 by about int8's resolution, and its reference says by how much."""
+    rng = np.random.default_rng(5)
+    qkv = (rng.standard_normal((2, 40, 3 * 2 * 64)) * 2).astype(np.float32)
+    with use_isa(INT8_ISAS[-1]):
+        out = C.attention(qkv, None, None, 2, precision="int8")
+        bf16 = C.attention(qkv, None, None, 2, precision="bf16")
+    assert 1e-3 < np.abs(out - bf16).max() < 0.5
+    ref, allowance = ref_attention_int8(qkv, None, None, 2)
+    assert bf16_err_ok(out, ref, allowance)
+
+
+@pytest.mark.parametrize("isa", [i for i in ISAS if i != "scalar"] + (["avx512_vnni"] if "avx512_vnni" in
+                                                                       C.supported_isas() else []))
+def test_int8_attention_is_fp32_on_paths_without_its_instructions(isa):
+    """vpdpbusd alone (AVX512-VNNI without BF16) does not take P V: those levels run the fp32 paths."""
+    rng = np.random.default_rng(6)
+    qkv = rng.standard_normal((2, 21, 3 * 2 * 64)).astype(np.float32)
+    mask = make_mask(rng, "keymask_int64", 2, 21)
+    with use_isa(isa):
+        np.testing.assert_array_equal(C.attention(qkv, None, mask, 2, precision="int8"),
+                                      C.attention(qkv, None, mask, 2))
+
+
+@pytest.mark.skipif("avx512_bf16" not in INT8_ISAS, reason="CPU without AVX512-BF16")
+@pytest.mark.parametrize("head_dim", [16, 48, 80])
+def test_int8_attention_runs_fp32_avx512_for_head_dims_not_multiple_of_32(head_dim):
+    rng = np.random.default_rng(head_dim)
+    qkv = rng.standard_normal((2, 19, 3 * 3 * head_dim)).astype(np.float32)
+    with use_isa("avx512_bf16"):
+        out = C.attention(qkv, None, None, 3, precision="int8")
+    with use_isa("avx512"):
+        np.testing.assert_array_equal(out, C.attention(qkv, None, None, 3))
 
 
 # ----------------------------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from ..test_kernels import (
     layernorm_rounding_allowance,
     ref_attention,
     ref_attention_bf16,
+    ref_attention_int8,
     ref_dequantize_epilogue,
     ref_gelu,
     ref_quantize_rows,
@@ -90,19 +91,19 @@ def scale(attrs):
 
 def attention_precision(attrs) -> str:
     precision = attribute(attrs, "precision", str, "fp32")
-    expect(precision in ("fp32", "bf16"), "precision must be 'fp32' or 'bf16'")
+    expect(precision in ("fp32", "bf16", "int8"), "precision must be 'fp32', 'bf16' or 'int8'")
     return precision
 
 
 X86_LEVELS = ["scalar", "avx2", "avx512", "avx512_vnni", "avx512_bf16", "amx"]
 
 
-def bf16_products(precision: str, head_dim: int) -> bool:
-    """Whether precision="bf16" runs as bf16 here (csrc/attention.h): the first path the active level runs whose
-    lanes divide the head size is AVX512-BF16 (32), AVX-512 (16), AVX2 (8) or NEON (4), else the scalar reference;
-    the AVX512-BF16 path and the scalar reference compute bf16 products, the others fp32."""
+def reduced_products(precision: str, head_dim: int) -> bool:
+    """Whether precision="bf16" or "int8" runs as such here (csrc/attention.h): the first path the active level runs
+    whose lanes divide the head size is AVX512-BF16 (32), AVX-512 (16), AVX2 (8) or NEON (4), else the scalar
+    reference; the AVX512-BF16 path and the scalar reference compute bf16 (int8) products, the others fp32."""
     isa = C.active_isa()
-    if precision != "bf16":
+    if precision == "fp32":
         return False
     if isa.startswith("neon"):
         return head_dim % 4 != 0
@@ -174,8 +175,9 @@ def fused_attention(inputs, attrs, outputs):
         return [Expected(shape, F32)]
     if not (tame(qkv, bias) and moderate_scale(s)):
         return [Expected(shape, F32)]
-    if bf16_products(precision, hidden // heads):
-        ref, allowance = ref_attention_bf16(qkv, bias, mask, heads, s)
+    if reduced_products(precision, hidden // heads):
+        reference = ref_attention_int8 if precision == "int8" else ref_attention_bf16
+        ref, allowance = reference(qkv, bias, mask, heads, s)
         return [Expected(shape, F32, ref, allowance=allowance)]
     return [Expected(shape, F32, ref_attention(qkv, bias, mask, heads, None if s is None else float(s)))]
 
@@ -240,20 +242,22 @@ def packed_attention(inputs, attrs, outputs):
         query, kv = qkv[rows, :hidden], qkv[:, hidden:]
     else:
         kv = qkv
-    if bf16_products(precision, hidden // heads):
-        return [Expected(shape, F32, *packed_attention_reference_bf16(kv, query, bias, cu, rows, heads, s))]
+    if reduced_products(precision, hidden // heads):
+        return [Expected(shape, F32, *packed_attention_reference_reduced(kv, query, bias, cu, rows, heads, s,
+                                                                          precision))]
     return [Expected(shape, F32, packed_attention_reference(kv, query, bias, cu, rows, heads, s))]
 
 
-def packed_attention_reference_bf16(kv, query, bias, cu, rows, heads, s):
-    """ref_attention_bf16 of each query over its own sequence's keys: (values, allowance)."""
+def packed_attention_reference_reduced(kv, query, bias, cu, rows, heads, s, precision):
+    """ref_attention_bf16 (or ref_attention_int8) of each query over its own sequence's keys: (values, allowance)."""
+    reference = ref_attention_int8 if precision == "int8" else ref_attention_bf16
     hidden = query.shape[1]
     out, allowance = np.zeros((len(rows), hidden)), np.zeros((len(rows), hidden))
     for i, row in enumerate(rows):
         seq = np.searchsorted(cu, row, side="right") - 1
         keys = kv[cu[seq]:cu[seq + 1]]
         qkv = np.concatenate([np.broadcast_to(query[i], (len(keys), hidden)), keys], axis=1)[None]
-        ref, allow = ref_attention_bf16(qkv, bias, None, heads, s)
+        ref, allow = reference(qkv, bias, None, heads, s)
         out[i], allowance[i] = ref[0, 0], allow[0, 0]
     return out, "close", allowance
 

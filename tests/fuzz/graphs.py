@@ -78,7 +78,7 @@ def fused_attention(r):
     if r.random() < 0.5:
         attrs["scale"] = round(r.uniform(-2, 2), 3)
     if r.random() < 0.5:
-        attrs["precision"] = r.choice(["fp32", "bf16"])
+        attrs["precision"] = r.choice(["fp32", "bf16", "int8"])
     inputs = [["qkv", tensor(r, [batch, seq, three_h])], ["bias", maybe(r, tensor(r, [three_h]))], ["mask", mask]]
     return inputs, attrs, ["out"]
 
@@ -103,7 +103,7 @@ def packed_attention(r):
     if r.random() < 0.5:
         attrs["scale"] = round(r.uniform(-2, 2), 3)
     if r.random() < 0.5:
-        attrs["precision"] = r.choice(["fp32", "bf16"])
+        attrs["precision"] = r.choice(["fp32", "bf16", "int8"])
     return inputs, attrs, ["out"]
 
 
