@@ -89,25 +89,43 @@ BORT_AVX512_INLINE __m512 dequantize16(__m512i acc, __m512i zp, __m512 rs, __m51
 }
 
 // Whole vectors with plain loads and stores (a masked store costs ~1.6x a plain one on Zen 4, and this loop is
-// bound by its stores), then the tail masked.
-template <Activation kAct>
+// bound by its stores), then the tail masked. kStream: whole vectors go out with non-temporal stores, from the
+// first 64-byte aligned element on (the ones before it masked; every lane's arithmetic is the same wherever its
+// vector starts), for outputs far larger than the caches: no read for ownership of lines that are only written.
+template <Activation kAct, bool kStream = false>
 BORT_AVX512 void dequantize_row_avx512(const int32_t* a, float row_scale, uint8_t zero_point, const float* weight_scale,
                                        const int32_t* weight_colsum, const float* bias, float* y, int64_t n) {
-  const __mmask16 tail = static_cast<__mmask16>((1u << (n % 16)) - 1);
   const __m512i zp = _mm512_set1_epi32(zero_point);
   const __m512 rs = _mm512_set1_ps(row_scale);
+#define BORT_DEQUANTIZE_AT(LOAD_I, LOAD_F, i)                                                                \
+  dequantize16<kAct>(LOAD_I(a + (i)), zp, rs, LOAD_I(weight_colsum + (i)), LOAD_F(weight_scale + (i)), bias, \
+                     bias ? LOAD_F(bias + (i)) : _mm512_setzero_ps())
+#define BORT_LOAD_I(p) _mm512_loadu_si512(p)
+#define BORT_LOAD_F(p) _mm512_loadu_ps(p)
+#define BORT_MASKED_I(p) _mm512_maskz_loadu_epi32(m, p)
+#define BORT_MASKED_F(p) _mm512_maskz_loadu_ps(m, p)
   int64_t i = 0;
-  for (; i + 16 <= n; i += 16)
-    _mm512_storeu_ps(y + i, dequantize16<kAct>(_mm512_loadu_si512(a + i), zp, rs, _mm512_loadu_si512(weight_colsum + i),
-                                               _mm512_loadu_ps(weight_scale + i), bias,
-                                               bias ? _mm512_loadu_ps(bias + i) : _mm512_setzero_ps()));
-  if (i < n)
-    _mm512_mask_storeu_ps(y + i, tail,
-                          dequantize16<kAct>(_mm512_maskz_loadu_epi32(tail, a + i), zp, rs,
-                                             _mm512_maskz_loadu_epi32(tail, weight_colsum + i),
-                                             _mm512_maskz_loadu_ps(tail, weight_scale + i), bias,
-                                             bias ? _mm512_maskz_loadu_ps(tail, bias + i) : _mm512_setzero_ps()));
+  const uintptr_t misaligned = reinterpret_cast<uintptr_t>(y) % 64;
+  if (kStream && misaligned % sizeof(float) == 0) {
+    const int64_t head = std::min<int64_t>(n, static_cast<int64_t>((64 - misaligned) % 64 / sizeof(float)));
+    if (head > 0) {
+      const __mmask16 m = static_cast<__mmask16>((1u << head) - 1);
+      _mm512_mask_storeu_ps(y, m, BORT_DEQUANTIZE_AT(BORT_MASKED_I, BORT_MASKED_F, 0));
+    }
+    for (i = head; i + 16 <= n; i += 16) _mm512_stream_ps(y + i, BORT_DEQUANTIZE_AT(BORT_LOAD_I, BORT_LOAD_F, i));
+  }
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, BORT_DEQUANTIZE_AT(BORT_LOAD_I, BORT_LOAD_F, i));
+  if (i < n) {
+    const __mmask16 m = static_cast<__mmask16>((1u << (n - i)) - 1);
+    _mm512_mask_storeu_ps(y + i, m, BORT_DEQUANTIZE_AT(BORT_MASKED_I, BORT_MASKED_F, i));
+  }
 }
+
+#undef BORT_DEQUANTIZE_AT
+#undef BORT_LOAD_I
+#undef BORT_LOAD_F
+#undef BORT_MASKED_I
+#undef BORT_MASKED_F
 
 #endif  // BORT_X86_64
 
@@ -138,30 +156,44 @@ void dequantize_row_neon(const int32_t* a, float row_scale, uint8_t zero_point, 
 #endif  // BORT_AARCH64
 
 // Each path with one instantiation per activation.
+// none_streamed: the identity epilogue with streaming stores where the path has them (the same values).
 using RowFn = void (*)(const int32_t*, float, uint8_t, const float*, const int32_t*, const float*, float*, int64_t);
 struct DequantizePath {
   Isa isa;
-  RowFn none, gelu;
+  RowFn none, gelu, none_streamed;
 };
 constexpr DequantizePath kDequantizePaths[] = {
 #if BORT_X86_64
-    {Isa::kAvx512, dequantize_row_avx512<Activation::kNone>, dequantize_row_avx512<Activation::kGelu>},
-    {Isa::kAvx2, dequantize_row_avx2<Activation::kNone>, dequantize_row_avx2<Activation::kGelu>},
+    {Isa::kAvx512, dequantize_row_avx512<Activation::kNone>, dequantize_row_avx512<Activation::kGelu>,
+     dequantize_row_avx512<Activation::kNone, true>},
+    {Isa::kAvx2, dequantize_row_avx2<Activation::kNone>, dequantize_row_avx2<Activation::kGelu>,
+     dequantize_row_avx2<Activation::kNone>},
 #endif
 #if BORT_AARCH64
-    {Isa::kNeon, dequantize_row_neon<Activation::kNone>, dequantize_row_neon<Activation::kGelu>},
+    {Isa::kNeon, dequantize_row_neon<Activation::kNone>, dequantize_row_neon<Activation::kGelu>,
+     dequantize_row_neon<Activation::kNone>},
 #endif
-    {Isa::kScalar, dequantize_row_scalar<Activation::kNone>, dequantize_row_scalar<Activation::kGelu>}};
+    {Isa::kScalar, dequantize_row_scalar<Activation::kNone>, dequantize_row_scalar<Activation::kGelu>,
+     dequantize_row_scalar<Activation::kNone>}};
 
 }  // namespace
 
 void dequantize_block_serial(Isa isa, const int32_t* acc, int64_t acc_ld, const float* row_scale,
                              const uint8_t* row_zero_point, const float* weight_scale, const int32_t* weight_colsum,
-                             const float* bias, Activation act, float* y, int64_t y_ld, int64_t rows, int64_t n) {
+                             const float* bias, Activation act, float* y, int64_t y_ld, int64_t rows, int64_t n,
+                             bool streamed) {
   const DequantizePath& path = select_entry(isa, kDequantizePaths);
-  run_rows(act == Activation::kGelu ? path.gelu : path.none,
+  run_rows(act == Activation::kGelu ? path.gelu
+           : streamed               ? path.none_streamed
+                                    : path.none,
            DequantizeRows{acc, acc_ld, row_scale, row_zero_point, weight_scale, bias, weight_colsum, y, y_ld, n}, 0,
            rows);
+}
+
+void streamed_stores_done() {
+#if BORT_X86_64
+  _mm_sfence();
+#endif
 }
 
 void finish_rows_serial(Isa isa, float* y, const SkipLayerNormEpilogue& norm, const RequantizedRows& requantized,

@@ -60,10 +60,14 @@ void dequantize_rows(const int32_t* acc, const float* row_scale, const uint8_t* 
 // (linear_int8.h) so that both give the same bits:
 // the dequantize stage for a [rows, n] block whose acc and y rows are acc_ld and y_ld elements apart
 // (y = act(...), no skip or requantization). Columns past a multiple of 8 take the same (tail) code whichever
-// block they are in, as long as blocks start at multiples of 16.
+// block they are in, as long as blocks start at multiples of 16. `streamed` (identity activation only): y is
+// written with non-temporal stores where the path has them (the same values; for outputs far larger than the
+// caches); the writing thread calls streamed_stores_done() before another thread may read y.
 void dequantize_block_serial(Isa isa, const int32_t* acc, int64_t acc_ld, const float* row_scale,
                              const uint8_t* row_zero_point, const float* weight_scale, const int32_t* weight_colsum,
-                             const float* bias, Activation act, float* y, int64_t y_ld, int64_t rows, int64_t n);
+                             const float* bias, Activation act, float* y, int64_t y_ld, int64_t rows, int64_t n,
+                             bool streamed = false);
+void streamed_stores_done();
 // The row stages after it for complete rows y [rows, n] (in place): skip + LayerNorm when norm.skip is set,
 // then the requantization when requantized.q is set. norm and requantized point at these rows.
 void finish_rows_serial(Isa isa, float* y, const SkipLayerNormEpilogue& norm, const RequantizedRows& requantized,

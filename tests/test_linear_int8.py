@@ -133,6 +133,22 @@ def test_linear_task_splits_agree(threads, rows, epilogue):
         C.set_num_threads(old)
 
 
+@pytest.mark.parametrize("level", PATHS)
+@pytest.mark.parametrize("threads", [1, 2])
+def test_linear_streams_outputs_larger_than_the_caches_with_the_same_bits(level, threads):
+    # 1,100 x 1,024 floats (4.4 MB) without a row stage: written with non-temporal stores where the path has them.
+    rng = np.random.default_rng(11)
+    layer = Layer(64, 1024, seed=11)
+    x = activations(rng, (1100, 64))
+    old = C.get_num_threads()
+    C.set_num_threads(threads)
+    try:
+        with use_isa(level):
+            same_bits(layer.fused(x, bias=layer.bias), layer.chain(x, bias=layer.bias))
+    finally:
+        C.set_num_threads(old)
+
+
 def test_linear_non_finite_inputs_stay_defined():
     layer = Layer(32, 16, seed=0)
     x = activations(np.random.default_rng(0), (4, 32))
