@@ -35,11 +35,16 @@ def bf16_precision(enc: Encoder, tables: bool = True) -> Precision:
                      attention="bf16")
 
 
-def convert_encoder(enc: Encoder, form: str, embed: Embedder) -> tuple[object, dict]:
-    """The bf16 graph of `enc` in `form` and its fidelity report; raises ValueError under the gate."""
-    model = emit(enc, form, bf16_precision(enc))
+def convert_encoder(enc: Encoder, form: str, embed: Embedder, fp32_vectors=None) -> tuple[object, dict]:
+    """The bf16 graph of `enc` in `form` and its fidelity report; raises ValueError under the gate.
+    fp32_vectors: the fp32 graph's vectors of the evaluation texts (builtin_texts()[1]) when the caller has
+    them (the exporter reads them from the fp32 model it wrote); otherwise the fp32 graph is emitted again
+    here to compute them, which holds a second full fp32 copy of the weights beside the bf16 graph."""
     _, evaluation = builtin_texts()
-    stats = cosine_stats(embed(model, evaluation), embed(emit(enc, form), evaluation))
+    if fp32_vectors is None:
+        fp32_vectors = embed(emit(enc, form), evaluation)
+    model = emit(enc, form, bf16_precision(enc))
+    stats = cosine_stats(embed(model, evaluation), fp32_vectors)
     passed = stats["cosine_min"] >= MIN_COSINE
     report = {
         "weights": "bf16 (round to nearest even): QKV, attention output, FFN in and out; word and position "

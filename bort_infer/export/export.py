@@ -40,7 +40,7 @@ from .graph_rewrite import (
 )
 from .onnx_export import INPUTS as PLAIN_INPUTS
 from .onnx_export import OUTPUT, export_plain_onnx
-from .quantize import make_gate
+from .quantize import builtin_texts, make_gate
 
 log = logging.getLogger(__name__)
 QUANTIZATIONS = ("int8", "bf16")
@@ -277,8 +277,11 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
                 os.replace(tmp / "model.onnx", fp32_dir / "model.onnx")
             if custom_ops:
                 gemm = gemm or default_int8_gemm()
+                # The fp32 side from the fp32 model written above (an encoder's is emit(enc, form); a head's
+                # file has its head too, so its encoder graph is emitted again).
+                fp32_embed = None if spec.is_head else (lambda texts: probe.embed_directory(tmp, texts))
                 model, report = q.quantize_encoder(enc, form, probe.embed, probe.run_packed_graph, calibration_texts,
-                                                   gate, gemm=gemm, enforce=not spec.is_head)
+                                                   gate, gemm=gemm, enforce=not spec.is_head, fp32_embed=fp32_embed)
                 del enc
                 if head_weights is not None:
                     model = heads.attach_head(model, head_weights)
@@ -307,7 +310,12 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
 
             bar.set_postfix_str("bf16 linears and fidelity")
             probe = _Probe(tmp / ".probe", tmp / "tokenizer.json", meta)
-            model, report = bf16.convert_encoder(enc, form, probe.embed)
+            # The fp32 side of the fidelity gate from the fp32 graph written above (emit(enc, form), no head),
+            # before the bf16 graph exists: a second fp32 graph in memory beside it would add 2.6 GB at
+            # BERT-large (the fp32 proto and its serialization).
+            fp32_vectors = probe.embed_directory(tmp, builtin_texts()[1])
+            _release()
+            model, report = bf16.convert_encoder(enc, form, probe.embed, fp32_vectors)
             del enc
             onnx.save(model, str(tmp / "model.onnx"))
             probe.close()
@@ -362,7 +370,6 @@ def _gate_head(int8_dir: Path, fp32_dir: Path, spec: heads.TaskSpec, inputs: lis
     """The head's int8-vs-fp32 figures on held-out inputs (default: the built-in evaluation texts; a pair model
     pairs each with the next); raises ValueError under the gate."""
     from ..session import Session
-    from .quantize import builtin_texts
 
     source = "user"
     if not inputs:
@@ -410,6 +417,19 @@ class _Probe:
             warnings.simplefilter("ignore")
             return self._session.encode(texts, batch_size=64, normalize=False)
 
+    def embed_directory(self, directory: Path, texts: list[str]) -> np.ndarray:
+        """What embed gives for the model already written in model directory `directory` (its own graph
+        and metadata), read from its file instead of from a graph in memory: no second copy of the weights
+        in this process besides the session's."""
+        from ..session import Session
+
+        if not (isinstance(self._model, Path) and self._model == directory):
+            self.close()
+            self._model, self._session = directory, Session(directory)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return self._session.encode(texts, batch_size=64, normalize=False)
+
     def close(self) -> None:
         self._model = self._session = None
 
@@ -425,6 +445,7 @@ class _Probe:
         options.register_custom_ops_library(custom_op_library())
         path = self.directory / "graph.onnx"  # from a file: no second in-memory copy of the weights
         onnx.save(model, str(path))
+        del model  # this generator's reference: a caller that dropped its own frees the graph before the session loads
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         path.unlink()
         tokenizer = Tokenizer.from_file(str(self.tokenizer_file))

@@ -134,7 +134,9 @@ def activation_channel_max(enc: Encoder, texts: list[str], run_fp32_graph) -> di
     for name in wanted:
         model.graph.output.append(helper.make_tensor_value_info(name, TensorProto.FLOAT, None))
     maxima: dict[tuple[str, int], np.ndarray] = {}
-    for name, values in run_fp32_graph(model, list(wanted), texts):
+    runs = run_fp32_graph(model, list(wanted), texts)
+    del model  # a generator that drops its own reference once the graph is saved frees it before its session loads
+    for name, values in runs:
         key = wanted[name]
         m = np.abs(values.reshape(-1, values.shape[-1])).max(axis=0)
         maxima[key] = m if key not in maxima else np.maximum(maxima[key], m)
@@ -204,10 +206,12 @@ def make_gate(max_drop: float | None) -> Gate:
 
 
 def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, calibration_texts: list[str] | None,
-                     gate: Gate, gemm: str = "ours", enforce: bool = True) -> tuple[object, dict]:
+                     gate: Gate, gemm: str = "ours", enforce: bool = True,
+                     fp32_embed: Callable[[list[str]], np.ndarray] | None = None) -> tuple[object, dict]:
     """The int8 graph of `enc` in `form`, its linears on `gemm` (graph_rewrite.GEMMS), and its fidelity report;
     raises ValueError under the gate unless not `enforce` (a task head is gated on its own decisions instead,
-    see bort_infer.export.head_gate)."""
+    see bort_infer.export.head_gate). fp32_embed(texts): what `embed` gives for the fp32 graph emit(enc, form),
+    when the caller can read it from the fp32 model it wrote; otherwise that graph is emitted again here."""
     builtin_calibration, _ = builtin_texts()
     calibration = list(calibration_texts) if calibration_texts else builtin_calibration
     if len(calibration) > MAX_CALIBRATION_TEXTS:  # an even spread over a large corpus
@@ -217,10 +221,13 @@ def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, c
     # fp32 first, each graph dropped once read (BERT-large's is 1.3 GB): the channel maxima, then the
     # reference vectors of the calibration and evaluation texts; the search then holds one graph at a time.
     maxima = activation_channel_max(enc, calibration, run_fp32_graph)
-    fp32_model = emit(enc, form)
-    ref = embed(fp32_model, calibration)
-    evaluation_ref = embed(fp32_model, builtin_texts()[1])
-    del fp32_model
+    if fp32_embed is None:
+        fp32_model = emit(enc, form)
+        ref = embed(fp32_model, calibration)
+        evaluation_ref = embed(fp32_model, builtin_texts()[1])
+        del fp32_model
+    else:
+        ref, evaluation_ref = fp32_embed(calibration), fp32_embed(builtin_texts()[1])
 
     def score(candidate: Encoder, keep_fp32: frozenset) -> dict:
         return cosine_stats(embed(emit(candidate, form, full_int8(candidate, keep_fp32), gemm=gemm), calibration), ref)

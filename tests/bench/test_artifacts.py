@@ -72,3 +72,38 @@ def test_building_before_what_it_needs_is_refused(fake):
 def test_weight_bytes_follow_the_config():
     assert artifacts.weight_bytes("bert-large") == pytest.approx(4 * 335e6, rel=0.02)
     assert artifacts.weight_bytes("bort") == pytest.approx(4 * 75e6, rel=0.02)
+
+
+@pytest.mark.parametrize("model", ["tiny-bort", "tiny-bert-large"])
+def test_the_fused_fp32_graph_is_byte_for_byte_what_onnxruntimes_optimizer_makes_with_its_defaults(
+        model, tmp_path, monkeypatch):
+    """Built without the optimizer's symbolic shape inference (several copies of the weights) and the one
+    no-op Reshape it would have removed removed here: the same file as optimize_model with its defaults."""
+    from onnxruntime.transformers.optimizer import optimize_model
+
+    from bort_infer.registry import model_spec
+
+    monkeypatch.setenv("BORT_INFER_CACHE", str(tmp_path))
+    built = artifacts.ensure(model, "ort-fused-fp32") / "model.onnx"
+    cfg = model_spec(model)["hf_config"]
+    default = optimize_model(str(artifacts.path(model, "plain-fp32") / "model.onnx"), model_type="bert",
+                             num_heads=cfg["num_attention_heads"], hidden_size=cfg["hidden_size"])
+    default.save_model_to_file(str(tmp_path / "default.onnx"))
+    assert built.read_bytes() == (tmp_path / "default.onnx").read_bytes()
+
+
+def test_a_reshape_to_minus_one_of_a_shape_is_dropped_and_its_consumers_read_the_shape():
+    import numpy as np
+    from onnx import TensorProto, helper, numpy_helper
+
+    nodes = [helper.make_node("Shape", ["x"], ["s"]), helper.make_node("Reshape", ["s", "flat"], ["r"]),
+             helper.make_node("Reshape", ["x", "two"], ["y"]), helper.make_node("Equal", ["r", "s"], ["e"])]
+    graph = helper.make_graph(
+        nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 3])],
+        [helper.make_tensor_value_info(n, TensorProto.UNDEFINED, None) for n in ("y", "e")],
+        [numpy_helper.from_array(np.array([-1], np.int64), "flat"), numpy_helper.from_array(np.array([3, 2], np.int64),
+                                                                                          "two")])
+    model = helper.make_model(graph)
+    assert artifacts.drop_noop_shape_reshapes(model) == 1
+    assert [n.op_type for n in model.graph.node] == ["Shape", "Reshape", "Equal"]
+    assert list(model.graph.node[2].input) == ["s", "s"] and [i.name for i in model.graph.initializer] == ["two"]

@@ -270,3 +270,24 @@ def test_the_int8_probe_loads_each_graph_once_however_often_it_embeds(exports, t
     assert len(loads) == 1
     probe.embed(onnx.load(str(directory / "model.onnx")), ["a text"])  # another graph object: loaded again
     assert len(loads) == 2
+
+
+@pytest.mark.parametrize("quantize", ["int8", "bf16"])
+def test_the_fidelity_gate_reads_the_fp32_side_from_the_written_fp32_model_with_the_same_figures_and_model(
+        exports, checkpoints, tmp_path, monkeypatch, quantize):
+    """The int8 search and both gates take their fp32 vectors from the fp32 model.onnx the export has
+    written (no second fp32 graph in memory): the figures and the model are those of the fp32 graph emitted
+    again in memory, as before."""
+    from bort_infer.export import bf16 as bf16_module
+    from bort_infer.export import quantize as quantize_module
+
+    directory = exports("tiny-bort", quantize=quantize)
+    convert, search = bf16_module.convert_encoder, quantize_module.quantize_encoder
+    monkeypatch.setattr(bf16_module, "convert_encoder",
+                        lambda enc, form, embed, fp32_vectors=None: convert(enc, form, embed))
+    monkeypatch.setattr(quantize_module, "quantize_encoder",
+                        lambda *args, fp32_embed=None, **kwargs: search(*args, **kwargs))
+    again = tmp_path / "re-emitted"
+    export_model(str(checkpoints("tiny-bort")), again, quantize=quantize)
+    assert (directory / "model.onnx").read_bytes() == (again / "model.onnx").read_bytes()
+    assert read_metadata(directory).fidelity == read_metadata(again).fidelity
