@@ -99,7 +99,7 @@ def test_aarch64_vectors_match_session_on_x86(aarch64, exports, options, model_f
     directory = exports("tiny-bort", **options)
     session = Session(directory, threads=1)
     ids = [e.ids for e in session.tokenize(VARIED_TEXTS[:12])]
-    # An int8 export asks for attention on bf16 operands, which only AVX512-BF16 (or AMX) CPUs run; aarch64 runs
+    # An int8 export asks for attention on int8 / bf16 operands, which only AVX512-BF16 (or AMX) CPUs run; aarch64 runs
     # that attention in fp32, so the x86 reference does too (the int8 GEMMs are exact on every level).
     previous = bort_infer._C.active_isa()
     if bort_infer._C.best_isa() in ("avx512_bf16", "amx"):

@@ -116,13 +116,42 @@ def test_int8_export_records_its_gemm_and_both_gemms_give_the_same_vectors(expor
     np.testing.assert_array_equal(vectors["ours"], vectors["mlas"])  # exact integer GEMMs: the same bits
 
 
-def test_int8_attention_takes_bf16_operands_and_the_report_says_so(exports):
+def test_int8_attention_takes_int8_query_key_products_when_the_gate_holds_and_the_report_says_so(exports):
     from .test_bf16 import attention_precisions, graph
 
     directory = exports("tiny-bort", quantize="int8")
-    assert set(attention_precisions(graph(directory))) == {"bf16"}
-    meta = json.loads((directory / "bort_infer.json").read_text())
-    assert meta["fidelity"]["attention"] == "Q K^T and P V on bf16 operands, fp32 accumulation and softmax"
+    assert set(attention_precisions(graph(directory))) == {"int8"}
+    fidelity = json.loads((directory / "bort_infer.json").read_text())["fidelity"]
+    assert fidelity["attention_precision"] == "int8"
+    assert fidelity["attention"] == q.ATTENTION_DESCRIPTIONS["int8"]
+    assert fidelity["attention_tried"]["int8"]["cosine_min"] == round(fidelity["evaluation"]["cosine_min"], 6)
+    assert fidelity["gate"]["passed"] and fidelity["gate"]["enforced"]
+
+
+def test_int8_export_keeps_bf16_attention_when_int8_misses_the_gate(checkpoints, tmp_path, monkeypatch):
+    """The gate is judged with int8 Q K^T first; a miss (here forced for graphs with int8 attention) gives bf16
+    products, measured and gated again."""
+    import onnx
+
+    from bort_infer.export.export import export_model
+
+    from .test_bf16 import attention_precisions
+
+    real = q.measure_and_gate
+
+    def int8_attention_misses(model, *args, **kwargs):
+        result = real(model, *args, **kwargs)
+        if "int8" in attention_precisions(model):
+            result["gate"]["passed"] = False
+        return result
+
+    monkeypatch.setattr(q, "measure_and_gate", int8_attention_misses)
+    out = tmp_path / "model"
+    export_model(str(checkpoints("tiny-bort")), out, quantize="int8")
+    assert set(attention_precisions(onnx.load(str(out / "model.onnx")))) == {"bf16"}
+    fidelity = json.loads((out / "bort_infer.json").read_text())["fidelity"]
+    assert fidelity["attention_precision"] == "bf16" and set(fidelity["attention_tried"]) == {"int8"}
+    assert fidelity["attention"] == q.ATTENTION_DESCRIPTIONS["bf16"] and fidelity["gate"]["passed"]
 
 
 def test_smoothing_is_exact_before_rounding(checkpoints, tmp_path):
