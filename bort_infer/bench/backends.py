@@ -44,9 +44,10 @@ class Backend:
     modules: tuple[str, ...]  # Python modules it needs beyond the run time's
     artifacts: tuple[str, ...]  # names in artifacts.ARTIFACTS, built before anything is loaded
     load: Callable[[str, int], Loaded]
-    # What it holds once loaded and run at the grid's largest shape (BERT-large b8 s512: weights in its
-    # own form plus its arena), as a multiple of the model's fp32 weight bytes; measured (bench.suite).
-    memory: float = 1.5
+    # What it holds once loaded and run at the grid's largest shape (b8 s512: weights in its own form plus
+    # its arena), as a multiple of the model's fp32 weight bytes, on top of suite.BASE_BYTES: what a measuring
+    # group reserves for it per model. Measured (see MEASURED_PEAK_GIB below).
+    memory: float = 2.0
 
     @property
     def reduced_precision(self) -> bool:
@@ -161,24 +162,34 @@ def _openvino_int8(model: str, threads: int) -> Loaded:
     return _openvino(artifacts.path(model, "openvino-int8") / "model.xml", threads, None, "int8")
 
 
+# Each backend alone in its own measuring process with Bort and BERT-large loaded, after its fidelity check and
+# one warm-up and one timed call at b8 s512: the process's peak resident set (bort-bench's run.resources), GiB,
+# 6 Dec 2026, AMD EPYC Zen 4, 2 threads, load 4-7. A backend's `memory` is (peak - 0.32 GiB, what such a process
+# holds with every backend's library imported and nothing loaded) over Bort's plus BERT-large's fp32 weight bytes
+# (1.52 GiB together), rounded up to 0.05; a group reserves suite.BASE_BYTES (0.47 GiB) once on top.
+MEASURED_PEAK_GIB = {"torch-fp32": 2.36, "ort-fp32": 3.32, "ort-fused-fp32": 3.04, "openvino-fp32": 3.27,
+                     "bort-infer-fp32": 2.90, "openvino": 3.28, "ort-int8": 1.23, "ctranslate2-int8": 0.83,
+                     "openvino-int8": 1.63, "bort-infer-int8": 1.25, "bort-infer-bf16": 2.00}
+
 _EXPORT = ("torch", "transformers")
 BACKENDS: dict[str, Backend] = {b.name: b for b in (
-    Backend("torch-fp32", "fp32", _EXPORT, ("checkpoint",), _torch_fp32),
-    Backend("ort-fp32", "fp32", (), ("plain-fp32",), _ort_fp32),
-    Backend("ort-fused-fp32", "fp32", (), ("ort-fused-fp32",), _ort_fused_fp32),
-    Backend("openvino-fp32", "fp32", ("openvino",), ("plain-fp32",), _openvino_fp32),
+    Backend("torch-fp32", "fp32", _EXPORT, ("checkpoint",), _torch_fp32, memory=1.35),
+    Backend("ort-fp32", "fp32", (), ("plain-fp32",), _ort_fp32, memory=2),
+    Backend("ort-fused-fp32", "fp32", (), ("ort-fused-fp32",), _ort_fused_fp32, memory=1.8),
+    Backend("openvino-fp32", "fp32", ("openvino",), ("plain-fp32",), _openvino_fp32, memory=1.95),
     Backend("bort-infer-fp32", "fp32", (), ("bort-infer-fp32",),
-            lambda m, t: _session(m, "bort-infer-fp32", t, "fp32")),
-    Backend("openvino", "default", ("openvino",), ("plain-fp32",), _openvino_default),
-    Backend("ort-int8", "int8", (), ("ort-int8",), _ort_int8),
-    Backend("ctranslate2-int8", "int8", ("ctranslate2",), ("ctranslate2-int8",), _ctranslate2_int8),
-    Backend("openvino-int8", "int8", ("openvino", "nncf"), ("openvino-int8",), _openvino_int8),
+            lambda m, t: _session(m, "bort-infer-fp32", t, "fp32"), memory=1.7),
+    Backend("openvino", "default", ("openvino",), ("plain-fp32",), _openvino_default, memory=1.95),
+    Backend("ort-int8", "int8", (), ("ort-int8",), _ort_int8, memory=0.6),
+    Backend("ctranslate2-int8", "int8", ("ctranslate2",), ("ctranslate2-int8",), _ctranslate2_int8,
+            memory=0.35),
+    Backend("openvino-int8", "int8", ("openvino", "nncf"), ("openvino-int8",), _openvino_int8, memory=0.9),
     Backend("bort-infer-int8", "int8", (), ("bort-infer-int8",),
-            lambda m, t: _session(m, "bort-infer-int8", t, "int8")),
+            lambda m, t: _session(m, "bort-infer-int8", t, "int8"), memory=0.65),
     # `export --precision bf16`: bf16 GEMMs (AVX512-BF16 or AMX where the CPU has them, exact emulation on
     # AVX2), the rest fp32; the peer it answers is OpenVINO's default precision (bf16 on such CPUs).
     Backend("bort-infer-bf16", "bf16", (), ("bort-infer-bf16",),
-            lambda m, t: _session(m, "bort-infer-bf16", t, "bf16")),
+            lambda m, t: _session(m, "bort-infer-bf16", t, "bf16"), memory=1.15),
 )}
 
 

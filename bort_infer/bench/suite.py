@@ -199,22 +199,30 @@ def load_estimate(model: str, backend: str) -> int:
 def measurement_groups(models: list[str], backends: list[str], memory_bytes: int,
                        estimate=None) -> list[list[str]]:
     """Backends split into groups that fit `memory_bytes` together (with BASE_BYTES for the process): the
-    reduced-precision ones first, then fp32, each in the order given, a group closed when the next backend
-    does not fit. A backend too large for any group gets one of its own."""
+    reduced-precision ones first, then fp32, bort-infer's own first within each kind (so that its closest
+    peers share its group whenever they fit), each backend placed in the first group of its kind it fits
+    (first fit: no group is closed while a later backend still fits it). A backend too large for any group
+    gets one of its own."""
     estimate = estimate or load_estimate
-    ordered = ([b for b in backends if BACKENDS[b].reduced_precision]
-               + [b for b in backends if not BACKENDS[b].reduced_precision])
+
+    def ours_first(kind: list[str]) -> list[str]:
+        return [b for b in kind if b.startswith("bort-infer")] + [b for b in kind if not b.startswith("bort-infer")]
+
+    ordered = (ours_first([b for b in backends if BACKENDS[b].reduced_precision])
+               + ours_first([b for b in backends if not BACKENDS[b].reduced_precision]))
     groups: list[list[str]] = []
-    used = 0
+    used: list[int] = []
     for b in ordered:
         cost = sum(estimate(m, b) for m in models)
-        same_kind = groups and BACKENDS[groups[-1][-1]].reduced_precision == BACKENDS[b].reduced_precision
-        if same_kind and BASE_BYTES + used + cost <= memory_bytes:
-            groups[-1].append(b)
-            used += cost
+        for i, group in enumerate(groups):
+            same_kind = BACKENDS[group[0]].reduced_precision == BACKENDS[b].reduced_precision
+            if same_kind and BASE_BYTES + used[i] + cost <= memory_bytes:
+                group.append(b)
+                used[i] += cost
+                break
         else:
             groups.append([b])
-            used = cost
+            used.append(cost)
     return groups
 
 

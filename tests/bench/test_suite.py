@@ -62,16 +62,23 @@ def test_the_plan_builds_each_missing_artifact_once_and_the_fidelity_reference_w
     assert ("bort", "fidelity-reference") not in build_plan(["bort"], ["ort-fp32"], with_fidelity=False)
 
 
-def test_groups_put_reduced_precision_backends_together_and_fp32_ones_after_within_the_budget():
+def test_groups_put_reduced_precision_backends_together_and_fp32_ones_after_ours_first_within_the_budget():
     backends = ["torch-fp32", "ort-fp32", "ort-int8", "bort-infer-int8", "bort-infer-fp32", "openvino"]
     one_gb_each = lambda model, backend: GB // 2  # noqa: E731
     assert measurement_groups(["bort", "bert-large"], backends, 100 * GB, one_gb_each) == [
-        ["ort-int8", "bort-infer-int8", "openvino"], ["torch-fp32", "ort-fp32", "bort-infer-fp32"]]
+        ["bort-infer-int8", "ort-int8", "openvino"], ["bort-infer-fp32", "torch-fp32", "ort-fp32"]]
     budget = suite.BASE_BYTES + 2 * GB
     assert measurement_groups(["bort", "bert-large"], backends, budget, one_gb_each) == [
-        ["ort-int8", "bort-infer-int8"], ["openvino"], ["torch-fp32", "ort-fp32"], ["bort-infer-fp32"]]
+        ["bort-infer-int8", "ort-int8"], ["openvino"], ["bort-infer-fp32", "torch-fp32"], ["ort-fp32"]]
     assert measurement_groups(["bert-large"], ["ort-fp32", "torch-fp32"], GB, lambda m, b: 10 * GB) == [
         ["ort-fp32"], ["torch-fp32"]]
+
+
+def test_a_backend_joins_the_first_group_of_its_kind_it_fits_not_only_the_last():
+    sizes = {"bort-infer-int8": 3, "ort-int8": 3, "openvino-int8": 1, "bort-infer-fp32": 1, "ort-fp32": 3}
+    groups = measurement_groups(["bert-large"], list(sizes), suite.BASE_BYTES + 4 * GB,
+                                lambda model, backend: sizes[backend] * GB)
+    assert groups == [["bort-infer-int8", "openvino-int8"], ["ort-int8"], ["bort-infer-fp32", "ort-fp32"]]
 
 
 def _group_dies(models, backends, threads, grid):
