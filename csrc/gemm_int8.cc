@@ -79,10 +79,8 @@ const char* int8_path_name(Int8Path path) {
 
 size_t a_element_bytes(Int8Path path) { return path == Int8Path::kAvx2 ? 2 : 1; }
 
-int64_t a_row_padding(Int8Path path) { return path == Int8Path::kAmx ? 31 : 0; }
-
 bool a_rows_read_in_place(Int8Path path, int64_t k, int64_t padded_k) {
-  return k == padded_k && a_element_bytes(path) == 1 && a_row_padding(path) == 0 && path != Int8Path::kNeonDotprod;
+  return k == padded_k && a_element_bytes(path) == 1 && path != Int8Path::kNeonDotprod;
 }
 
 void prepare_a_rows(Int8Path path, const uint8_t* src, int64_t lds, int64_t rows, int64_t k, int64_t padded_k,
@@ -139,11 +137,32 @@ void gemm_int8_block(Int8Path path, const GemmOperandA& a, const PackedInt8Weigh
 // ---------------------------------------------------------------------------------------------
 // Task planning
 
-GemmTaskPlan plan_gemm_tasks(int64_t m, const PackedInt8Weights& w, size_t concurrency) {
+GemmTaskPlan plan_gemm_tasks(Int8Path path, int64_t m, const PackedInt8Weights& w, size_t concurrency) {
   GemmTaskPlan plan;
   const int64_t panels = w.num_panels();
   const int64_t threads = static_cast<int64_t>(std::max<size_t>(1, concurrency));
   if (m <= 0 || panels <= 0) return plan;
+  // A task below ~4M multiply-adds (~15 us on VNNI) gains less from a second thread than waking it costs (and
+  // on a busy machine the other core may not come at all): tiny GEMMs (one text's CLS row) run as one task.
+  constexpr int64_t kMinMacsPerTask = int64_t{4} << 20;
+  const int64_t by_work = std::max<int64_t>(1, m * w.padded_k() * w.n() / kMinMacsPerTask);
+  if (path == Int8Path::kAmx) {
+    // AMX multiplies faster than B streams in from L3 (Bort's QKV weights, 3 MB, exceed L2): every B panel is
+    // read once per block of up to ~512 KB of A rows (which stay in L2 while the task's panels go by), and the
+    // tasks split the panels. Row tasks that each stream all of B ran at half the speed (Intel Xeon, AMX).
+    constexpr int64_t kAmxBlockBytes = int64_t{512} << 10;
+    const int64_t max_rows = std::max<int64_t>(32, kAmxBlockBytes / std::max(w.padded_k(), kKPad) / 32 * 32);
+    plan.row_tasks = (m + max_rows - 1) / max_rows;
+    plan.rows_per_task = ((m + plan.row_tasks - 1) / plan.row_tasks + 31) / 32 * 32;
+    plan.row_tasks = (m + plan.rows_per_task - 1) / plan.rows_per_task;
+    const int64_t wanted = threads > 1 ? std::min({panels, std::max<int64_t>(1, 4 * threads / plan.row_tasks),
+                                                   std::max<int64_t>(1, by_work / plan.row_tasks)})
+                                       : 1;
+    plan.panels_per_task = (panels + wanted - 1) / wanted;
+    plan.panel_tasks = (panels + plan.panels_per_task - 1) / plan.panels_per_task;
+    plan.shared_rows = true;
+    return plan;
+  }
   // Tasks are claimed one at a time by whichever thread is free, so equal tasks, as many as a small multiple
   // of the threads, keep the threads finishing together.
   // Few rows: the GEMM streams B, so tasks split the panels and B is read once in total. Enough rows per
@@ -160,13 +179,10 @@ GemmTaskPlan plan_gemm_tasks(int64_t m, const PackedInt8Weights& w, size_t concu
   }
   plan.rows_per_task = m;
   plan.row_tasks = 1;
-  // A task below ~4M multiply-adds (~15 us) gains less from a second thread than waking it costs (and on a
-  // busy machine the other core may not come at all): tiny GEMMs (one text's CLS row) run as one task.
-  constexpr int64_t kMinMacsPerTask = int64_t{4} << 20;
-  const int64_t by_work = std::max<int64_t>(1, m * w.padded_k() * w.n() / kMinMacsPerTask);
   const int64_t wanted = threads > 1 ? std::min({panels, 4 * threads, by_work}) : 1;
   plan.panels_per_task = (panels + wanted - 1) / wanted;
   plan.panel_tasks = (panels + plan.panels_per_task - 1) / plan.panels_per_task;
+  plan.shared_rows = plan.panel_tasks > 1;
   return plan;
 }
 
@@ -195,14 +211,13 @@ void gemm_u8s8(Isa isa, const uint8_t* a, int64_t m, int64_t lda, const PackedIn
   if (m <= 0 || w.n() <= 0) return;
   const Int8Path path = int8_path_for(isa);
   const CopySink sink(c, w.n());
-  const GemmTaskPlan plan = plan_gemm_tasks(m, w, pf.concurrency());
+  const GemmTaskPlan plan = plan_gemm_tasks(path, m, w, pf.concurrency());
   const int64_t kp = w.padded_k();
   const size_t elem = a_element_bytes(path);
-  // With panel tasks every task reads all rows: prepare them once.
   void* shared_a = nullptr;
   std::unique_ptr<char[], void (*)(void*)> shared_holder(nullptr, std::free);
-  if (plan.panel_tasks > 1) {
-    const size_t bytes = static_cast<size_t>((m + a_row_padding(path)) * kp) * elem;
+  if (plan.shared_rows) {
+    const size_t bytes = static_cast<size_t>(m * kp) * elem;
     shared_a = std::aligned_alloc(64, (bytes + 63) / 64 * 64);
     if (shared_a == nullptr) throw std::bad_alloc();
     shared_holder.reset(static_cast<char*>(shared_a));
@@ -219,10 +234,7 @@ void gemm_u8s8(Isa isa, const uint8_t* a, int64_t m, int64_t lda, const PackedIn
     if (shared_a != nullptr) {
       op.data = static_cast<const char*>(shared_a) + static_cast<size_t>(r0 * kp) * elem;
     } else {
-      const size_t bytes = static_cast<size_t>((op.rows + a_row_padding(path)) * kp) * elem;
-      void* buf = thread_scratch(0, bytes);
-      std::memset(static_cast<char*>(buf) + static_cast<size_t>(op.rows * kp) * elem, 0,
-                  bytes - static_cast<size_t>(op.rows * kp) * elem);
+      void* buf = thread_scratch(kARowsScratch, static_cast<size_t>(op.rows * kp) * elem);
       prepare_a_rows(path, a + r0 * lda, lda, op.rows, w.k(), kp, buf);
       op.data = buf;
     }

@@ -19,6 +19,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "aligned_vector.h"
 #include "cpu_dispatch.h"
 #include "parallel.h"
 
@@ -52,7 +53,8 @@ class PackedInt8Weights {
 
  private:
   int64_t k_, n_, padded_k_;
-  std::vector<int8_t> packed_;  // num_panels * kPanelWidth * padded_k bytes (a narrow last panel leaves slack)
+  // num_panels * kPanelWidth * padded_k bytes (a narrow last panel leaves slack); every panel starts on a cache line
+  CacheLineVector<int8_t> packed_;
   std::vector<int32_t> colsum_;
 };
 
@@ -78,12 +80,11 @@ struct GemmOperandA {
 enum class Int8Path { kScalar, kAvx2, kAvx512Vnni, kAmx, kNeonDotprod, kNeonI8mm };
 Int8Path int8_path_for(Isa isa);
 const char* int8_path_name(Int8Path path);
-// Bytes per element of the prepared A rows, and how many zero rows past the last one the path may read
-// (AMX loads whole 16-row tiles).
+// Bytes per element of the prepared A rows. No path reads past the last row (AMX, which loads whole 16-row
+// tiles, copies a partial last row block into zero-padded scratch itself).
 size_t a_element_bytes(Int8Path path);
-int64_t a_row_padding(Int8Path path);
-// True when `path`'s A form of u8 rows [rows, k] is those rows themselves (u8, stride k == padded_k, no zero
-// rows past the last one): the kernels can read the rows where they are, with no prepare_a_rows copy.
+// True when `path`'s A form of u8 rows [rows, k] is those rows themselves (u8, stride k == padded_k): the
+// kernels can read the rows where they are, with no prepare_a_rows copy.
 bool a_rows_read_in_place(Int8Path path, int64_t k, int64_t padded_k);
 // Copies u8 rows src[r * lds + k] (r < rows, k < K) into dst in `path`'s form (stride padded_k, zero tail;
 // kNeonDotprod stores a - 128 as s8, its kernel adds 128 x column sum back).
@@ -96,12 +97,15 @@ void gemm_int8_block(Int8Path path, const GemmOperandA& a, const PackedInt8Weigh
                      int64_t row_offset, const TileSink& sink);
 
 // How a GEMM of m rows splits into tasks: row blocks of `rows_per_task` x panel blocks of `panels_per_task`.
+// shared_rows: every row is prepared once up front and each task reads its block of them (any panel split, and
+// AMX always); otherwise each row task prepares and finishes its own rows, chunk by chunk, without a barrier.
 struct GemmTaskPlan {
   int64_t rows_per_task = 0, row_tasks = 0;
   int64_t panels_per_task = 0, panel_tasks = 0;
+  bool shared_rows = false;
   size_t num_tasks() const { return static_cast<size_t>(row_tasks * panel_tasks); }
 };
-GemmTaskPlan plan_gemm_tasks(int64_t m, const PackedInt8Weights& w, size_t concurrency);
+GemmTaskPlan plan_gemm_tasks(Int8Path path, int64_t m, const PackedInt8Weights& w, size_t concurrency);
 
 // C [m, n] int32 = A [m, k] u8 (row stride lda >= k) x B, on `isa`'s path (the plain GEMM, for tests and
 // the kernel benchmark).
@@ -109,8 +113,12 @@ void gemm_u8s8(Isa isa, const uint8_t* a, int64_t m, int64_t lda, const PackedIn
                const ParallelFor& pf);
 
 // A per-thread buffer of at least `bytes` bytes, 64-byte aligned, reused by later calls on the same thread
-// (`slot` tells apart buffers needed at the same time).
+// (`slot` tells apart buffers needed at the same time: the users' slots are below).
 void* thread_scratch(int slot, size_t bytes);
+constexpr int kARowsScratch = 0;      // prepared A rows (gemm_u8s8, linear_int8)
+constexpr int kQuantizedScratch = 1;  // quantized rows before prepare_a_rows (linear_int8)
+constexpr int kFloatRowsScratch = 2;  // float rows awaiting the row stages (linear_int8)
+constexpr int kAmxTailScratch = 3;    // the AMX kernel's zero-padded last row block
 
 // Micro-kernel entry points of each path (one file per ISA); same contract as gemm_int8_block.
 void gemm_int8_block_scalar(const GemmOperandA& a, const PackedInt8Weights& w, int64_t p0, int64_t p1,

@@ -104,11 +104,22 @@ BORT_AMX void gemm_int8_block_amx(const GemmOperandA& a, const PackedInt8Weights
   alignas(64) int32_t tile[32 * kPanelWidth];
   const auto* av = static_cast<const uint8_t*>(a.data);
   const int64_t k_tiles = w.padded_k() / 64;
+  // Tiles load 16 whole rows: the rows of a last, partial row block are read from a zero-padded copy, so the
+  // caller's rows are read where they are and nothing past them.
+  const int64_t full_rows = a.rows / 32 * 32, tail_rows = a.rows - full_rows;
+  const uint8_t* tail = nullptr;
+  if (tail_rows > 0) {
+    const size_t row_bytes = static_cast<size_t>(a.stride);
+    auto* copy = static_cast<uint8_t*>(thread_scratch(kAmxTailScratch, 32 * row_bytes));
+    std::memcpy(copy, av + full_rows * a.stride, static_cast<size_t>(tail_rows) * row_bytes);
+    std::memset(copy + tail_rows * a.stride, 0, static_cast<size_t>(32 - tail_rows) * row_bytes);
+    tail = copy;
+  }
   for (int64_t p = p0; p < p1; ++p) {
     const int64_t width = w.panel_width(p), group_bytes = width * 4;
     for (int64_t r = 0; r < a.rows; r += 32) {
       const int64_t rows = std::min<int64_t>(32, a.rows - r);
-      const uint8_t* ar = av + r * a.stride;
+      const uint8_t* ar = r < full_rows ? av + r * a.stride : tail;
       for (int64_t c = 0; c < width; c += 32) {
         const int8_t* b = w.panel(p) + c * 4;
         const bool two_cols = c + 32 <= width;

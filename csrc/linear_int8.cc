@@ -57,7 +57,7 @@ class DequantizeSink final : public TileSink {
 };
 
 // Rows [r0, r1) of the input in `path`'s A form: where they are when they are already-quantized rows the kernels
-// can read as they are (a_rows_read_in_place), otherwise written to dst (with the path's zero padding rows),
+// can read as they are (a_rows_read_in_place), otherwise written to dst,
 // quantizing float rows first (their scales and zero points go to row_scale / row_zero_point). dst may be
 // nullptr only in the first case.
 const void* prepare_input_rows(Isa isa, Int8Path path, const LinearInt8Input& in, int64_t r0, int64_t r1, int64_t k,
@@ -71,14 +71,12 @@ const void* prepare_input_rows(Isa isa, Int8Path path, const LinearInt8Input& in
   }
   const uint8_t* q = in.q != nullptr ? in.q + r0 * k : nullptr;
   if (in.x != nullptr) {
-    auto* tmp = static_cast<uint8_t*>(thread_scratch(1, static_cast<size_t>(std::max<int64_t>(rows * k, 1))));
+    auto* tmp =
+        static_cast<uint8_t*>(thread_scratch(kQuantizedScratch, static_cast<size_t>(std::max<int64_t>(rows * k, 1))));
     quantize_rows_serial(isa, in.x + r0 * k, tmp, row_scale + r0, row_zero_point + r0, rows, k);
     q = tmp;
   }
-  const size_t elem = a_element_bytes(path);
   prepare_a_rows(path, q, k, rows, k, padded_k, dst);
-  std::memset(static_cast<char*>(dst) + static_cast<size_t>(rows * padded_k) * elem, 0,
-              static_cast<size_t>(a_row_padding(path) * padded_k) * elem);
   return dst;
 }
 
@@ -115,8 +113,8 @@ void linear_int8(const LinearInt8Input& in, int64_t rows, const PackedInt8Weight
 
   const bool streamed = y != nullptr && !row_stages && act == Activation::kNone &&
                         rows * n * static_cast<int64_t>(sizeof(float)) >= kStreamedOutputBytes;
-  const GemmTaskPlan plan = plan_gemm_tasks(rows, w, pf.concurrency());
-  if (plan.panel_tasks == 1) {
+  const GemmTaskPlan plan = plan_gemm_tasks(path, rows, w, pf.concurrency());
+  if (!plan.shared_rows) {
     // Row tasks: each quantizes, multiplies and finishes its own rows, chunk by chunk, without a barrier.
     pf.run(static_cast<size_t>(plan.row_tasks), [&](size_t t) {
       const int64_t t0 = static_cast<int64_t>(t) * plan.rows_per_task;
@@ -126,10 +124,10 @@ void linear_int8(const LinearInt8Input& in, int64_t rows, const PackedInt8Weight
       for (int64_t r0 = t0; r0 < t1; r0 += chunk_rows) {
         const int64_t r1 = std::min(t1, r0 + chunk_rows), chunk = r1 - r0;
         void* buf =
-            copy_a ? thread_scratch(0, static_cast<size_t>((chunk + a_row_padding(path)) * kp) * elem) : nullptr;
+            copy_a ? thread_scratch(kARowsScratch, static_cast<size_t>(chunk * kp) * elem) : nullptr;
         const void* a = prepare_input_rows(isa, path, in, r0, r1, k, kp, row_scale, row_zero_point, buf);
         float* out =
-            y != nullptr ? y + r0 * n : static_cast<float*>(thread_scratch(2, static_cast<size_t>(chunk * n) * 4));
+            y != nullptr ? y + r0 * n : static_cast<float*>(thread_scratch(kFloatRowsScratch, static_cast<size_t>(chunk * n) * 4));
         const DequantizeSink sink(isa, row_scale, row_zero_point, weight_scale, w.column_sums(), bias, act, out, r0, n,
                                   streamed);
         GemmOperandA op;
@@ -144,20 +142,28 @@ void linear_int8(const LinearInt8Input& in, int64_t rows, const PackedInt8Weight
     return;
   }
 
-  // Panel tasks (few rows): prepare every row once, split the columns, then finish the rows.
-  std::vector<char> a_rows(copy_a ? static_cast<size_t>((rows + a_row_padding(path)) * kp) * elem + 64 : 0);
-  void* buf = copy_a ? a_rows.data() + (64 - reinterpret_cast<uintptr_t>(a_rows.data()) % 64) % 64 : nullptr;
-  const void* a = prepare_input_rows(isa, path, in, 0, rows, k, kp, row_scale, row_zero_point, buf);
+  // Panel tasks: prepare every row once, split the columns (and the rows into blocks), then finish the rows.
+  std::vector<char> a_rows(copy_a ? static_cast<size_t>(rows * kp) * elem + 64 : 0);
+  char* buf = copy_a ? a_rows.data() + (64 - reinterpret_cast<uintptr_t>(a_rows.data()) % 64) % 64 : nullptr;
+  const auto* a = copy_a ? static_cast<const char*>(buf) : reinterpret_cast<const char*>(in.q);
+  if (copy_a)
+    for_each_row_block(rows, k, pf, [&](int64_t r0, int64_t r1) {
+      prepare_input_rows(isa, path, in, r0, r1, k, kp, row_scale, row_zero_point,
+                         buf + static_cast<size_t>(r0 * kp) * elem);
+    });
   std::vector<float> own_out(y == nullptr ? static_cast<size_t>(rows * n) : 0);
   float* out = y != nullptr ? y : own_out.data();
-  const DequantizeSink sink(isa, row_scale, row_zero_point, weight_scale, w.column_sums(), bias, act, out, 0, n);
-  GemmOperandA op;
-  op.data = a;
-  op.stride = kp;
-  op.rows = rows;
+  const DequantizeSink sink(isa, row_scale, row_zero_point, weight_scale, w.column_sums(), bias, act, out, 0, n,
+                            streamed);
   pf.run(plan.num_tasks(), [&](size_t t) {
-    const int64_t p0 = static_cast<int64_t>(t) * plan.panels_per_task;
-    gemm_int8_block(path, op, w, p0, std::min(w.num_panels(), p0 + plan.panels_per_task), 0, sink);
+    const int64_t rt = static_cast<int64_t>(t) / plan.panel_tasks, pt = static_cast<int64_t>(t) % plan.panel_tasks;
+    const int64_t r0 = rt * plan.rows_per_task, p0 = pt * plan.panels_per_task;
+    GemmOperandA op;
+    op.data = a + static_cast<size_t>(r0 * kp) * elem;
+    op.stride = kp;
+    op.rows = std::min(rows, r0 + plan.rows_per_task) - r0;
+    gemm_int8_block(path, op, w, p0, std::min(w.num_panels(), p0 + plan.panels_per_task), r0, sink);
+    if (streamed) streamed_stores_done();
   });
   if (row_stages)
     for_each_row_block(rows, n, pf, [&](int64_t r0, int64_t r1) {
