@@ -139,7 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gemm", choices=list(INT8_GEMMS), default=None,
                    help="int8: run the linears on bort-infer's GEMM (ours: one LinearInt8 op each) or on onnxruntime's "
                         "MLAS (QuantizeRows → MatMulInteger → DequantizeRows); same numbers. Default: ours on CPUs "
-                        "with AVX-512 VNNI and no AMX, where it measured faster; mlas elsewhere")
+                        "with AVX-512 VNNI or AMX, where it measured level or faster; mlas on AVX2-only CPUs")
     p.add_argument("--task", choices=TASKS, default=None,
                    help="what to export: default from the checkpoint config's architectures (BertForSequence"
                         "Classification, BertForTokenClassification; anything else: embedding)")

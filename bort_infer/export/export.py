@@ -53,12 +53,12 @@ PARITY_MAX_ABS = 1e-3
 HEAD_PARITY_MAX_ABS = 1e-3
 
 def default_int8_gemm() -> str:
-    """The int8 GEMM an export uses unless told: ours (LinearInt8) where it measured faster than onnxruntime's
-    MLAS, on CPUs with AVX-512 VNNI and no AMX (AMD Zen 4: see benchmarks/bench_gemm.py); MLAS elsewhere (AMX
-    and AVX2-only CPUs), until measured there. Both give the same numbers."""
+    """The int8 GEMM an export uses unless told: ours (LinearInt8) where it measured at least level with
+    onnxruntime's MLAS: CPUs with AVX-512 VNNI (AMD Zen 4) or AMX (Intel Xeon; see benchmarks/bench_gemm.py);
+    MLAS on AVX2-only CPUs, until measured there. Both give the same numbers."""
     from .. import _C
 
-    return "ours" if _C.best_isa() in ("avx512_vnni", "avx512_bf16") else "mlas"
+    return "ours" if _C.best_isa() in ("avx512_vnni", "avx512_bf16", "amx") else "mlas"
 
 
 PARITY_TEXTS = [
