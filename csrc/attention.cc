@@ -12,6 +12,7 @@
 #include <utility>
 #include <vector>
 
+#include "amx_tiles.h"
 #include "cpu_dispatch.h"
 #include "gemm_bf16.h"  // float_to_bf16, bf16_to_float
 #include "simd_math.h"
@@ -912,7 +913,8 @@ BORT_AVX512_BF16 void pack_bf16_values(const float* v_base, int64_t stride, int6
 
 // What kBf16 and kInt8 items share: sizes, biases, scores, rowmax, which keys attend, and V packed as bf16 pairs.
 BORT_AVX512_BF16 void init_bf16_item(Bf16Item& it, Bf16Scratch& scratch, const SeqView& s, const AttentionShape& sh,
-                                     const float* bias, int64_t head) {
+                                     const float* bias, int64_t head, int64_t tile_rows = kTileRows512,
+                                     int64_t value_block_multiple = 1) {
   const int64_t D = sh.head_dim, H = sh.hidden();
   const int64_t num_keys = s.keys.key_end;
   const int64_t num_blocks = (num_keys + 15) / 16;
@@ -924,15 +926,21 @@ BORT_AVX512_BF16 void init_bf16_item(Bf16Item& it, Bf16Scratch& scratch, const S
   it.f.bv = bias ? bias + 2 * H + head * D : nullptr;
   it.f.scale = sh.scale;
   it.f.kpack = it.f.vpack = it.f.qtile = nullptr;
-  it.f.scores = scratch.scores.get(static_cast<size_t>(num_blocks * kTileRows512 * 16));
-  it.f.rowmax = scratch.rowmax.get(kTileRows512 * 16);
+  it.f.scores = scratch.scores.get(static_cast<size_t>(num_blocks * tile_rows * 16));
+  it.f.rowmax = scratch.rowmax.get(static_cast<size_t>(tile_rows * 16));
   // bf16 buffers live in 64-byte-aligned float storage, two bf16 per float.
-  uint16_t* vpack = reinterpret_cast<uint16_t*>(scratch.vpack.get(static_cast<size_t>(num_blocks * 16 * D / 2)));
+  // V's key pairs padded to a multiple of value_block_multiple 16-key blocks, with zeros past the keys (the AMX
+  // path reads whole blocks: a padding key has probability 0, and 0 x garbage could be NaN).
+  const int64_t value_blocks = (num_blocks + value_block_multiple - 1) / value_block_multiple * value_block_multiple;
+  uint16_t* vpack = reinterpret_cast<uint16_t*>(scratch.vpack.get(static_cast<size_t>(value_blocks * 16 * D / 2)));
   it.vpack = vpack;
-  it.probs = reinterpret_cast<uint16_t*>(scratch.probs.get(static_cast<size_t>(num_blocks * kTileRows512 * 8)));
+  it.probs = reinterpret_cast<uint16_t*>(scratch.probs.get(static_cast<size_t>(num_blocks * tile_rows * 8)));
   it.kpack = nullptr;
   it.qtile = nullptr;
-  pack_bf16_values(s.v + head * D, s.kv_stride, D, num_keys, num_blocks, vpack);
+  pack_bf16_values(s.v + head * D, s.kv_stride, D, num_keys, value_blocks, vpack);
+  const int64_t v_stride = value_blocks * 8 * 32, num_pairs = (num_keys + 1) / 2;
+  for (int64_t db = 0; db < D / 16; ++db)
+    std::memset(vpack + db * v_stride + num_pairs * 32, 0, static_cast<size_t>(value_blocks * 8 - num_pairs) * 64);
   it.f.attend = key_masks(s.keys, num_blocks, scratch.attend);
 }
 
@@ -1202,6 +1210,137 @@ BORT_AVX512_BF16 void attend_rows_avx512_int8(const SeqView& s, const AttentionS
   }
 }
 
+// ---------------------------------------------------------------------------------------------
+// AMX-BF16 path of AttentionPrecision::kBf16 (head_dim % 32 == 0): the AVX512-BF16 path's operands and
+// roundings (bf16 of the scaled query, of K, of V and of the softmax numerators; fp32 sums, softmax and
+// normalisation), with both products on the tile unit, 16 query rows at a time. Layouts:
+//   kpack  [key block][pair p][16 keys][2]      as the AVX512-BF16 path: 16 pairs x 16 keys is one B tile
+//   qtile  [pair block c][row 0-15][16 pairs][2] one A tile per 32 head dims (rows past the queries zero)
+//   scores [key block][row 0-15][16]             one C tile per key block, then the softmax numerators
+//   probs  [32-key step][row 0-15][32 keys]      the numerators rounded to bf16: one A tile per step
+//   vpack  [dim block][key pair][16 dims][2]     as the AVX512-BF16 path, key pairs padded to whole steps
+//                                               with zeros: 16 pairs x 16 dims is one B tile
+// Tiles: configuration from amx_tiles.h; Q·Kᵀ accumulates in tmm0 (tmm1 query, tmm2 keys); P·V in tmm0-3
+// (four 16-dim blocks), tmm4 probabilities, tmm5 values.
+constexpr int64_t kAmxRows = 16;
+
+struct AmxAttentionScratch {
+  Bf16Scratch b;
+  AlignedFloats probs;
+};
+
+BORT_AMX void attend_tile_amx(const Bf16Item& it, const uint16_t* vpack, int64_t v_stride, int64_t steps,
+                              const float* const* q_rows, float* const* out_rows, int64_t rows) {
+  const int64_t D = it.f.head_dim, P = D / 2, nb = it.f.num_blocks;
+  // Scaled (and Q-biased) queries as bf16, zero rows past `rows`.
+  const __m512 vscale = _mm512_set1_ps(it.f.scale);
+  const float* bq = it.f.bq;
+  for (int64_t r = 0; r < kAmxRows; ++r) {
+    uint16_t* dst = it.qtile + r * 32;
+    for (int64_t d = 0; d < D; d += 32, dst += kAmxRows * 32) {
+      if (r >= rows) {
+        _mm512_store_si512(dst, _mm512_setzero_si512());
+        continue;
+      }
+      const float* q = q_rows[r] + it.f.offset;
+      __m512 lo = _mm512_loadu_ps(q + d), hi = _mm512_loadu_ps(q + d + 16);
+      if (bq) {
+        lo = _mm512_add_ps(lo, _mm512_loadu_ps(bq + d));
+        hi = _mm512_add_ps(hi, _mm512_loadu_ps(bq + d + 16));
+      }
+      _mm512_store_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(hi, vscale), _mm512_mul_ps(lo, vscale)));
+    }
+  }
+  // Q·Kᵀ, one 16 x 16 score tile per key block.
+  for (int64_t kb = 0; kb < nb; ++kb) {
+    _tile_zero(0);
+    for (int64_t c = 0; c < P / 16; ++c) {
+      _tile_loadd(1, it.qtile + c * kAmxRows * 32, 64);
+      _tile_loadd(2, it.kpack + (kb * P + c * 16) * 32, 64);
+      _tile_dpbf16ps(0, 1, 2);
+    }
+    _tile_stored(0, it.f.scores + kb * kAmxRows * 16, 64);
+  }
+  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  for (int64_t r = 0; r < kAmxRows; ++r) {
+    __m512 m = neg_inf;
+    for (int64_t kb = 0; kb < nb; ++kb)
+      m = _mm512_mask_max_ps(m, it.f.attend[kb], m, _mm512_load_ps(it.f.scores + (kb * kAmxRows + r) * 16));
+    _mm512_store_ps(it.f.rowmax + r * 16, m);
+  }
+  float inv_sum[kAmxRows];
+  softmax_numerators512<kAmxRows>(it.f, inv_sum);
+  for (int64_t st = 0; st < steps; ++st)
+    for (int64_t r = 0; r < kAmxRows; ++r) {
+      const __m512 lo = _mm512_load_ps(it.f.scores + (2 * st * kAmxRows + r) * 16);
+      const __m512 hi = 2 * st + 1 < nb ? _mm512_load_ps(it.f.scores + ((2 * st + 1) * kAmxRows + r) * 16)
+                                        : _mm512_setzero_ps();
+      _mm512_store_si512(it.probs + (st * kAmxRows + r) * 32, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
+    }
+  // P·V, 64 head dims (four C tiles) at a time; D % 32 == 0 leaves 32 or 64 for the last pass.
+  alignas(64) float acc[4][kAmxRows * 16];
+  const float* bv = it.f.bv;
+  for (int64_t d0 = 0; d0 < D; d0 += 64) {
+    const bool four = D - d0 >= 64;
+    _tile_zero(0);
+    _tile_zero(1);
+    if (four) {
+      _tile_zero(2);
+      _tile_zero(3);
+    }
+    const uint16_t* v = vpack + (d0 / 16) * v_stride;
+    for (int64_t st = 0; st < steps; ++st, v += 16 * 32) {
+      _tile_loadd(4, it.probs + st * kAmxRows * 32, 64);
+      _tile_loadd(5, v, 64);
+      _tile_dpbf16ps(0, 4, 5);
+      _tile_loadd(5, v + v_stride, 64);
+      _tile_dpbf16ps(1, 4, 5);
+      if (four) {
+        _tile_loadd(5, v + 2 * v_stride, 64);
+        _tile_dpbf16ps(2, 4, 5);
+        _tile_loadd(5, v + 3 * v_stride, 64);
+        _tile_dpbf16ps(3, 4, 5);
+      }
+    }
+    _tile_stored(0, acc[0], 64);
+    _tile_stored(1, acc[1], 64);
+    if (four) {
+      _tile_stored(2, acc[2], 64);
+      _tile_stored(3, acc[3], 64);
+    }
+    for (int64_t r = 0; r < rows; ++r) {
+      const __m512 inv = _mm512_set1_ps(inv_sum[r]);
+      float* o = out_rows[r] + it.f.offset + d0;
+      for (int n = 0; n < (four ? 4 : 2); ++n) {
+        const __m512 b = bv ? _mm512_loadu_ps(bv + d0 + 16 * n) : _mm512_setzero_ps();
+        _mm512_storeu_ps(o + 16 * n, _mm512_fmadd_ps(_mm512_load_ps(acc[n] + r * 16), inv, b));
+      }
+    }
+  }
+}
+
+BORT_AMX void attend_rows_amx_bf16(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head,
+                                   int64_t q0, int64_t q1) {
+  if (s.keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
+  const int64_t D = sh.head_dim;
+  thread_local AmxAttentionScratch scratch;
+  Bf16Item it;
+  init_bf16_item(it, scratch.b, s, sh, bias, head, kAmxRows, 2);
+  const int64_t num_blocks = it.f.num_blocks, num_keys = it.f.num_keys;
+  float* kfloat = scratch.b.kfloat.get(static_cast<size_t>(num_blocks * 16 * D));
+  uint16_t* kpack = reinterpret_cast<uint16_t*>(scratch.b.kpack.get(static_cast<size_t>(num_blocks * 16 * D / 2)));
+  it.kpack = kpack;
+  it.qtile = reinterpret_cast<uint16_t*>(scratch.b.qtile.get(static_cast<size_t>(kAmxRows * D / 2)));
+  pack_keys(s.k + head * D, s.kv_stride, D, num_keys, num_blocks * 16, kfloat);
+  pack_bf16_keys(kfloat, D, num_blocks, kpack);
+  const int64_t steps = (num_keys + 31) / 32, v_stride = steps * 16 * 32;  // vpack: 2 x steps key blocks
+  it.probs = reinterpret_cast<uint16_t*>(scratch.probs.get(static_cast<size_t>(steps * kAmxRows * 32 / 2)));
+
+  ScopedTileConfig tiles;
+  for (int64_t t = q0; t < q1; t += kAmxRows)
+    attend_tile_amx(it, it.vpack, v_stride, steps, s.q + t, s.out + t, std::min(kAmxRows, q1 - t));
+}
+
 #endif  // BORT_X86_64
 
 #if BORT_AARCH64
@@ -1297,6 +1436,7 @@ constexpr AttentionCore kAttentionCores[] = {
 // AttentionPrecision::kBf16: its AVX512-BF16 path, else the fp32 vector paths, and its own scalar reference.
 constexpr AttentionCore kAttentionCoresBf16[] = {
 #if BORT_X86_64
+    {Isa::kAmx, 32, kAmxRows, attend_rows_amx_bf16},
     {Isa::kAvx512Bf16, 32, kTileRows512, attend_rows_avx512_bf16},
     {Isa::kAvx512, 16, kTileRows512, attend_rows_avx512},
     {Isa::kAvx2, 8, kTileRows, attend_rows_avx2},

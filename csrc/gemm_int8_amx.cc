@@ -2,15 +2,14 @@
 // 16 x 16 int32 C tile, exactly. Block: 2 A tiles x 2 B tiles -> 4 C tiles (32 rows x 32 columns).
 //
 // The B tiles come straight from the packed panel (a k-group row of 16 columns is 64 contiguous bytes; rows
-// are panel_width * 4 bytes apart), A from the prepared rows (padded_k bytes apart, zero rows past the end).
+// are panel_width * 4 bytes apart), A from the rows (padded_k bytes apart; a partial last block of rows from a
+// zero-padded copy).
 //
-// Tile configuration is per thread and onnxruntime's MLAS sets its own once per thread and relies on it
-// staying loaded. Ours is the same (palette 1, eight 16-row x 64-byte tiles), so normally nothing is
-// reloaded; if the thread holds another configuration it is saved, replaced for the call and restored, and a
-// thread that had none is returned to the released state.
+// Tile configuration: ScopedTileConfig (amx_tiles.h), MLAS's own, so normally nothing is reloaded.
 #include <algorithm>
 #include <cstring>
 
+#include "amx_tiles.h"
 #include "gemm_int8.h"
 #include "simd_math.h"
 
@@ -18,50 +17,6 @@
 
 namespace bort {
 namespace {
-
-struct alignas(64) TileConfig {
-  uint8_t palette_id = 0;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-static_assert(sizeof(TileConfig) == 64, "the tile configuration is 64 bytes");
-
-TileConfig our_config() {
-  TileConfig c;
-  c.palette_id = 1;
-  for (int t = 0; t < 8; ++t) {
-    c.rows[t] = 16;
-    c.colsb[t] = 64;
-  }
-  return c;
-}
-
-class ScopedTileConfig {
- public:
-  BORT_AMX ScopedTileConfig() {
-    static const TileConfig ours = our_config();
-    _tile_storeconfig(&saved_);
-    if (std::memcmp(&saved_, &ours, sizeof(TileConfig)) != 0) {
-      _tile_loadconfig(&ours);
-      restore_ = true;
-    }
-  }
-  BORT_AMX ~ScopedTileConfig() {
-    if (!restore_) return;
-    if (saved_.palette_id == 0)
-      _tile_release();
-    else
-      _tile_loadconfig(&saved_);
-  }
-  ScopedTileConfig(const ScopedTileConfig&) = delete;
-  ScopedTileConfig& operator=(const ScopedTileConfig&) = delete;
-
- private:
-  TileConfig saved_;
-  bool restore_ = false;
-};
 
 // C tiles 4..7 (rows 0-15 / 16-31 x columns 0-15 / 16-31) of the block at `c` (ld 64 int32).
 template <bool kTwoRowTiles, bool kTwoColTiles>

@@ -219,11 +219,14 @@ def make_gate(max_drop: float | None) -> Gate:
 
 def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, calibration_texts: list[str] | None,
                      gate: Gate, gemm: str = "ours", enforce: bool = True,
-                     fp32_embed: Callable[[list[str]], np.ndarray] | None = None) -> tuple[object, dict]:
+                     fp32_embed: Callable[[list[str]], np.ndarray] | None = None,
+                     attention_order: tuple[str, ...] = ("int8", "bf16")) -> tuple[object, dict]:
     """The int8 graph of `enc` in `form`, its linears on `gemm` (graph_rewrite.GEMMS), and its fidelity report;
     raises ValueError under the gate unless not `enforce` (a task head is gated on its own decisions instead,
     see bort_infer.export.head_gate). fp32_embed(texts): what `embed` gives for the fp32 graph emit(enc, form),
-    when the caller can read it from the fp32 model it wrote; otherwise that graph is emitted again here."""
+    when the caller can read it from the fp32 model it wrote; otherwise that graph is emitted again here.
+    attention_order: the attention precisions to try, in order; the first that passes the gate is kept (the last
+    is gated as `enforce` says)."""
     builtin_calibration, _ = builtin_texts()
     calibration = list(calibration_texts) if calibration_texts else builtin_calibration
     if len(calibration) > MAX_CALIBRATION_TEXTS:  # an even spread over a large corpus
@@ -270,17 +273,21 @@ def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, c
                 break
             keep = keep | {key}
             stats = score(chosen, keep)
-    # 3. and 4. Measure on texts the search never saw, with int8 Q K^T first, and gate.
-    attention = "int8"
-    model = emit(chosen, form, full_int8(chosen, keep, attention), gemm=gemm)
-    measured = measure_and_gate(model, None, embed, gate, enforce=False, fp32_vectors=evaluation_ref)
-    tried_attention = {"int8": {k: round(v, 6) for k, v in measured["evaluation"].items() if k.startswith("cosine")}}
-    if not measured["gate"]["passed"]:
-        attention = "bf16"
+    # 3. and 4. Measure on texts the search never saw, with each attention precision in turn, and gate.
+    if not attention_order or any(a not in ATTENTION_DESCRIPTIONS for a in attention_order):
+        raise ValueError(f"attention_order must list precisions of {sorted(ATTENTION_DESCRIPTIONS)}, "
+                         f"got {attention_order!r}")
+    tried_attention = {}
+    for i, attention in enumerate(attention_order):
+        last = i == len(attention_order) - 1
         model = emit(chosen, form, full_int8(chosen, keep, attention), gemm=gemm)
-        measured = measure_and_gate(model, None, embed, gate, enforce, fp32_vectors=evaluation_ref)
-    elif enforce:
-        measured["gate"]["enforced"] = True
+        measured = measure_and_gate(model, None, embed, gate, enforce=enforce and last, fp32_vectors=evaluation_ref)
+        tried_attention[attention] = {k: round(v, 6) for k, v in measured["evaluation"].items()
+                                      if k.startswith("cosine")}
+        if measured["gate"]["passed"]:
+            if enforce:
+                measured["gate"]["enforced"] = True
+            break
     log.info("int8 export's attention: %s", attention)
     report = {
         "weights": "int8, one scale per output column (QKV, attention output, FFN); word and position embeddings "

@@ -116,27 +116,33 @@ def test_int8_export_records_its_gemm_and_both_gemms_give_the_same_vectors(expor
     np.testing.assert_array_equal(vectors["ours"], vectors["mlas"])  # exact integer GEMMs: the same bits
 
 
-def test_int8_attention_takes_int8_query_key_products_when_the_gate_holds_and_the_report_says_so(exports):
+def test_int8_attention_takes_this_cpus_first_choice_when_the_gate_holds_and_the_report_says_so(exports):
+    """int8 Q K^T first (vpdpbusd), or bf16 products on AMX CPUs, where both run on tiles."""
+    from bort_infer.export.export import int8_attention_order
+
     from .test_bf16 import attention_precisions, graph
 
+    first = int8_attention_order()[0]
     directory = exports("tiny-bort", quantize="int8")
-    assert set(attention_precisions(graph(directory))) == {"int8"}
+    assert set(attention_precisions(graph(directory))) == {first}
     fidelity = json.loads((directory / "bort_infer.json").read_text())["fidelity"]
-    assert fidelity["attention_precision"] == "int8"
-    assert fidelity["attention"] == q.ATTENTION_DESCRIPTIONS["int8"]
-    assert fidelity["attention_tried"]["int8"]["cosine_min"] == round(fidelity["evaluation"]["cosine_min"], 6)
+    assert fidelity["attention_precision"] == first
+    assert fidelity["attention"] == q.ATTENTION_DESCRIPTIONS[first]
+    assert fidelity["attention_tried"][first]["cosine_min"] == round(fidelity["evaluation"]["cosine_min"], 6)
     assert fidelity["gate"]["passed"] and fidelity["gate"]["enforced"]
 
 
 def test_int8_export_keeps_bf16_attention_when_int8_misses_the_gate(checkpoints, tmp_path, monkeypatch):
-    """The gate is judged with int8 Q K^T first; a miss (here forced for graphs with int8 attention) gives bf16
-    products, measured and gated again."""
+    """Where int8 Q K^T is tried first, a miss (here forced for graphs with int8 attention) gives bf16 products,
+    measured and gated again."""
     import onnx
 
+    from bort_infer.export import export as export_module
     from bort_infer.export.export import export_model
 
     from .test_bf16 import attention_precisions
 
+    monkeypatch.setattr(export_module, "int8_attention_order", lambda: ("int8", "bf16"))
     real = q.measure_and_gate
 
     def int8_attention_misses(model, *args, **kwargs):
@@ -150,7 +156,7 @@ def test_int8_export_keeps_bf16_attention_when_int8_misses_the_gate(checkpoints,
     export_model(str(checkpoints("tiny-bort")), out, quantize="int8")
     assert set(attention_precisions(onnx.load(str(out / "model.onnx")))) == {"bf16"}
     fidelity = json.loads((out / "bort_infer.json").read_text())["fidelity"]
-    assert fidelity["attention_precision"] == "bf16" and set(fidelity["attention_tried"]) == {"int8"}
+    assert fidelity["attention_precision"] == "bf16" and set(fidelity["attention_tried"]) == {"int8", "bf16"}
     assert fidelity["attention"] == q.ATTENTION_DESCRIPTIONS["bf16"] and fidelity["gate"]["passed"]
 
 
