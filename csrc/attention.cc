@@ -1273,8 +1273,8 @@ BORT_AMX void attend_tile_amx(const Bf16Item& it, const uint16_t* vpack, int64_t
   for (int64_t st = 0; st < steps; ++st)
     for (int64_t r = 0; r < kAmxRows; ++r) {
       const __m512 lo = _mm512_load_ps(it.f.scores + (2 * st * kAmxRows + r) * 16);
-      const __m512 hi = 2 * st + 1 < nb ? _mm512_load_ps(it.f.scores + ((2 * st + 1) * kAmxRows + r) * 16)
-                                        : _mm512_setzero_ps();
+      const __m512 hi =
+          2 * st + 1 < nb ? _mm512_load_ps(it.f.scores + ((2 * st + 1) * kAmxRows + r) * 16) : _mm512_setzero_ps();
       _mm512_store_si512(it.probs + (st * kAmxRows + r) * 32, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
     }
   // P·V, 64 head dims (four C tiles) at a time; D % 32 == 0 leaves 32 or 64 for the last pass.

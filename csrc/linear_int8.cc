@@ -123,11 +123,11 @@ void linear_int8(const LinearInt8Input& in, int64_t rows, const PackedInt8Weight
       const int64_t chunk_rows = (t1 - t0 + chunks - 1) / std::max<int64_t>(chunks, 1);
       for (int64_t r0 = t0; r0 < t1; r0 += chunk_rows) {
         const int64_t r1 = std::min(t1, r0 + chunk_rows), chunk = r1 - r0;
-        void* buf =
-            copy_a ? thread_scratch(kARowsScratch, static_cast<size_t>(chunk * kp) * elem) : nullptr;
+        void* buf = copy_a ? thread_scratch(kARowsScratch, static_cast<size_t>(chunk * kp) * elem) : nullptr;
         const void* a = prepare_input_rows(isa, path, in, r0, r1, k, kp, row_scale, row_zero_point, buf);
-        float* out =
-            y != nullptr ? y + r0 * n : static_cast<float*>(thread_scratch(kFloatRowsScratch, static_cast<size_t>(chunk * n) * 4));
+        float* out = y != nullptr
+                         ? y + r0 * n
+                         : static_cast<float*>(thread_scratch(kFloatRowsScratch, static_cast<size_t>(chunk * n) * 4));
         const DequantizeSink sink(isa, row_scale, row_zero_point, weight_scale, w.column_sums(), bias, act, out, r0, n,
                                   streamed);
         GemmOperandA op;
