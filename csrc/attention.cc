@@ -835,15 +835,21 @@ BORT_AVX512_BF16_INLINE void pv_blocks_bf16(const Bf16Item& it, int64_t d0, cons
 template <int R>
 BORT_AVX512_BF16 void softmax_pv_bf16(const Bf16Item& it, float* const* out_rows);
 
-template <int R>
-BORT_AVX512_BF16 void attend_tile_bf16(const Bf16Item& it, const float* const* q_rows, float* const* out_rows) {
+// The scaled (and Q-biased) query rows as bf16 in qtile's [pair block][row][16 pairs][2] order for tiles of
+// tile_rows rows; rows [rows, tile_rows) are zero.
+BORT_AVX512_BF16_INLINE void fill_query_tile(const Bf16Item& it, const float* const* q_rows, int64_t rows,
+                                             int64_t tile_rows) {
   const int64_t D = it.f.head_dim;
   const __m512 vscale = _mm512_set1_ps(it.f.scale);
   const float* bq = it.f.bq;
-  for (int r = 0; r < R; ++r) {
-    const float* q = q_rows[r] + it.f.offset;
+  for (int64_t r = 0; r < tile_rows; ++r) {
     uint16_t* dst = it.qtile + r * 32;
-    for (int64_t d = 0; d < D; d += 32, dst += R * 32) {
+    for (int64_t d = 0; d < D; d += 32, dst += tile_rows * 32) {
+      if (r >= rows) {
+        _mm512_store_si512(dst, _mm512_setzero_si512());
+        continue;
+      }
+      const float* q = q_rows[r] + it.f.offset;
       __m512 lo = _mm512_loadu_ps(q + d), hi = _mm512_loadu_ps(q + d + 16);
       if (bq) {
         lo = _mm512_add_ps(lo, _mm512_loadu_ps(bq + d));
@@ -852,6 +858,11 @@ BORT_AVX512_BF16 void attend_tile_bf16(const Bf16Item& it, const float* const* q
       _mm512_store_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(hi, vscale), _mm512_mul_ps(lo, vscale)));
     }
   }
+}
+
+template <int R>
+BORT_AVX512_BF16 void attend_tile_bf16(const Bf16Item& it, const float* const* q_rows, float* const* out_rows) {
+  fill_query_tile(it, q_rows, R, R);
   const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (int r = 0; r < R; ++r) _mm512_store_ps(it.f.rowmax + r * 16, neg_inf);
   int64_t kb = 0;
@@ -929,8 +940,9 @@ BORT_AVX512_BF16 void init_bf16_item(Bf16Item& it, Bf16Scratch& scratch, const S
   it.f.scores = scratch.scores.get(static_cast<size_t>(num_blocks * tile_rows * 16));
   it.f.rowmax = scratch.rowmax.get(static_cast<size_t>(tile_rows * 16));
   // bf16 buffers live in 64-byte-aligned float storage, two bf16 per float.
-  // V's key pairs padded to a multiple of value_block_multiple 16-key blocks, with zeros past the keys (the AMX
-  // path reads whole blocks: a padding key has probability 0, and 0 x garbage could be NaN).
+  // V's key pairs padded to a multiple of value_block_multiple 16-key blocks; with a multiple above 1 (the AMX
+  // path, which reads whole blocks) the pairs past the keys are zero: a padding key has probability 0, and
+  // 0 x garbage could be NaN. The AVX512-BF16 path reads no pair past the keys.
   const int64_t value_blocks = (num_blocks + value_block_multiple - 1) / value_block_multiple * value_block_multiple;
   uint16_t* vpack = reinterpret_cast<uint16_t*>(scratch.vpack.get(static_cast<size_t>(value_blocks * 16 * D / 2)));
   it.vpack = vpack;
@@ -938,9 +950,11 @@ BORT_AVX512_BF16 void init_bf16_item(Bf16Item& it, Bf16Scratch& scratch, const S
   it.kpack = nullptr;
   it.qtile = nullptr;
   pack_bf16_values(s.v + head * D, s.kv_stride, D, num_keys, value_blocks, vpack);
-  const int64_t v_stride = value_blocks * 8 * 32, num_pairs = (num_keys + 1) / 2;
-  for (int64_t db = 0; db < D / 16; ++db)
-    std::memset(vpack + db * v_stride + num_pairs * 32, 0, static_cast<size_t>(value_blocks * 8 - num_pairs) * 64);
+  if (value_block_multiple > 1) {
+    const int64_t v_stride = value_blocks * 8 * 32, num_pairs = (num_keys + 1) / 2;
+    for (int64_t db = 0; db < D / 16; ++db)
+      std::memset(vpack + db * v_stride + num_pairs * 32, 0, static_cast<size_t>(value_blocks * 8 - num_pairs) * 64);
+  }
   it.f.attend = key_masks(s.keys, num_blocks, scratch.attend);
 }
 
@@ -1229,28 +1243,10 @@ struct AmxAttentionScratch {
   AlignedFloats probs;
 };
 
-BORT_AMX void attend_tile_amx(const Bf16Item& it, const uint16_t* vpack, int64_t v_stride, int64_t steps,
-                              const float* const* q_rows, float* const* out_rows, int64_t rows) {
+BORT_AMX void attend_tile_amx(const Bf16Item& it, int64_t v_stride, int64_t steps, const float* const* q_rows,
+                              float* const* out_rows, int64_t rows) {
   const int64_t D = it.f.head_dim, P = D / 2, nb = it.f.num_blocks;
-  // Scaled (and Q-biased) queries as bf16, zero rows past `rows`.
-  const __m512 vscale = _mm512_set1_ps(it.f.scale);
-  const float* bq = it.f.bq;
-  for (int64_t r = 0; r < kAmxRows; ++r) {
-    uint16_t* dst = it.qtile + r * 32;
-    for (int64_t d = 0; d < D; d += 32, dst += kAmxRows * 32) {
-      if (r >= rows) {
-        _mm512_store_si512(dst, _mm512_setzero_si512());
-        continue;
-      }
-      const float* q = q_rows[r] + it.f.offset;
-      __m512 lo = _mm512_loadu_ps(q + d), hi = _mm512_loadu_ps(q + d + 16);
-      if (bq) {
-        lo = _mm512_add_ps(lo, _mm512_loadu_ps(bq + d));
-        hi = _mm512_add_ps(hi, _mm512_loadu_ps(bq + d + 16));
-      }
-      _mm512_store_si512(dst, (__m512i)_mm512_cvtne2ps_pbh(_mm512_mul_ps(hi, vscale), _mm512_mul_ps(lo, vscale)));
-    }
-  }
+  fill_query_tile(it, q_rows, rows, kAmxRows);
   // Q·Kᵀ, one 16 x 16 score tile per key block.
   for (int64_t kb = 0; kb < nb; ++kb) {
     _tile_zero(0);
@@ -1288,7 +1284,7 @@ BORT_AMX void attend_tile_amx(const Bf16Item& it, const uint16_t* vpack, int64_t
       _tile_zero(2);
       _tile_zero(3);
     }
-    const uint16_t* v = vpack + (d0 / 16) * v_stride;
+    const uint16_t* v = it.vpack + (d0 / 16) * v_stride;
     for (int64_t st = 0; st < steps; ++st, v += 16 * 32) {
       _tile_loadd(4, it.probs + st * kAmxRows * 32, 64);
       _tile_loadd(5, v, 64);
@@ -1338,7 +1334,7 @@ BORT_AMX void attend_rows_amx_bf16(const SeqView& s, const AttentionShape& sh, c
 
   ScopedTileConfig tiles;
   for (int64_t t = q0; t < q1; t += kAmxRows)
-    attend_tile_amx(it, it.vpack, v_stride, steps, s.q + t, s.out + t, std::min(kAmxRows, q1 - t));
+    attend_tile_amx(it, v_stride, steps, s.q + t, s.out + t, std::min(kAmxRows, q1 - t));
 }
 
 #endif  // BORT_X86_64

@@ -9,6 +9,7 @@
 // only real rows and columns.
 #include <cstring>
 
+#include "amx_tiles.h"
 #include "gemm_bf16_kernels.h"
 #include "simd_math.h"
 
@@ -20,21 +21,8 @@ namespace {
 
 constexpr int kTileRows = 16;
 
-struct TileConfig {
-  uint8_t palette_id = 0;
-  uint8_t start_row = 0;
-  uint8_t reserved[14] = {};
-  uint16_t colsb[16] = {};
-  uint8_t rows[16] = {};
-};
-
 BORT_AMX void configure_tiles() {
-  TileConfig config;
-  config.palette_id = 1;
-  for (int t = 0; t < 8; ++t) {
-    config.rows[t] = kTileRows;
-    config.colsb[t] = 64;
-  }
+  static const AmxTileConfig config = bort_tile_config();
   _tile_loadconfig(&config);
 }
 

@@ -514,8 +514,8 @@ def test_attention_empty_batch():
 
 
 # ----------------------------------------------------------------------------------------------
-# Attention with bf16 products (precision="bf16"): the AVX512-BF16 path and the scalar reference compute it; the
-# other vector paths compute fp32 instead.
+# Attention with bf16 products (precision="bf16"): the AMX and AVX512-BF16 paths and the scalar reference compute
+# it; the other vector paths compute fp32 instead.
 
 BF16_ISAS = ["scalar"] + [isa for isa in ("avx512_bf16", "amx") if isa in C.supported_isas()]
 
