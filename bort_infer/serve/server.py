@@ -51,8 +51,10 @@ class _DrainingServer(uvicorn.Server):
 
     def _on_signal(self, sig, frame) -> None:
         if not self.should_exit:
-            print(f"bort-infer serve: {signal.Signals(sig).name}: no new connections; answering the requests in "
-                  "flight, then exiting", file=sys.stderr, flush=True)
+            # uvicorn runs one task per request whose headers it has read; each is answered before the exit.
+            in_flight = len(self.server_state.tasks)
+            print(f"bort-infer serve: {signal.Signals(sig).name}: no new connections; answering the {in_flight} "
+                  f"request(s) in flight, then exiting", file=sys.stderr, flush=True)
         self.handle_exit(sig, frame)
 
 

@@ -16,6 +16,9 @@ import numpy as np
 from .conftest import cosines
 
 ROOT = Path(__file__).resolve().parents[2]
+# How a request the server never read ends at shutdown: refused (no longer listening), or its connection
+# closed before any answer (accepted but unread, or still in the kernel's backlog).
+_NO_RESPONSE = (httpx.ConnectError, httpx.ReadError, httpx.WriteError, httpx.RemoteProtocolError)
 
 
 def _start(model, *args):
@@ -39,7 +42,7 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(model, session):
         def post(i):
             try:
                 results[i] = httpx.post(f"{url}/embed", json={"inputs": texts, "normalize": False}, timeout=60)
-            except httpx.ConnectError as e:  # sent after the server stopped listening: never in flight
+            except _NO_RESPONSE as e:
                 results[i] = e
         threads = [threading.Thread(target=post, args=(i,)) for i in range(len(results))]
         for t in threads:
@@ -53,12 +56,15 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(model, session):
             t.join(60)
         assert proc.wait(60) == 0
         _, err = proc.communicate()
-        assert "SIGTERM" in err
+        in_flight = re.search(r"SIGTERM: no new connections; answering the (\d+) request", err)
+        assert in_flight, err
         want = session.encode(texts, normalize=False)
-        answered = [r for r in results if not isinstance(r, httpx.ConnectError)]
-        # Every request the server had admitted when the signal came (at least queued / 200 of them) is answered
-        # in full; on a busy machine a thread may not have connected yet, and that one is refused, not dropped.
-        assert len(answered) >= -(-queued // len(texts))
+        answered = [r for r in results if not isinstance(r, _NO_RESPONSE)]
+        # Every request the server had read when the signal came (its count, and at least queued / 200) is
+        # answered in full. On a busy machine a thread may not have connected, or its request may still wait
+        # unread in a socket buffer: that one is refused or reset with no answer (the client knows), never
+        # answered in part.
+        assert len(answered) >= max(int(in_flight.group(1)), -(-queued // len(texts)))
         for r in answered:
             assert r is not None and r.status_code == 200
             assert cosines(np.array(r.json()), want).min() >= 0.99999
