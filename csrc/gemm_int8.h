@@ -59,7 +59,8 @@ class PackedInt8Weights {
 };
 
 // A finished int32 tile: rows [row0, row0 + rows) x columns [col0, col0 + cols) of C, acc[r * ld + c].
-// Called from any task thread; tiles of one task arrive panel by panel, row tile by row tile.
+// Called from any task thread; tiles of one task arrive panel by panel, row tile by row tile, a row tile possibly
+// in several calls of a few rows each (AMX hands them over between its tile products).
 class TileSink {
  public:
   virtual ~TileSink() = default;
