@@ -109,18 +109,29 @@ BORT_AVX512 void quantize_rows_avx512(const float* x, uint8_t* q, float* scale, 
   for (int64_t r = 0; r < rows; ++r) {
     const float* xr = x + r * k;
     uint8_t* qr = q + r * k;
-    // Masked-off lanes load as 0, which the range includes anyway.
-    __m512 vlo = _mm512_setzero_ps(), vhi = _mm512_setzero_ps();
-    for (int64_t i = 0; i < k; i += 16) {
+    // Masked-off lanes load as 0, which the range includes anyway. Four independent min/max chains: one chain
+    // waits out vminps' latency on every vector (min and max are exact in any order, and a NaN, always the
+    // first operand, is never kept).
+    __m512 lo[4], hi[4];
+    for (int j = 0; j < 4; ++j) lo[j] = hi[j] = _mm512_setzero_ps();
+    int64_t i = 0;
+    for (; i + 64 <= k; i += 64)
+      for (int j = 0; j < 4; ++j) {
+        const __m512 v = _mm512_loadu_ps(xr + i + 16 * j);
+        lo[j] = _mm512_min_ps(v, lo[j]);
+        hi[j] = _mm512_max_ps(v, hi[j]);
+      }
+    for (; i < k; i += 16) {
       const __m512 v = _mm512_maskz_loadu_ps(i + 16 <= k ? __mmask16{0xFFFF} : tail, xr + i);
-      vlo = _mm512_min_ps(v, vlo);
-      vhi = _mm512_max_ps(v, vhi);
+      lo[0] = _mm512_min_ps(v, lo[0]);
+      hi[0] = _mm512_max_ps(v, hi[0]);
     }
+    const __m512 vlo = _mm512_min_ps(_mm512_min_ps(lo[0], lo[1]), _mm512_min_ps(lo[2], lo[3]));
+    const __m512 vhi = _mm512_max_ps(_mm512_max_ps(hi[0], hi[1]), _mm512_max_ps(hi[2], hi[3]));
     const RowParams p = params_from_range(_mm512_reduce_min_ps(vlo), _mm512_reduce_max_ps(vhi));
     const __m512 inv = _mm512_set1_ps(p.inv_scale), zp = _mm512_set1_ps(p.zero_point);
     // Whole vectors with plain stores (a masked store costs ~1.6x a plain one on Zen 4), then the masked tail.
-    int64_t i = 0;
-    for (; i + 16 <= k; i += 16)
+    for (i = 0; i + 16 <= k; i += 16)
       _mm_storeu_si128(reinterpret_cast<__m128i*>(qr + i),
                        _mm512_cvtepi32_epi8(quantize16(_mm512_loadu_ps(xr + i), inv, zp)));
     if (i < k)
