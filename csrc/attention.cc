@@ -1247,12 +1247,33 @@ BORT_AMX void attend_tile_amx(const Bf16Item& it, int64_t v_stride, int64_t step
                               float* const* out_rows, int64_t rows) {
   const int64_t D = it.f.head_dim, P = D / 2, nb = it.f.num_blocks;
   fill_query_tile(it, q_rows, rows, kAmxRows);
-  // Q·Kᵀ, one 16 x 16 score tile per key block.
-  for (int64_t kb = 0; kb < nb; ++kb) {
+  // Q·Kᵀ, one 16 x 16 score tile per key block, three key blocks at a time: the products into one score tile
+  // form a chain (each waits for the one before), so three independent chains keep the AMX unit busy (one chain
+  // left it waiting out each product's latency). Every score tile sees the same products in the same order.
+  const auto keys_tile = [&](int64_t kb, int64_t c) { return it.kpack + (kb * P + c * 16) * 32; };
+  int64_t kb = 0;
+  for (; kb + 3 <= nb; kb += 3) {
+    _tile_zero(0);
+    _tile_zero(5);
+    _tile_zero(6);
+    for (int64_t c = 0; c < P / 16; ++c) {
+      _tile_loadd(1, it.qtile + c * kAmxRows * 32, 64);
+      _tile_loadd(2, keys_tile(kb, c), 64);
+      _tile_loadd(3, keys_tile(kb + 1, c), 64);
+      _tile_loadd(4, keys_tile(kb + 2, c), 64);
+      _tile_dpbf16ps(0, 1, 2);
+      _tile_dpbf16ps(5, 1, 3);
+      _tile_dpbf16ps(6, 1, 4);
+    }
+    _tile_stored(0, it.f.scores + kb * kAmxRows * 16, 64);
+    _tile_stored(5, it.f.scores + (kb + 1) * kAmxRows * 16, 64);
+    _tile_stored(6, it.f.scores + (kb + 2) * kAmxRows * 16, 64);
+  }
+  for (; kb < nb; ++kb) {
     _tile_zero(0);
     for (int64_t c = 0; c < P / 16; ++c) {
       _tile_loadd(1, it.qtile + c * kAmxRows * 32, 64);
-      _tile_loadd(2, it.kpack + (kb * P + c * 16) * 32, 64);
+      _tile_loadd(2, keys_tile(kb, c), 64);
       _tile_dpbf16ps(0, 1, 2);
     }
     _tile_stored(0, it.f.scores + kb * kAmxRows * 16, 64);
@@ -1286,14 +1307,15 @@ BORT_AMX void attend_tile_amx(const Bf16Item& it, int64_t v_stride, int64_t step
     }
     const uint16_t* v = it.vpack + (d0 / 16) * v_stride;
     for (int64_t st = 0; st < steps; ++st, v += 16 * 32) {
+      // V tiles rotate through 5-7, so a load need not wait for the product still reading its tile.
       _tile_loadd(4, it.probs + st * kAmxRows * 32, 64);
       _tile_loadd(5, v, 64);
       _tile_dpbf16ps(0, 4, 5);
-      _tile_loadd(5, v + v_stride, 64);
-      _tile_dpbf16ps(1, 4, 5);
+      _tile_loadd(6, v + v_stride, 64);
+      _tile_dpbf16ps(1, 4, 6);
       if (four) {
-        _tile_loadd(5, v + 2 * v_stride, 64);
-        _tile_dpbf16ps(2, 4, 5);
+        _tile_loadd(7, v + 2 * v_stride, 64);
+        _tile_dpbf16ps(2, 4, 7);
         _tile_loadd(5, v + 3 * v_stride, 64);
         _tile_dpbf16ps(3, 4, 5);
       }
