@@ -1243,6 +1243,35 @@ struct AmxAttentionScratch {
   AlignedFloats probs;
 };
 
+// Row r's softmax numerators exp(score - max) over key block kb (zero where a key does not attend).
+BORT_AMX_INLINE __m512 tile_numerators(const Avx512Item& f, int64_t kb, int64_t r, __m512 m) {
+  return _mm512_maskz_mov_ps(f.attend[kb],
+                             simd::exp_ps(_mm512_sub_ps(_mm512_load_ps(f.scores + (kb * kAmxRows + r) * 16), m)));
+}
+
+// Softmax numerators of the 16 tile rows (scores and rowmax filled), rounded to bf16 straight into the P tiles
+// (key blocks 2 st and 2 st + 1 are the pair halves of step st), and each row's 1 / sum: softmax_numerators512's
+// values and order of summation, without writing the numerators back to the scores and reading them again.
+BORT_AMX void softmax_probs_amx(const Bf16Item& it, int64_t steps, float* inv_sum) {
+  const Avx512Item& f = it.f;
+  const int64_t nb = f.num_blocks;
+  for (int64_t r = 0; r < kAmxRows; ++r) {
+    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_load_ps(f.rowmax + r * 16)));
+    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();  // two chains hide the add latency
+    for (int64_t st = 0; st < steps; ++st) {
+      const __m512 p0 = tile_numerators(f, 2 * st, r, m);
+      __m512 p1 = _mm512_setzero_ps();
+      if (2 * st + 1 < nb) {
+        p1 = tile_numerators(f, 2 * st + 1, r, m);
+        sum1 = _mm512_add_ps(sum1, p1);
+      }
+      sum0 = _mm512_add_ps(sum0, p0);
+      _mm512_store_si512(it.probs + (st * kAmxRows + r) * 32, (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
+    }
+    inv_sum[r] = 1.0f / _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
+  }
+}
+
 BORT_AMX void attend_tile_amx(const Bf16Item& it, int64_t v_stride, int64_t steps, const float* const* q_rows,
                               float* const* out_rows, int64_t rows) {
   const int64_t D = it.f.head_dim, P = D / 2, nb = it.f.num_blocks;
@@ -1250,33 +1279,30 @@ BORT_AMX void attend_tile_amx(const Bf16Item& it, int64_t v_stride, int64_t step
   // Q·Kᵀ, one 16 x 16 score tile per key block, three key blocks at a time: the products into one score tile
   // form a chain (each waits for the one before), so three independent chains keep the AMX unit busy (one chain
   // left it waiting out each product's latency). Every score tile sees the same products in the same order.
-  const auto keys_tile = [&](int64_t kb, int64_t c) { return it.kpack + (kb * P + c * 16) * 32; };
-  int64_t kb = 0;
-  for (; kb + 3 <= nb; kb += 3) {
+  for (int64_t kb = 0; kb < nb; kb += 3) {
+    const int64_t group = std::min<int64_t>(3, nb - kb);
+    const uint16_t* k0 = it.kpack + kb * P * 32;
     _tile_zero(0);
-    _tile_zero(5);
-    _tile_zero(6);
+    if (group > 1) _tile_zero(5);
+    if (group > 2) _tile_zero(6);
     for (int64_t c = 0; c < P / 16; ++c) {
+      const uint16_t* k = k0 + c * 16 * 32;
       _tile_loadd(1, it.qtile + c * kAmxRows * 32, 64);
-      _tile_loadd(2, keys_tile(kb, c), 64);
-      _tile_loadd(3, keys_tile(kb + 1, c), 64);
-      _tile_loadd(4, keys_tile(kb + 2, c), 64);
+      _tile_loadd(2, k, 64);
       _tile_dpbf16ps(0, 1, 2);
-      _tile_dpbf16ps(5, 1, 3);
-      _tile_dpbf16ps(6, 1, 4);
+      if (group > 1) {
+        _tile_loadd(3, k + P * 32, 64);
+        _tile_dpbf16ps(5, 1, 3);
+      }
+      if (group > 2) {
+        _tile_loadd(4, k + 2 * P * 32, 64);
+        _tile_dpbf16ps(6, 1, 4);
+      }
     }
-    _tile_stored(0, it.f.scores + kb * kAmxRows * 16, 64);
-    _tile_stored(5, it.f.scores + (kb + 1) * kAmxRows * 16, 64);
-    _tile_stored(6, it.f.scores + (kb + 2) * kAmxRows * 16, 64);
-  }
-  for (; kb < nb; ++kb) {
-    _tile_zero(0);
-    for (int64_t c = 0; c < P / 16; ++c) {
-      _tile_loadd(1, it.qtile + c * kAmxRows * 32, 64);
-      _tile_loadd(2, keys_tile(kb, c), 64);
-      _tile_dpbf16ps(0, 1, 2);
-    }
-    _tile_stored(0, it.f.scores + kb * kAmxRows * 16, 64);
+    float* scores = it.f.scores + kb * kAmxRows * 16;
+    _tile_stored(0, scores, 64);
+    if (group > 1) _tile_stored(5, scores + kAmxRows * 16, 64);
+    if (group > 2) _tile_stored(6, scores + 2 * kAmxRows * 16, 64);
   }
   const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   for (int64_t r = 0; r < kAmxRows; ++r) {
@@ -1286,14 +1312,7 @@ BORT_AMX void attend_tile_amx(const Bf16Item& it, int64_t v_stride, int64_t step
     _mm512_store_ps(it.f.rowmax + r * 16, m);
   }
   float inv_sum[kAmxRows];
-  softmax_numerators512<kAmxRows>(it.f, inv_sum);
-  for (int64_t st = 0; st < steps; ++st)
-    for (int64_t r = 0; r < kAmxRows; ++r) {
-      const __m512 lo = _mm512_load_ps(it.f.scores + (2 * st * kAmxRows + r) * 16);
-      const __m512 hi =
-          2 * st + 1 < nb ? _mm512_load_ps(it.f.scores + ((2 * st + 1) * kAmxRows + r) * 16) : _mm512_setzero_ps();
-      _mm512_store_si512(it.probs + (st * kAmxRows + r) * 32, (__m512i)_mm512_cvtne2ps_pbh(hi, lo));
-    }
+  softmax_probs_amx(it, steps, inv_sum);
   // P·V, 64 head dims (four C tiles) at a time; D % 32 == 0 leaves 32 or 64 for the last pass.
   alignas(64) float acc[4][kAmxRows * 16];
   const float* bv = it.f.bv;
