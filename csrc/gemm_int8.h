@@ -106,7 +106,9 @@ struct GemmTaskPlan {
   bool shared_rows = false;
   size_t num_tasks() const { return static_cast<size_t>(row_tasks * panel_tasks); }
 };
-GemmTaskPlan plan_gemm_tasks(Int8Path path, int64_t m, const PackedInt8Weights& w, size_t concurrency);
+// finishes_rows: the caller runs row stages (LayerNorm, requantization) that need whole rows of C.
+GemmTaskPlan plan_gemm_tasks(Int8Path path, int64_t m, const PackedInt8Weights& w, size_t concurrency,
+                             bool finishes_rows = false);
 
 // C [m, n] int32 = A [m, k] u8 (row stride lda >= k) x B, on `isa`'s path (the plain GEMM, for tests and
 // the kernel benchmark).

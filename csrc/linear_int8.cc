@@ -113,14 +113,15 @@ void linear_int8(const LinearInt8Input& in, int64_t rows, const PackedInt8Weight
 
   const bool streamed = y != nullptr && !row_stages && act == Activation::kNone &&
                         rows * n * static_cast<int64_t>(sizeof(float)) >= kStreamedOutputBytes;
-  const GemmTaskPlan plan = plan_gemm_tasks(path, rows, w, pf.concurrency());
+  const GemmTaskPlan plan = plan_gemm_tasks(path, rows, w, pf.concurrency(), row_stages);
   if (!plan.shared_rows) {
     // Row tasks: each quantizes, multiplies and finishes its own rows, chunk by chunk, without a barrier.
     pf.run(static_cast<size_t>(plan.row_tasks), [&](size_t t) {
       const int64_t t0 = static_cast<int64_t>(t) * plan.rows_per_task;
       const int64_t t1 = std::min(rows, t0 + plan.rows_per_task);
       const int64_t chunks = (t1 - t0 + kMaxChunkRows - 1) / kMaxChunkRows;
-      const int64_t chunk_rows = (t1 - t0 + chunks - 1) / std::max<int64_t>(chunks, 1);
+      int64_t chunk_rows = (t1 - t0 + chunks - 1) / std::max<int64_t>(chunks, 1);
+      if (path == Int8Path::kAmx) chunk_rows = (chunk_rows + 31) / 32 * 32;  // whole 32-row blocks: no tail copies
       for (int64_t r0 = t0; r0 < t1; r0 += chunk_rows) {
         const int64_t r1 = std::min(t1, r0 + chunk_rows), chunk = r1 - r0;
         void* buf = copy_a ? thread_scratch(kARowsScratch, static_cast<size_t>(chunk * kp) * elem) : nullptr;

@@ -115,10 +115,11 @@ def test_linear_equals_the_chain_on_random_shapes(level, rows, k, n, seed, epilo
 
 
 @pytest.mark.parametrize("threads", [1, 2, 3])
-@pytest.mark.parametrize("rows", [1, 5, 60, 250])
+@pytest.mark.parametrize("rows", [1, 5, 60, 250, 1030])
 @pytest.mark.parametrize("epilogue", ["bias+gelu", "gelu, requantized only", "skip+layernorm, skip_scale, requantize"])
 def test_linear_task_splits_agree(threads, rows, epilogue):
-    # Few rows split column panels (then a row pass finishes them), many rows split rows in chunks.
+    # Few rows split column panels (then a row pass finishes them), many rows split rows in chunks (on AMX, rows
+    # that a row stage finishes: 1030 rows make tasks of several 32-row-aligned chunks and a ragged last one).
     rng = np.random.default_rng(rows)
     layer = Layer(128, 320, seed=rows)
     x = activations(rng, (rows, 128))
