@@ -99,7 +99,8 @@ void gemm_int8_block(Int8Path path, const GemmOperandA& a, const PackedInt8Weigh
 
 // How a GEMM of m rows splits into tasks: row blocks of `rows_per_task` x panel blocks of `panels_per_task`.
 // shared_rows: every row is prepared once up front and each task reads its block of them (any panel split, and
-// AMX always); otherwise each row task prepares and finishes its own rows, chunk by chunk, without a barrier.
+// AMX unless the caller finishes whole rows); otherwise each row task prepares and finishes its own rows, chunk
+// by chunk, without a barrier.
 struct GemmTaskPlan {
   int64_t rows_per_task = 0, row_tasks = 0;
   int64_t panels_per_task = 0, panel_tasks = 0;
