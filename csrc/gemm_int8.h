@@ -9,7 +9,8 @@
 // kKPad = 64 (one AMX tile depth), so every kernel reads whole k-groups and tiles.
 //
 // Blocking: a task owns a block of rows and a range of panels; for each panel (at most 64 x K bytes, kept in
-// L1/L2) it runs the register-blocked micro-kernel over every row tile of its block, then hands each finished
+// L1/L2) it runs the register-blocked micro-kernel over every row tile of its block (AMX: for each L2-sized chunk
+// of panels, every row block meets the chunk's panels in turn, its rows staying in L1), then hands each finished
 // int32 tile (in L1) to a TileSink: the plain GEMM copies it out, the fused linear op dequantizes it in place
 // (linear_int8.h), so no int32 tensor ever goes to memory there. Large M splits rows across tasks (each task
 // re-reads B, which its panel loop keeps cache-resident); small M splits panels (B read once in total).
@@ -59,7 +60,7 @@ class PackedInt8Weights {
 };
 
 // A finished int32 tile: rows [row0, row0 + rows) x columns [col0, col0 + cols) of C, acc[r * ld + c].
-// Called from any task thread; tiles of one task arrive panel by panel, row tile by row tile, a row tile possibly
+// Called from any task thread; tiles of one task arrive in the order of its blocking (above), a row tile possibly
 // in several calls of a few rows each (AMX hands them over between its tile products).
 class TileSink {
  public:

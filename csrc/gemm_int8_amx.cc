@@ -110,26 +110,35 @@ BORT_AMX void gemm_int8_block_amx(const GemmOperandA& a, const PackedInt8Weights
     std::memset(copy + tail_rows * a.stride, 0, static_cast<size_t>(32 - tail_rows) * row_bytes);
     tail = copy;
   }
+  // The panels go by in chunks of up to kChunkBytes of B, which stay in L2 while every 32-row block of A (K bytes
+  // a row: 32 KB at K = 1024) meets the chunk's panels one after another from L1. Panel by panel over every row
+  // block instead, each A block came from L2 once per panel: the tile loads from L2 of both operands left AMX
+  // idle (kernel alone, one thread, Intel Xeon, M = 1024, K = 1024: N = 768 1.38x, N = 3072 1.29x).
+  constexpr int64_t kChunkBytes = int64_t{1} << 20;  // half of a 2 MB L2: A, C and the output share the rest
+  const int64_t chunk_panels = std::max<int64_t>(1, kChunkBytes / (kPanelWidth * std::max(w.padded_k(), kKPad)));
   PendingRows pending(sink);
   int64_t block = 0;
-  for (int64_t p = p0; p < p1; ++p) {
-    const int64_t width = w.panel_width(p), group_bytes = width * 4;
-    for (int64_t r = 0; r < a.rows; r += 32, ++block) {
+  for (int64_t c0 = p0; c0 < p1; c0 += chunk_panels) {
+    const int64_t c1 = std::min(p1, c0 + chunk_panels);
+    for (int64_t r = 0; r < a.rows; r += 32) {
       const int64_t rows = std::min<int64_t>(32, a.rows - r);
       const uint8_t* ar = r < full_rows ? av + r * a.stride : tail;
-      int32_t* tile = tiles[block % 2];
-      for (int64_t c = 0; c < width; c += 32) {
-        const int8_t* b = w.panel(p) + c * 4;
-        const bool two_cols = c + 32 <= width;
-        if (rows > 16)
-          (two_cols ? block_kernel<true, true> : block_kernel<true, false>)(ar, a.stride, b, group_bytes, k_tiles,
-                                                                            tile + c, pending);
-        else
-          (two_cols ? block_kernel<false, true> : block_kernel<false, false>)(ar, a.stride, b, group_bytes, k_tiles,
+      for (int64_t p = c0; p < c1; ++p, ++block) {
+        const int64_t width = w.panel_width(p), group_bytes = width * 4;
+        int32_t* tile = tiles[block % 2];
+        for (int64_t c = 0; c < width; c += 32) {
+          const int8_t* b = w.panel(p) + c * 4;
+          const bool two_cols = c + 32 <= width;
+          if (rows > 16)
+            (two_cols ? block_kernel<true, true> : block_kernel<true, false>)(ar, a.stride, b, group_bytes, k_tiles,
                                                                               tile + c, pending);
+          else
+            (two_cols ? block_kernel<false, true> : block_kernel<false, false>)(ar, a.stride, b, group_bytes,
+                                                                                k_tiles, tile + c, pending);
+        }
+        pending.finish();
+        pending.reset(tile, row_offset + r, rows, w.panel_begin(p), w.panel_columns(p), (width + 31) / 32 * k_tiles);
       }
-      pending.finish();
-      pending.reset(tile, row_offset + r, rows, w.panel_begin(p), w.panel_columns(p), (width + 31) / 32 * k_tiles);
     }
   }
   pending.finish();

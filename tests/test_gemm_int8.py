@@ -98,6 +98,14 @@ def test_gemm_wraps_like_int32_accumulators(level):
 
 
 @pytest.mark.parametrize("level", PATHS)
+def test_gemm_is_exact_when_the_weights_outgrow_a_cache_chunk(level):
+    # AMX walks B in chunks of ~1 MB (4 panels at K = 4096): 10 panels (the last narrow) make chunks of 4, 4 and
+    # 2, each met by two full row blocks and a partial one.
+    a, b = random_operands(np.random.default_rng(7), 70, 4096, 9 * 64 + 17)
+    np.testing.assert_array_equal(gemm_on(level, a, C.PackedInt8Weights(b)), exact(a, b))
+
+
+@pytest.mark.parametrize("level", PATHS)
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("m", [1, 8, 47, 48, 130, 300])
 def test_gemm_task_splits_agree(level, threads, m):
