@@ -722,7 +722,7 @@ BORT_AVX512 void attend_rows_avx512(const SeqView& s, const AttentionShape& sh, 
 //   probs  [key block][row][8 key pairs][2]        the numerators rounded to bf16
 
 struct Bf16Scratch {
-  AlignedFloats kfloat, kpack, vpack, scores, probs, qtile, rowmax;
+  AlignedFloats kpack, vpack, scores, probs, qtile, rowmax;
   std::vector<__mmask16> attend;
 };
 
@@ -733,6 +733,31 @@ struct Bf16Item {
   uint16_t* probs;
   uint16_t* qtile;
 };
+
+// In-register transpose of 16 rows of 16 int32 (r[i] element j -> r[j] element i).
+BORT_AVX512_INLINE void transpose16x16_epi32(__m512i r[16]) {
+  __m512i t[16];
+  for (int i = 0; i < 8; ++i) {
+    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+  }
+  for (int i = 0; i < 4; ++i) {  // r[4i + c], 128-bit lane L: column 4L + c of rows 4i..4i+3
+    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
+    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
+    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
+  }
+  for (int c = 0; c < 4; ++c) {
+    const __m512i a0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88), b0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xDD);
+    const __m512i a1 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88);
+    const __m512i b1 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xDD);
+    t[c] = _mm512_shuffle_i32x4(a0, a1, 0x88);
+    t[8 + c] = _mm512_shuffle_i32x4(a0, a1, 0xDD);
+    t[4 + c] = _mm512_shuffle_i32x4(b0, b1, 0x88);
+    t[12 + c] = _mm512_shuffle_i32x4(b0, b1, 0xDD);
+  }
+  for (int i = 0; i < 16; ++i) r[i] = t[i];
+}
 
 BORT_AVX512_BF16_INLINE __m512bh broadcast_pair(const uint16_t* p) {
   int32_t pair;
@@ -896,14 +921,24 @@ using TileBf16 = void (*)(const Bf16Item&, const float* const*, float* const*);
 constexpr std::array<TileBf16, 4> kTilesBf16 = {&attend_tile_bf16<1>, &attend_tile_bf16<2>, &attend_tile_bf16<4>,
                                                 &attend_tile_bf16<8>};
 
-// K (already packed as fp32 [key block][d][16] by pack_keys) -> kpack.
-BORT_AVX512_BF16 void pack_bf16_keys(const float* kfloat, int64_t D, int64_t num_blocks, uint16_t* kpack) {
+// K rows of one head -> kpack (keys past num_keys zero): 32 dims of a key rounded to bf16 in one register are its 16
+// pairs, and a 16 x 16 transpose of the 32-bit pairs of 16 keys gives the [pair][16 keys][2] rows of a key block.
+BORT_AVX512_BF16 void pack_bf16_keys(const float* k_base, int64_t stride, int64_t D, int64_t num_keys,
+                                     int64_t num_blocks, uint16_t* kpack) {
   const int64_t P = D / 2;
   for (int64_t kb = 0; kb < num_blocks; ++kb)
-    for (int64_t p = 0; p < P; ++p) {
-      const float* src = kfloat + kb * D * 16 + 2 * p * 16;
-      const __m512bh x = _mm512_cvtne2ps_pbh(_mm512_load_ps(src + 16), _mm512_load_ps(src));
-      _mm512_store_si512(kpack + (kb * P + p) * 32, interleave_halves(x));
+    for (int64_t d0 = 0; d0 < D; d0 += 32) {
+      __m512i r[16];
+      for (int64_t i = 0; i < 16; ++i) {
+        const int64_t j = kb * 16 + i;
+        r[i] = _mm512_setzero_si512();
+        if (j < num_keys) {
+          const float* k = k_base + j * stride + d0;
+          r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(k + 16), _mm512_loadu_ps(k));
+        }
+      }
+      transpose16x16_epi32(r);
+      for (int64_t p = 0; p < 16; ++p) _mm512_store_si512(kpack + (kb * P + d0 / 2 + p) * 32, r[p]);
     }
 }
 
@@ -966,12 +1001,10 @@ BORT_AVX512_BF16 void attend_rows_avx512_bf16(const SeqView& s, const AttentionS
   Bf16Item it;
   init_bf16_item(it, scratch, s, sh, bias, head);
   const int64_t num_blocks = it.f.num_blocks;
-  float* kfloat = scratch.kfloat.get(static_cast<size_t>(num_blocks * 16 * D));
   uint16_t* kpack = reinterpret_cast<uint16_t*>(scratch.kpack.get(static_cast<size_t>(num_blocks * 16 * D / 2)));
   it.kpack = kpack;
   it.qtile = reinterpret_cast<uint16_t*>(scratch.qtile.get(static_cast<size_t>(kTileRows512 * D / 2)));
-  pack_keys(s.k + head * D, s.kv_stride, D, it.f.num_keys, num_blocks * 16, kfloat);
-  pack_bf16_keys(kfloat, D, num_blocks, kpack);
+  pack_bf16_keys(s.k + head * D, s.kv_stride, D, it.f.num_keys, num_blocks, kpack);
 
   for (int64_t t = q0; t < q1;) {
     const int64_t rows = tile_rows(q1 - t);
@@ -1014,31 +1047,6 @@ inline float int8_scale(float amax) { return amax >= kInt8TinyRow ? amax / 127.0
 BORT_AVX512_INLINE __m512i quantize16(__m512 x, __m512 inv) {
   const __m512 r = _mm512_roundscale_ps(_mm512_mul_ps(x, inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
   return _mm512_cvttps_epi32(_mm512_min_ps(_mm512_max_ps(r, _mm512_set1_ps(-127.0f)), _mm512_set1_ps(127.0f)));
-}
-
-// In-register transpose of 16 rows of 16 int32 (r[i] element j -> r[j] element i).
-BORT_AVX512_INLINE void transpose16x16_epi32(__m512i r[16]) {
-  __m512i t[16];
-  for (int i = 0; i < 8; ++i) {
-    t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
-    t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
-  }
-  for (int i = 0; i < 4; ++i) {  // r[4i + c], 128-bit lane L: column 4L + c of rows 4i..4i+3
-    r[4 * i] = _mm512_unpacklo_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 1] = _mm512_unpackhi_epi64(t[4 * i], t[4 * i + 2]);
-    r[4 * i + 2] = _mm512_unpacklo_epi64(t[4 * i + 1], t[4 * i + 3]);
-    r[4 * i + 3] = _mm512_unpackhi_epi64(t[4 * i + 1], t[4 * i + 3]);
-  }
-  for (int c = 0; c < 4; ++c) {
-    const __m512i a0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0x88), b0 = _mm512_shuffle_i32x4(r[c], r[4 + c], 0xDD);
-    const __m512i a1 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0x88);
-    const __m512i b1 = _mm512_shuffle_i32x4(r[8 + c], r[12 + c], 0xDD);
-    t[c] = _mm512_shuffle_i32x4(a0, a1, 0x88);
-    t[8 + c] = _mm512_shuffle_i32x4(a0, a1, 0xDD);
-    t[4 + c] = _mm512_shuffle_i32x4(b0, b1, 0x88);
-    t[12 + c] = _mm512_shuffle_i32x4(b0, b1, 0xDD);
-  }
-  for (int i = 0; i < 16; ++i) r[i] = t[i];
 }
 
 // K rows of one head -> kpack, kscale, kcomp (num_blocks * 16 keys, the padding keys zero). Each block's 16 keys
@@ -1364,12 +1372,10 @@ BORT_AMX void attend_rows_amx_bf16(const SeqView& s, const AttentionShape& sh, c
   Bf16Item it;
   init_bf16_item(it, scratch.b, s, sh, bias, head, kAmxRows, 2);
   const int64_t num_blocks = it.f.num_blocks, num_keys = it.f.num_keys;
-  float* kfloat = scratch.b.kfloat.get(static_cast<size_t>(num_blocks * 16 * D));
   uint16_t* kpack = reinterpret_cast<uint16_t*>(scratch.b.kpack.get(static_cast<size_t>(num_blocks * 16 * D / 2)));
   it.kpack = kpack;
   it.qtile = reinterpret_cast<uint16_t*>(scratch.b.qtile.get(static_cast<size_t>(kAmxRows * D / 2)));
-  pack_keys(s.k + head * D, s.kv_stride, D, num_keys, num_blocks * 16, kfloat);
-  pack_bf16_keys(kfloat, D, num_blocks, kpack);
+  pack_bf16_keys(s.k + head * D, s.kv_stride, D, num_keys, num_blocks, kpack);
   const int64_t steps = (num_keys + 31) / 32, v_stride = steps * 16 * 32;  // vpack: 2 x steps key blocks
   it.probs = reinterpret_cast<uint16_t*>(scratch.probs.get(static_cast<size_t>(steps * kAmxRows * 32 / 2)));
 
