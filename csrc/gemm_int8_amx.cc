@@ -133,8 +133,8 @@ BORT_AMX void gemm_int8_block_amx(const GemmOperandA& a, const PackedInt8Weights
             (two_cols ? block_kernel<true, true> : block_kernel<true, false>)(ar, a.stride, b, group_bytes, k_tiles,
                                                                               tile + c, pending);
           else
-            (two_cols ? block_kernel<false, true> : block_kernel<false, false>)(ar, a.stride, b, group_bytes,
-                                                                                k_tiles, tile + c, pending);
+            (two_cols ? block_kernel<false, true> : block_kernel<false, false>)(ar, a.stride, b, group_bytes, k_tiles,
+                                                                                tile + c, pending);
         }
         pending.finish();
         pending.reset(tile, row_offset + r, rows, w.panel_begin(p), w.panel_columns(p), (width + 31) / 32 * k_tiles);

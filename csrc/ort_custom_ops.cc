@@ -1,5 +1,5 @@
 // onnxruntime custom-op front end: domain "ai.bort_infer", ops FusedAttention, PackedAttention, BiasGelu,
-// SkipLayerNorm, QuantizeRows, DequantizeRows, LinearBf16 and LinearInt8. Registration entry point:
+// SkipLayerNorm, EmbedLayerNormInt8, QuantizeRows, DequantizeRows, LinearBf16 and LinearInt8. Registration entry point:
 // RegisterCustomOps (exported, C linkage).
 //
 // Thin on purpose. An op is one kernel struct: its name, its inputs and outputs (name, required or optional, element
@@ -26,6 +26,7 @@
 #include "bias_gelu.h"
 #include "cpu_dispatch.h"
 #include "dequantize_rows.h"
+#include "embed_layernorm.h"
 #include "gemm_bf16.h"
 #include "gemm_int8.h"
 #include "linear_bf16.h"
@@ -431,6 +432,40 @@ struct SkipLayerNorm {
   }
 };
 
+struct EmbedLayerNormInt8 {
+  static constexpr const char* kName = "EmbedLayerNormInt8";
+  static constexpr Ports<8> kInputs{{{"input_ids", kRequired, kAnyInt},
+                                     {"position_ids", kRequired, kAnyInt},
+                                     {"word", kRequired, kInt8},
+                                     {"word_scale", kRequired, kFloat},
+                                     {"position", kRequired, kInt8},
+                                     {"position_scale", kRequired, kFloat},
+                                     {"gamma", kRequired, kFloat},
+                                     {"beta", kOptional, kFloat}}};
+  static constexpr Ports<1> kOutputs{{{"out", kRequired, kFloat}}};
+  float epsilon;
+
+  explicit EmbedLayerNormInt8(const Attributes& a) : epsilon(checked_epsilon(a)) {}
+
+  void Compute(const Io& io) const {
+    const Tensor &ids = io.in(0), &positions = io.in(1), &word = io.in(2), &word_scale = io.in(3), &position = io.in(4),
+                 &position_scale = io.in(5), &gamma = io.in(6);
+    const Tensor* beta = io.optional(7);
+    const bort::RowsDims dims =
+        bort::check_embed_layernorm_int8(ids.shape, positions.shape, word.shape, word_scale.shape, position.shape,
+                                         position_scale.shape, gamma.shape, shape_of(beta), epsilon);
+    const std::vector<int64_t> word_rows = to_int64(ids, static_cast<size_t>(dims.rows));
+    const std::vector<int64_t> position_rows = to_int64(positions, static_cast<size_t>(dims.rows));
+    bort::check_embedding_indices("input_ids", word_rows.data(), dims.rows, word.shape[0]);
+    bort::check_embedding_indices("position_ids", position_rows.data(), dims.rows, position.shape[0]);
+    float* out = io.out<float>(0, {dims.rows, dims.width});
+    bort::embed_layernorm_int8(word_rows.data(), position_rows.data(), dims.rows,
+                               {word.as<int8_t>(), word_scale.as<float>(), word.shape[0]},
+                               {position.as<int8_t>(), position_scale.as<float>(), position.shape[0]},
+                               gamma.as<float>(), floats(beta), out, dims.width, epsilon, io.pool());
+  }
+};
+
 struct QuantizeRows {
   static constexpr const char* kName = "QuantizeRows";
   static constexpr Ports<1> kInputs{{{"x", kRequired, kFloat}}};
@@ -685,8 +720,9 @@ OrtCustomOp* op() {
 }
 
 // The domain's ops: adding one is its kernel struct above and its entry here.
-OrtCustomOp* const kOps[] = {op<FusedAttention>(), op<PackedAttention>(), op<BiasGelu>(),   op<SkipLayerNorm>(),
-                             op<QuantizeRows>(),   op<DequantizeRows>(),  op<LinearBf16>(), op<LinearInt8>()};
+OrtCustomOp* const kOps[] = {op<FusedAttention>(), op<PackedAttention>(),    op<BiasGelu>(),
+                             op<SkipLayerNorm>(),  op<EmbedLayerNormInt8>(), op<QuantizeRows>(),
+                             op<DequantizeRows>(), op<LinearBf16>(),         op<LinearInt8>()};
 
 }  // namespace
 

@@ -17,6 +17,7 @@
 #include "bort_infer_ops.h"
 #include "cpu_dispatch.h"
 #include "dequantize_rows.h"
+#include "embed_layernorm.h"
 #include "gemm_bf16.h"
 #include "gemm_int8.h"
 #include "linear_bf16.h"
@@ -183,6 +184,53 @@ py::array_t<float> skip_layernorm(const py::object& x_obj, const py::object& ski
     bort::ThreadFor pf(g_num_threads.load());
     bort::skip_layernorm(xp, sp, gp, bep, bip, ssp, o, dims.rows, dims.width, epsilon, pf);
   }
+  return out;
+}
+
+// An int8 array as it is (int8 only: the tables the exporter writes); C-contiguous, copied only when needed.
+py::array_t<int8_t, py::array::c_style> as_int8(const py::handle& obj, const char* name) {
+  py::array arr = py::array::ensure(obj);
+  if (!arr || arr.dtype().kind() != 'i' || arr.dtype().itemsize() != 1)
+    throw std::invalid_argument(std::string(name) + " must be an int8 array");
+  return py::array_t<int8_t, py::array::c_style>::ensure(arr);
+}
+
+py::array_t<float> embed_layernorm_int8(const py::object& ids_obj, const py::object& positions_obj,
+                                        const py::object& word_obj, const py::object& word_scale_obj,
+                                        const py::object& position_obj, const py::object& position_scale_obj,
+                                        const py::object& gamma_obj, const py::object& beta_obj, float epsilon) {
+  Int64Array ids = Int64Array::ensure(as_integer(ids_obj, "input_ids"));
+  Int64Array positions = Int64Array::ensure(as_integer(positions_obj, "position_ids"));
+  auto word = as_int8(word_obj, "word");
+  auto position = as_int8(position_obj, "position");
+  FloatArray word_scale = as_float(word_scale_obj, "word_scale");
+  FloatArray position_scale = as_float(position_scale_obj, "position_scale");
+  FloatArray gamma = as_float(gamma_obj, "gamma");
+  auto beta = as_optional_float(beta_obj, "beta");
+  const bort::Shape beta_shape = beta ? shape_of(*beta) : bort::Shape{};
+  const bort::RowsDims dims = bort::check_embed_layernorm_int8(
+      shape_of(ids), shape_of(positions), shape_of(word), shape_of(word_scale), shape_of(position),
+      shape_of(position_scale), shape_of(gamma), beta ? &beta_shape : nullptr, epsilon);
+  bort::check_embedding_indices("input_ids", ids.data(), dims.rows, shape_of(word)[0]);
+  bort::check_embedding_indices("position_ids", positions.data(), dims.rows, shape_of(position)[0]);
+  py::array_t<float> out({dims.rows, dims.width});
+  const bort::Int8Table word_table{word.data(), word_scale.data(), shape_of(word)[0]};
+  const bort::Int8Table position_table{position.data(), position_scale.data(), shape_of(position)[0]};
+  const int64_t *ip = ids.data(), *pp = positions.data();
+  const float *gp = gamma.data(), *bp = data_or_null(beta);
+  float* o = out.mutable_data();
+  {
+    py::gil_scoped_release release;
+    bort::ThreadFor pf(g_num_threads.load());
+    bort::embed_layernorm_int8(ip, pp, dims.rows, word_table, position_table, gp, bp, o, dims.width, epsilon, pf);
+  }
+  return out;
+}
+
+py::array_t<float> dequantize_int8_row(const py::object& q_obj, float scale) {
+  auto q = as_int8(q_obj, "q");
+  py::array_t<float> out(q.size());
+  bort::dequantize_int8_row(q.data(), scale, out.mutable_data(), static_cast<int64_t>(q.size()));
   return out;
 }
 
@@ -521,6 +569,13 @@ PYBIND11_MODULE(_C, m) {
         py::arg("beta") = py::none(), py::arg("bias") = py::none(), py::arg("epsilon") = 1e-12f,
         py::arg("skip_scale") = py::none(),
         "LayerNorm(x + skip [* skip_scale] [+ bias]) * gamma [+ beta] over the last axis.");
+  m.def("embed_layernorm_int8", &embed_layernorm_int8, py::arg("input_ids"), py::arg("position_ids"), py::arg("word"),
+        py::arg("word_scale"), py::arg("position"), py::arg("position_scale"), py::arg("gamma"),
+        py::arg("beta") = py::none(), py::arg("epsilon") = 1e-12f,
+        "LayerNorm(word[input_ids] * word_scale[input_ids] + position[position_ids] * position_scale[position_ids]) "
+        "* gamma [+ beta] for int8 tables (one scale per row) → float32 [T, W] (the EmbedLayerNormInt8 op).");
+  m.def("dequantize_int8_row", &dequantize_int8_row, py::arg("q"), py::arg("scale"),
+        "float(q) * scale for int8 q (flattened) with the active ISA's path: EmbedLayerNormInt8's table rows.");
   m.def("quantize_rows", &quantize_rows, py::arg("x"),
         "Per-row asymmetric uint8 quantization of float x [..., K] → (q uint8 [..., K], scale float32 [...], "
         "zero_point uint8 [...]) with x ~= scale * (q - zero_point).");

@@ -225,6 +225,30 @@ def test_skip_layernorm_default_epsilon():
     assert rel_err(out, ref_skip_layernorm(x, 0, 1, None, None, 1e-12)) <= TOL
 
 
+def embed_feeds(rng, tokens=300, vocab=1000, positions=512, h=1024, ids_dtype=np.int64):
+    return {"input_ids": rng.integers(0, vocab, tokens).astype(ids_dtype),
+            "position_ids": (np.arange(tokens) % positions).astype(ids_dtype),
+            "word": rng.integers(-128, 128, (vocab, h), dtype=np.int8),
+            "word_scale": rng.uniform(1e-3, 0.05, vocab).astype(np.float32),
+            "position": rng.integers(-128, 128, (positions, h), dtype=np.int8),
+            "position_scale": rng.uniform(1e-3, 0.05, positions).astype(np.float32),
+            "gamma": rng.standard_normal(h).astype(np.float32), "beta": rng.standard_normal(h).astype(np.float32)}
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("ids_dtype", [np.int64, np.int32])
+def test_embed_layernorm_int8_equals_the_graph_it_replaces(threads, ids_dtype):
+    # Gather, Cast and Mul per table, then SkipLayerNorm: the exporter's unfused embeddings, bit for bit.
+    f = embed_feeds(np.random.default_rng(5), ids_dtype=ids_dtype)
+    out = run("EmbedLayerNormInt8", f, {"epsilon": 1e-5}, threads=threads)
+    ids, pos = f["input_ids"], f["position_ids"]
+    words = f["word"][ids].astype(np.float32) * f["word_scale"][ids][:, None]
+    positions = f["position"][pos].astype(np.float32) * f["position_scale"][pos][:, None]
+    want = run("SkipLayerNorm", {"x": words, "skip": positions, "gamma": f["gamma"], "beta": f["beta"]},
+               {"epsilon": 1e-5}, threads=threads)
+    np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
+
+
 def int8_linear_session(weight_int8, weight_scale, bias, activation, threads):
     """QuantizeRows → onnxruntime MatMulInteger → DequantizeRows: the int8 linear the exporter emits."""
     colsum = weight_int8.astype(np.int32).sum(axis=0).astype(np.int32)
@@ -625,6 +649,22 @@ X = np.zeros((2, 8), np.float32)
 ])
 def test_skip_layernorm_rejects(feeds, attrs, match):
     expect_failure(match, "SkipLayerNorm", feeds, attrs)
+
+
+@pytest.mark.parametrize("change,match", [
+    ({"input_ids": np.array([0, 1000, 2], np.int64)}, r"input_ids\[1\] = 1000 is not a row of the 1000-row table"),
+    ({"input_ids": np.array([0, -5, 2], np.int64)}, r"input_ids\[1\] = -5 is not a row"),
+    ({"position_ids": np.array([0, 1, 512], np.int64)}, r"position_ids\[2\] = 512 is not a row of the 512-row"),
+    ({"position_ids": np.array([0, 1], np.int64)}, "position_ids must have the shape of input_ids"),
+    ({"word_scale": np.ones(999, np.float32)}, r"word_scale must have shape \[1000\]"),
+    ({"position": np.zeros((512, 1023), np.int8)}, r"position must have shape \[P, 1024\]"),
+    ({"gamma": np.ones(1023, np.float32)}, r"gamma must have shape \[1024\]"),
+])
+def test_embed_layernorm_int8_rejects(change, match):
+    f = embed_feeds(np.random.default_rng(6), tokens=3)
+    f["position_ids"] = np.array([0, 1, 2], np.int64)
+    f.update(change)
+    expect_failure(match, "EmbedLayerNormInt8", f)
 
 
 def test_errors_leave_the_library_usable():

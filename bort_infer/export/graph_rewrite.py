@@ -484,6 +484,18 @@ def _lookup(b: _Builder, table: np.ndarray, q: TablePrecision | None, ids: str, 
     return b.node("Mul", [b.node("Cast", [rows], f"embeddings/{name}_float", to=1), scale], f"embeddings/{name}")
 
 
+def _embed_int8(b: _Builder, word: QuantizedTable, position: QuantizedTable, gamma: str, beta: str,
+                eps: float) -> str:
+    """The packed form's embeddings from int8 tables: one EmbedLayerNormInt8 (the bits of _lookup's Gather, Cast
+    and Mul for both tables, then SkipLayerNorm, in one pass per token)."""
+    tables = []
+    for name, q in (("word", word), ("position", position)):
+        tables += [b.const(f"embeddings.{name}_int8", q.values),
+                   b.const(f"embeddings.{name}_scale", q.scale.astype(np.float32))]
+    return b.node("EmbedLayerNormInt8", ["input_ids", "position_ids", *tables, gamma, beta], "embeddings/ln",
+                  domain=DOMAIN, epsilon=eps)
+
+
 def _layer_body(b: _Builder, enc: Encoder, i: int, precision: Precision, x: _Value, attention, gemm: str) -> _Value:
     """One layer from its input x; `attention(layer, prefix, x)` emits the form's attention and returns
     (context, residual). Each output is also emitted in int8 form when the GEMM that reads it is int8."""
@@ -554,10 +566,13 @@ def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None,
                   helper.make_tensor_value_info("cu_seqlens", int64, ["texts_plus_1"]),
                   helper.make_tensor_value_info("query_rows", int64, ["queries"])]
         output = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["queries", H])
-        words = _lookup(b, enc.word, precision.word, "input_ids", "word")
-        pos = _lookup(b, enc.position, precision.position, "position_ids", "position")
-        x = _Value(b.node("SkipLayerNorm", [words, pos, gamma, beta], "embeddings/ln", domain=DOMAIN,
-                          epsilon=enc.emb_eps))
+        if isinstance(precision.word, QuantizedTable) and isinstance(precision.position, QuantizedTable):
+            x = _Value(_embed_int8(b, precision.word, precision.position, gamma, beta, enc.emb_eps))
+        else:
+            words = _lookup(b, enc.word, precision.word, "input_ids", "word")
+            pos = _lookup(b, enc.position, precision.position, "position_ids", "position")
+            x = _Value(b.node("SkipLayerNorm", [words, pos, gamma, beta], "embeddings/ln", domain=DOMAIN,
+                              epsilon=enc.emb_eps))
 
         last = len(enc.layers) - 1
         for i in range(len(enc.layers)):

@@ -123,19 +123,26 @@ def test_padded_form_matches_the_plain_graph_on_every_real_token(rewrite_case, e
     assert_close(got[valid], want[valid], f"{rewrite_case.name} padded")
 
 
+def packed_feeds(ids, mask, every_row: bool = False) -> dict:
+    """A padded batch as the packed form's feeds: real tokens back to back; queries the CLS rows (or every row)."""
+    valid = mask.astype(bool)
+    lengths = valid.sum(1)
+    cu_seqlens = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    query_rows = np.arange(int(cu_seqlens[-1]), dtype=np.int64) if every_row else cu_seqlens[:-1]
+    return {"input_ids": ids[valid], "position_ids": np.concatenate([np.arange(n) for n in lengths]).astype(np.int64),
+            "cu_seqlens": cu_seqlens, "query_rows": query_rows}
+
+
 def test_packed_form_matches_the_plain_graph_on_all_rows_and_on_cls_rows(rewrite_case, encoder, plain_reference):
     model = emit(encoder, "packed")
     assert ops_used(model) == ["BiasGelu", "PackedAttention", "SkipLayerNorm"]
     assert [i.name for i in model.graph.input] == ["input_ids", "position_ids", "cu_seqlens", "query_rows"]
     ids, mask, want = plain_reference
-    valid = mask.astype(bool)
-    lengths = valid.sum(1)
-    cu_seqlens = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    feeds = packed_feeds(ids, mask)
+    cu_seqlens = feeds["cu_seqlens"]
     tokens = int(cu_seqlens[-1])
-    feeds = {"input_ids": ids[valid], "position_ids": np.concatenate([np.arange(n) for n in lengths]).astype(np.int64),
-             "cu_seqlens": cu_seqlens}
     session = ort_session(model)
-    want_rows = want[valid]  # the real tokens, text after text: the packed row order
+    want_rows = want[mask.astype(bool)]  # the real tokens, text after text: the packed row order
 
     all_rows = session.run(None, {**feeds, "query_rows": np.arange(tokens, dtype=np.int64)})[0]
     assert_close(all_rows, want_rows, f"{rewrite_case.name} packed, every row")
@@ -176,15 +183,32 @@ def test_int8_linears_run_on_linear_int8_and_equal_the_mlas_graph_bit_for_bit(re
     assert not {"MatMulInteger", "QuantizeRows", "DequantizeRows", "MatMul"} & set(op_counts(ours))
     assert op_counts(mlas).get("MatMulInteger") == linears and "LinearInt8" not in op_counts(mlas)
     ids, mask = padded_batch(rewrite_case.config)
-    if form == "padded":
-        feeds = {"input_ids": ids, "attention_mask": mask}
-    else:
-        valid = mask.astype(bool)
-        lengths = valid.sum(1)
-        cu_seqlens = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
-        feeds = {"input_ids": ids[valid], "position_ids": np.concatenate([np.arange(n) for n in lengths]),
-                 "cu_seqlens": cu_seqlens, "query_rows": cu_seqlens[:-1]}
+    feeds = {"input_ids": ids, "attention_mask": mask} if form == "padded" else packed_feeds(ids, mask)
     got, want = (ort_session(m).run(None, feeds)[0] for m in (ours, mlas))
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_packed_int8_embeddings_are_one_fused_op_with_the_lookups_bits(rewrite_case, encoder, monkeypatch):
+    # int8 tables: one EmbedLayerNormInt8 instead of Gather, Cast and Mul per table and a SkipLayerNorm, and the
+    # same bits as that chain (emitted here by swapping the fused op back for the lookups).
+    from bort_infer.export import graph_rewrite
+
+    precision = full_int8(encoder)
+    fused = emit(encoder, "packed", precision)
+    counts = op_counts(fused)
+    assert counts.get("EmbedLayerNormInt8") == 1 and not {"Cast", "Mul", "Unsqueeze"} & set(counts)
+
+    def lookups(b, word, position, gamma, beta, eps):
+        rows = [graph_rewrite._lookup(b, table, q, ids, name) for table, q, ids, name in
+                ((encoder.word, word, "input_ids", "word"), (encoder.position, position, "position_ids", "position"))]
+        return b.node("SkipLayerNorm", [*rows, gamma, beta], "embeddings/ln", domain=graph_rewrite.DOMAIN,
+                      epsilon=eps)
+
+    monkeypatch.setattr(graph_rewrite, "_embed_int8", lookups)
+    unfused = emit(encoder, "packed", precision)
+    assert "EmbedLayerNormInt8" not in op_counts(unfused) and op_counts(unfused).get("Cast") == 2
+    feeds = packed_feeds(*padded_batch(rewrite_case.config), every_row=True)
+    got, want = (ort_session(m).run(None, feeds)[0] for m in (fused, unfused))
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
