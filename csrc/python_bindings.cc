@@ -72,6 +72,15 @@ py::array as_integer(const py::handle& obj, const char* name) {
 
 const float* data_or_null(const std::optional<FloatArray>& a) { return a ? a->data() : nullptr; }
 
+template <typename T>
+py::array_t<T, py::array::c_style | py::array::forcecast> as_exact(const py::object& obj, const char* name,
+                                                                   const char* expected) {
+  py::array arr = py::array::ensure(obj);
+  if (!arr || !arr.dtype().is(py::dtype::of<T>()))
+    throw std::invalid_argument(std::string(name) + " must be a " + expected + " array");
+  return py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(arr);
+}
+
 py::array_t<float> attention(const py::object& qkv_obj, const py::object& bias_obj, const py::object& mask_obj,
                              int64_t num_heads, std::optional<float> scale, const std::string& precision) {
   const bort::AttentionPrecision prec = bort::attention_precision_from_name(precision);
@@ -187,22 +196,14 @@ py::array_t<float> skip_layernorm(const py::object& x_obj, const py::object& ski
   return out;
 }
 
-// An int8 array as it is (int8 only: the tables the exporter writes); C-contiguous, copied only when needed.
-py::array_t<int8_t, py::array::c_style> as_int8(const py::handle& obj, const char* name) {
-  py::array arr = py::array::ensure(obj);
-  if (!arr || arr.dtype().kind() != 'i' || arr.dtype().itemsize() != 1)
-    throw std::invalid_argument(std::string(name) + " must be an int8 array");
-  return py::array_t<int8_t, py::array::c_style>::ensure(arr);
-}
-
 py::array_t<float> embed_layernorm_int8(const py::object& ids_obj, const py::object& positions_obj,
                                         const py::object& word_obj, const py::object& word_scale_obj,
                                         const py::object& position_obj, const py::object& position_scale_obj,
                                         const py::object& gamma_obj, const py::object& beta_obj, float epsilon) {
   Int64Array ids = Int64Array::ensure(as_integer(ids_obj, "input_ids"));
   Int64Array positions = Int64Array::ensure(as_integer(positions_obj, "position_ids"));
-  auto word = as_int8(word_obj, "word");
-  auto position = as_int8(position_obj, "position");
+  auto word = as_exact<int8_t>(word_obj, "word", "int8");
+  auto position = as_exact<int8_t>(position_obj, "position", "int8");
   FloatArray word_scale = as_float(word_scale_obj, "word_scale");
   FloatArray position_scale = as_float(position_scale_obj, "position_scale");
   FloatArray gamma = as_float(gamma_obj, "gamma");
@@ -228,7 +229,7 @@ py::array_t<float> embed_layernorm_int8(const py::object& ids_obj, const py::obj
 }
 
 py::array_t<float> dequantize_int8_row(const py::object& q_obj, float scale) {
-  auto q = as_int8(q_obj, "q");
+  auto q = as_exact<int8_t>(q_obj, "q", "int8");
   py::array_t<float> out(q.size());
   bort::dequantize_int8_row(q.data(), scale, out.mutable_data(), static_cast<int64_t>(q.size()));
   return out;
@@ -257,15 +258,6 @@ bort::Activation parse_activation(const std::string& name) {
   if (name == "none") return bort::Activation::kNone;
   if (name == "gelu") return bort::Activation::kGelu;
   throw std::invalid_argument("activation must be 'none' or 'gelu', got '" + name + "'");
-}
-
-template <typename T>
-py::array_t<T, py::array::c_style | py::array::forcecast> as_exact(const py::object& obj, const char* name,
-                                                                   const char* expected) {
-  py::array arr = py::array::ensure(obj);
-  if (!arr || !arr.dtype().is(py::dtype::of<T>()))
-    throw std::invalid_argument(std::string(name) + " must be a " + expected + " array");
-  return py::array_t<T, py::array::c_style | py::array::forcecast>::ensure(arr);
 }
 
 // The outputs of dequantize_rows and linear_int8: y (`shape`) when output_float; with requantize, q (`shape`),

@@ -96,7 +96,7 @@ def test_an_index_outside_its_table_is_an_error(name, index, value, match):
     (dict(gamma=np.ones(7, np.float32)), r"gamma must have shape \[8\]"),
     (dict(beta=np.ones(9, np.float32)), r"beta must have shape \[8\]"),
     (dict(epsilon=float("nan")), "epsilon must be finite"),
-    (dict(word=np.zeros((10, 8), np.uint8)), "word must be an int8 array"),
+    (dict(word=np.zeros((10, 8), np.uint8)), "word must be a int8 array"),
 ])
 def test_embed_layernorm_int8_validation(change, match):
     rng = np.random.default_rng(0)
