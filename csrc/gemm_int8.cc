@@ -137,6 +137,26 @@ void gemm_int8_block(Int8Path path, const GemmOperandA& a, const PackedInt8Weigh
 // ---------------------------------------------------------------------------------------------
 // Task planning
 
+namespace {
+
+// Rows split into `tasks` blocks (rounded up to `align` rows, which may leave fewer tasks), each over all panels.
+GemmTaskPlan row_task_plan(int64_t m, int64_t tasks, int64_t align, int64_t panels) {
+  GemmTaskPlan plan;
+  plan.rows_per_task = ((m + tasks - 1) / tasks + align - 1) / align * align;
+  plan.row_tasks = (m + plan.rows_per_task - 1) / plan.rows_per_task;
+  plan.panels_per_task = panels;
+  plan.panel_tasks = 1;
+  return plan;
+}
+
+// The panels split into `wanted` blocks (fewer when they do not divide evenly).
+void split_panels(GemmTaskPlan& plan, int64_t panels, int64_t wanted) {
+  plan.panels_per_task = (panels + wanted - 1) / wanted;
+  plan.panel_tasks = (panels + plan.panels_per_task - 1) / plan.panels_per_task;
+}
+
+}  // namespace
+
 GemmTaskPlan plan_gemm_tasks(Int8Path path, int64_t m, const PackedInt8Weights& w, size_t concurrency,
                              bool finishes_rows) {
   GemmTaskPlan plan;
@@ -152,12 +172,7 @@ GemmTaskPlan plan_gemm_tasks(Int8Path path, int64_t m, const PackedInt8Weights& 
     // Row tasks that finish their own rows (in L2) beat panel tasks whose rows are finished after a barrier,
     // from L3, though each task streams B again: Bort int8, Intel Xeon, 2 threads: b1 s128 1.07x, b8 s128
     // 1.08x, b8 s512 1.06x (its LayerNorm linears: B 0.75-1 MB).
-    const int64_t tasks = std::min(m / kMinRowsPerTask, 4 * threads);
-    plan.rows_per_task = ((m + tasks - 1) / tasks + 31) / 32 * 32;
-    plan.row_tasks = (m + plan.rows_per_task - 1) / plan.rows_per_task;
-    plan.panels_per_task = panels;
-    plan.panel_tasks = 1;
-    return plan;
+    return row_task_plan(m, std::min(m / kMinRowsPerTask, 4 * threads), 32, panels);
   }
   if (path == Int8Path::kAmx) {
     // AMX multiplies faster than B streams in from L3 (Bort's QKV weights, 3 MB, exceed L2): every B panel is
@@ -171,8 +186,7 @@ GemmTaskPlan plan_gemm_tasks(Int8Path path, int64_t m, const PackedInt8Weights& 
     const int64_t wanted = threads > 1 ? std::min({panels, std::max<int64_t>(1, 4 * threads / plan.row_tasks),
                                                    std::max<int64_t>(1, by_work / plan.row_tasks)})
                                        : 1;
-    plan.panels_per_task = (panels + wanted - 1) / wanted;
-    plan.panel_tasks = (panels + plan.panels_per_task - 1) / plan.panels_per_task;
+    split_panels(plan, panels, wanted);
     plan.shared_rows = true;
     return plan;
   }
@@ -181,19 +195,11 @@ GemmTaskPlan plan_gemm_tasks(Int8Path path, int64_t m, const PackedInt8Weights& 
   // Few rows: the GEMM streams B, so tasks split the panels and B is read once in total. Enough rows per
   // thread: tasks split rows, each task re-reading B panel by panel (a panel is reused by all of the task's
   // rows while it sits in L1/L2, which costs little against rows x K x 64 multiply-adds).
-  if (threads > 1 && m >= kMinRowsPerTask * threads) {
-    const int64_t tasks = std::min(m / kMinRowsPerTask, 4 * threads) / threads * threads;
-    plan.rows_per_task = (m + tasks - 1) / tasks;
-    plan.row_tasks = (m + plan.rows_per_task - 1) / plan.rows_per_task;
-    plan.panels_per_task = panels;
-    plan.panel_tasks = 1;
-    return plan;
-  }
+  if (threads > 1 && m >= kMinRowsPerTask * threads)
+    return row_task_plan(m, std::min(m / kMinRowsPerTask, 4 * threads) / threads * threads, 1, panels);
   plan.rows_per_task = m;
   plan.row_tasks = 1;
-  const int64_t wanted = threads > 1 ? std::min({panels, 4 * threads, by_work}) : 1;
-  plan.panels_per_task = (panels + wanted - 1) / wanted;
-  plan.panel_tasks = (panels + plan.panels_per_task - 1) / plan.panels_per_task;
+  split_panels(plan, panels, threads > 1 ? std::min({panels, 4 * threads, by_work}) : 1);
   plan.shared_rows = plan.panel_tasks > 1;
   return plan;
 }
