@@ -469,6 +469,11 @@ def _linear_skip_layernorm(b: _Builder, x: _Value, weight: np.ndarray, q: Linear
     return _Value(y, tuple(quantized))
 
 
+def _int8_table(b: _Builder, q: QuantizedTable, name: str) -> tuple[str, str]:
+    """An int8 embedding table's initializers: its rows and their scales."""
+    return b.const(f"embeddings.{name}_int8", q.values), b.const(f"embeddings.{name}_scale", q.scale.astype(np.float32))
+
+
 def _lookup(b: _Builder, table: np.ndarray, q: TablePrecision | None, ids: str, name: str) -> str:
     """Rows `ids` of an embedding table (int8 rows times their scale when quantized; bf16 rows widened)."""
     if q is None:
@@ -476,9 +481,9 @@ def _lookup(b: _Builder, table: np.ndarray, q: TablePrecision | None, ids: str, 
     if isinstance(q, Bf16Table):
         rows = b.node("Gather", [b.const_bf16(f"embeddings.{name}_bf16", q.bits), ids], f"embeddings/{name}_bf16")
         return b.node("Cast", [rows], f"embeddings/{name}", to=1)
-    rows = b.node("Gather", [b.const(f"embeddings.{name}_int8", q.values), ids], f"embeddings/{name}_int8")
-    scale = b.node("Gather", [b.const(f"embeddings.{name}_scale", q.scale.astype(np.float32)), ids],
-                   f"embeddings/{name}_scale")
+    values, scales = _int8_table(b, q, name)
+    rows = b.node("Gather", [values, ids], f"embeddings/{name}_int8")
+    scale = b.node("Gather", [scales, ids], f"embeddings/{name}_scale")
     scale = b.node("Unsqueeze", [scale, b.const(f"embeddings.{name}_last_axis", np.array([-1], np.int64))],
                    f"embeddings/{name}_scale_column")
     return b.node("Mul", [b.node("Cast", [rows], f"embeddings/{name}_float", to=1), scale], f"embeddings/{name}")
@@ -488,10 +493,7 @@ def _embed_int8(b: _Builder, word: QuantizedTable, position: QuantizedTable, gam
                 eps: float) -> str:
     """The packed form's embeddings from int8 tables: one EmbedLayerNormInt8 (the bits of _lookup's Gather, Cast
     and Mul for both tables, then SkipLayerNorm, in one pass per token)."""
-    tables = []
-    for name, q in (("word", word), ("position", position)):
-        tables += [b.const(f"embeddings.{name}_int8", q.values),
-                   b.const(f"embeddings.{name}_scale", q.scale.astype(np.float32))]
+    tables = [*_int8_table(b, word, "word"), *_int8_table(b, position, "position")]
     return b.node("EmbedLayerNormInt8", ["input_ids", "position_ids", *tables, gamma, beta], "embeddings/ln",
                   domain=DOMAIN, epsilon=eps)
 
