@@ -202,6 +202,19 @@ bool has_neon_dotprod() { return features().neon_dotprod; }
 
 bool has_neon_i8mm() { return features().neon_i8mm; }
 
+int64_t last_level_cache_bytes() {
+  static const int64_t bytes = [] {
+#if defined(_SC_LEVEL3_CACHE_SIZE) && defined(_SC_LEVEL2_CACHE_SIZE)
+    for (const int name : {_SC_LEVEL3_CACHE_SIZE, _SC_LEVEL2_CACHE_SIZE}) {
+      const long size = sysconf(name);
+      if (size > 0) return static_cast<int64_t>(size);
+    }
+#endif
+    return int64_t{0};
+  }();
+  return bytes;
+}
+
 bool isa_supported(Isa isa) {
   switch (isa) {
     case Isa::kScalar: return true;

@@ -67,6 +67,9 @@ bool has_amx_bf16();
 bool has_neon();
 bool has_neon_dotprod();
 bool has_neon_i8mm();
+// Bytes of the CPU's last-level cache as the C library reports it (sysconf: level 3, else level 2), read once;
+// 0 when it reports none. The whole socket's cache, as a VM is shown it, not this core's share.
+int64_t last_level_cache_bytes();
 
 // Whether the CPU supports `isa` (every feature of that level and of those below it).
 bool isa_supported(Isa isa);

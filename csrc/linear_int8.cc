@@ -4,6 +4,7 @@
 #include <cstring>
 #include <vector>
 
+#include "cpu_dispatch.h"
 #include "quantize_rows.h"
 
 namespace bort {
@@ -14,10 +15,21 @@ namespace {
 // are cut into equal chunks.
 constexpr int64_t kMaxChunkRows = 96;
 
+}  // namespace
+
 // Float outputs at least this large (and not read again by a row stage) are written with non-temporal stores:
-// they cannot stay in the caches until the next op reads them, so reading each line for ownership before
-// writing it only doubles the memory traffic (Bort's QKV output at b8 s128: 12 MB).
-constexpr int64_t kStreamedOutputBytes = int64_t{4} << 20;
+// an output the caches cannot keep until the next op reads it only doubles the memory traffic when each line is
+// read for ownership before being written. What the caches keep scales with the last-level cache (shared with
+// every other core of the socket): Bort's QKV output (12 MB at b8 s128, 6 MB at b1 s512, 48 MB at b8 s512) gained
+// from streaming on an AMD EPYC Zen 4 (32 MB of L3 a CCD: 1.02-1.06x at b8 s128 and b1 s512, one thread) but lost on an
+// Intel Xeon with a 480 MB L3 (attention read it back from memory: whole model 0.86x at b8 s128, 0.91x at
+// b1 s512; level or better at b8 s512). A sixteenth of the last-level cache, at least 4 MB, fits both.
+int64_t streamed_output_bytes() {
+  constexpr int64_t kMinimum = int64_t{4} << 20;
+  return std::max(kMinimum, last_level_cache_bytes() / 16);
+}
+
+namespace {
 
 // Dequantizes each finished int32 tile into out (rows counted from out_row0).
 class DequantizeSink final : public TileSink {
@@ -112,7 +124,7 @@ void linear_int8(const LinearInt8Input& in, int64_t rows, const PackedInt8Weight
   }
 
   const bool streamed = y != nullptr && !row_stages && act == Activation::kNone &&
-                        rows * n * static_cast<int64_t>(sizeof(float)) >= kStreamedOutputBytes;
+                        rows * n * static_cast<int64_t>(sizeof(float)) >= streamed_output_bytes();
   const GemmTaskPlan plan = plan_gemm_tasks(path, rows, w, pf.concurrency(), row_stages);
   if (!plan.shared_rows) {
     // Row tasks: each quantizes, multiplies and finishes its own rows, chunk by chunk, without a barrier.

@@ -30,4 +30,8 @@ void linear_int8(const LinearInt8Input& in, int64_t rows, const PackedInt8Weight
                  const float* bias, Activation act, const SkipLayerNormEpilogue& norm, float* y,
                  const RequantizedRows& requantized, const ParallelFor& pf);
 
+// Float outputs of at least this many bytes with no activation or row stage go out with non-temporal stores
+// (where the path has them; the same values): max(4 MB, the last-level cache / 16).
+int64_t streamed_output_bytes();
+
 }  // namespace bort

@@ -624,6 +624,9 @@ PYBIND11_MODULE(_C, m) {
         "The fused int8 linear layer: quantize_rows(x) (or the given x_quantized, x_scale, x_zero_point with x=None) "
         "-> exact u8 x s8 GEMM on weights -> dequantize_rows' epilogue (weight_scale [N], bias, 'gelu' or "
         "skip + LayerNorm, requantize), bit for bit equal to that three-step chain. Returns as dequantize_rows.");
+  m.def("linear_int8_streamed_output_bytes", &bort::streamed_output_bytes,
+        "Float outputs of linear_int8 at least this large (no activation, no row stage) are written with "
+        "non-temporal stores: max(4 MB, last-level cache / 16).");
   m.def("erf", &erf_for_tests, py::arg("x"),
         "erf with the active ISA's implementation (for testing the vectorised erf).");
   m.def("set_isa", &set_isa, py::arg("isa"),
