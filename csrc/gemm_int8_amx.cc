@@ -52,10 +52,31 @@ class PendingRows {
   int64_t row0_ = 0, rows_ = 0, col0_ = 0, cols_ = 0, done_ = 0, rows_per_step_ = 1;
 };
 
+// The next panel's bytes brought from L3 into L2 a few lines per tile step, while the current panel is multiplied:
+// a panel's first pass (every row block after the first finds it in L2) otherwise waits out one L3 latency per
+// tile row, the tile loads having few misses in flight.
+class PanelPrefetch {
+ public:
+  void reset(const int8_t* panel, int64_t bytes, int64_t steps) {
+    next_ = reinterpret_cast<const char*>(panel);
+    end_ = next_ + (panel == nullptr ? 0 : bytes);
+    const int64_t lines = (bytes + 63) / 64;
+    lines_per_step_ = (lines + steps - 1) / std::max<int64_t>(steps, 1);
+  }
+  void step() {
+    for (int64_t i = 0; i < lines_per_step_ && next_ < end_; ++i, next_ += 64) _mm_prefetch(next_, _MM_HINT_T1);
+  }
+
+ private:
+  const char* next_ = nullptr;
+  const char* end_ = nullptr;
+  int64_t lines_per_step_ = 0;
+};
+
 // C tiles 4..7 (rows 0-15 / 16-31 x columns 0-15 / 16-31) of the block at `c` (ld 64 int32).
 template <bool kTwoRowTiles, bool kTwoColTiles>
 BORT_AMX void block_kernel(const uint8_t* a, int64_t lda, const int8_t* b, int64_t group_bytes, int64_t k_tiles,
-                           int32_t* c, PendingRows& pending) {
+                           int32_t* c, PendingRows& pending, PanelPrefetch& prefetch) {
   _tile_zero(4);
   if (kTwoColTiles) _tile_zero(6);
   if (kTwoRowTiles) {
@@ -76,6 +97,7 @@ BORT_AMX void block_kernel(const uint8_t* a, int64_t lda, const int8_t* b, int64
       if (kTwoColTiles) _tile_dpbusd(7, 3, 1);
     }
     pending.step();  // plain vector code: it leaves the tiles alone
+    prefetch.step();
   }
   constexpr int ldc_bytes = static_cast<int>(kPanelWidth * sizeof(int32_t));
   _tile_stored(4, c, ldc_bytes);
@@ -117,6 +139,7 @@ BORT_AMX void gemm_int8_block_amx(const GemmOperandA& a, const PackedInt8Weights
   constexpr int64_t kChunkBytes = int64_t{1} << 20;  // half of a 2 MB L2: A, C and the output share the rest
   const int64_t chunk_panels = std::max<int64_t>(1, kChunkBytes / (kPanelWidth * std::max(w.padded_k(), kKPad)));
   PendingRows pending(sink);
+  PanelPrefetch prefetch;
   int64_t block = 0;
   for (int64_t c0 = p0; c0 < p1; c0 += chunk_panels) {
     const int64_t c1 = std::min(p1, c0 + chunk_panels);
@@ -126,18 +149,24 @@ BORT_AMX void gemm_int8_block_amx(const GemmOperandA& a, const PackedInt8Weights
       for (int64_t p = c0; p < c1; ++p, ++block) {
         const int64_t width = w.panel_width(p), group_bytes = width * 4;
         int32_t* tile = tiles[block % 2];
+        const int64_t steps = (width + 31) / 32 * k_tiles;
+        // The panel that comes next from L3: the chunk's next one during the first row block, the next chunk's
+        // first one during the last.
+        const bool last_rows = r + 32 >= a.rows;
+        const int64_t next = r == 0 && p + 1 < c1 ? p + 1 : last_rows && p + 1 == c1 && c1 < p1 ? c1 : -1;
+        prefetch.reset(next < 0 ? nullptr : w.panel(next), next < 0 ? 0 : w.panel_width(next) * w.padded_k(), steps);
         for (int64_t c = 0; c < width; c += 32) {
           const int8_t* b = w.panel(p) + c * 4;
           const bool two_cols = c + 32 <= width;
           if (rows > 16)
             (two_cols ? block_kernel<true, true> : block_kernel<true, false>)(ar, a.stride, b, group_bytes, k_tiles,
-                                                                              tile + c, pending);
+                                                                              tile + c, pending, prefetch);
           else
             (two_cols ? block_kernel<false, true> : block_kernel<false, false>)(ar, a.stride, b, group_bytes, k_tiles,
-                                                                                tile + c, pending);
+                                                                                tile + c, pending, prefetch);
         }
         pending.finish();
-        pending.reset(tile, row_offset + r, rows, w.panel_begin(p), w.panel_columns(p), (width + 31) / 32 * k_tiles);
+        pending.reset(tile, row_offset + r, rows, w.panel_begin(p), w.panel_columns(p), steps);
       }
     }
   }
