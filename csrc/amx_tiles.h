@@ -58,6 +58,27 @@ class ScopedTileConfig {
   bool restore_ = false;
 };
 
+// A weight panel brought from L3 into L2 a few lines per tile step while the panel before it is multiplied: a
+// panel's first pass (later row blocks find it in L2) otherwise waits out one L3 latency per tile row, the tile
+// loads having few misses in flight. Prefetches never fault; reset(nullptr, ...) prefetches nothing.
+class PanelPrefetch {
+ public:
+  void reset(const void* panel, int64_t bytes, int64_t steps) {
+    next_ = static_cast<const char*>(panel);
+    end_ = panel == nullptr ? next_ : next_ + bytes;
+    const int64_t lines = (bytes + 63) / 64;
+    lines_per_step_ = steps > 0 ? (lines + steps - 1) / steps : lines;
+  }
+  void step() {
+    for (int64_t i = 0; i < lines_per_step_ && next_ < end_; ++i, next_ += 64) _mm_prefetch(next_, _MM_HINT_T1);
+  }
+
+ private:
+  const char* next_ = nullptr;
+  const char* end_ = nullptr;
+  int64_t lines_per_step_ = 0;
+};
+
 }  // namespace bort
 
 #endif  // BORT_X86_64

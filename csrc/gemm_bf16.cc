@@ -207,6 +207,9 @@ void run(const uint16_t* a, int64_t lda, int64_t m, const PackedBf16Weights& w, 
     blk.c = c + r0 * w.n();
     blk.ldc = w.n();
     blk.epilogue = epilogue;
+    // Threads take tasks in order, so the first row tasks of a column block, one per thread, meet its panels
+    // first; later ones find them in L2 (where prefetching them again only takes L2 bandwidth from the tiles).
+    blk.panels_from_l3 = row_task < static_cast<int64_t>(pf.concurrency());
     kernel(blk);
   });
 }

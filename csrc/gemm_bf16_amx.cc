@@ -48,6 +48,7 @@ BORT_AMX void run_block(const Block& blk) {
   const int64_t depth_blocks = w.padded_pairs() / kTileRows;  // 16 pair rows = 32 k per tile product
   const int a_stride = static_cast<int>(blk.lda * 2);
   alignas(64) float out[4][kTileRows * 16];
+  PanelPrefetch prefetch;
   configure_tiles();
   for (int64_t r0 = 0; r0 < blk.rows; r0 += 2 * kTileRows) {
     const int64_t rows_top = blk.rows - r0 < kTileRows ? blk.rows - r0 : kTileRows;
@@ -57,6 +58,11 @@ BORT_AMX void run_block(const Block& blk) {
       const int64_t width = w.panel_width(j), valid = valid_columns(w, j);
       const int b_stride = static_cast<int>(width * 4);
       const uint16_t* panel = w.panel(j);
+      // The first row block takes each panel from L3: the block's next panel comes in meanwhile.
+      const int64_t steps = (width + 31) / 32 * depth_blocks;
+      const bool prefetch_next = blk.panels_from_l3 && r0 == 0 && j + 1 < blk.panel_end;
+      prefetch.reset(prefetch_next ? w.panel(j + 1) : nullptr,
+                     prefetch_next ? w.panel_width(j + 1) * w.padded_pairs() * 4 : 0, steps);
       for (int64_t c0 = 0; c0 < width; c0 += 32) {
         const bool right = c0 + 16 < width;
         _tile_zero(4);
@@ -78,6 +84,7 @@ BORT_AMX void run_block(const Block& blk) {
             _tile_dpbf16ps(5, 3, 0);
             if (right) _tile_dpbf16ps(7, 3, 1);
           }
+          prefetch.step();
         }
         _tile_stored(4, out[0], 64);
         _tile_stored(5, out[1], 64);

@@ -21,6 +21,9 @@ struct Block {
   float* c = nullptr;
   int64_t ldc = 0;
   Bf16Epilogue epilogue;
+  // The panels are probably not in this thread's L2 yet (its first task on them): paths that can, prefetch
+  // each next panel during the first row group.
+  bool panels_from_l3 = false;
 };
 
 void block_scalar(const Block& b);

@@ -52,27 +52,6 @@ class PendingRows {
   int64_t row0_ = 0, rows_ = 0, col0_ = 0, cols_ = 0, done_ = 0, rows_per_step_ = 1;
 };
 
-// The next panel's bytes brought from L3 into L2 a few lines per tile step, while the current panel is multiplied:
-// a panel's first pass (every row block after the first finds it in L2) otherwise waits out one L3 latency per
-// tile row, the tile loads having few misses in flight.
-class PanelPrefetch {
- public:
-  void reset(const int8_t* panel, int64_t bytes, int64_t steps) {
-    next_ = reinterpret_cast<const char*>(panel);
-    end_ = next_ + (panel == nullptr ? 0 : bytes);
-    const int64_t lines = (bytes + 63) / 64;
-    lines_per_step_ = (lines + steps - 1) / std::max<int64_t>(steps, 1);
-  }
-  void step() {
-    for (int64_t i = 0; i < lines_per_step_ && next_ < end_; ++i, next_ += 64) _mm_prefetch(next_, _MM_HINT_T1);
-  }
-
- private:
-  const char* next_ = nullptr;
-  const char* end_ = nullptr;
-  int64_t lines_per_step_ = 0;
-};
-
 // C tiles 4..7 (rows 0-15 / 16-31 x columns 0-15 / 16-31) of the block at `c` (ld 64 int32).
 template <bool kTwoRowTiles, bool kTwoColTiles>
 BORT_AMX void block_kernel(const uint8_t* a, int64_t lda, const int8_t* b, int64_t group_bytes, int64_t k_tiles,
