@@ -200,6 +200,8 @@ void finish_rows_serial(Isa isa, float* y, const SkipLayerNormEpilogue& norm, co
                         int64_t rows, int64_t n) {
   for (int64_t r = 0; r < rows; ++r) {
     float* row = y + r * n;
+    // The residual rows come from L3 or memory (the rows of y were just written here).
+    if (norm.skip != nullptr && r + 1 < rows) prefetch_row(norm.skip + (r + 1) * n, n * sizeof(float));
     if (norm.skip != nullptr)
       skip_layernorm_serial(isa, row, norm.skip + r * n, norm.gamma, norm.beta, /*bias=*/nullptr, norm.skip_scale, row,
                             1, n, norm.epsilon);

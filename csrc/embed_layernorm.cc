@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "cpu_dispatch.h"
+#include "row_dispatch.h"
 #include "simd_math.h"
 #include "skip_layernorm.h"
 
@@ -50,10 +51,7 @@ void embed_layernorm_int8(const int64_t* ids, const int64_t* positions, int64_t 
     position_row.resize(static_cast<size_t>(h));
     for (int64_t t = t0; t < t1; ++t) {
       // Word rows are scattered over a large table (Bort's: 51 MB): fetch the next one while this one is done.
-      if (t + 1 < t1) {
-        const int8_t* next = word.rows + ids[t + 1] * h;
-        for (int64_t i = 0; i < h; i += 64) __builtin_prefetch(next + i);
-      }
+      if (t + 1 < t1) prefetch_row(word.rows + ids[t + 1] * h, h);
       float* row = y + t * h;
       dequantize(word.rows + ids[t] * h, word.scale[ids[t]], row, h);
       dequantize(position.rows + positions[t] * h, position.scale[positions[t]], position_row.data(), h);

@@ -4,6 +4,7 @@
 #include <cmath>
 
 #include "cpu_dispatch.h"
+#include "row_dispatch.h"
 #include "simd_math.h"
 #include "simd_neon.h"
 
@@ -199,7 +200,11 @@ constexpr IsaPath<QuantizeFn> kQuantizePaths[] = {
 
 void quantize_rows_serial(Isa isa, const float* x, uint8_t* q, float* scale, uint8_t* zero_point, int64_t rows,
                           int64_t k) {
-  select_path(isa, kQuantizePaths)(x, q, scale, zero_point, rows, k);
+  const QuantizeFn quantize = select_path(isa, kQuantizePaths);
+  for (int64_t r = 0; r < rows; ++r) {
+    if (r + 1 < rows) prefetch_row(x + (r + 1) * k, k * static_cast<int64_t>(sizeof(float)));
+    quantize(x + r * k, q + r * k, scale + r, zero_point + r, 1, k);
+  }
 }
 
 void quantize_rows(const float* x, uint8_t* q, float* scale, uint8_t* zero_point, int64_t rows, int64_t k,
