@@ -14,7 +14,8 @@
 
 #include "amx_tiles.h"
 #include "cpu_dispatch.h"
-#include "gemm_bf16.h"  // float_to_bf16, bf16_to_float
+#include "gemm_bf16.h"     // float_to_bf16, bf16_to_float
+#include "row_dispatch.h"  // prefetch_row
 #include "simd_math.h"
 #include "simd_neon.h"
 
@@ -926,7 +927,10 @@ constexpr std::array<TileBf16, 4> kTilesBf16 = {&attend_tile_bf16<1>, &attend_ti
 BORT_AVX512_BF16 void pack_bf16_keys(const float* k_base, int64_t stride, int64_t D, int64_t num_keys,
                                      int64_t num_blocks, uint16_t* kpack) {
   const int64_t P = D / 2;
-  for (int64_t kb = 0; kb < num_blocks; ++kb)
+  for (int64_t kb = 0; kb < num_blocks; ++kb) {
+    // Each key is a piece of a long row (Bort's: 512 bytes of 12 KB), which the hardware prefetchers do not follow.
+    for (int64_t j = (kb + 1) * 16; j < std::min(num_keys, (kb + 2) * 16); ++j)
+      prefetch_row(k_base + j * stride, D * static_cast<int64_t>(sizeof(float)));
     for (int64_t d0 = 0; d0 < D; d0 += 32) {
       __m512i r[16];
       for (int64_t i = 0; i < 16; ++i) {
@@ -940,13 +944,17 @@ BORT_AVX512_BF16 void pack_bf16_keys(const float* k_base, int64_t stride, int64_
       transpose16x16_epi32(r);
       for (int64_t p = 0; p < 16; ++p) _mm512_store_si512(kpack + (kb * P + d0 / 2 + p) * 32, r[p]);
     }
+  }
 }
 
 // V rows -> vpack.
 BORT_AVX512_BF16 void pack_bf16_values(const float* v_base, int64_t stride, int64_t D, int64_t num_keys,
                                        int64_t num_blocks, uint16_t* vpack) {
   const int64_t v_stride = 32 * num_blocks * 8, num_pairs = (num_keys + 1) / 2;
+  constexpr int64_t kAhead = 8;  // key pairs: each key is a piece of a long row, as in pack_bf16_keys
   for (int64_t jp = 0; jp < num_pairs; ++jp) {
+    for (int64_t j = 2 * (jp + kAhead); j < std::min(num_keys, 2 * (jp + kAhead + 1)); ++j)
+      prefetch_row(v_base + j * stride, D * static_cast<int64_t>(sizeof(float)));
     const float* v0 = v_base + 2 * jp * stride;
     const bool second = 2 * jp + 1 < num_keys;  // else key 2 jp + 1 is padding: zero
     for (int64_t d0 = 0; d0 < D; d0 += 16) {
@@ -1370,18 +1378,24 @@ BORT_AMX void attend_rows_amx_bf16(const SeqView& s, const AttentionShape& sh, c
   const int64_t D = sh.head_dim;
   thread_local AmxAttentionScratch scratch;
   Bf16Item it;
+  const int64_t row_bytes = D * static_cast<int64_t>(sizeof(float));
+  for (int64_t j = 0; j < std::min<int64_t>(16, s.keys.key_end); ++j)  // the first key block, while V is packed
+    prefetch_row(s.k + j * s.kv_stride + head * D, row_bytes);
   init_bf16_item(it, scratch.b, s, sh, bias, head, kAmxRows, 2);
   const int64_t num_blocks = it.f.num_blocks, num_keys = it.f.num_keys;
   uint16_t* kpack = reinterpret_cast<uint16_t*>(scratch.b.kpack.get(static_cast<size_t>(num_blocks * 16 * D / 2)));
   it.kpack = kpack;
   it.qtile = reinterpret_cast<uint16_t*>(scratch.b.qtile.get(static_cast<size_t>(kAmxRows * D / 2)));
+  for (int64_t t = q0; t < std::min(q1, q0 + kAmxRows); ++t) prefetch_row(s.q[t] + head * D, row_bytes);
   pack_bf16_keys(s.k + head * D, s.kv_stride, D, num_keys, num_blocks, kpack);
   const int64_t steps = (num_keys + 31) / 32, v_stride = steps * 16 * 32;  // vpack: 2 x steps key blocks
   it.probs = reinterpret_cast<uint16_t*>(scratch.probs.get(static_cast<size_t>(steps * kAmxRows * 32 / 2)));
 
   ScopedTileConfig tiles;
-  for (int64_t t = q0; t < q1; t += kAmxRows)
+  for (int64_t t = q0; t < q1; t += kAmxRows) {
+    for (int64_t u = t + kAmxRows; u < std::min(q1, t + 2 * kAmxRows); ++u) prefetch_row(s.q[u] + head * D, row_bytes);
     attend_tile_amx(it, v_stride, steps, s.q + t, s.out + t, std::min(kAmxRows, q1 - t));
+  }
 }
 
 #endif  // BORT_X86_64
