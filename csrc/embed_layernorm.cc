@@ -3,6 +3,7 @@
 #include <vector>
 
 #include "cpu_dispatch.h"
+#include "gemm_bf16.h"  // bf16_to_float
 #include "row_dispatch.h"
 #include "simd_math.h"
 #include "skip_layernorm.h"
@@ -40,25 +41,51 @@ void dequantize_int8_row(const int8_t* q, float scale, float* y, int64_t n) {
   select_path(active_isa(), kDequantizePaths)(q, scale, y, n);
 }
 
-void embed_layernorm_int8(const int64_t* ids, const int64_t* positions, int64_t tokens, const Int8Table& word,
-                          const Int8Table& position, const float* gamma, const float* beta, float* y, int64_t h,
-                          float epsilon, const ParallelFor& pf) {
+namespace {
+
+// The shared token loop: widen(table, row, out) writes a table row's h floats.
+template <typename Table, typename Widen>
+void embed_rows(const int64_t* ids, const int64_t* positions, int64_t tokens, const Table& word, const Table& position,
+                int64_t element_bytes, const Widen& widen, const float* gamma, const float* beta, float* y, int64_t h,
+                float epsilon, const ParallelFor& pf) {
   if (tokens <= 0 || h <= 0) return;
   const Isa isa = active_isa();
-  const DequantizeFn dequantize = select_path(isa, kDequantizePaths);
   for_each_row_block(tokens, h, pf, [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> position_row;
     position_row.resize(static_cast<size_t>(h));
     for (int64_t t = t0; t < t1; ++t) {
       // Word rows are scattered over a large table (Bort's: 51 MB): fetch the next one while this one is done.
-      if (t + 1 < t1) prefetch_row(word.rows + ids[t + 1] * h, h);
+      if (t + 1 < t1) prefetch_row(word.rows + ids[t + 1] * h, h * element_bytes);
       float* row = y + t * h;
-      dequantize(word.rows + ids[t] * h, word.scale[ids[t]], row, h);
-      dequantize(position.rows + positions[t] * h, position.scale[positions[t]], position_row.data(), h);
+      widen(word, ids[t], row);
+      widen(position, positions[t], position_row.data());
       skip_layernorm_serial(isa, row, position_row.data(), gamma, beta, /*bias=*/nullptr, /*skip_scale=*/nullptr, row,
                             1, h, epsilon);
     }
   });
+}
+
+}  // namespace
+
+void embed_layernorm_int8(const int64_t* ids, const int64_t* positions, int64_t tokens, const Int8Table& word,
+                          const Int8Table& position, const float* gamma, const float* beta, float* y, int64_t h,
+                          float epsilon, const ParallelFor& pf) {
+  const DequantizeFn dequantize = select_path(active_isa(), kDequantizePaths);
+  const auto widen = [&](const Int8Table& table, int64_t r, float* out) {
+    dequantize(table.rows + r * h, table.scale[r], out, h);
+  };
+  embed_rows(ids, positions, tokens, word, position, 1, widen, gamma, beta, y, h, epsilon, pf);
+}
+
+void embed_layernorm_bf16(const int64_t* ids, const int64_t* positions, int64_t tokens, const Bf16Table& word,
+                          const Bf16Table& position, const float* gamma, const float* beta, float* y, int64_t h,
+                          float epsilon, const ParallelFor& pf) {
+  // Exact (the bits shifted into place); a plain loop the compiler vectorizes at every level.
+  const auto widen = [&](const Bf16Table& table, int64_t r, float* out) {
+    const uint16_t* row = table.rows + r * h;
+    for (int64_t i = 0; i < h; ++i) out[i] = bf16_to_float(row[i]);
+  };
+  embed_rows(ids, positions, tokens, word, position, 2, widen, gamma, beta, y, h, epsilon, pf);
 }
 
 }  // namespace bort

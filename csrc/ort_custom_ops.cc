@@ -1,6 +1,6 @@
 // onnxruntime custom-op front end: domain "ai.bort_infer", ops FusedAttention, PackedAttention, BiasGelu,
-// SkipLayerNorm, EmbedLayerNormInt8, QuantizeRows, DequantizeRows, LinearBf16 and LinearInt8. Registration entry point:
-// RegisterCustomOps (exported, C linkage).
+// SkipLayerNorm, EmbedLayerNormInt8, EmbedLayerNormBf16, QuantizeRows, DequantizeRows, LinearBf16 and LinearInt8.
+// Registration entry point: RegisterCustomOps (exported, C linkage).
 //
 // Thin on purpose. An op is one kernel struct: its name, its inputs and outputs (name, required or optional, element
 // type; the one place each name is written, used for the schema and every message), its attributes read when the
@@ -432,6 +432,26 @@ struct SkipLayerNorm {
   }
 };
 
+// What both embedding ops check first: the shapes, then every index (a bad one is an error naming it).
+struct EmbeddingRows {
+  bort::RowsDims dims;
+  std::vector<int64_t> word, position;
+};
+
+EmbeddingRows checked_embedding_rows(const char* op, const Tensor& ids, const Tensor& positions, const Tensor& word,
+                                     const Tensor* word_scale, const Tensor& position, const Tensor* position_scale,
+                                     const Tensor& gamma, const Tensor* beta, float epsilon) {
+  EmbeddingRows rows;
+  rows.dims =
+      bort::check_embed_layernorm(op, ids.shape, positions.shape, word.shape, shape_of(word_scale), position.shape,
+                                  shape_of(position_scale), gamma.shape, shape_of(beta), epsilon);
+  rows.word = to_int64(ids, static_cast<size_t>(rows.dims.rows));
+  rows.position = to_int64(positions, static_cast<size_t>(rows.dims.rows));
+  bort::check_embedding_indices(op, "input_ids", rows.word.data(), rows.dims.rows, word.shape[0]);
+  bort::check_embedding_indices(op, "position_ids", rows.position.data(), rows.dims.rows, position.shape[0]);
+  return rows;
+}
+
 struct EmbedLayerNormInt8 {
   static constexpr const char* kName = "EmbedLayerNormInt8";
   static constexpr Ports<8> kInputs{{{"input_ids", kRequired, kAnyInt},
@@ -448,21 +468,41 @@ struct EmbedLayerNormInt8 {
   explicit EmbedLayerNormInt8(const Attributes& a) : epsilon(checked_epsilon(a)) {}
 
   void Compute(const Io& io) const {
-    const Tensor &ids = io.in(0), &positions = io.in(1), &word = io.in(2), &word_scale = io.in(3), &position = io.in(4),
-                 &position_scale = io.in(5), &gamma = io.in(6);
+    const Tensor &word = io.in(2), &word_scale = io.in(3), &position = io.in(4), &position_scale = io.in(5),
+                 &gamma = io.in(6);
     const Tensor* beta = io.optional(7);
-    const bort::RowsDims dims =
-        bort::check_embed_layernorm_int8(ids.shape, positions.shape, word.shape, word_scale.shape, position.shape,
-                                         position_scale.shape, gamma.shape, shape_of(beta), epsilon);
-    const std::vector<int64_t> word_rows = to_int64(ids, static_cast<size_t>(dims.rows));
-    const std::vector<int64_t> position_rows = to_int64(positions, static_cast<size_t>(dims.rows));
-    bort::check_embedding_indices("input_ids", word_rows.data(), dims.rows, word.shape[0]);
-    bort::check_embedding_indices("position_ids", position_rows.data(), dims.rows, position.shape[0]);
-    float* out = io.out<float>(0, {dims.rows, dims.width});
-    bort::embed_layernorm_int8(word_rows.data(), position_rows.data(), dims.rows,
+    const EmbeddingRows rows = checked_embedding_rows(kName, io.in(0), io.in(1), word, &word_scale, position,
+                                                      &position_scale, gamma, beta, epsilon);
+    bort::embed_layernorm_int8(rows.word.data(), rows.position.data(), rows.dims.rows,
                                {word.as<int8_t>(), word_scale.as<float>(), word.shape[0]},
                                {position.as<int8_t>(), position_scale.as<float>(), position.shape[0]},
-                               gamma.as<float>(), floats(beta), out, dims.width, epsilon, io.pool());
+                               gamma.as<float>(), floats(beta), io.out<float>(0, {rows.dims.rows, rows.dims.width}),
+                               rows.dims.width, epsilon, io.pool());
+  }
+};
+
+struct EmbedLayerNormBf16 {
+  static constexpr const char* kName = "EmbedLayerNormBf16";
+  static constexpr Ports<6> kInputs{{{"input_ids", kRequired, kAnyInt},
+                                     {"position_ids", kRequired, kAnyInt},
+                                     {"word", kRequired, kBfloat16},
+                                     {"position", kRequired, kBfloat16},
+                                     {"gamma", kRequired, kFloat},
+                                     {"beta", kOptional, kFloat}}};
+  static constexpr Ports<1> kOutputs{{{"out", kRequired, kFloat}}};
+  float epsilon;
+
+  explicit EmbedLayerNormBf16(const Attributes& a) : epsilon(checked_epsilon(a)) {}
+
+  void Compute(const Io& io) const {
+    const Tensor &word = io.in(2), &position = io.in(3), &gamma = io.in(4);
+    const Tensor* beta = io.optional(5);
+    const EmbeddingRows rows =
+        checked_embedding_rows(kName, io.in(0), io.in(1), word, nullptr, position, nullptr, gamma, beta, epsilon);
+    bort::embed_layernorm_bf16(rows.word.data(), rows.position.data(), rows.dims.rows,
+                               {word.as<uint16_t>(), word.shape[0]}, {position.as<uint16_t>(), position.shape[0]},
+                               gamma.as<float>(), floats(beta), io.out<float>(0, {rows.dims.rows, rows.dims.width}),
+                               rows.dims.width, epsilon, io.pool());
   }
 };
 
@@ -721,8 +761,9 @@ OrtCustomOp* op() {
 
 // The domain's ops: adding one is its kernel struct above and its entry here.
 OrtCustomOp* const kOps[] = {op<FusedAttention>(), op<PackedAttention>(),    op<BiasGelu>(),
-                             op<SkipLayerNorm>(),  op<EmbedLayerNormInt8>(), op<QuantizeRows>(),
-                             op<DequantizeRows>(), op<LinearBf16>(),         op<LinearInt8>()};
+                             op<SkipLayerNorm>(),  op<EmbedLayerNormInt8>(), op<EmbedLayerNormBf16>(),
+                             op<QuantizeRows>(),   op<DequantizeRows>(),     op<LinearBf16>(),
+                             op<LinearInt8>()};
 
 }  // namespace
 

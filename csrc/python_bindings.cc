@@ -196,36 +196,69 @@ py::array_t<float> skip_layernorm(const py::object& x_obj, const py::object& ski
   return out;
 }
 
-py::array_t<float> embed_layernorm_int8(const py::object& ids_obj, const py::object& positions_obj,
-                                        const py::object& word_obj, const py::object& word_scale_obj,
-                                        const py::object& position_obj, const py::object& position_scale_obj,
-                                        const py::object& gamma_obj, const py::object& beta_obj, float epsilon) {
+// The embedding bindings' shared part: ids, positions, gamma and beta converted, shapes and indices checked, the
+// output allocated, then run(ids, positions, dims, gamma, beta, out, pool) without the GIL.
+template <typename Run>
+py::array_t<float> embed_layernorm(const char* op, const py::object& ids_obj, const py::object& positions_obj,
+                                   const bort::Shape& word, const bort::Shape* word_scale, const bort::Shape& position,
+                                   const bort::Shape* position_scale, const py::object& gamma_obj,
+                                   const py::object& beta_obj, float epsilon, const Run& run) {
   Int64Array ids = Int64Array::ensure(as_integer(ids_obj, "input_ids"));
   Int64Array positions = Int64Array::ensure(as_integer(positions_obj, "position_ids"));
-  auto word = as_exact<int8_t>(word_obj, "word", "int8");
-  auto position = as_exact<int8_t>(position_obj, "position", "int8");
-  FloatArray word_scale = as_float(word_scale_obj, "word_scale");
-  FloatArray position_scale = as_float(position_scale_obj, "position_scale");
   FloatArray gamma = as_float(gamma_obj, "gamma");
   auto beta = as_optional_float(beta_obj, "beta");
   const bort::Shape beta_shape = beta ? shape_of(*beta) : bort::Shape{};
-  const bort::RowsDims dims = bort::check_embed_layernorm_int8(
-      shape_of(ids), shape_of(positions), shape_of(word), shape_of(word_scale), shape_of(position),
-      shape_of(position_scale), shape_of(gamma), beta ? &beta_shape : nullptr, epsilon);
-  bort::check_embedding_indices("input_ids", ids.data(), dims.rows, shape_of(word)[0]);
-  bort::check_embedding_indices("position_ids", positions.data(), dims.rows, shape_of(position)[0]);
+  const bort::RowsDims dims =
+      bort::check_embed_layernorm(op, shape_of(ids), shape_of(positions), word, word_scale, position, position_scale,
+                                  shape_of(gamma), beta ? &beta_shape : nullptr, epsilon);
+  bort::check_embedding_indices(op, "input_ids", ids.data(), dims.rows, word[0]);
+  bort::check_embedding_indices(op, "position_ids", positions.data(), dims.rows, position[0]);
   py::array_t<float> out({dims.rows, dims.width});
-  const bort::Int8Table word_table{word.data(), word_scale.data(), shape_of(word)[0]};
-  const bort::Int8Table position_table{position.data(), position_scale.data(), shape_of(position)[0]};
   const int64_t *ip = ids.data(), *pp = positions.data();
   const float *gp = gamma.data(), *bp = data_or_null(beta);
   float* o = out.mutable_data();
   {
     py::gil_scoped_release release;
     bort::ThreadFor pf(g_num_threads.load());
-    bort::embed_layernorm_int8(ip, pp, dims.rows, word_table, position_table, gp, bp, o, dims.width, epsilon, pf);
+    run(ip, pp, dims, gp, bp, o, pf);
   }
   return out;
+}
+
+py::array_t<float> embed_layernorm_int8(const py::object& ids_obj, const py::object& positions_obj,
+                                        const py::object& word_obj, const py::object& word_scale_obj,
+                                        const py::object& position_obj, const py::object& position_scale_obj,
+                                        const py::object& gamma_obj, const py::object& beta_obj, float epsilon) {
+  auto word = as_exact<int8_t>(word_obj, "word", "int8");
+  auto position = as_exact<int8_t>(position_obj, "position", "int8");
+  FloatArray word_scale = as_float(word_scale_obj, "word_scale");
+  FloatArray position_scale = as_float(position_scale_obj, "position_scale");
+  const bort::Shape word_scale_shape = shape_of(word_scale), position_scale_shape = shape_of(position_scale);
+  const bort::Int8Table word_table{word.data(), word_scale.data(), shape_of(word)[0]};
+  const bort::Int8Table position_table{position.data(), position_scale.data(), shape_of(position)[0]};
+  return embed_layernorm("EmbedLayerNormInt8", ids_obj, positions_obj, shape_of(word), &word_scale_shape,
+                         shape_of(position), &position_scale_shape, gamma_obj, beta_obj, epsilon,
+                         [&](const int64_t* ip, const int64_t* pp, const bort::RowsDims& dims, const float* gp,
+                             const float* bp, float* o, const bort::ParallelFor& pf) {
+                           bort::embed_layernorm_int8(ip, pp, dims.rows, word_table, position_table, gp, bp, o,
+                                                      dims.width, epsilon, pf);
+                         });
+}
+
+py::array_t<float> embed_layernorm_bf16(const py::object& ids_obj, const py::object& positions_obj,
+                                        const py::object& word_obj, const py::object& position_obj,
+                                        const py::object& gamma_obj, const py::object& beta_obj, float epsilon) {
+  auto word = as_exact<uint16_t>(word_obj, "word", "uint16 (bf16 bits)");
+  auto position = as_exact<uint16_t>(position_obj, "position", "uint16 (bf16 bits)");
+  const bort::Bf16Table word_table{word.data(), shape_of(word)[0]};
+  const bort::Bf16Table position_table{position.data(), shape_of(position)[0]};
+  return embed_layernorm("EmbedLayerNormBf16", ids_obj, positions_obj, shape_of(word), nullptr, shape_of(position),
+                         nullptr, gamma_obj, beta_obj, epsilon,
+                         [&](const int64_t* ip, const int64_t* pp, const bort::RowsDims& dims, const float* gp,
+                             const float* bp, float* o, const bort::ParallelFor& pf) {
+                           bort::embed_layernorm_bf16(ip, pp, dims.rows, word_table, position_table, gp, bp, o,
+                                                      dims.width, epsilon, pf);
+                         });
 }
 
 py::array_t<float> dequantize_int8_row(const py::object& q_obj, float scale) {
@@ -566,6 +599,10 @@ PYBIND11_MODULE(_C, m) {
         py::arg("beta") = py::none(), py::arg("epsilon") = 1e-12f,
         "LayerNorm(word[input_ids] * word_scale[input_ids] + position[position_ids] * position_scale[position_ids]) "
         "* gamma [+ beta] for int8 tables (one scale per row) → float32 [T, W] (the EmbedLayerNormInt8 op).");
+  m.def("embed_layernorm_bf16", &embed_layernorm_bf16, py::arg("input_ids"), py::arg("position_ids"), py::arg("word"),
+        py::arg("position"), py::arg("gamma"), py::arg("beta") = py::none(), py::arg("epsilon") = 1e-12f,
+        "LayerNorm(float(word[input_ids]) + float(position[position_ids])) * gamma [+ beta] for bf16 tables given as "
+        "uint16 arrays of their bits → float32 [T, W] (the EmbedLayerNormBf16 op).");
   m.def("dequantize_int8_row", &dequantize_int8_row, py::arg("q"), py::arg("scale"),
         "float(q) * scale for int8 q (flattened) with the active ISA's path: EmbedLayerNormInt8's table rows.");
   m.def("quantize_rows", &quantize_rows, py::arg("x"),

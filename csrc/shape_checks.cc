@@ -288,10 +288,9 @@ RowsDims check_skip_layernorm(const Shape& x, const Shape& skip, const Shape& ga
   return dims;
 }
 
-RowsDims check_embed_layernorm_int8(const Shape& input_ids, const Shape& position_ids, const Shape& word,
-                                    const Shape& word_scale, const Shape& position, const Shape& position_scale,
-                                    const Shape& gamma, const Shape* beta, float epsilon) {
-  const char* op = "EmbedLayerNormInt8";
+RowsDims check_embed_layernorm(const char* op, const Shape& input_ids, const Shape& position_ids, const Shape& word,
+                               const Shape* word_scale, const Shape& position, const Shape* position_scale,
+                               const Shape& gamma, const Shape* beta, float epsilon) {
   if (input_ids.size() != 1) fail(std::string(op) + ": input_ids must have rank 1, got " + shape_str(input_ids));
   if (position_ids != input_ids)
     fail(std::string(op) + ": position_ids must have the shape of input_ids " + shape_str(input_ids) + ", got " +
@@ -300,8 +299,8 @@ RowsDims check_embed_layernorm_int8(const Shape& input_ids, const Shape& positio
   if (position.size() != 2 || position[1] != word[1])
     fail(std::string(op) + ": position must have shape [P, " + std::to_string(word[1]) + "], got " +
          shape_str(position));
-  check_vector(op, "word_scale", &word_scale, word[0]);
-  check_vector(op, "position_scale", &position_scale, position[0]);
+  check_vector(op, "word_scale", word_scale, word[0]);
+  check_vector(op, "position_scale", position_scale, position[0]);
   check_vector(op, "gamma", &gamma, word[1]);
   check_vector(op, "beta", beta, word[1]);
   if (!(epsilon >= 0.0f) || !std::isfinite(epsilon))
@@ -312,10 +311,10 @@ RowsDims check_embed_layernorm_int8(const Shape& input_ids, const Shape& positio
   return dims;
 }
 
-void check_embedding_indices(const char* what, const int64_t* ids, int64_t count, int64_t rows) {
+void check_embedding_indices(const char* op, const char* what, const int64_t* ids, int64_t count, int64_t rows) {
   for (int64_t i = 0; i < count; ++i)
     if (ids[i] < 0 || ids[i] >= rows)
-      fail(std::string("EmbedLayerNormInt8: ") + what + "[" + std::to_string(i) + "] = " + std::to_string(ids[i]) +
+      fail(std::string(op) + ": " + what + "[" + std::to_string(i) + "] = " + std::to_string(ids[i]) +
            " is not a row of the " + std::to_string(rows) + "-row table");
 }
 

@@ -98,13 +98,14 @@ void check_linear_int8_outputs(bool y, bool y_quantized, bool y_scale, bool y_ze
 RowsDims check_skip_layernorm(const Shape& x, const Shape& skip, const Shape& gamma, const Shape* beta,
                               const Shape* bias, const Shape* skip_scale, float epsilon);
 
-// EmbedLayerNormInt8: input_ids and position_ids [T] (the same length); word [V, H] with word_scale [V];
-// position [P, H] with position_scale [P]; gamma [H]; beta [H] or null; epsilon finite and >= 0. Returns T rows of
-// width H. The index values are checked by check_embedding_indices.
-RowsDims check_embed_layernorm_int8(const Shape& input_ids, const Shape& position_ids, const Shape& word,
-                                    const Shape& word_scale, const Shape& position, const Shape& position_scale,
-                                    const Shape& gamma, const Shape* beta, float epsilon);
-// Every ids[i] indexes one of a table's `rows` rows; else the error names `what`, i and the value.
-void check_embedding_indices(const char* what, const int64_t* ids, int64_t count, int64_t rows);
+// EmbedLayerNormInt8 / EmbedLayerNormBf16 (`op` names it in errors): input_ids and position_ids [T] (the same
+// length); word [V, H]; position [P, H]; word_scale [V] and position_scale [P] for int8 tables (null for bf16 ones);
+// gamma [H]; beta [H] or null; epsilon finite and >= 0. Returns T rows of width H. The index values are checked by
+// check_embedding_indices.
+RowsDims check_embed_layernorm(const char* op, const Shape& input_ids, const Shape& position_ids, const Shape& word,
+                               const Shape* word_scale, const Shape& position, const Shape* position_scale,
+                               const Shape& gamma, const Shape* beta, float epsilon);
+// Every ids[i] indexes one of a table's `rows` rows; else the error names op, `what`, i and the value.
+void check_embedding_indices(const char* op, const char* what, const int64_t* ids, int64_t count, int64_t rows);
 
 }  // namespace bort

@@ -249,6 +249,34 @@ def test_embed_layernorm_int8_equals_the_graph_it_replaces(threads, ids_dtype):
     np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_embed_layernorm_bf16_equals_the_graph_it_replaces(threads):
+    # Gather and Cast per bf16 table, then SkipLayerNorm: the exporter's unfused embeddings, bit for bit. The tables
+    # are BFLOAT16 initializers (numpy has no bfloat16).
+    rng = np.random.default_rng(7)
+    f = embed_feeds(rng)
+    word, position = (C.float_to_bf16(rng.standard_normal((n, 1024)).astype(np.float32)) for n in (1000, 512))
+    tables = [helper.make_tensor(name, TensorProto.BFLOAT16, bits.shape, bits.tobytes(), raw=True)
+              for name, bits in (("word", word), ("position", position))]
+    inputs = {k: f[k] for k in ("input_ids", "position_ids", "gamma", "beta")}
+    node = helper.make_node("EmbedLayerNormBf16", ["input_ids", "position_ids", "word", "position", "gamma", "beta"],
+                            ["out"], domain=DOMAIN, epsilon=1e-5)
+    graph = helper.make_graph([node], "g", [helper.make_tensor_value_info(k, ELEM[v.dtype.type], [None] * v.ndim)
+                                            for k, v in inputs.items()],
+                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, None)], tables)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)])
+    so = ort.SessionOptions()
+    so.register_custom_ops_library(OPS_LIBRARY)
+    so.intra_op_num_threads = threads
+    out = ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"]).run(None, inputs)[0]
+    widen = lambda bits: (bits.astype(np.uint32) << 16).view(np.float32)  # noqa: E731  (Cast: exact)
+    want = run("SkipLayerNorm", {"x": widen(word)[f["input_ids"]], "skip": widen(position)[f["position_ids"]],
+                                 "gamma": f["gamma"], "beta": f["beta"]}, {"epsilon": 1e-5}, threads=threads)
+    np.testing.assert_array_equal(out.view(np.uint32), want.view(np.uint32))
+    np.testing.assert_array_equal(out, C.embed_layernorm_bf16(f["input_ids"], f["position_ids"], word, position,
+                                                              f["gamma"], f["beta"], 1e-5))
+
+
 def int8_linear_session(weight_int8, weight_scale, bias, activation, threads):
     """QuantizeRows → onnxruntime MatMulInteger → DequantizeRows: the int8 linear the exporter emits."""
     colsum = weight_int8.astype(np.int32).sum(axis=0).astype(np.int32)

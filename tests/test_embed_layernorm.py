@@ -1,6 +1,6 @@
-"""Embeddings from int8 tables (csrc/embed_layernorm.*): the rows dequantized to exactly the float products of the
-unfused graph (Gather, Cast, Mul), then skip_layernorm's arithmetic, on every ISA path; indices outside a table are
-errors naming the input, never reads past it."""
+"""Embeddings from int8 or bf16 tables (csrc/embed_layernorm.*): the rows widened to exactly the floats of the
+unfused graph (Gather, Cast, Mul for int8; Gather, Cast for bf16), then skip_layernorm's arithmetic, on every ISA
+path; indices outside a table are errors naming the op and the input, never reads past it."""
 from __future__ import annotations
 
 import numpy as np
@@ -17,6 +17,19 @@ def random_tables(rng, vocab: int, positions: int, h: int):
     word_scale = rng.uniform(1e-4, 0.05, vocab).astype(np.float32)
     position_scale = rng.uniform(1e-4, 0.05, positions).astype(np.float32)
     return word, word_scale, position, position_scale
+
+
+def random_bf16_tables(rng, vocab: int, positions: int, h: int):
+    """bf16 bit patterns (uint16) of normal values, zeros, subnormals and signs: widening must keep every one."""
+    word = C.float_to_bf16(rng.standard_normal((vocab, h)).astype(np.float32))
+    position = C.float_to_bf16(rng.standard_normal((positions, h)).astype(np.float32))
+    special = np.array([0x0000, 0x8000, 0x0001, 0x807F, 0x7F7F, 0xFF7F], np.uint16)  # +-0, subnormals, +-max
+    word.flat[: min(word.size, special.size)] = special[: word.size]
+    return word, position
+
+
+def bf16_floats(bits):
+    return (bits.astype(np.uint32) << 16).view(np.float32)
 
 
 def unfused(ids, pos, word, word_scale, position, position_scale, gamma, beta, eps):
@@ -71,6 +84,39 @@ def test_dequantized_rows_are_the_float_products(isa):
         np.testing.assert_array_equal(got.view(np.uint32), (q.astype(np.float32) * np.float32(scale)).view(np.uint32))
 
 
+@pytest.mark.parametrize("isa", ISAS)
+@given(tokens=st.integers(0, 40), h=st.integers(1, 70), vocab=st.integers(1, 50), seed=st.integers(0, 2**31),
+       with_beta=st.booleans())
+@FAST
+def test_embed_layernorm_bf16_equals_the_unfused_graph_bit_for_bit(isa, tokens, h, vocab, seed, with_beta):
+    rng = np.random.default_rng(seed)
+    word, position = random_bf16_tables(rng, vocab, 33, h)
+    ids = rng.integers(0, vocab, tokens)
+    pos = rng.integers(0, 33, tokens)
+    gamma = rng.standard_normal(h).astype(np.float32)
+    beta = rng.standard_normal(h).astype(np.float32) if with_beta else None
+    with use_isa(isa):
+        got = C.embed_layernorm_bf16(ids, pos, word, position, gamma, beta, 1e-5)
+        want = C.skip_layernorm(bf16_floats(word)[ids], bf16_floats(position)[pos], gamma, beta, None, 1e-5)
+    assert got.shape == (tokens, h)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
+def test_embed_layernorm_bf16_at_bort_width_on_many_threads():
+    rng = np.random.default_rng(4)
+    word, position = random_bf16_tables(rng, 1000, 512, 1024)
+    ids, pos = rng.integers(0, 1000, 700), np.tile(np.arange(350), 2)
+    gamma, beta = np.ones(1024, np.float32), np.zeros(1024, np.float32)
+    old = C.get_num_threads()
+    C.set_num_threads(3)
+    try:
+        got = C.embed_layernorm_bf16(ids, pos, word, position, gamma, beta, 1e-5)
+    finally:
+        C.set_num_threads(old)
+    want = C.skip_layernorm(bf16_floats(word)[ids], bf16_floats(position)[pos], gamma, beta, None, 1e-5)
+    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+
+
 @pytest.mark.parametrize("name,index,value,match", [
     ("ids", 2, 10, r"input_ids\[2\] = 10 is not a row of the 10-row table"),
     ("ids", 0, -1, r"input_ids\[0\] = -1 is not a row"),
@@ -82,8 +128,11 @@ def test_an_index_outside_its_table_is_an_error(name, index, value, match):
     word, word_scale, position, position_scale = random_tables(rng, 10, 4, 8)
     ids, pos = np.zeros(5, np.int64), np.zeros(5, np.int64)
     (ids if name == "ids" else pos)[index] = value
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match="EmbedLayerNormInt8: " + match):
         C.embed_layernorm_int8(ids, pos, word, word_scale, position, position_scale, np.ones(8, np.float32))
+    word, position = random_bf16_tables(rng, 10, 4, 8)
+    with pytest.raises(ValueError, match="EmbedLayerNormBf16: " + match):
+        C.embed_layernorm_bf16(ids, pos, word, position, np.ones(8, np.float32))
 
 
 @pytest.mark.parametrize("change,match", [
@@ -107,3 +156,21 @@ def test_embed_layernorm_int8_validation(change, match):
     args.update(change)
     with pytest.raises(ValueError, match=match):
         C.embed_layernorm_int8(**args)
+
+
+@pytest.mark.parametrize("change,match", [
+    (dict(position_ids=np.zeros(4, np.int64)), r"EmbedLayerNormBf16: position_ids must have the shape of input_ids"),
+    (dict(word=np.zeros(80, np.uint16)), "EmbedLayerNormBf16: word must have rank 2"),
+    (dict(position=np.zeros((4, 9), np.uint16)), r"position must have shape \[P, 8\]"),
+    (dict(gamma=np.ones(7, np.float32)), r"gamma must have shape \[8\]"),
+    (dict(beta=np.ones(9, np.float32)), r"beta must have shape \[8\]"),
+    (dict(epsilon=-1.0), "epsilon must be finite and >= 0"),
+    (dict(word=np.zeros((10, 8), np.float32)), r"word must be a uint16 \(bf16 bits\) array"),
+])
+def test_embed_layernorm_bf16_validation(change, match):
+    word, position = random_bf16_tables(np.random.default_rng(0), 10, 4, 8)
+    args = dict(input_ids=np.zeros(5, np.int64), position_ids=np.zeros(5, np.int64), word=word, position=position,
+                gamma=np.ones(8, np.float32), beta=None, epsilon=1e-5)
+    args.update(change)
+    with pytest.raises(ValueError, match=match):
+        C.embed_layernorm_bf16(**args)

@@ -489,13 +489,21 @@ def _lookup(b: _Builder, table: np.ndarray, q: TablePrecision | None, ids: str, 
     return b.node("Mul", [b.node("Cast", [rows], f"embeddings/{name}_float", to=1), scale], f"embeddings/{name}")
 
 
-def _embed_int8(b: _Builder, word: QuantizedTable, position: QuantizedTable, gamma: str, beta: str,
-                eps: float) -> str:
-    """The packed form's embeddings from int8 tables: one EmbedLayerNormInt8 (the bits of _lookup's Gather, Cast
-    and Mul for both tables, then SkipLayerNorm, in one pass per token)."""
-    tables = [*_int8_table(b, word, "word"), *_int8_table(b, position, "position")]
-    return b.node("EmbedLayerNormInt8", ["input_ids", "position_ids", *tables, gamma, beta], "embeddings/ln",
-                  domain=DOMAIN, epsilon=eps)
+def _embed_one_op(b: _Builder, word: TablePrecision | None, position: TablePrecision | None, gamma: str, beta: str,
+                  eps: float) -> str | None:
+    """The packed form's embeddings as one op when both tables are int8 (EmbedLayerNormInt8) or both bf16
+    (EmbedLayerNormBf16): the bits of _lookup's nodes for both tables, then SkipLayerNorm, in one pass per token.
+    None for other tables (the caller emits _lookup's nodes)."""
+    if isinstance(word, QuantizedTable) and isinstance(position, QuantizedTable):
+        tables = [*_int8_table(b, word, "word"), *_int8_table(b, position, "position")]
+        op = "EmbedLayerNormInt8"
+    elif isinstance(word, Bf16Table) and isinstance(position, Bf16Table):
+        tables = [b.const_bf16(f"embeddings.{name}_bf16", table.bits) for name, table in (("word", word),
+                                                                                        ("position", position))]
+        op = "EmbedLayerNormBf16"
+    else:
+        return None
+    return b.node(op, ["input_ids", "position_ids", *tables, gamma, beta], "embeddings/ln", domain=DOMAIN, epsilon=eps)
 
 
 def _layer_body(b: _Builder, enc: Encoder, i: int, precision: Precision, x: _Value, attention, gemm: str) -> _Value:
@@ -568,13 +576,13 @@ def emit(enc: Encoder, form: str = "packed", precision: Precision | None = None,
                   helper.make_tensor_value_info("cu_seqlens", int64, ["texts_plus_1"]),
                   helper.make_tensor_value_info("query_rows", int64, ["queries"])]
         output = helper.make_tensor_value_info(OUTPUT, TensorProto.FLOAT, ["queries", H])
-        if isinstance(precision.word, QuantizedTable) and isinstance(precision.position, QuantizedTable):
-            x = _Value(_embed_int8(b, precision.word, precision.position, gamma, beta, enc.emb_eps))
-        else:
+        embedded = _embed_one_op(b, precision.word, precision.position, gamma, beta, enc.emb_eps)
+        if embedded is None:
             words = _lookup(b, enc.word, precision.word, "input_ids", "word")
             pos = _lookup(b, enc.position, precision.position, "position_ids", "position")
-            x = _Value(b.node("SkipLayerNorm", [words, pos, gamma, beta], "embeddings/ln", domain=DOMAIN,
-                              epsilon=enc.emb_eps))
+            embedded = b.node("SkipLayerNorm", [words, pos, gamma, beta], "embeddings/ln", domain=DOMAIN,
+                              epsilon=enc.emb_eps)
+        x = _Value(embedded)
 
         last = len(enc.layers) - 1
         for i in range(len(enc.layers)):

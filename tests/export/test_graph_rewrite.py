@@ -188,15 +188,18 @@ def test_int8_linears_run_on_linear_int8_and_equal_the_mlas_graph_bit_for_bit(re
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
-def test_packed_int8_embeddings_are_one_fused_op_with_the_lookups_bits(rewrite_case, encoder, monkeypatch):
-    # int8 tables: one EmbedLayerNormInt8 instead of Gather, Cast and Mul per table and a SkipLayerNorm, and the
-    # same bits as that chain (emitted here by swapping the fused op back for the lookups).
+@pytest.mark.parametrize("tables,op", [("int8", "EmbedLayerNormInt8"), ("bf16", "EmbedLayerNormBf16")])
+def test_packed_int8_or_bf16_embeddings_are_one_fused_op_with_the_lookups_bits(rewrite_case, encoder, monkeypatch,
+                                                                                tables, op):
+    # int8 / bf16 tables: one EmbedLayerNorm* op instead of each table's Gather and Cast (and Mul for int8) and a
+    # SkipLayerNorm, and the same bits as that chain (emitted here by swapping the fused op back for the lookups).
     from bort_infer.export import graph_rewrite
+    from bort_infer.export.bf16 import bf16_precision
 
-    precision = full_int8(encoder)
+    precision = full_int8(encoder) if tables == "int8" else bf16_precision(encoder)
     fused = emit(encoder, "packed", precision)
     counts = op_counts(fused)
-    assert counts.get("EmbedLayerNormInt8") == 1 and not {"Cast", "Mul", "Unsqueeze"} & set(counts)
+    assert counts.get(op) == 1 and not {"Cast", "Mul", "Unsqueeze"} & set(counts)
 
     def lookups(b, word, position, gamma, beta, eps):
         rows = [graph_rewrite._lookup(b, table, q, ids, name) for table, q, ids, name in
@@ -204,9 +207,9 @@ def test_packed_int8_embeddings_are_one_fused_op_with_the_lookups_bits(rewrite_c
         return b.node("SkipLayerNorm", [*rows, gamma, beta], "embeddings/ln", domain=graph_rewrite.DOMAIN,
                       epsilon=eps)
 
-    monkeypatch.setattr(graph_rewrite, "_embed_int8", lookups)
+    monkeypatch.setattr(graph_rewrite, "_embed_one_op", lookups)
     unfused = emit(encoder, "packed", precision)
-    assert "EmbedLayerNormInt8" not in op_counts(unfused) and op_counts(unfused).get("Cast") == 2
+    assert op not in op_counts(unfused) and op_counts(unfused).get("Cast") == 2
     feeds = packed_feeds(*padded_batch(rewrite_case.config), every_row=True)
     got, want = (ort_session(m).run(None, feeds)[0] for m in (fused, unfused))
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))

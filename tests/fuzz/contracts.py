@@ -295,34 +295,51 @@ def skip_layernorm(inputs, attrs, outputs):
                      allowance)]
 
 
-def embed_layernorm_int8(inputs, attrs, outputs):
+def embed_layernorm(inputs, attrs, outputs, scaled: bool):
+    """EmbedLayerNormInt8 (scaled: int8 tables with row scales) and EmbedLayerNormBf16 (bf16 tables)."""
+    from .runner import BF16
+
     eps = epsilon(attrs)
     single_output(outputs)
-    required(inputs, "input_ids", "position_ids", "word", "word_scale", "position", "position_scale", "gamma")
+    scales = ("word_scale", "position_scale") if scaled else ()
+    required(inputs, "input_ids", "position_ids", "word", *scales[:1], "position", *scales[1:], "gamma")
     dtype_is(inputs, "input_ids", INT32, INT64), dtype_is(inputs, "position_ids", INT32, INT64)
-    dtype_is(inputs, "word", INT8), dtype_is(inputs, "position", INT8)
-    for name in ("word_scale", "position_scale", "gamma", "beta"):
+    dtype_is(inputs, "word", INT8 if scaled else BF16), dtype_is(inputs, "position", INT8 if scaled else BF16)
+    for name in (*scales, "gamma", "beta"):
         dtype_is(inputs, name, F32)
     ids, pos, word, position = (inputs[n] for n in ("input_ids", "position_ids", "word", "position"))
     expect(ids.ndim == 1, "input_ids must have rank 1")
     expect(pos.shape == ids.shape, "position_ids must have the shape of input_ids")
     expect(word.ndim == 2, "word must have rank 2")
     expect(position.ndim == 2 and position.shape[1] == word.shape[1], "position must have shape [P, W]")
-    vector(inputs, "word_scale", word.shape[0])
-    vector(inputs, "position_scale", position.shape[0])
+    if scaled:
+        vector(inputs, "word_scale", word.shape[0])
+        vector(inputs, "position_scale", position.shape[0])
     vector(inputs, "gamma", word.shape[1]), vector(inputs, "beta", word.shape[1])
     ids, pos = ids.astype(np.int64), pos.astype(np.int64)
     expect(((ids >= 0) & (ids < word.shape[0])).all(), "input_ids must be rows of the word table")
     expect(((pos >= 0) & (pos < position.shape[0])).all(), "position_ids must be rows of the position table")
     shape = (len(ids), word.shape[1])
     allocatable(shape)
-    x = word[ids].astype(np.float32) * inputs["word_scale"][ids][:, None]
-    skip = position[pos].astype(np.float32) * inputs["position_scale"][pos][:, None]
+    if scaled:
+        x = word[ids].astype(np.float32) * inputs["word_scale"][ids][:, None]
+        skip = position[pos].astype(np.float32) * inputs["position_scale"][pos][:, None]
+    else:  # Cast from bf16: the bits shifted into place
+        x, skip = ((t.view(np.uint16)[rows].astype(np.uint32) << 16).view(np.float32)
+                   for t, rows in ((word, ids), (position, pos)))
     gamma, beta = inputs["gamma"], inputs.get("beta")
     if x.size == 0 or not tame(x, skip, gamma, beta) or eps > 1e6:
         return [Expected(shape, F32)]
     allowance = layernorm_rounding_allowance(x.astype(np.float64) + skip, gamma, float(eps))
     return [Expected(shape, F32, ref_skip_layernorm(x, skip, gamma, beta, None, float(eps)), "close", allowance)]
+
+
+def embed_layernorm_int8(inputs, attrs, outputs):
+    return embed_layernorm(inputs, attrs, outputs, scaled=True)
+
+
+def embed_layernorm_bf16(inputs, attrs, outputs):
+    return embed_layernorm(inputs, attrs, outputs, scaled=False)
 
 
 def quantize_rows(inputs, attrs, outputs):
@@ -482,6 +499,7 @@ CONTRACTS = {
     "BiasGelu": bias_gelu,
     "SkipLayerNorm": skip_layernorm,
     "EmbedLayerNormInt8": embed_layernorm_int8,
+    "EmbedLayerNormBf16": embed_layernorm_bf16,
     "QuantizeRows": quantize_rows,
     "DequantizeRows": dequantize_rows,
     "LinearBf16": linear_bf16,

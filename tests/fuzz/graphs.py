@@ -11,8 +11,8 @@ from __future__ import annotations
 import math
 import random
 
-OPS = ["BiasGelu", "DequantizeRows", "EmbedLayerNormInt8", "FusedAttention", "LinearBf16", "LinearInt8",
-       "PackedAttention", "QuantizeRows", "SkipLayerNorm"]
+OPS = ["BiasGelu", "DequantizeRows", "EmbedLayerNormBf16", "EmbedLayerNormInt8", "FusedAttention", "LinearBf16",
+       "LinearInt8", "PackedAttention", "QuantizeRows", "SkipLayerNorm"]
 HEAD_DIMS = [1, 2, 3, 4, 5, 8, 16, 32]
 WIDTHS = [0, 1, 3, 7, 8, 15, 16, 17, 33, 64]
 ATTRIBUTES = {  # each op's attributes and their kinds
@@ -20,6 +20,7 @@ ATTRIBUTES = {  # each op's attributes and their kinds
     "PackedAttention": {"num_heads": int, "scale": float, "precision": str},
     "SkipLayerNorm": {"epsilon": float},
     "EmbedLayerNormInt8": {"epsilon": float},
+    "EmbedLayerNormBf16": {"epsilon": float},
     "DequantizeRows": {"activation": str, "epsilon": float},
     "LinearBf16": {"activation": str},
     "LinearInt8": {"activation": str, "epsilon": float},
@@ -122,17 +123,30 @@ def skip_layernorm(r):
     return inputs, attrs, ["out"]
 
 
-def embed_layernorm_int8(r):
+def embed_layernorm(r, scaled: bool):
+    """EmbedLayerNormInt8's inputs (scaled: int8 tables with row scales) or EmbedLayerNormBf16's (bf16 tables)."""
     n, vocab, positions, tokens = r.choice(WIDTHS), r.randint(1, 9), r.randint(1, 6), r.randint(0, 12)
     ids = tensor(r, [tokens], int_dtype(r), values=[r.randrange(vocab) for _ in range(tokens)])
     pos = tensor(r, [tokens], int_dtype(r), values=[r.randrange(positions) for _ in range(tokens)])
-    inputs = [["input_ids", ids], ["position_ids", pos], ["word", tensor(r, [vocab, n], "int8", "bytes")],
-              ["word_scale", tensor(r, [vocab], "float32", "positive")],
-              ["position", tensor(r, [positions, n], "int8", "bytes")],
-              ["position_scale", tensor(r, [positions], "float32", "positive")], ["gamma", tensor(r, [n])],
+    if scaled:
+        tables = [["word", tensor(r, [vocab, n], "int8", "bytes")],
+                  ["word_scale", tensor(r, [vocab], "float32", "positive")],
+                  ["position", tensor(r, [positions, n], "int8", "bytes")],
+                  ["position_scale", tensor(r, [positions], "float32", "positive")]]
+    else:
+        tables = [["word", tensor(r, [vocab, n], "bfloat16")], ["position", tensor(r, [positions, n], "bfloat16")]]
+    inputs = [["input_ids", ids], ["position_ids", pos], *tables, ["gamma", tensor(r, [n])],
               ["beta", maybe(r, tensor(r, [n]))]]
     attrs = {"epsilon": r.choice([1e-12, 1e-5, 0.0, 1.0])} if r.random() < 0.5 else {}
     return inputs, attrs, ["out"]
+
+
+def embed_layernorm_int8(r):
+    return embed_layernorm(r, scaled=True)
+
+
+def embed_layernorm_bf16(r):
+    return embed_layernorm(r, scaled=False)
 
 
 def quantize_rows(r):
@@ -194,7 +208,8 @@ def linear_bf16(r):
 
 
 VALID = {"FusedAttention": fused_attention, "PackedAttention": packed_attention, "BiasGelu": bias_gelu,
-         "SkipLayerNorm": skip_layernorm, "EmbedLayerNormInt8": embed_layernorm_int8, "QuantizeRows": quantize_rows,
+         "SkipLayerNorm": skip_layernorm, "EmbedLayerNormInt8": embed_layernorm_int8,
+         "EmbedLayerNormBf16": embed_layernorm_bf16, "QuantizeRows": quantize_rows,
          "DequantizeRows": dequantize_rows, "LinearBf16": linear_bf16, "LinearInt8": linear_int8}
 
 

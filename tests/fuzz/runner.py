@@ -31,6 +31,7 @@ DOMAIN = "ai.bort_infer"
 TOL = 1e-4  # on max|out - ref| / max(1, max|ref|); the kernel tests hold 1e-5 on their own inputs
 OUTPUT_TYPES = {  # each op's declared output element types (ONNX TensorProto numbers)
     "FusedAttention": [1], "PackedAttention": [1], "BiasGelu": [1], "SkipLayerNorm": [1], "EmbedLayerNormInt8": [1],
+    "EmbedLayerNormBf16": [1],
     "QuantizeRows": [2, 1, 2], "DequantizeRows": [1, 2, 1, 2], "LinearBf16": [1], "LinearInt8": [1, 2, 1, 2],
 }
 # numpy has no bfloat16: such tensors are their bit patterns under this dtype (fed to onnxruntime as BFLOAT16).
