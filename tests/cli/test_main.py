@@ -51,7 +51,7 @@ def test_export_bf16_prints_its_fidelity_and_size(tmp_path, capsys, checkpoints)
     out = tmp_path / "bf16"
     assert main(["export", str(checkpoints("tiny-bort")), str(out), "--precision", "bf16"]) == 0
     text = capsys.readouterr().out
-    assert "(bf16, pooling cls, custom ops: LinearBf16" in text
+    assert "(bf16, pooling cls, custom ops: EmbedLayerNormBf16, LinearBf16" in text
     assert "bf16 vs fp32 on" in text and "(gate: min >= 0.9999: passed)" in text and "MB bf16" in text
     assert Session(out).info["precision"] == "bf16"
 
