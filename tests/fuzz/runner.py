@@ -102,7 +102,7 @@ def materialize(desc: dict | None) -> np.ndarray | HugeEmpty | None:
     else:
         values = rng.standard_normal(size)
     if dtype == "bool":
-        return (values.reshape(shape) > 0)
+        return np.asarray(values.reshape(shape) > 0)  # a comparison of a 0-d array is a numpy scalar, not an array
     if dtype == "bfloat16":
         with np.errstate(over="ignore", invalid="ignore"):
             return bf16_of(values).reshape(shape)
