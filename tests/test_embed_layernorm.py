@@ -39,38 +39,50 @@ def unfused(ids, pos, word, word_scale, position, position_scale, gamma, beta, e
     return C.skip_layernorm(words, positions, gamma, beta, None, eps)
 
 
+def embedding_op(kind: str, rng, vocab: int, positions: int, h: int):
+    """(fused, unfused) for random int8 or bf16 tables: each (ids, pos, gamma, beta, eps) -> float32 [T, h]; unfused
+    is the graph the op replaces (each table's rows widened, then SkipLayerNorm on the same ISA)."""
+    if kind == "int8":
+        word, word_scale, position, position_scale = random_tables(rng, vocab, positions, h)
+        return (lambda i, p, g, b, e: C.embed_layernorm_int8(i, p, word, word_scale, position, position_scale, g, b, e),
+                lambda i, p, g, b, e: unfused(i, p, word, word_scale, position, position_scale, g, b, e))
+    word, position = random_bf16_tables(rng, vocab, positions, h)
+    return (lambda i, p, g, b, e: C.embed_layernorm_bf16(i, p, word, position, g, b, e),
+            lambda i, p, g, b, e: C.skip_layernorm(bf16_floats(word)[i], bf16_floats(position)[p], g, b, None, e))
+
+
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
 @pytest.mark.parametrize("isa", ISAS)
 @given(tokens=st.integers(0, 40), h=st.integers(1, 70), vocab=st.integers(1, 50), seed=st.integers(0, 2**31),
        with_beta=st.booleans())
 @FAST
-def test_embed_layernorm_int8_equals_the_unfused_graph_bit_for_bit(isa, tokens, h, vocab, seed, with_beta):
+def test_embed_layernorm_equals_the_unfused_graph_bit_for_bit(kind, isa, tokens, h, vocab, seed, with_beta):
     rng = np.random.default_rng(seed)
-    word, word_scale, position, position_scale = random_tables(rng, vocab, 33, h)
+    fused, reference = embedding_op(kind, rng, vocab, 33, h)
     ids = rng.integers(0, vocab, tokens)
     pos = rng.integers(0, 33, tokens)
     gamma = rng.standard_normal(h).astype(np.float32)
     beta = rng.standard_normal(h).astype(np.float32) if with_beta else None
     with use_isa(isa):
-        got = C.embed_layernorm_int8(ids, pos, word, word_scale, position, position_scale, gamma, beta, 1e-5)
-        want = unfused(ids, pos, word, word_scale, position, position_scale, gamma, beta, 1e-5)
+        got, want = fused(ids, pos, gamma, beta, 1e-5), reference(ids, pos, gamma, beta, 1e-5)
     assert got.shape == (tokens, h)
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
-def test_embed_layernorm_int8_at_bort_width_on_many_threads():
+@pytest.mark.parametrize("kind", ["int8", "bf16"])
+def test_embed_layernorm_at_bort_width_on_many_threads(kind):
     # Bort's width and a batch's worth of tokens: the rows split over threads, each row computed once, in place.
     rng = np.random.default_rng(3)
-    word, word_scale, position, position_scale = random_tables(rng, 1000, 512, 1024)
+    fused, reference = embedding_op(kind, rng, 1000, 512, 1024)
     ids, pos = rng.integers(0, 1000, 700), np.tile(np.arange(350), 2)
     gamma, beta = np.ones(1024, np.float32), np.zeros(1024, np.float32)
     old = C.get_num_threads()
     C.set_num_threads(3)
     try:
-        got = C.embed_layernorm_int8(ids, pos, word, word_scale, position, position_scale, gamma, beta, 1e-5)
+        got = fused(ids, pos, gamma, beta, 1e-5)
     finally:
         C.set_num_threads(old)
-    want = unfused(ids, pos, word, word_scale, position, position_scale, gamma, beta, 1e-5)
-    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
+    np.testing.assert_array_equal(got.view(np.uint32), reference(ids, pos, gamma, beta, 1e-5).view(np.uint32))
 
 
 @pytest.mark.parametrize("isa", ISAS)
@@ -82,39 +94,6 @@ def test_dequantized_rows_are_the_float_products(isa):
         with use_isa(isa):
             got = C.dequantize_int8_row(q, scale)
         np.testing.assert_array_equal(got.view(np.uint32), (q.astype(np.float32) * np.float32(scale)).view(np.uint32))
-
-
-@pytest.mark.parametrize("isa", ISAS)
-@given(tokens=st.integers(0, 40), h=st.integers(1, 70), vocab=st.integers(1, 50), seed=st.integers(0, 2**31),
-       with_beta=st.booleans())
-@FAST
-def test_embed_layernorm_bf16_equals_the_unfused_graph_bit_for_bit(isa, tokens, h, vocab, seed, with_beta):
-    rng = np.random.default_rng(seed)
-    word, position = random_bf16_tables(rng, vocab, 33, h)
-    ids = rng.integers(0, vocab, tokens)
-    pos = rng.integers(0, 33, tokens)
-    gamma = rng.standard_normal(h).astype(np.float32)
-    beta = rng.standard_normal(h).astype(np.float32) if with_beta else None
-    with use_isa(isa):
-        got = C.embed_layernorm_bf16(ids, pos, word, position, gamma, beta, 1e-5)
-        want = C.skip_layernorm(bf16_floats(word)[ids], bf16_floats(position)[pos], gamma, beta, None, 1e-5)
-    assert got.shape == (tokens, h)
-    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
-
-
-def test_embed_layernorm_bf16_at_bort_width_on_many_threads():
-    rng = np.random.default_rng(4)
-    word, position = random_bf16_tables(rng, 1000, 512, 1024)
-    ids, pos = rng.integers(0, 1000, 700), np.tile(np.arange(350), 2)
-    gamma, beta = np.ones(1024, np.float32), np.zeros(1024, np.float32)
-    old = C.get_num_threads()
-    C.set_num_threads(3)
-    try:
-        got = C.embed_layernorm_bf16(ids, pos, word, position, gamma, beta, 1e-5)
-    finally:
-        C.set_num_threads(old)
-    want = C.skip_layernorm(bf16_floats(word)[ids], bf16_floats(position)[pos], gamma, beta, None, 1e-5)
-    np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
 @pytest.mark.parametrize("name,index,value,match", [
