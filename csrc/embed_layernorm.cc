@@ -46,8 +46,8 @@ namespace {
 // The shared token loop: widen(table, row, out) writes a table row's h floats.
 template <typename Table, typename Widen>
 void embed_rows(const int64_t* ids, const int64_t* positions, int64_t tokens, const Table& word, const Table& position,
-                int64_t element_bytes, const Widen& widen, const float* gamma, const float* beta, float* y, int64_t h,
-                float epsilon, const ParallelFor& pf) {
+                const Widen& widen, const float* gamma, const float* beta, float* y, int64_t h, float epsilon,
+                const ParallelFor& pf) {
   if (tokens <= 0 || h <= 0) return;
   const Isa isa = active_isa();
   for_each_row_block(tokens, h, pf, [&](int64_t t0, int64_t t1) {
@@ -55,7 +55,7 @@ void embed_rows(const int64_t* ids, const int64_t* positions, int64_t tokens, co
     position_row.resize(static_cast<size_t>(h));
     for (int64_t t = t0; t < t1; ++t) {
       // Word rows are scattered over a large table (Bort's: 51 MB): fetch the next one while this one is done.
-      if (t + 1 < t1) prefetch_row(word.rows + ids[t + 1] * h, h * element_bytes);
+      if (t + 1 < t1) prefetch_row(word.rows + ids[t + 1] * h, h * static_cast<int64_t>(sizeof(*word.rows)));
       float* row = y + t * h;
       widen(word, ids[t], row);
       widen(position, positions[t], position_row.data());
@@ -74,7 +74,7 @@ void embed_layernorm_int8(const int64_t* ids, const int64_t* positions, int64_t 
   const auto widen = [&](const Int8Table& table, int64_t r, float* out) {
     dequantize(table.rows + r * h, table.scale[r], out, h);
   };
-  embed_rows(ids, positions, tokens, word, position, 1, widen, gamma, beta, y, h, epsilon, pf);
+  embed_rows(ids, positions, tokens, word, position, widen, gamma, beta, y, h, epsilon, pf);
 }
 
 void embed_layernorm_bf16(const int64_t* ids, const int64_t* positions, int64_t tokens, const Bf16Table& word,
@@ -85,7 +85,7 @@ void embed_layernorm_bf16(const int64_t* ids, const int64_t* positions, int64_t 
     const uint16_t* row = table.rows + r * h;
     for (int64_t i = 0; i < h; ++i) out[i] = bf16_to_float(row[i]);
   };
-  embed_rows(ids, positions, tokens, word, position, 2, widen, gamma, beta, y, h, epsilon, pf);
+  embed_rows(ids, positions, tokens, word, position, widen, gamma, beta, y, h, epsilon, pf);
 }
 
 }  // namespace bort

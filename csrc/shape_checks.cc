@@ -16,6 +16,12 @@ void check_vector(const char* op, const char* name, const Shape* s, int64_t expe
     fail(std::string(op) + ": " + name + " must have shape [" + std::to_string(expected) + "], got " + shape_str(*s));
 }
 
+// A LayerNorm's epsilon (LinearInt8 / DequantizeRows' epilogue, SkipLayerNorm, the embedding ops).
+void check_epsilon(const char* op, float epsilon) {
+  if (!(epsilon >= 0.0f) || !std::isfinite(epsilon))
+    fail(std::string(op) + ": epsilon must be finite and >= 0, got " + std::to_string(epsilon));
+}
+
 AttentionShape check_heads(const char* op, int64_t three_h, int64_t num_heads, const float* scale) {
   if (num_heads <= 0) fail(std::string(op) + ": num_heads must be positive, got " + std::to_string(num_heads));
   if (three_h <= 0 || three_h % 3 != 0)
@@ -190,8 +196,7 @@ void check_epilogue(const char* op, const char* out_name, const Shape& out, int6
   check_vector(op, "gamma", gamma, width);
   check_vector(op, "beta", beta, width);
   check_vector(op, "skip_scale", skip_scale, width);
-  if (!(epsilon >= 0.0f) || !std::isfinite(epsilon))
-    fail(std::string(op) + ": epsilon must be finite and >= 0, got " + std::to_string(epsilon));
+  check_epsilon(op, epsilon);
 }
 
 void check_row_quantization(const char* op, const char* what, const Shape& leading, const Shape& scale,
@@ -283,8 +288,7 @@ RowsDims check_skip_layernorm(const Shape& x, const Shape& skip, const Shape& ga
   check_vector(op, "beta", beta, dims.width);
   check_vector(op, "bias", bias, dims.width);
   check_vector(op, "skip_scale", skip_scale, dims.width);
-  if (!(epsilon >= 0.0f) || !std::isfinite(epsilon))
-    fail(std::string(op) + ": epsilon must be finite and >= 0, got " + std::to_string(epsilon));
+  check_epsilon(op, epsilon);
   return dims;
 }
 
@@ -303,8 +307,7 @@ RowsDims check_embed_layernorm(const char* op, const Shape& input_ids, const Sha
   check_vector(op, "position_scale", position_scale, position[0]);
   check_vector(op, "gamma", &gamma, word[1]);
   check_vector(op, "beta", beta, word[1]);
-  if (!(epsilon >= 0.0f) || !std::isfinite(epsilon))
-    fail(std::string(op) + ": epsilon must be finite and >= 0, got " + std::to_string(epsilon));
+  check_epsilon(op, epsilon);
   RowsDims dims;
   dims.rows = input_ids[0];
   dims.width = word[1];
