@@ -45,10 +45,11 @@ struct SeqView {
   int64_t num_queries = 0;
 };
 
-// A unit of parallel work: queries [q_begin, q_end) of one head of one sequence.
+// A unit of parallel work: queries [q_begin, q_end) of heads [head_begin, head_end) of one sequence.
 struct WorkItem {
   int64_t seq;
-  int64_t head;
+  int64_t head_begin;
+  int64_t head_end;
   int64_t q_begin;
   int64_t q_end;
 };
@@ -107,13 +108,17 @@ void attend_rows_scalar(const SeqView& s, const AttentionShape& sh, const float*
 }
 
 // Plain reference of AttentionPrecision::kBf16 (attention.h): the same bf16-rounded operands, pairs and order as
-// the AVX512-BF16 path; exp and the order of the fp32 sums are std::exp's and sequential.
+// the AVX512-BF16 path; exp and the order of the fp32 sums are std::exp's and sequential. It and the kInt8 reference
+// are cold (compiled for size, which keeps the ops library within its budget): a CPU with AVX2 or NEON runs a vector
+// path instead (the kFp32 ones where AVX512-BF16 is missing) unless no vector path takes the head size (head_dim not
+// a multiple of 4 or 8), so they run when the scalar level is forced (tests) and in those rare cases.
 float round_bf16(float x) { return bf16_to_float(float_to_bf16(x)); }
 
 // The part kBf16 and kInt8 share, for one query row: softmax of scores[0, n) (keys that do not attend skipped),
 // then o = (sum over key pairs of bf16(p_j) * bf16(v_j), odd key first) / sum + bv. scores is overwritten and has
 // room for n + 1 entries (an odd key count is padded with a zero key).
-void softmax_pv_scalar_bf16(const SeqView& s, const float* bv, int64_t offset, int64_t D, float* scores, float* o) {
+[[gnu::cold]] void softmax_pv_scalar_bf16(const SeqView& s, const float* bv, int64_t offset, int64_t D, float* scores,
+                                          float* o) {
   const SeqKeys& keys = s.keys;
   const int64_t n = keys.key_end;
   float max_score = -std::numeric_limits<float>::infinity();
@@ -137,8 +142,8 @@ void softmax_pv_scalar_bf16(const SeqView& s, const float* bv, int64_t offset, i
   }
 }
 
-void attend_rows_scalar_bf16(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head, int64_t q0,
-                             int64_t q1) {
+[[gnu::cold]] void attend_rows_scalar_bf16(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head,
+                                           int64_t q0, int64_t q1) {
   const SeqKeys& keys = s.keys;
   if (keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
   const int64_t D = sh.head_dim, H = sh.hidden(), n = keys.key_end;
@@ -181,8 +186,8 @@ float quantize_row_s8(const float* x, int64_t n, int8_t* out) {
 
 // Plain reference of AttentionPrecision::kInt8: the same integers as the AVX512-BF16 level's vpdpbusd path (summed
 // here as signed products, which equals its u8 sums minus the per-key offset) and the same score epilogue.
-void attend_rows_scalar_int8(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head, int64_t q0,
-                             int64_t q1) {
+[[gnu::cold]] void attend_rows_scalar_int8(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head,
+                                           int64_t q0, int64_t q1) {
   const SeqKeys& keys = s.keys;
   if (keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
   const int64_t D = sh.head_dim, H = sh.hidden(), n = keys.key_end;
@@ -922,53 +927,70 @@ using TileBf16 = void (*)(const Bf16Item&, const float* const*, float* const*);
 constexpr std::array<TileBf16, 4> kTilesBf16 = {&attend_tile_bf16<1>, &attend_tile_bf16<2>, &attend_tile_bf16<4>,
                                                 &attend_tile_bf16<8>};
 
-// K rows of one head -> kpack (keys past num_keys zero): 32 dims of a key rounded to bf16 in one register are its 16
-// pairs, and a 16 x 16 transpose of the 32-bit pairs of 16 keys gives the [pair][16 keys][2] rows of a key block.
-BORT_AVX512_BF16 void pack_bf16_keys(const float* k_base, int64_t stride, int64_t D, int64_t num_keys,
-                                     int64_t num_blocks, uint16_t* kpack) {
+// K rows of `heads` adjacent heads -> kpack (head i's blocks at kpack + i * head_step; keys past num_keys zero):
+// 32 dims of a key rounded to bf16 in one register are its 16 pairs, and a 16 x 16 transpose of the 32-bit pairs
+// of 16 keys gives the [pair][16 keys][2] rows of a key block. Block by block over the heads, so each key's heads
+// are read as one piece of its row.
+[[gnu::noinline, gnu::noclone]] BORT_AVX512_BF16 void pack_bf16_keys(const float* k_base, int64_t stride, int64_t D,
+                                                                     int64_t num_keys, int64_t num_blocks,
+                                                                     uint16_t* kpack, int64_t heads = 1,
+                                                                     int64_t head_step = 0) {
   const int64_t P = D / 2;
   for (int64_t kb = 0; kb < num_blocks; ++kb) {
-    // Each key is a piece of a long row (Bort's: 512 bytes of 12 KB), which the hardware prefetchers do not follow.
-    for (int64_t j = (kb + 1) * 16; j < std::min(num_keys, (kb + 2) * 16); ++j)
-      prefetch_row(k_base + j * stride, D * static_cast<int64_t>(sizeof(float)));
-    for (int64_t d0 = 0; d0 < D; d0 += 32) {
-      __m512i r[16];
-      for (int64_t i = 0; i < 16; ++i) {
-        const int64_t j = kb * 16 + i;
-        r[i] = _mm512_setzero_si512();
-        if (j < num_keys) {
-          const float* k = k_base + j * stride + d0;
-          r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(k + 16), _mm512_loadu_ps(k));
+    // One head's key is a piece of a long row (Bort's: 512 bytes of 12 KB), which the hardware prefetchers do not
+    // follow; the adjacent heads' pieces of a row they do (see attend_heads_amx_bf16).
+    if (heads == 1)
+      for (int64_t j = (kb + 1) * 16; j < std::min(num_keys, (kb + 2) * 16); ++j)
+        prefetch_row(k_base + j * stride, D * static_cast<int64_t>(sizeof(float)));
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t d0 = 0; d0 < D; d0 += 32) {
+        __m512i r[16];
+        for (int64_t i = 0; i < 16; ++i) {
+          const int64_t j = kb * 16 + i;
+          r[i] = _mm512_setzero_si512();
+          if (j < num_keys) {
+            const float* k = k_base + j * stride + h * D + d0;
+            r[i] = (__m512i)_mm512_cvtne2ps_pbh(_mm512_loadu_ps(k + 16), _mm512_loadu_ps(k));
+          }
         }
+        transpose16x16_epi32(r);
+        for (int64_t p = 0; p < 16; ++p) _mm512_store_si512(kpack + h * head_step + (kb * P + d0 / 2 + p) * 32, r[p]);
       }
-      transpose16x16_epi32(r);
-      for (int64_t p = 0; p < 16; ++p) _mm512_store_si512(kpack + (kb * P + d0 / 2 + p) * 32, r[p]);
-    }
   }
 }
 
-// V rows -> vpack.
-BORT_AVX512_BF16 void pack_bf16_values(const float* v_base, int64_t stride, int64_t D, int64_t num_keys,
-                                       int64_t num_blocks, uint16_t* vpack) {
+// V rows of `heads` adjacent heads -> vpack (head i's at vpack + i * head_step), pair by pair over the heads.
+[[gnu::noinline, gnu::noclone]] BORT_AVX512_BF16 void pack_bf16_values(const float* v_base, int64_t stride, int64_t D,
+                                                                       int64_t num_keys, int64_t num_blocks,
+                                                                       uint16_t* vpack, int64_t heads = 1,
+                                                                       int64_t head_step = 0) {
   const int64_t v_stride = 32 * num_blocks * 8, num_pairs = (num_keys + 1) / 2;
   constexpr int64_t kAhead = 8;  // key pairs: each key is a piece of a long row, as in pack_bf16_keys
   for (int64_t jp = 0; jp < num_pairs; ++jp) {
-    for (int64_t j = 2 * (jp + kAhead); j < std::min(num_keys, 2 * (jp + kAhead + 1)); ++j)
-      prefetch_row(v_base + j * stride, D * static_cast<int64_t>(sizeof(float)));
+    if (heads == 1)
+      for (int64_t j = 2 * (jp + kAhead); j < std::min(num_keys, 2 * (jp + kAhead + 1)); ++j)
+        prefetch_row(v_base + j * stride, D * static_cast<int64_t>(sizeof(float)));
     const float* v0 = v_base + 2 * jp * stride;
     const bool second = 2 * jp + 1 < num_keys;  // else key 2 jp + 1 is padding: zero
-    for (int64_t d0 = 0; d0 < D; d0 += 16) {
-      const __m512 a = _mm512_loadu_ps(v0 + d0);
-      const __m512 b = second ? _mm512_loadu_ps(v0 + stride + d0) : _mm512_setzero_ps();
-      _mm512_store_si512(vpack + (d0 / 16) * v_stride + jp * 32, interleave_halves(_mm512_cvtne2ps_pbh(b, a)));
-    }
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t d0 = 0; d0 < D; d0 += 16) {
+        const __m512 a = _mm512_loadu_ps(v0 + h * D + d0);
+        const __m512 b = second ? _mm512_loadu_ps(v0 + stride + h * D + d0) : _mm512_setzero_ps();
+        _mm512_store_si512(vpack + h * head_step + (d0 / 16) * v_stride + jp * 32,
+                           interleave_halves(_mm512_cvtne2ps_pbh(b, a)));
+      }
   }
 }
 
-// What kBf16 and kInt8 items share: sizes, biases, scores, rowmax, which keys attend, and V packed as bf16 pairs.
+// Where head i of an item's V starts in vpack (bf16 elements), for value_blocks padded 16-key blocks.
+constexpr int64_t value_head_step(int64_t value_blocks, int64_t head_dim) { return value_blocks * 16 * head_dim; }
+
+// What kBf16 and kInt8 items share: sizes, biases, scores, rowmax, which keys attend, and V packed as bf16 pairs:
+// of `heads` adjacent heads from `head` on (the item describes the first; head i's V at
+// vpack + i * value_head_step).
 BORT_AVX512_BF16 void init_bf16_item(Bf16Item& it, Bf16Scratch& scratch, const SeqView& s, const AttentionShape& sh,
                                      const float* bias, int64_t head, int64_t tile_rows = kTileRows512,
-                                     int64_t value_block_multiple = 1) {
+                                     int64_t value_block_multiple = 1, int64_t heads = 1) {
   const int64_t D = sh.head_dim, H = sh.hidden();
   const int64_t num_keys = s.keys.key_end;
   const int64_t num_blocks = (num_keys + 15) / 16;
@@ -987,16 +1009,19 @@ BORT_AVX512_BF16 void init_bf16_item(Bf16Item& it, Bf16Scratch& scratch, const S
   // path, which reads whole blocks) the pairs past the keys are zero: a padding key has probability 0, and
   // 0 x garbage could be NaN. The AVX512-BF16 path reads no pair past the keys.
   const int64_t value_blocks = (num_blocks + value_block_multiple - 1) / value_block_multiple * value_block_multiple;
-  uint16_t* vpack = reinterpret_cast<uint16_t*>(scratch.vpack.get(static_cast<size_t>(value_blocks * 16 * D / 2)));
+  const int64_t head_step = value_head_step(value_blocks, D);
+  uint16_t* vpack = reinterpret_cast<uint16_t*>(scratch.vpack.get(static_cast<size_t>(heads * head_step / 2)));
   it.vpack = vpack;
   it.probs = reinterpret_cast<uint16_t*>(scratch.probs.get(static_cast<size_t>(num_blocks * tile_rows * 8)));
   it.kpack = nullptr;
   it.qtile = nullptr;
-  pack_bf16_values(s.v + head * D, s.kv_stride, D, num_keys, value_blocks, vpack);
+  pack_bf16_values(s.v + head * D, s.kv_stride, D, num_keys, value_blocks, vpack, heads, head_step);
   if (value_block_multiple > 1) {
     const int64_t v_stride = value_blocks * 8 * 32, num_pairs = (num_keys + 1) / 2;
-    for (int64_t db = 0; db < D / 16; ++db)
-      std::memset(vpack + db * v_stride + num_pairs * 32, 0, static_cast<size_t>(value_blocks * 8 - num_pairs) * 64);
+    for (int64_t h = 0; h < heads; ++h)
+      for (int64_t db = 0; db < D / 16; ++db)
+        std::memset(vpack + h * head_step + db * v_stride + num_pairs * 32, 0,
+                    static_cast<size_t>(value_blocks * 8 - num_pairs) * 64);
   }
   it.f.attend = key_masks(s.keys, num_blocks, scratch.attend);
 }
@@ -1288,8 +1313,8 @@ BORT_AMX void softmax_probs_amx(const Bf16Item& it, int64_t steps, float* inv_su
   }
 }
 
-BORT_AMX void attend_tile_amx(const Bf16Item& it, int64_t v_stride, int64_t steps, const float* const* q_rows,
-                              float* const* out_rows, int64_t rows) {
+[[gnu::noinline]] BORT_AMX void attend_tile_amx(const Bf16Item& it, int64_t v_stride, int64_t steps,
+                                                const float* const* q_rows, float* const* out_rows, int64_t rows) {
   const int64_t D = it.f.head_dim, P = D / 2, nb = it.f.num_blocks;
   fill_query_tile(it, q_rows, rows, kAmxRows);
   // Q·Kᵀ, one 16 x 16 score tile per key block, three key blocks at a time: the products into one score tile
@@ -1372,30 +1397,58 @@ BORT_AMX void attend_tile_amx(const Bf16Item& it, int64_t v_stride, int64_t step
   }
 }
 
-BORT_AMX void attend_rows_amx_bf16(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head,
-                                   int64_t q0, int64_t q1) {
-  if (s.keys.key_end == 0) return uniform_rows(s, sh, bias, head, q0, q1);
-  const int64_t D = sh.head_dim;
+// Heads [h0, h1) of queries [q0, q1): K and V of every head packed first (each key's heads are one piece of its
+// row), then query tile by query tile, head by head, so the query and output rows are also read and written in
+// pieces of several heads. One head at a time, each key's and query's 512 bytes (Bort) were read alone from a 12 KB
+// row and the loads waited on L3; pieces of several heads the hardware prefetchers follow, and software prefetches
+// (kept for a single head) only waited for fill buffers there. Intel Xeon with AMX, Bort b8 s128: attention alone,
+// one thread, 1.91-1.98 -> 1.61-1.69 ms; the four attention nodes of Bort int8, 2 threads, 4.65-4.79 -> 4.04-4.21 ms.
+BORT_AMX void attend_heads_amx_bf16(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t h0,
+                                    int64_t h1, int64_t q0, int64_t q1) {
+  if (s.keys.key_end == 0) {
+    for (int64_t h = h0; h < h1; ++h) uniform_rows(s, sh, bias, h, q0, q1);
+    return;
+  }
+  const int64_t D = sh.head_dim, H = sh.hidden(), heads = h1 - h0;
   thread_local AmxAttentionScratch scratch;
-  Bf16Item it;
+  Bf16Item first;
   const int64_t row_bytes = D * static_cast<int64_t>(sizeof(float));
-  for (int64_t j = 0; j < std::min<int64_t>(16, s.keys.key_end); ++j)  // the first key block, while V is packed
-    prefetch_row(s.k + j * s.kv_stride + head * D, row_bytes);
-  init_bf16_item(it, scratch.b, s, sh, bias, head, kAmxRows, 2);
-  const int64_t num_blocks = it.f.num_blocks, num_keys = it.f.num_keys;
-  uint16_t* kpack = reinterpret_cast<uint16_t*>(scratch.b.kpack.get(static_cast<size_t>(num_blocks * 16 * D / 2)));
-  it.kpack = kpack;
-  it.qtile = reinterpret_cast<uint16_t*>(scratch.b.qtile.get(static_cast<size_t>(kAmxRows * D / 2)));
-  for (int64_t t = q0; t < std::min(q1, q0 + kAmxRows); ++t) prefetch_row(s.q[t] + head * D, row_bytes);
-  pack_bf16_keys(s.k + head * D, s.kv_stride, D, num_keys, num_blocks, kpack);
+  if (heads == 1)  // the first key block, while V is packed
+    for (int64_t j = 0; j < std::min<int64_t>(16, s.keys.key_end); ++j)
+      prefetch_row(s.k + j * s.kv_stride + h0 * D, row_bytes);
+  init_bf16_item(first, scratch.b, s, sh, bias, h0, kAmxRows, 2, heads);
+  const int64_t num_blocks = first.f.num_blocks, num_keys = first.f.num_keys;
+  const int64_t k_step = num_blocks * 16 * D, v_step = value_head_step((num_blocks + 1) / 2 * 2, D);
+  uint16_t* kpack = reinterpret_cast<uint16_t*>(scratch.b.kpack.get(static_cast<size_t>(heads * k_step / 2)));
+  first.kpack = kpack;
+  first.qtile = reinterpret_cast<uint16_t*>(scratch.b.qtile.get(static_cast<size_t>(kAmxRows * D / 2)));
+  if (heads == 1)
+    for (int64_t t = q0; t < std::min(q1, q0 + kAmxRows); ++t) prefetch_row(s.q[t] + h0 * D, row_bytes);
+  pack_bf16_keys(s.k + h0 * D, s.kv_stride, D, num_keys, num_blocks, kpack, heads, k_step);
   const int64_t steps = (num_keys + 31) / 32, v_stride = steps * 16 * 32;  // vpack: 2 x steps key blocks
-  it.probs = reinterpret_cast<uint16_t*>(scratch.probs.get(static_cast<size_t>(steps * kAmxRows * 32 / 2)));
+  first.probs = reinterpret_cast<uint16_t*>(scratch.probs.get(static_cast<size_t>(steps * kAmxRows * 32 / 2)));
 
   ScopedTileConfig tiles;
   for (int64_t t = q0; t < q1; t += kAmxRows) {
-    for (int64_t u = t + kAmxRows; u < std::min(q1, t + 2 * kAmxRows); ++u) prefetch_row(s.q[u] + head * D, row_bytes);
-    attend_tile_amx(it, v_stride, steps, s.q + t, s.out + t, std::min(kAmxRows, q1 - t));
+    for (int64_t i = 0; i < heads; ++i) {
+      const int64_t head = h0 + i;
+      if (heads == 1)
+        for (int64_t u = t + kAmxRows; u < std::min(q1, t + 2 * kAmxRows); ++u)
+          prefetch_row(s.q[u] + head * D, row_bytes);
+      Bf16Item it = first;
+      it.f.offset = head * D;
+      it.f.bq = bias ? bias + head * D : nullptr;
+      it.f.bv = bias ? bias + 2 * H + head * D : nullptr;
+      it.kpack = kpack + i * k_step;
+      it.vpack = first.vpack + i * v_step;
+      attend_tile_amx(it, v_stride, steps, s.q + t, s.out + t, std::min(kAmxRows, q1 - t));
+    }
   }
+}
+
+BORT_AMX void attend_rows_amx_bf16(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head,
+                                   int64_t q0, int64_t q1) {
+  attend_heads_amx_bf16(s, sh, bias, head, head + 1, q0, q1);
 }
 
 #endif  // BORT_X86_64
@@ -1473,13 +1526,17 @@ void attend_rows_neon(const SeqView& s, const AttentionShape& sh, const float* b
 }
 #endif  // BORT_AARCH64
 
-// Which core runs: a vector core needs head dims in whole registers of its width.
+// Which core runs: a vector core needs head dims in whole registers of its width. A core with attend_heads
+// takes several heads of a sequence at once (work items then hold whole heads while there are enough of them);
+// the others take one head at a time.
 using AttendFn = void (*)(const SeqView&, const AttentionShape&, const float*, int64_t, int64_t, int64_t);
+using AttendHeadsFn = void (*)(const SeqView&, const AttentionShape&, const float*, int64_t, int64_t, int64_t, int64_t);
 struct AttentionCore {
   Isa isa;
   int64_t lanes;      // head_dim must be a multiple of this
   int64_t tile_rows;  // queries per register tile: work is split in whole tiles
   AttendFn attend;
+  AttendHeadsFn attend_heads = nullptr;
 };
 constexpr AttentionCore kAttentionCores[] = {
 #if BORT_X86_64
@@ -1493,7 +1550,7 @@ constexpr AttentionCore kAttentionCores[] = {
 // AttentionPrecision::kBf16: its AVX512-BF16 path, else the fp32 vector paths, and its own scalar reference.
 constexpr AttentionCore kAttentionCoresBf16[] = {
 #if BORT_X86_64
-    {Isa::kAmx, 32, kAmxRows, attend_rows_amx_bf16},
+    {Isa::kAmx, 32, kAmxRows, attend_rows_amx_bf16, attend_heads_amx_bf16},
     {Isa::kAvx512Bf16, 32, kTileRows512, attend_rows_avx512_bf16},
     {Isa::kAvx512, 16, kTileRows512, attend_rows_avx512},
     {Isa::kAvx2, 8, kTileRows, attend_rows_avx2},
@@ -1516,25 +1573,42 @@ constexpr AttentionCore kAttentionCoresInt8[] = {
 #endif
     {Isa::kScalar, 1, 1, attend_rows_scalar_int8}};
 
-// Splits the queries of every (sequence, head) into chunks so that ~4 tasks per thread exist (the pool hands
-// them out dynamically, which evens out threads slowed by other load), but never below 24 rows per chunk: each
-// task re-packs K and V (2 x S x D). With 8 tasks per thread a text's heads were split in two at b1 s128 and
-// b1 s512, packing K and V twice (Bort int8, Intel Xeon with AMX, 2 threads: 1.03x and 1.07x faster at 4).
-// Chunks are whole tiles of the path that runs them.
-std::vector<WorkItem> plan_work(const std::vector<SeqView>& seqs, int64_t num_heads, size_t concurrency, int64_t tile) {
-  int64_t total_rows = 0;
-  for (const SeqView& s : seqs) total_rows += s.num_queries * num_heads;
-  int64_t chunk = std::numeric_limits<int64_t>::max();
+// Splits the work into ~4 tasks per thread (the pool hands them out dynamically, which evens out threads slowed by
+// other load), counted in query rows x heads, but never below 24 rows per task: each task re-packs K and V
+// (2 x S x D a head). With 8 tasks per thread a text's heads were split in two at b1 s128 and b1 s512, packing K and
+// V twice (Bort int8, Intel Xeon with AMX, 2 threads: 1.03x and 1.07x faster at 4). With group_heads a task holds
+// several whole heads of a sequence while that leaves ~4 tasks per thread (a head of few queries costs its K and V
+// packing whatever its rows: one text's CLS row in 8 heads is 8 tasks) and their packed bf16 K and V fit
+// kGroupedPackBytes; one head otherwise. A head's queries are split in whole tiles of the path that runs them.
+std::vector<WorkItem> plan_work(const std::vector<SeqView>& seqs, const AttentionShape& sh, size_t concurrency,
+                                int64_t tile, bool group_heads) {
+  // A quarter of a 2 MB L2: the heads' K and V are read again for every query tile (Bort b8 s512, 8 heads of
+  // 512 keys, 2 MB: 0.91-0.94x in the model; 8 heads of 128 keys, 512 KB: 1.11-1.15x its attention nodes).
+  constexpr int64_t kGroupedPackBytes = int64_t{512} << 10;
+  const int64_t num_heads = sh.num_heads;
+  int64_t total_rows = 0, total_heads = 0;
+  for (const SeqView& s : seqs) {
+    total_rows += s.num_queries * num_heads;
+    total_heads += s.num_queries > 0 ? num_heads : 0;
+  }
+  int64_t chunk = std::numeric_limits<int64_t>::max(), max_group = num_heads;
   if (concurrency > 1) {
     const int64_t target_tasks = static_cast<int64_t>(4 * concurrency);
     chunk = std::max<int64_t>(24, (total_rows + target_tasks - 1) / target_tasks);
     chunk = (chunk + tile - 1) / tile * tile;
+    max_group = total_heads / target_tasks;
   }
+  if (!group_heads) max_group = 1;
   std::vector<WorkItem> items;
   for (int64_t s = 0; s < static_cast<int64_t>(seqs.size()); ++s) {
     const int64_t n = seqs[s].num_queries;
-    for (int64_t h = 0; h < num_heads; ++h)
-      for (int64_t q = 0; q < n; q += std::min(chunk, n - q)) items.push_back({s, h, q, q + std::min(chunk, n - q)});
+    if (n == 0) continue;
+    const int64_t pack_bytes = std::max<int64_t>(1, 2 * seqs[s].keys.key_end * sh.head_dim * 2);
+    const int64_t group =
+        std::clamp<int64_t>(std::min({chunk / n, kGroupedPackBytes / pack_bytes, max_group}), 1, num_heads);
+    for (int64_t h = 0; h < num_heads; h += group)
+      for (int64_t q = 0; q < n; q += std::min(chunk, n - q))
+        items.push_back({s, h, std::min(num_heads, h + group), q, q + std::min(chunk, n - q)});
   }
   return items;
 }
@@ -1546,10 +1620,13 @@ void run_attention(const std::vector<SeqView>& seqs, const AttentionShape& sh, c
       sh.precision == AttentionPrecision::kBf16   ? select_entry(active_isa(), kAttentionCoresBf16, usable)
       : sh.precision == AttentionPrecision::kInt8 ? select_entry(active_isa(), kAttentionCoresInt8, usable)
                                                   : select_entry(active_isa(), kAttentionCores, usable);
-  const std::vector<WorkItem> items = plan_work(seqs, sh.num_heads, pf.concurrency(), core.tile_rows);
+  const std::vector<WorkItem> items =
+      plan_work(seqs, sh, pf.concurrency(), core.tile_rows, core.attend_heads != nullptr);
   pf.run(items.size(), [&](size_t i) {
     const WorkItem& w = items[i];
-    core.attend(seqs[w.seq], sh, bias, w.head, w.q_begin, w.q_end);
+    if (core.attend_heads != nullptr)
+      return core.attend_heads(seqs[w.seq], sh, bias, w.head_begin, w.head_end, w.q_begin, w.q_end);
+    for (int64_t h = w.head_begin; h < w.head_end; ++h) core.attend(seqs[w.seq], sh, bias, h, w.q_begin, w.q_end);
   });
 }
 

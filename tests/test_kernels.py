@@ -470,19 +470,40 @@ def test_packed_attention_rejects_bad_offsets(cu, match):
         C.packed_attention(qkv, None, np.array(cu, np.int64), 1)
 
 
-def test_attention_threads_do_not_change_results():
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_attention_threads_do_not_change_results(precision):
     rng = np.random.default_rng(5)
     qkv = rng.standard_normal((3, 77, 3 * 512)).astype(np.float32)
     mask = make_mask(rng, "keymask_int64", 3, 77)
     before = C.get_num_threads()
     try:
         C.set_num_threads(1)
-        one = C.attention(qkv, None, mask, 8)
+        one = C.attention(qkv, None, mask, 8, precision=precision)
         C.set_num_threads(2)
-        two = C.attention(qkv, None, mask, 8)
+        two = C.attention(qkv, None, mask, 8, precision=precision)
     finally:
         C.set_num_threads(before)
     np.testing.assert_array_equal(one, two)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "int8"])
+def test_packed_attention_work_split_does_not_change_results(precision):
+    """A path that takes several heads per task (AMX) groups the short texts' heads and splits the long text's
+    queries, differently at 1, 2 and 3 threads: every split gives the values of each text computed alone."""
+    rng = np.random.default_rng(11)
+    lengths, heads, head_dim = [300, 5, 40, 1, 0, 77], 8, 128
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    qkv = rng.standard_normal((int(cu[-1]), 3 * heads * head_dim)).astype(np.float32)
+    bias = rng.standard_normal(3 * heads * head_dim).astype(np.float32)
+    alone = np.concatenate([C.packed_attention(qkv[a:z], bias, np.array([0, z - a], np.int64), heads,
+                                               precision=precision) for a, z in zip(cu[:-1], cu[1:])])
+    before = C.get_num_threads()
+    try:
+        for threads in (1, 2, 3):
+            C.set_num_threads(threads)
+            np.testing.assert_array_equal(C.packed_attention(qkv, bias, cu, heads, precision=precision), alone)
+    finally:
+        C.set_num_threads(before)
 
 
 @pytest.mark.parametrize("kwargs,match", [
