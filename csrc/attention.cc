@@ -1402,7 +1402,7 @@ BORT_AMX void softmax_probs_amx(const Bf16Item& it, int64_t steps, float* inv_su
 // pieces of several heads. One head at a time, each key's and query's 512 bytes (Bort) were read alone from a 12 KB
 // row and the loads waited on L3; pieces of several heads the hardware prefetchers follow, and software prefetches
 // (kept for a single head) only waited for fill buffers there. Intel Xeon with AMX, Bort b8 s128: attention alone,
-// one thread, 1.91-1.98 -> 1.61-1.69 ms; the four attention nodes of Bort int8, 2 threads, 4.65-4.79 -> 4.04-4.21 ms.
+// one thread, 1.91-2.04 -> 1.61-1.69 ms; the four attention nodes of Bort int8, 2 threads, 4.65-4.79 -> 4.04-4.21 ms.
 BORT_AMX void attend_heads_amx_bf16(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t h0,
                                     int64_t h1, int64_t q0, int64_t q1) {
   if (s.keys.key_end == 0) {
