@@ -1418,6 +1418,7 @@ BORT_AMX void attend_heads_amx_bf16(const SeqView& s, const AttentionShape& sh, 
       prefetch_row(s.k + j * s.kv_stride + h0 * D, row_bytes);
   init_bf16_item(first, scratch.b, s, sh, bias, h0, kAmxRows, 2, heads);
   const int64_t num_blocks = first.f.num_blocks, num_keys = first.f.num_keys;
+  // Each head's packed K, and its V at init_bf16_item's value blocks (a multiple of 2 here).
   const int64_t k_step = num_blocks * 16 * D, v_step = value_head_step((num_blocks + 1) / 2 * 2, D);
   uint16_t* kpack = reinterpret_cast<uint16_t*>(scratch.b.kpack.get(static_cast<size_t>(heads * k_step / 2)));
   first.kpack = kpack;
