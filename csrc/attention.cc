@@ -982,24 +982,26 @@ constexpr std::array<TileBf16, 4> kTilesBf16 = {&attend_tile_bf16<1>, &attend_ti
   }
 }
 
-// Where head i of an item's V starts in vpack (bf16 elements), for value_blocks padded 16-key blocks.
-constexpr int64_t value_head_step(int64_t value_blocks, int64_t head_dim) { return value_blocks * 16 * head_dim; }
+// Makes f describe `head`: its columns in q, out and each third of the bias.
+inline void select_head(Avx512Item& f, const AttentionShape& sh, const float* bias, int64_t head) {
+  f.offset = head * sh.head_dim;
+  f.bq = bias ? bias + f.offset : nullptr;
+  f.bv = bias ? bias + 2 * sh.hidden() + f.offset : nullptr;
+}
 
 // What kBf16 and kInt8 items share: sizes, biases, scores, rowmax, which keys attend, and V packed as bf16 pairs:
-// of `heads` adjacent heads from `head` on (the item describes the first; head i's V at
-// vpack + i * value_head_step).
-BORT_AVX512_BF16 void init_bf16_item(Bf16Item& it, Bf16Scratch& scratch, const SeqView& s, const AttentionShape& sh,
-                                     const float* bias, int64_t head, int64_t tile_rows = kTileRows512,
-                                     int64_t value_block_multiple = 1, int64_t heads = 1) {
-  const int64_t D = sh.head_dim, H = sh.hidden();
+// of `heads` adjacent heads from `head` on (the item describes the first). Returns where head i's V starts:
+// vpack + i * the returned step (bf16 elements).
+BORT_AVX512_BF16 int64_t init_bf16_item(Bf16Item& it, Bf16Scratch& scratch, const SeqView& s, const AttentionShape& sh,
+                                        const float* bias, int64_t head, int64_t tile_rows = kTileRows512,
+                                        int64_t value_block_multiple = 1, int64_t heads = 1) {
+  const int64_t D = sh.head_dim;
   const int64_t num_keys = s.keys.key_end;
   const int64_t num_blocks = (num_keys + 15) / 16;
   it.f.head_dim = D;
   it.f.num_keys = num_keys;
   it.f.num_blocks = num_blocks;
-  it.f.offset = head * D;
-  it.f.bq = bias ? bias + head * D : nullptr;
-  it.f.bv = bias ? bias + 2 * H + head * D : nullptr;
+  select_head(it.f, sh, bias, head);
   it.f.scale = sh.scale;
   it.f.kpack = it.f.vpack = it.f.qtile = nullptr;
   it.f.scores = scratch.scores.get(static_cast<size_t>(num_blocks * tile_rows * 16));
@@ -1009,7 +1011,7 @@ BORT_AVX512_BF16 void init_bf16_item(Bf16Item& it, Bf16Scratch& scratch, const S
   // path, which reads whole blocks) the pairs past the keys are zero: a padding key has probability 0, and
   // 0 x garbage could be NaN. The AVX512-BF16 path reads no pair past the keys.
   const int64_t value_blocks = (num_blocks + value_block_multiple - 1) / value_block_multiple * value_block_multiple;
-  const int64_t head_step = value_head_step(value_blocks, D);
+  const int64_t head_step = value_blocks * 16 * D;
   uint16_t* vpack = reinterpret_cast<uint16_t*>(scratch.vpack.get(static_cast<size_t>(heads * head_step / 2)));
   it.vpack = vpack;
   it.probs = reinterpret_cast<uint16_t*>(scratch.probs.get(static_cast<size_t>(num_blocks * tile_rows * 8)));
@@ -1024,6 +1026,7 @@ BORT_AVX512_BF16 void init_bf16_item(Bf16Item& it, Bf16Scratch& scratch, const S
                     static_cast<size_t>(value_blocks * 8 - num_pairs) * 64);
   }
   it.f.attend = key_masks(s.keys, num_blocks, scratch.attend);
+  return head_step;
 }
 
 BORT_AVX512_BF16 void attend_rows_avx512_bf16(const SeqView& s, const AttentionShape& sh, const float* bias,
@@ -1409,17 +1412,15 @@ BORT_AMX void attend_heads_amx_bf16(const SeqView& s, const AttentionShape& sh, 
     for (int64_t h = h0; h < h1; ++h) uniform_rows(s, sh, bias, h, q0, q1);
     return;
   }
-  const int64_t D = sh.head_dim, H = sh.hidden(), heads = h1 - h0;
+  const int64_t D = sh.head_dim, heads = h1 - h0;
   thread_local AmxAttentionScratch scratch;
   Bf16Item first;
   const int64_t row_bytes = D * static_cast<int64_t>(sizeof(float));
   if (heads == 1)  // the first key block, while V is packed
     for (int64_t j = 0; j < std::min<int64_t>(16, s.keys.key_end); ++j)
       prefetch_row(s.k + j * s.kv_stride + h0 * D, row_bytes);
-  init_bf16_item(first, scratch.b, s, sh, bias, h0, kAmxRows, 2, heads);
-  const int64_t num_blocks = first.f.num_blocks, num_keys = first.f.num_keys;
-  // Each head's packed K, and its V at init_bf16_item's value blocks (a multiple of 2 here).
-  const int64_t k_step = num_blocks * 16 * D, v_step = value_head_step((num_blocks + 1) / 2 * 2, D);
+  const int64_t v_step = init_bf16_item(first, scratch.b, s, sh, bias, h0, kAmxRows, 2, heads);
+  const int64_t num_blocks = first.f.num_blocks, num_keys = first.f.num_keys, k_step = num_blocks * 16 * D;
   uint16_t* kpack = reinterpret_cast<uint16_t*>(scratch.b.kpack.get(static_cast<size_t>(heads * k_step / 2)));
   first.kpack = kpack;
   first.qtile = reinterpret_cast<uint16_t*>(scratch.b.qtile.get(static_cast<size_t>(kAmxRows * D / 2)));
@@ -1437,19 +1438,12 @@ BORT_AMX void attend_heads_amx_bf16(const SeqView& s, const AttentionShape& sh, 
         for (int64_t u = t + kAmxRows; u < std::min(q1, t + 2 * kAmxRows); ++u)
           prefetch_row(s.q[u] + head * D, row_bytes);
       Bf16Item it = first;
-      it.f.offset = head * D;
-      it.f.bq = bias ? bias + head * D : nullptr;
-      it.f.bv = bias ? bias + 2 * H + head * D : nullptr;
+      select_head(it.f, sh, bias, head);
       it.kpack = kpack + i * k_step;
       it.vpack = first.vpack + i * v_step;
       attend_tile_amx(it, v_stride, steps, s.q + t, s.out + t, std::min(kAmxRows, q1 - t));
     }
   }
-}
-
-BORT_AMX void attend_rows_amx_bf16(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t head,
-                                   int64_t q0, int64_t q1) {
-  attend_heads_amx_bf16(s, sh, bias, head, head + 1, q0, q1);
 }
 
 #endif  // BORT_X86_64
@@ -1528,8 +1522,8 @@ void attend_rows_neon(const SeqView& s, const AttentionShape& sh, const float* b
 #endif  // BORT_AARCH64
 
 // Which core runs: a vector core needs head dims in whole registers of its width. A core with attend_heads
-// takes several heads of a sequence at once (work items then hold whole heads while there are enough of them);
-// the others take one head at a time.
+// takes several heads of a sequence at once (work items then hold whole heads while there are enough of them) and
+// has no attend; the others take one head at a time through attend.
 using AttendFn = void (*)(const SeqView&, const AttentionShape&, const float*, int64_t, int64_t, int64_t);
 using AttendHeadsFn = void (*)(const SeqView&, const AttentionShape&, const float*, int64_t, int64_t, int64_t, int64_t);
 struct AttentionCore {
@@ -1551,7 +1545,7 @@ constexpr AttentionCore kAttentionCores[] = {
 // AttentionPrecision::kBf16: its AVX512-BF16 path, else the fp32 vector paths, and its own scalar reference.
 constexpr AttentionCore kAttentionCoresBf16[] = {
 #if BORT_X86_64
-    {Isa::kAmx, 32, kAmxRows, attend_rows_amx_bf16, attend_heads_amx_bf16},
+    {Isa::kAmx, 32, kAmxRows, nullptr, attend_heads_amx_bf16},
     {Isa::kAvx512Bf16, 32, kTileRows512, attend_rows_avx512_bf16},
     {Isa::kAvx512, 16, kTileRows512, attend_rows_avx512},
     {Isa::kAvx2, 8, kTileRows, attend_rows_avx2},
