@@ -1287,42 +1287,95 @@ struct AmxAttentionScratch {
   AlignedFloats probs;
 };
 
-// Row r's softmax numerators exp(score - max) over key block kb (zero where a key does not attend).
-BORT_AMX_INLINE __m512 tile_numerators(const Avx512Item& f, int64_t kb, int64_t r, __m512 m) {
-  return _mm512_maskz_mov_ps(f.attend[kb],
-                             simd::exp_ps(_mm512_sub_ps(_mm512_load_ps(f.scores + (kb * kAmxRows + r) * 16), m)));
-}
-
-// Softmax numerators of the 16 tile rows (scores and rowmax filled), rounded to bf16 straight into the P tiles
-// (key blocks 2 st and 2 st + 1 are the pair halves of step st), and each row's 1 / sum: softmax_numerators512's
-// values and order of summation, without writing the numerators back to the scores and reading them again.
-BORT_AMX void softmax_probs_amx(const Bf16Item& it, int64_t steps, float* inv_sum) {
-  const Avx512Item& f = it.f;
-  const int64_t nb = f.num_blocks;
-  for (int64_t r = 0; r < kAmxRows; ++r) {
-    const __m512 m = _mm512_set1_ps(_mm512_reduce_max_ps(_mm512_load_ps(f.rowmax + r * 16)));
-    __m512 sum0 = _mm512_setzero_ps(), sum1 = _mm512_setzero_ps();  // two chains hide the add latency
-    for (int64_t st = 0; st < steps; ++st) {
-      const __m512 p0 = tile_numerators(f, 2 * st, r, m);
-      __m512 p1 = _mm512_setzero_ps();
-      if (2 * st + 1 < nb) {
-        p1 = tile_numerators(f, 2 * st + 1, r, m);
-        sum1 = _mm512_add_ps(sum1, p1);
-      }
-      sum0 = _mm512_add_ps(sum0, p0);
-      _mm512_store_si512(it.probs + (st * kAmxRows + r) * 32, (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
-    }
-    inv_sum[r] = 1.0f / _mm512_reduce_add_ps(_mm512_add_ps(sum0, sum1));
+// The softmax of one query tile, run in small pieces between the tile products of other tiles (see
+// attend_heads_amx_bf16): each row's max over the keys that attend, its numerators exp(score - max) rounded to
+// bf16 straight into the P tiles (key blocks 2 st and 2 st + 1 are the pair halves of step st) and 1 / their
+// sum. The same values and order of summation as the AVX512-BF16 path's softmax_numerators512.
+class AmxSoftmax {
+ public:
+  // Starts a tile: f's scores ([key block][row 0-15][16]) become probs and inv_sum, spread over `calls` step()s.
+  BORT_AMX_INLINE void reset(const Avx512Item& f, uint16_t* probs, float* inv_sum, int64_t steps, int64_t calls) {
+    f_ = &f;
+    probs_ = probs;
+    inv_sum_ = inv_sum;
+    steps_ = steps;
+    row_ = 0;
+    pos_ = 0;
+    max_done_ = false;
+    calls_ = std::max<int64_t>(calls, 1);
+    units_ = kAmxRows * (steps + (f.num_blocks + kMaxBlocks - 1) / kMaxBlocks);
+    credit_ = 0;
+    lanes_ = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   }
-}
+  void stop() { row_ = kAmxRows; }
+  // One call's share of the work, in units of a few dozen vector instructions, so that the products in flight
+  // are never far behind in the instruction stream (a whole row at once left the tile unit waiting).
+  BORT_AMX_INLINE void step() {
+    for (credit_ += units_; credit_ >= calls_ && row_ < kAmxRows; credit_ -= calls_) unit();
+  }
+  BORT_AMX_INLINE void finish() {
+    while (row_ < kAmxRows) unit();
+  }
 
-[[gnu::noinline]] BORT_AMX void attend_tile_amx(const Bf16Item& it, int64_t v_stride, int64_t steps,
-                                                const float* const* q_rows, float* const* out_rows, int64_t rows) {
-  const int64_t D = it.f.head_dim, P = D / 2, nb = it.f.num_blocks;
-  fill_query_tile(it, q_rows, rows, kAmxRows);
-  // Q·Kᵀ, one 16 x 16 score tile per key block, three key blocks at a time: the products into one score tile
-  // form a chain (each waits for the one before), so three independent chains keep the AMX unit busy (one chain
-  // left it waiting out each product's latency). Every score tile sees the same products in the same order.
+ private:
+  static constexpr int64_t kMaxBlocks = 16;  // key blocks of the max pass per unit
+
+  BORT_AMX_INLINE __m512 scores(int64_t kb) const { return _mm512_load_ps(f_->scores + (kb * kAmxRows + row_) * 16); }
+  BORT_AMX_INLINE __m512 numerators(int64_t kb) const {
+    return _mm512_maskz_mov_ps(f_->attend[kb], simd::exp_ps(_mm512_sub_ps(scores(kb), m_)));
+  }
+  // Row row_'s max over the keys that attend, kMaxBlocks key blocks at a time; then its numerators a step (two
+  // key blocks) at a time, rounded to bf16 into the P tiles; then 1 / their sum.
+  BORT_AMX_INLINE void unit() {
+    const Avx512Item& f = *f_;
+    const int64_t nb = f.num_blocks;
+    if (!max_done_) {
+      const int64_t end = std::min(nb, pos_ + kMaxBlocks);
+      for (int64_t kb = pos_; kb < end; ++kb) lanes_ = _mm512_mask_max_ps(lanes_, f.attend[kb], lanes_, scores(kb));
+      pos_ = end;
+      if (pos_ == nb) {
+        m_ = _mm512_set1_ps(_mm512_reduce_max_ps(lanes_));
+        sum0_ = sum1_ = _mm512_setzero_ps();  // two chains hide the add latency
+        max_done_ = true;
+        pos_ = 0;
+      }
+      return;
+    }
+    const int64_t st = pos_++;
+    const __m512 p0 = numerators(2 * st);
+    __m512 p1 = _mm512_setzero_ps();
+    if (2 * st + 1 < nb) {
+      p1 = numerators(2 * st + 1);
+      sum1_ = _mm512_add_ps(sum1_, p1);
+    }
+    sum0_ = _mm512_add_ps(sum0_, p0);
+    _mm512_store_si512(probs_ + (st * kAmxRows + row_) * 32, (__m512i)_mm512_cvtne2ps_pbh(p1, p0));
+    if (pos_ < steps_) return;
+    inv_sum_[row_] = 1.0f / _mm512_reduce_add_ps(_mm512_add_ps(sum0_, sum1_));
+    ++row_;
+    pos_ = 0;
+    max_done_ = false;
+    lanes_ = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
+  }
+
+  const Avx512Item* f_ = nullptr;
+  uint16_t* probs_ = nullptr;
+  float* inv_sum_ = nullptr;
+  int64_t steps_ = 0, row_ = kAmxRows, pos_ = 0, calls_ = 1, units_ = 0, credit_ = 0;
+  bool max_done_ = false;
+  __m512 lanes_, m_, sum0_, sum1_;
+};
+
+// Tile products a tile's Q·Kᵀ and P·V give softmax.step() calls between them.
+inline int64_t qk_calls(int64_t num_blocks, int64_t head_dim) { return (num_blocks + 2) / 3 * (head_dim / 32); }
+inline int64_t pv_calls(int64_t steps, int64_t head_dim) { return (head_dim + 63) / 64 * steps; }
+
+// Q·Kᵀ of the query tile in it.qtile into it.f.scores: one 16 x 16 score tile per key block, three key blocks at
+// a time: the products into one score tile form a chain (each waits for the one before), so three independent
+// chains keep the AMX unit busy (one chain left it waiting out each product's latency). Every score tile sees
+// the same products in the same order.
+BORT_AMX_INLINE void qk_tile_amx(const Bf16Item& it, AmxSoftmax& softmax) {
+  const int64_t P = it.f.head_dim / 2, nb = it.f.num_blocks;
   for (int64_t kb = 0; kb < nb; kb += 3) {
     const int64_t group = std::min<int64_t>(3, nb - kb);
     const uint16_t* k0 = it.kpack + kb * P * 32;
@@ -1342,22 +1395,20 @@ BORT_AMX void softmax_probs_amx(const Bf16Item& it, int64_t steps, float* inv_su
         _tile_loadd(4, k + 2 * P * 32, 64);
         _tile_dpbf16ps(6, 1, 4);
       }
+      softmax.step();  // plain vector code: it leaves the tiles alone
     }
     float* scores = it.f.scores + kb * kAmxRows * 16;
     _tile_stored(0, scores, 64);
     if (group > 1) _tile_stored(5, scores + kAmxRows * 16, 64);
     if (group > 2) _tile_stored(6, scores + 2 * kAmxRows * 16, 64);
   }
-  const __m512 neg_inf = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
-  for (int64_t r = 0; r < kAmxRows; ++r) {
-    __m512 m = neg_inf;
-    for (int64_t kb = 0; kb < nb; ++kb)
-      m = _mm512_mask_max_ps(m, it.f.attend[kb], m, _mm512_load_ps(it.f.scores + (kb * kAmxRows + r) * 16));
-    _mm512_store_ps(it.f.rowmax + r * 16, m);
-  }
-  float inv_sum[kAmxRows];
-  softmax_probs_amx(it, steps, inv_sum);
-  // P·V, 64 head dims (four C tiles) at a time; D % 32 == 0 leaves 32 or 64 for the last pass.
+}
+
+// P·V of a tile whose softmax is done (it.probs, inv_sum), normalised, plus the V bias, into the output rows;
+// 64 head dims (four C tiles) at a time, D % 32 == 0 leaving 32 or 64 for the last pass.
+BORT_AMX_INLINE void pv_tile_amx(const Bf16Item& it, int64_t v_stride, int64_t steps, const float* inv_sum,
+                                 float* const* out_rows, int64_t rows, AmxSoftmax& softmax) {
+  const int64_t D = it.f.head_dim;
   alignas(64) float acc[4][kAmxRows * 16];
   const float* bv = it.f.bv;
   for (int64_t d0 = 0; d0 < D; d0 += 64) {
@@ -1382,6 +1433,7 @@ BORT_AMX void softmax_probs_amx(const Bf16Item& it, int64_t steps, float* inv_su
         _tile_loadd(5, v + 3 * v_stride, 64);
         _tile_dpbf16ps(3, 4, 5);
       }
+      softmax.step();
     }
     _tile_stored(0, acc[0], 64);
     _tile_stored(1, acc[1], 64);
@@ -1406,6 +1458,13 @@ BORT_AMX void softmax_probs_amx(const Bf16Item& it, int64_t steps, float* inv_su
 // row and the loads waited on L3; pieces of several heads the hardware prefetchers follow, and software prefetches
 // (kept for a single head) only waited for fill buffers there. Intel Xeon with AMX, Bort b8 s128: attention alone,
 // one thread, 1.91-2.04 -> 1.61-1.69 ms; the four attention nodes of Bort int8, 2 threads, 4.65-4.79 -> 4.04-4.21 ms.
+//
+// The tiles (query tile x head) run as a pipeline: tile j's Q·Kᵀ and tile j - 2's P·V take turns on the AMX unit
+// while the vector units run tile j - 1's softmax between their tile products (scores and P tiles are double
+// buffered). One tile after another, the tile unit idled through each softmax and the vector units through the
+// products. Intel Xeon with AMX, attention alone, one thread: b1 s512 2.27 -> 2.02-2.06 ms (the softmax had been
+// 0.92 ms of it), b8 s128 1.53-1.65 -> 1.38-1.44 ms; Bort int8, 2 threads: b1 s512 15.5-16.3 -> 14.8-15.2 ms,
+// b8 s512 118-120 -> 114-117 ms. The softmax handed over a whole row at a time hid about half as much.
 BORT_AMX void attend_heads_amx_bf16(const SeqView& s, const AttentionShape& sh, const float* bias, int64_t h0,
                                     int64_t h1, int64_t q0, int64_t q1) {
   if (s.keys.key_end == 0) {
@@ -1419,7 +1478,8 @@ BORT_AMX void attend_heads_amx_bf16(const SeqView& s, const AttentionShape& sh, 
   if (heads == 1)  // the first key block, while V is packed
     for (int64_t j = 0; j < std::min<int64_t>(16, s.keys.key_end); ++j)
       prefetch_row(s.k + j * s.kv_stride + h0 * D, row_bytes);
-  const int64_t v_step = init_bf16_item(first, scratch.b, s, sh, bias, h0, kAmxRows, 2, heads);
+  // Scores for two tiles (tile_rows 2 x 16): [buffer][key block][row][16].
+  const int64_t v_step = init_bf16_item(first, scratch.b, s, sh, bias, h0, 2 * kAmxRows, 2, heads);
   const int64_t num_blocks = first.f.num_blocks, num_keys = first.f.num_keys, k_step = num_blocks * 16 * D;
   uint16_t* kpack = reinterpret_cast<uint16_t*>(scratch.b.kpack.get(static_cast<size_t>(heads * k_step / 2)));
   first.kpack = kpack;
@@ -1428,21 +1488,47 @@ BORT_AMX void attend_heads_amx_bf16(const SeqView& s, const AttentionShape& sh, 
     for (int64_t t = q0; t < std::min(q1, q0 + kAmxRows); ++t) prefetch_row(s.q[t] + h0 * D, row_bytes);
   pack_bf16_keys(s.k + h0 * D, s.kv_stride, D, num_keys, num_blocks, kpack, heads, k_step);
   const int64_t steps = (num_keys + 31) / 32, v_stride = steps * 16 * 32;  // vpack: 2 x steps key blocks
-  first.probs = reinterpret_cast<uint16_t*>(scratch.probs.get(static_cast<size_t>(steps * kAmxRows * 32 / 2)));
+  const int64_t probs_step = steps * kAmxRows * 32, scores_step = num_blocks * kAmxRows * 16;
+  auto* probs = reinterpret_cast<uint16_t*>(scratch.probs.get(static_cast<size_t>(probs_step)));  // 2 buffers
+  alignas(64) float inv_sum[2][kAmxRows];
 
-  ScopedTileConfig tiles;
-  for (int64_t t = q0; t < q1; t += kAmxRows) {
-    for (int64_t i = 0; i < heads; ++i) {
-      const int64_t head = h0 + i;
+  // Tile j: query tile q0 + (j / heads) * 16 of head h0 + j % heads, its scores and P tiles in buffer j % 2.
+  const int64_t tiles = (q1 - q0 + kAmxRows - 1) / kAmxRows * heads;
+  auto tile = [&](int64_t j) {
+    Bf16Item it = first;
+    select_head(it.f, sh, bias, h0 + j % heads);
+    it.kpack = kpack + (j % heads) * k_step;
+    it.vpack = first.vpack + (j % heads) * v_step;
+    it.f.scores += (j % 2) * scores_step;
+    it.probs = probs + (j % 2) * probs_step;
+    return it;
+  };
+  auto query = [&](int64_t j) { return q0 + (j / heads) * kAmxRows; };
+  const int64_t calls = qk_calls(num_blocks, D) + pv_calls(steps, D);
+  ScopedTileConfig config;
+  AmxSoftmax softmax;
+  Bf16Item before;  // tile j - 1, whose softmax runs now
+  for (int64_t j = 0; j < tiles + 2; ++j) {
+    if (j >= 1 && j <= tiles) {
+      before = tile(j - 1);
+      softmax.reset(before.f, before.probs, inv_sum[(j - 1) % 2], steps, calls);
+    } else {
+      softmax.stop();
+    }
+    if (j < tiles) {
+      const int64_t t = query(j);
       if (heads == 1)
         for (int64_t u = t + kAmxRows; u < std::min(q1, t + 2 * kAmxRows); ++u)
-          prefetch_row(s.q[u] + head * D, row_bytes);
-      Bf16Item it = first;
-      select_head(it.f, sh, bias, head);
-      it.kpack = kpack + i * k_step;
-      it.vpack = first.vpack + i * v_step;
-      attend_tile_amx(it, v_stride, steps, s.q + t, s.out + t, std::min(kAmxRows, q1 - t));
+          prefetch_row(s.q[u] + h0 * D, row_bytes);
+      const Bf16Item it = tile(j);
+      fill_query_tile(it, s.q + t, std::min(kAmxRows, q1 - t), kAmxRows);
+      qk_tile_amx(it, softmax);
     }
+    if (j >= 2) {
+      const int64_t t = query(j - 2);
+      pv_tile_amx(tile(j - 2), v_stride, steps, inv_sum[j % 2], s.out + t, std::min(kAmxRows, q1 - t), softmax);
+    }
+    softmax.finish();
   }
 }
 

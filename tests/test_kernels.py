@@ -589,6 +589,22 @@ def test_bf16_packed_attention_matches_its_reference(isa, lengths, heads, head_d
     np.testing.assert_array_equal(subset, out[rows])
 
 
+@pytest.mark.parametrize("isa", BF16_ISAS)
+def test_bf16_attention_query_tiles_in_sequence_equal_each_tile_alone(isa):
+    """A path that runs a task's query tiles as a pipeline (AMX: one tile's softmax between the next tile's
+    Q·Kᵀ and an earlier tile's P·V products) gives every row what it gets as the only query of its task."""
+    rng = np.random.default_rng(12)
+    lengths, heads, head_dim = [77, 33], 8, 128
+    cu = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
+    qkv = (3 * rng.standard_normal((int(cu[-1]), 3 * heads * head_dim))).astype(np.float32)
+    bias = rng.standard_normal(3 * heads * head_dim).astype(np.float32)
+    with use_isa(isa):
+        full = C.packed_attention(qkv, bias, cu, heads, precision="bf16")
+        for row in range(int(cu[-1])):
+            one = C.packed_attention(qkv, bias, cu, heads, precision="bf16", query_rows=np.array([row], np.int64))
+            np.testing.assert_array_equal(one[0], full[row])
+
+
 def test_bf16_attention_rounds_the_products():
     """bf16 differs from fp32 by about bf16's resolution, and its reference says by how much."""
     rng = np.random.default_rng(5)
