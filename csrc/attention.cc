@@ -1303,13 +1303,14 @@ class AmxSoftmax {
     pos_ = 0;
     max_done_ = false;
     calls_ = std::max<int64_t>(calls, 1);
-    units_ = kAmxRows * (steps + (f.num_blocks + kMaxBlocks - 1) / kMaxBlocks);
+    // At most kMaxUnitsPerCall units between two groups of tile products; finish() does what is left.
+    units_ = std::min(kAmxRows * (steps + (f.num_blocks + kMaxBlocks - 1) / kMaxBlocks), kMaxUnitsPerCall * calls_);
     credit_ = 0;
     lanes_ = _mm512_set1_ps(-std::numeric_limits<float>::infinity());
   }
   void stop() { row_ = kAmxRows; }
   // One call's share of the work, in units of a few dozen vector instructions, so that the products in flight
-  // are never far behind in the instruction stream (a whole row at once left the tile unit waiting).
+  // are never far behind in the instruction stream (a whole row at once hid half as much).
   BORT_AMX_INLINE void step() {
     for (credit_ += units_; credit_ >= calls_ && row_ < kAmxRows; credit_ -= calls_) unit();
   }
@@ -1319,6 +1320,11 @@ class AmxSoftmax {
 
  private:
   static constexpr int64_t kMaxBlocks = 16;  // key blocks of the max pass per unit
+  // More vector work than this between two groups of tile products starved the tile unit. Intel Xeon with AMX,
+  // attention alone, one thread, 16 heads of 64 dims (BERT-large: ~8 units a call uncapped), before the pipeline /
+  // uncapped / 4: b8 s128 2.15-2.19 / 2.23 / 1.99 ms, b1 s512 2.85-2.94 / 2.96-3.04 / 2.66-2.81 ms (5 level with 4,
+  // 8 worse); Bort's 8 heads of 128 (~4 units a call) level.
+  static constexpr int64_t kMaxUnitsPerCall = 4;
 
   BORT_AMX_INLINE __m512 scores(int64_t kb) const { return _mm512_load_ps(f_->scores + (kb * kAmxRows + row_) * 16); }
   BORT_AMX_INLINE __m512 numerators(int64_t kb) const {
