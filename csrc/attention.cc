@@ -1274,12 +1274,12 @@ BORT_AVX512_BF16 void attend_rows_avx512_int8(const SeqView& s, const AttentionS
 // normalisation), with both products on the tile unit, 16 query rows at a time. Layouts:
 //   kpack  [key block][pair p][16 keys][2]      as the AVX512-BF16 path: 16 pairs x 16 keys is one B tile
 //   qtile  [pair block c][row 0-15][16 pairs][2] one A tile per 32 head dims (rows past the queries zero)
-//   scores [key block][row 0-15][16]             one C tile per key block, then the softmax numerators
-//   probs  [32-key step][row 0-15][32 keys]      the numerators rounded to bf16: one A tile per step
+//   scores [tile j % 2][key block][row 0-15][16] one C tile per key block
+//   probs  [tile j % 2][32-key step][row 0-15][32 keys]  the numerators rounded to bf16: one A tile per step
 //   vpack  [dim block][key pair][16 dims][2]     as the AVX512-BF16 path, key pairs padded to whole steps
 //                                               with zeros: 16 pairs x 16 dims is one B tile
-// Tiles: configuration from amx_tiles.h; Q·Kᵀ accumulates in tmm0 (tmm1 query, tmm2 keys); P·V in tmm0-3
-// (four 16-dim blocks), tmm4 probabilities, tmm5 values.
+// Tiles: configuration from amx_tiles.h; Q·Kᵀ accumulates in tmm0, tmm5 and tmm6 (tmm1 query, tmm2-4 keys); P·V
+// in tmm0-3 (four 16-dim blocks), tmm4 probabilities, tmm5-7 values.
 constexpr int64_t kAmxRows = 16;
 
 struct AmxAttentionScratch {
@@ -1372,7 +1372,7 @@ class AmxSoftmax {
   __m512 lanes_, m_, sum0_, sum1_;
 };
 
-// Tile products a tile's Q·Kᵀ and P·V give softmax.step() calls between them.
+// How many softmax.step() calls a tile's Q·Kᵀ and P·V make: one after each group of tile products.
 inline int64_t qk_calls(int64_t num_blocks, int64_t head_dim) { return (num_blocks + 2) / 3 * (head_dim / 32); }
 inline int64_t pv_calls(int64_t steps, int64_t head_dim) { return (head_dim + 63) / 64 * steps; }
 
