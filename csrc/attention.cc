@@ -1281,6 +1281,8 @@ BORT_AVX512_BF16 void attend_rows_avx512_int8(const SeqView& s, const AttentionS
 // Tiles: configuration from amx_tiles.h; Q·Kᵀ accumulates in tmm0, tmm5 and tmm6 (tmm1 query, tmm2-4 keys); P·V
 // in tmm0-3 (four 16-dim blocks), tmm4 probabilities, tmm5-7 values.
 constexpr int64_t kAmxRows = 16;
+constexpr int64_t kQkGroupBlocks = 3;  // key blocks whose Q·Kᵀ score tiles accumulate side by side
+constexpr int64_t kPvPassDims = 64;    // head dims of one P·V pass (four C tiles)
 
 struct AmxAttentionScratch {
   Bf16Scratch b;
@@ -1373,8 +1375,10 @@ class AmxSoftmax {
 };
 
 // How many softmax.step() calls a tile's Q·Kᵀ and P·V make: one after each group of tile products.
-inline int64_t qk_calls(int64_t num_blocks, int64_t head_dim) { return (num_blocks + 2) / 3 * (head_dim / 32); }
-inline int64_t pv_calls(int64_t steps, int64_t head_dim) { return (head_dim + 63) / 64 * steps; }
+inline int64_t qk_calls(int64_t num_blocks, int64_t head_dim) {
+  return (num_blocks + kQkGroupBlocks - 1) / kQkGroupBlocks * (head_dim / 32);
+}
+inline int64_t pv_calls(int64_t steps, int64_t head_dim) { return (head_dim + kPvPassDims - 1) / kPvPassDims * steps; }
 
 // Q·Kᵀ of the query tile in it.qtile into it.f.scores: one 16 x 16 score tile per key block, three key blocks at
 // a time: the products into one score tile form a chain (each waits for the one before), so three independent
@@ -1382,8 +1386,8 @@ inline int64_t pv_calls(int64_t steps, int64_t head_dim) { return (head_dim + 63
 // the same products in the same order.
 BORT_AMX_INLINE void qk_tile_amx(const Bf16Item& it, AmxSoftmax& softmax) {
   const int64_t P = it.f.head_dim / 2, nb = it.f.num_blocks;
-  for (int64_t kb = 0; kb < nb; kb += 3) {
-    const int64_t group = std::min<int64_t>(3, nb - kb);
+  for (int64_t kb = 0; kb < nb; kb += kQkGroupBlocks) {
+    const int64_t group = std::min(kQkGroupBlocks, nb - kb);
     const uint16_t* k0 = it.kpack + kb * P * 32;
     _tile_zero(0);
     if (group > 1) _tile_zero(5);
@@ -1417,8 +1421,8 @@ BORT_AMX_INLINE void pv_tile_amx(const Bf16Item& it, int64_t v_stride, int64_t s
   const int64_t D = it.f.head_dim;
   alignas(64) float acc[4][kAmxRows * 16];
   const float* bv = it.f.bv;
-  for (int64_t d0 = 0; d0 < D; d0 += 64) {
-    const bool four = D - d0 >= 64;
+  for (int64_t d0 = 0; d0 < D; d0 += kPvPassDims) {
+    const bool four = D - d0 >= kPvPassDims;
     _tile_zero(0);
     _tile_zero(1);
     if (four) {
