@@ -188,6 +188,19 @@ def test_int8_linears_run_on_linear_int8_and_equal_the_mlas_graph_bit_for_bit(re
     np.testing.assert_array_equal(got.view(np.uint32), want.view(np.uint32))
 
 
+def test_the_packed_last_layers_query_projection_reads_the_int8_rows_gathered_not_quantized_again(encoder):
+    # The layer before emits its output's int8 rows (values, scales, zero points) beside the float rows; the
+    # last layer's Q reads those rows at query_rows (the same values: the bit-for-bit test above).
+    model = emit(encoder, "packed", full_int8(encoder))
+    producer = {out: node for node in model.graph.node for out in node.output if out}
+    q = next(n for n in model.graph.node if n.name == f"layer.{len(encoder.layers) - 1}/q")
+    assert q.op_type == "LinearInt8" and q.input[0] == ""
+    float_rows = producer[producer[q.input[1]].input[0]]  # the node whose int8 rows are gathered
+    for i in (1, 2, 3):
+        gather = producer[q.input[i]]
+        assert gather.op_type == "Gather" and list(gather.input) == [float_rows.output[i], "query_rows"]
+
+
 @pytest.mark.parametrize("tables,op", [("int8", "EmbedLayerNormInt8"), ("bf16", "EmbedLayerNormBf16")])
 def test_packed_int8_or_bf16_embeddings_are_one_fused_op_with_the_lookups_bits(rewrite_case, encoder, monkeypatch,
                                                                                 tables, op):
