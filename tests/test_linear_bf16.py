@@ -48,6 +48,23 @@ def test_linear_bf16_gelu_epilogue(path, with_bias, m, k, n):
     assert np.max(np.abs(got - ref) / np.maximum(1.0, np.abs(ref))) <= tol
 
 
+@pytest.mark.skipif("amx" not in PATHS, reason="CPU (or OS) without AMX-BF16")
+@pytest.mark.parametrize("m, k, n", [(1, 64, 16), (17, 96, 70), (33, 1024, 200), (45, 128, 1000), (100, 768, 1024),
+                                     (129, 64, 48)])
+def test_linear_bf16_amx_epilogue_finishes_exactly_its_own_accumulators(m, k, n):
+    # The AMX kernel finishes each 32 x 32 block of C while the next one is multiplied: the bias and GELU must land
+    # on the block's own rows and columns (tails included), i.e. equal the plain GEMM's output finished afterwards.
+    rng = np.random.default_rng(m + k + n)
+    x, w = random_case(rng, m, k, n)
+    bias = rng.standard_normal(n).astype(np.float32)
+    packed = C.PackedBf16Weights(w)
+    with use_path("amx"):
+        plain = C.gemm_bf16(x, packed)
+        with_bias, with_gelu = C.linear_bf16(x, packed, bias), C.linear_bf16(x, packed, bias, "gelu")
+    assert same_bits(with_bias, plain + bias)
+    assert same_bits(with_gelu, C.bias_gelu(plain, bias))
+
+
 def test_linear_bf16_keeps_leading_dimensions():
     rng = np.random.default_rng(7)
     x, w = random_case(rng, 24, 48, 32)
