@@ -113,7 +113,12 @@ def bound_run(session, feeds: dict, output_shape: tuple, output_dtype):
         binding.bind_cpu_input(name, value)
     out = aligned_array(np.zeros(output_shape, output_dtype))
     binding.bind_output(session.get_outputs()[0].name, "cpu", 0, output_dtype, out.shape, out.ctypes.data)
-    return lambda: session.run_with_iobinding(binding) or out  # the closure keeps the buffer (and feeds) alive
+    bound = (feeds, out)  # the binding holds raw pointers: these arrays must live as long as the call
+
+    def run() -> np.ndarray:
+        session.run_with_iobinding(binding)
+        return bound[1]
+    return run
 
 
 def time_calls(fn, seconds: float, max_calls: int = 200) -> list[float]:
