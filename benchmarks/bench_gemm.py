@@ -6,10 +6,8 @@ tokens) of 1, 8, 128 and 1024:
 - mlas: MatMulInteger, u8 rows x int8 weights (initializer) → int32, what the MLAS-path graph runs;
 - ours: LinearInt8 from the same u8 rows (with their scales and zero points) → float32: our GEMM plus the
   dequantize epilogue, i.e. more work than MatMulInteger's.
-Both run as the model runs them: rows 64-byte aligned (as onnxruntime's arena hands out activations; numpy's
-own alignment would split every 64-byte row piece across two cache lines) and the output written into a bound,
-preallocated buffer (io_binding), not copied into a new numpy array after every call (at M = 1024 that copy
-alone took ~0.2 ms of a ~1.2 ms call on an Intel Xeon with AMX).
+Both run as the model runs them (benchmarks/bound_calls.py: aligned rows, output into a bound buffer; at
+M = 1024 the output copy of a plain `run` took ~0.2 ms of a ~1.2 ms call on an Intel Xeon with AMX).
 Printed per shape: median µs of each, GOPS (2·M·K·N / time), ops per cycle per thread when the clock is
 given (--ghz; AVX-512 VNNI peak: 128 int8 ops per cycle per core on AMD Zen 4, 256 on Sapphire Rapids) and
 the ratio mlas / ours.
@@ -38,6 +36,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from .bound_calls import aligned_array, bound_run
 
 THREADS = int(os.environ.get("BORT_BENCH_THREADS", "2"))
 DOMAIN = "ai.bort_infer"
@@ -95,30 +95,6 @@ def kernel_sessions(k: int, n: int, threads: int, seed: int = 0):
                   helper.make_tensor_value_info("xz", TensorProto.UINT8, ["m"])], "y", TensorProto.FLOAT,
                  {"w": weight, "ws": scale})
     return _session(mlas, threads), _session(ours, threads)
-
-
-def aligned_array(values: np.ndarray, alignment: int = 64) -> np.ndarray:
-    """A copy of values whose data starts at a multiple of `alignment` bytes."""
-    buffer = np.empty(values.nbytes + alignment, np.uint8)
-    offset = -buffer.ctypes.data % alignment
-    out = buffer[offset:offset + values.nbytes].view(values.dtype).reshape(values.shape)
-    out[...] = values
-    return out
-
-
-def bound_run(session, feeds: dict, output_shape: tuple, output_dtype):
-    """A call of session on feeds (bound once) writing its one output into a preallocated aligned buffer."""
-    binding = session.io_binding()
-    for name, value in feeds.items():
-        binding.bind_cpu_input(name, value)
-    out = aligned_array(np.zeros(output_shape, output_dtype))
-    binding.bind_output(session.get_outputs()[0].name, "cpu", 0, output_dtype, out.shape, out.ctypes.data)
-    bound = (feeds, out)  # the binding holds raw pointers: these arrays must live as long as the call
-
-    def run() -> np.ndarray:
-        session.run_with_iobinding(binding)
-        return bound[1]
-    return run
 
 
 def time_calls(fn, seconds: float, max_calls: int = 200) -> list[float]:

@@ -2,7 +2,8 @@
 
 1. Kernel: the LinearBf16 op vs onnxruntime's fp32 MatMul (MLAS), one-node graphs with the weight as an
    initializer and the same session options, at Bort's K x N (1024x3072 QKV, 1024x1024 attention output,
-   1024x768 FFN input, 768x1024 FFN output) and M (tokens) in {1, 8, 128, 1024}: GFLOPS of each, the ratio.
+   1024x768 FFN input, 768x1024 FFN output) and M (tokens) in {1, 8, 128, 1024}: GFLOPS of each, the ratio;
+   both called as the model runs them (benchmarks/bound_calls.py: aligned rows, output into a bound buffer).
 2. Whole model: Bort exported with --precision bf16 vs bort-infer fp32 vs OpenVINO at its default inference
    precision (what its CPU plugin picks: bf16 on CPUs with AVX512-BF16 or AMX) and forced to f32, b1 s128
    and b8 s128 (the packed graph, every token's state).
@@ -28,6 +29,7 @@ import platform
 import numpy as np
 import pytest
 
+from .bound_calls import aligned_array, bound_run
 from .conftest import THREADS, register_target
 
 os.environ.setdefault("BORT_INFER_PROGRESS", "0")
@@ -102,9 +104,9 @@ def run_kernels(threads: int, repeats: int = 30, budget_s: float = 6.0, cpu_time
         sessions = kernel_sessions(rng.standard_normal((k, n)).astype(np.float32), 1 if cpu_time else threads)
         runs = {}
         for m in KERNEL_ROWS:
-            x = rng.standard_normal((m, k)).astype(np.float32)
+            x = aligned_array(rng.standard_normal((m, k)).astype(np.float32))
             for name, s in sessions.items():
-                runs[(f"M{m}", name)] = (lambda s=s, x=x: s.run(None, {"x": x}))
+                runs[(f"M{m}", name)] = bound_run(s, {"x": x}, (m, n), np.float32)
         # One interleaved measurement per weight shape: both backends and every M take turns.
         cells = measure_cpu_time(runs, repeats) if cpu_time else measure_interleaved(runs, 0, 0, repeats,
                                                                                      budget_s=budget_s)
