@@ -49,10 +49,16 @@ class _DrainingServer(uvicorn.Server):
             for sig, handler in previous.items():
                 signal.signal(sig, handler)
 
+    def requests_in_flight(self) -> int:
+        """Requests read and not yet answered in full: uvicorn's own test, at shutdown, of a connection still
+        serving. (Its request tasks would also count a request whose answer is already out while its task
+        winds down: a client's answered /health, say.)"""
+        cycles = (getattr(connection, "cycle", None) for connection in self.server_state.connections)
+        return sum(1 for cycle in cycles if cycle is not None and not cycle.response_complete)
+
     def _on_signal(self, sig, frame) -> None:
         if not self.should_exit:
-            # uvicorn runs one task per request whose headers it has read; each is answered before the exit.
-            in_flight = len(self.server_state.tasks)
+            in_flight = self.requests_in_flight()
             print(f"bort-infer serve: {signal.Signals(sig).name}: no new connections; answering the {in_flight} "
                   f"request(s) in flight, then exiting", file=sys.stderr, flush=True)
         self.handle_exit(sig, frame)
@@ -84,7 +90,8 @@ def serve(options: ServeOptions) -> int:
     sock = bind(options.host, options.port)
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on",
+    # No WebSocket protocol: the app has no WebSocket route, and every connection is then an HTTP one.
+    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on", ws="none",
                             timeout_graceful_shutdown=options.drain_seconds)
     server = _DrainingServer(config, early)
     meta = session.metadata

@@ -79,6 +79,33 @@ def test_sigterm_answers_the_requests_in_flight_then_exits_0(model, session):
             proc.wait()
 
 
+def test_sigterm_counts_the_requests_read_and_not_yet_answered(model):
+    # One /embed request still in the model; a keep-alive connection whose /health polls were all answered.
+    proc, host, port = _start(model, "--max-batch-tokens", "32")
+    url = f"http://{host}:{port}"
+    try:
+        texts = [f"sentence number {i} about a man who rides a horse across the snow" for i in range(200)]
+        result = []
+        embed = threading.Thread(target=lambda: result.append(
+            httpx.post(f"{url}/embed", json={"inputs": texts}, timeout=60)))
+        with httpx.Client(base_url=url) as idle_client:
+            embed.start()
+            deadline = time.monotonic() + 20
+            while idle_client.get("/health").json()["queued_texts"] < len(texts):
+                assert time.monotonic() < deadline, "the request never queued"
+                time.sleep(0.005)
+            proc.send_signal(signal.SIGTERM)
+            embed.join(60)
+            assert proc.wait(60) == 0
+        _, err = proc.communicate()
+        assert "SIGTERM: no new connections; answering the 1 request(s) in flight" in err, err
+        assert result and result[0].status_code == 200 and len(result[0].json()) == len(texts)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def test_it_listens_on_loopback_by_default(model):
     proc, host, _ = _start(model)
     try:
