@@ -13,6 +13,7 @@ together (ours and every int8/bf16 peer) and the fp32 backends together, in as f
 allows; `--memory` raises the budget (one group: everything interleaved)."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import sys
 import time
@@ -81,20 +82,48 @@ def build_estimate(model: str, name: str) -> int:
     return BASE_BYTES + int(artifacts.ARTIFACTS[name].memory * artifacts.weight_bytes(model))
 
 
+# What the builds import (exporting, quantizing, converting): 10-15 s per process on a slow machine, paid once
+# by the fork server each build's process is forked from instead of once per build.
+BUILD_PRELOAD = ("torch", "transformers.models.bert.modeling_bert", "onnx", "onnxruntime",
+                 "bort_infer.export.export", "bort_infer.bench.artifacts")
+
+
+@contextlib.contextmanager
+def _build_processes(preload: tuple[str, ...]):
+    """A multiprocessing context whose processes are forked from a fresh fork server that has imported
+    `preload` (a module that fails to import is skipped), stopped on exit: it starts from this process's
+    environment and directory as they are now, and its imports do not sit in memory beside what is measured
+    next. Neither it nor its preload has started a thread a fork could break."""
+    from multiprocessing import forkserver, get_context
+
+    server = forkserver._forkserver  # _stop: CPython's own (private) way to end it, used by its tests
+    server._stop()  # one left by an earlier call would have that call's environment
+    context = get_context("forkserver")
+    context.set_forkserver_preload(list(preload))
+    try:
+        yield context
+    finally:
+        server._stop()
+
+
 def build_artifacts(jobs: list[tuple[str, str]], build_one=_build_one, memory_bytes: int = int(DEFAULT_MEMORY_GB * GB),
                     parallel: int = 2, estimate=build_estimate,
                     usage: list[dict] | None = None) -> dict[tuple[str, str], str]:
     """Build every (model, artifact) of `jobs` (listed with what each needs before it, as artifacts.plan
-    orders them), each in a fresh child process, up to `parallel` at once while their estimated peaks fit
+    orders them), each in a child process of its own (forked from a fork server that has imported
+    BUILD_PRELOAD when `build_one` is the real build), up to `parallel` at once while their estimated peaks fit
     `memory_bytes` (one always runs, however large). Returns {(model, artifact): why} for those that could
     not be built, including those whose sources could not. `build_one(model, name)` runs in the child (it
 returns None or raises); each build's wall time and peak resident set are printed and appended to `usage`."""
-    from multiprocessing import get_context
+    with _build_processes(BUILD_PRELOAD if build_one is _build_one else ()) as context:
+        return _build_in(context, jobs, build_one, memory_bytes, parallel, estimate, usage)
+
+
+def _build_in(context, jobs, build_one, memory_bytes, parallel, estimate, usage) -> dict[tuple[str, str], str]:
     from multiprocessing.connection import wait
 
     from tqdm.auto import tqdm
 
-    context = get_context("spawn")
     failed: dict[tuple[str, str], str] = {}
     done: set[tuple[str, str]] = set()
     pending = list(jobs)

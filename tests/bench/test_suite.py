@@ -54,6 +54,14 @@ def test_builds_that_do_not_fit_the_memory_budget_together_run_one_at_a_time(tmp
     assert [line.split()[0] for line in log] == ["start", "end"] * 3
 
 
+def test_each_run_of_builds_sees_the_environment_of_its_call(tmp_path, monkeypatch):
+    # The build processes come from a fork server: one started for an earlier call must not serve this one.
+    for run in ("first", "second"):
+        monkeypatch.setenv("BUILD_LOG", str(tmp_path / run))
+        assert build_artifacts([("tiny-bort", "checkpoint")], build_one=_log_and_maybe_die, memory_bytes=GB) == {}
+        assert (tmp_path / run).read_text() == "start tiny-bort checkpoint\nend tiny-bort checkpoint\n"
+
+
 def test_the_plan_builds_each_missing_artifact_once_and_the_fidelity_reference_when_asked(tmp_path, monkeypatch):
     monkeypatch.setenv("BORT_INFER_CACHE", str(tmp_path))
     jobs = build_plan(["bort"], ["ort-fp32", "openvino-fp32", "ort-int8"], with_fidelity=True)
