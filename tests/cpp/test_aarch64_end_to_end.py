@@ -108,7 +108,10 @@ def test_aarch64_vectors_match_session_on_x86(aarch64, exports, options, model_f
         want = {pooling: session.embed_ids(ids, pooling=pooling) for pooling in ("cls", "mean")}
     finally:
         bort_infer._C.set_isa(previous)
-    for pooling in ("cls", "mean"):
+    # Packed graphs compute only the CLS rows in their last layer when asked for CLS pooling: both poolings run.
+    # A padded graph computes every row either way, and its CLS vector is one of the rows the mean sums, so mean
+    # alone covers its kernels (the pooling code is plain C, checked on x86 by tests/examples).
+    for pooling in ("mean",) if options.get("form") == "padded" else ("cls", "mean"):
         got = embed_under_qemu(aarch64, directory, ids, "--pooling", pooling, "--model", model_file)
         assert got.shape == want[pooling].shape
         bound = 1e-5 * max(1.0, float(np.abs(want[pooling]).max()))
