@@ -8,6 +8,10 @@
    precision (what its CPU plugin picks: bf16 on CPUs with AVX512-BF16 or AMX) and forced to f32, b1 s128
    and b8 s128 (the packed graph, every token's state).
 
+With --cold the kernel calls of each backend go round 8 copies of each GEMM (its own weights, input rows and output)
+in sessions that do not spin, so that every call finds its operands outside the cores' L2, as a linear inside a
+model does once the other ops have run; without it one GEMM is called over and over, its operands warm in L2.
+
 With --cpu-time every backend runs on one thread and each call is timed by the process's CPU time, interleaved
 the same way: on a shared machine those figures hardly move with the other load (wall-clock ones do), at
 the price of measuring one thread only.
@@ -15,7 +19,7 @@ the price of measuring one thread only.
 Target (issue 11, CPUs with AMX only): Bort bf16 >= 1.5x OpenVINO at its default precision. On other CPUs the
 ratio is reported, not judged.
 
-Run: python -m benchmarks.bench_gemm_bf16 [--threads 2] [--model bort] [--skip-kernel] [--skip-model]
+Run: python -m benchmarks.bench_gemm_bf16 [--threads 2] [--model bort] [--skip-kernel] [--skip-model] [--cold]
      [--json out.json];  pytest benchmarks/bench_gemm_bf16.py --benchmark-group-by=group (pytest-benchmark form).
 Exports are built once under BORT_INFER_CACHE (see bort_infer.bench.artifacts).
 """
@@ -39,6 +43,9 @@ KERNEL_ROWS = [1, 8, 128, 1024]
 MODEL_SHAPES = [(1, 128), (8, 128)]
 MODEL_BACKENDS = ["bort-infer-bf16", "bort-infer-fp32", "openvino", "openvino-fp32"]
 AMX_TARGET = 1.5  # bort-infer-bf16 vs openvino (default precision), CPUs with AMX
+# --cold: each backend's calls go round this many copies (own weights, rows and output), so that every call finds
+# its operands outside the cores' L2 caches, as a linear inside a model does after the other ops ran.
+COLD_COPIES = 8
 
 
 def _c():
@@ -62,7 +69,7 @@ def cpu_description() -> dict:
 
 # ---------------------------------------------------------------------------------------------- kernel
 
-def _one_node_session(node, inputs, initializers, threads: int):
+def _one_node_session(node, inputs, initializers, threads: int, spinning: bool = True):
     import onnxruntime as ort
     from onnx import TensorProto, helper
 
@@ -73,11 +80,13 @@ def _one_node_session(node, inputs, initializers, threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not spinning:  # many sessions, one called at a time: idle pools must not spin on the cores
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.register_custom_ops_library(_c().__file__)
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def kernel_sessions(weight: np.ndarray, threads: int) -> dict:
+def kernel_sessions(weight: np.ndarray, threads: int, spinning: bool = True) -> dict:
     """{"linear-bf16": session, "mlas-fp32": session}, each computing x [M, K] @ weight [K, N]."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -89,24 +98,34 @@ def kernel_sessions(weight: np.ndarray, threads: int) -> dict:
     w_bf16 = helper.make_tensor("w", TensorProto.BFLOAT16, bits.shape, bits.tobytes(), raw=True)
     return {
         "linear-bf16": _one_node_session(helper.make_node("LinearBf16", ["x", "w"], ["y"], domain=DOMAIN), x,
-                                         [w_bf16], threads),
+                                         [w_bf16], threads, spinning),
         "mlas-fp32": _one_node_session(helper.make_node("MatMul", ["x", "w"], ["y"]), x,
-                                       [numpy_helper.from_array(weight, "w")], threads),
+                                       [numpy_helper.from_array(weight, "w")], threads, spinning),
     }
 
 
-def run_kernels(threads: int, repeats: int = 30, budget_s: float = 6.0, cpu_time: bool = False) -> list[dict]:
+def _cycling(calls: list):
+    """One call of calls[0], the next of calls[1], and so on round."""
+    turn = iter(range(1 << 62))
+    return lambda: calls[next(turn) % len(calls)]()
+
+
+def run_kernels(threads: int, repeats: int = 30, budget_s: float = 6.0, cpu_time: bool = False,
+                cold: bool = False) -> list[dict]:
     from bort_infer.bench.runner import measure_interleaved
 
     rng = np.random.default_rng(0)
     rows = []
+    copies = COLD_COPIES if cold else 1
     for k, n in KERNEL_SHAPES:
-        sessions = kernel_sessions(rng.standard_normal((k, n)).astype(np.float32), 1 if cpu_time else threads)
+        sessions = [kernel_sessions(rng.standard_normal((k, n)).astype(np.float32), 1 if cpu_time else threads,
+                                    spinning=not cold) for _ in range(copies)]
         runs = {}
         for m in KERNEL_ROWS:
-            x = aligned_array(rng.standard_normal((m, k)).astype(np.float32))
-            for name, s in sessions.items():
-                runs[(f"M{m}", name)] = bound_run(s, {"x": x}, (m, n), np.float32)
+            xs = [aligned_array(rng.standard_normal((m, k)).astype(np.float32)) for _ in range(copies)]
+            for name in sessions[0]:
+                calls = [bound_run(own[name], {"x": x}, (m, n), np.float32) for own, x in zip(sessions, xs)]
+                runs[(f"M{m}", name)] = _cycling(calls)
         # One interleaved measurement per weight shape: both backends and every M take turns.
         cells = measure_cpu_time(runs, repeats) if cpu_time else measure_interleaved(runs, 0, 0, repeats,
                                                                                      budget_s=budget_s)
@@ -202,14 +221,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--cpu-time", action="store_true",
                         help="one thread per backend, each call timed by the process's CPU time")
+    parser.add_argument("--cold", action="store_true",
+                        help=f"kernel: calls go round {COLD_COPIES} copies of each GEMM (own weights, rows, output), "
+                             "so that operands come from L3 or memory as inside a model; sessions do not spin")
     parser.add_argument("--json", default=None, help="write every figure here")
     args = parser.parse_args(argv)
     threads = 1 if args.cpu_time else args.threads
     result = {"machine": cpu_description(), "threads": threads, "clock": "cpu" if args.cpu_time else "wall",
+              "kernel_operands": "cold" if args.cold else "warm",
               "load_average": os.getloadavg()}
     print(json.dumps(result["machine"]), f"threads {threads}, {result['clock']} clock, load {result['load_average']}")
     if not args.skip_kernel:
-        result["kernel"] = run_kernels(threads, cpu_time=args.cpu_time)
+        result["kernel"] = run_kernels(threads, cpu_time=args.cpu_time, cold=args.cold)
         print_kernels(result["kernel"])
     if not args.skip_model:
         result["model"], _ = run_model(args.model, threads, cpu_time=args.cpu_time)
