@@ -1,6 +1,6 @@
 """int8 GEMM: bort-infer's own (LinearInt8) vs onnxruntime's MLAS (MatMulInteger), kernel and whole model.
 
-Kernel (`python -m benchmarks.bench_gemm kernel`): one-node onnxruntime graphs at Bort's linears, K x N of
+Kernel (`python -m benchmarks.bench_gemm kernel [--cold]`): one-node onnxruntime graphs at Bort's linears, K x N of
 1024 x 1024 (attention output), 1024 x 3072 (QKV), 1024 x 768 (FFN in), 768 x 1024 (FFN out), for M (rows =
 tokens) of 1, 8, 128 and 1024:
 - mlas: MatMulInteger, u8 rows x int8 weights (initializer) → int32, what the MLAS-path graph runs;
@@ -10,7 +10,9 @@ Both run as the model runs them (benchmarks/bound_calls.py: aligned rows, output
 M = 1024 the output copy of a plain `run` took ~0.2 ms of a ~1.2 ms call on an Intel Xeon with AMX).
 Printed per shape: median µs of each, GOPS (2·M·K·N / time), ops per cycle per thread when the clock is
 given (--ghz; AVX-512 VNNI peak: 128 int8 ops per cycle per core on AMD Zen 4, 256 on Sapphire Rapids) and
-the ratio mlas / ours.
+the ratio mlas / ours. With --cold each backend's calls go round 8 copies of each GEMM (own weights, rows and
+output) in sessions that do not spin, so that every call finds its operands outside the cores' L2, as a linear
+inside a model does; without it one GEMM is called over and over, its operands warm in L2.
 
 Model (`python -m benchmarks.bench_gemm model`): Bort b1 s128 and b8 s128, interleaved rounds
 (bort_infer.bench.runner) of bort-infer int8 with --gemm ours, the same export with --gemm mlas,
@@ -37,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bound_calls import aligned_array, bound_run
+from .bound_calls import COLD_COPIES, aligned_array, bound_run, no_spinning, round_robin
 
 THREADS = int(os.environ.get("BORT_BENCH_THREADS", "2"))
 DOMAIN = "ai.bort_infer"
@@ -61,7 +63,7 @@ def cpu_description() -> str:
 
 # ---------------------------------------------------------------------------------------------- kernel
 
-def _session(model, threads: int):
+def _session(model, threads: int, spinning: bool = True):
     import onnxruntime as ort
 
     from bort_infer import custom_op_library
@@ -69,11 +71,13 @@ def _session(model, threads: int):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
+    if not spinning:
+        no_spinning(options)
     options.register_custom_ops_library(custom_op_library())
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def kernel_sessions(k: int, n: int, threads: int, seed: int = 0):
+def kernel_sessions(k: int, n: int, threads: int, seed: int = 0, spinning: bool = True):
     """(mlas, ours) one-node sessions for a K x N int8 weight."""
     from onnx import TensorProto, helper, numpy_helper
 
@@ -94,7 +98,7 @@ def kernel_sessions(k: int, n: int, threads: int, seed: int = 0):
                  [rows, helper.make_tensor_value_info("xs", TensorProto.FLOAT, ["m"]),
                   helper.make_tensor_value_info("xz", TensorProto.UINT8, ["m"])], "y", TensorProto.FLOAT,
                  {"w": weight, "ws": scale})
-    return _session(mlas, threads), _session(ours, threads)
+    return _session(mlas, threads, spinning), _session(ours, threads, spinning)
 
 
 def time_calls(fn, seconds: float, max_calls: int = 200) -> list[float]:
@@ -107,26 +111,32 @@ def time_calls(fn, seconds: float, max_calls: int = 200) -> list[float]:
     return times
 
 
-def run_kernels(rounds: int, threads: int, ghz: float | None, rows=KERNEL_ROWS, shapes=KERNEL_SHAPES) -> list[dict]:
+def run_kernels(rounds: int, threads: int, ghz: float | None, rows=KERNEL_ROWS, shapes=KERNEL_SHAPES,
+                cold: bool = False) -> list[dict]:
     results = []
+    copies = COLD_COPIES if cold else 1
     for k, n in shapes:
-        mlas, ours = kernel_sessions(k, n, threads)
+        sessions = [kernel_sessions(k, n, threads, seed, spinning=not cold) for seed in range(copies)]
         for m in rows:
             rng = np.random.default_rng(m)
-            xq = aligned_array(rng.integers(0, 256, (m, k), dtype=np.uint8))
-            calls = {"mlas": bound_run(mlas, {"xq": xq}, (m, n), np.int32),
-                     "ours": bound_run(ours, {"xq": xq, "xs": np.full(m, 0.02, np.float32),
-                                              "xz": rng.integers(0, 256, m, dtype=np.uint8)}, (m, n), np.float32)}
+            mlas_calls, our_calls = [], []
+            for mlas, ours in sessions:
+                xq = aligned_array(rng.integers(0, 256, (m, k), dtype=np.uint8))
+                mlas_calls.append(bound_run(mlas, {"xq": xq}, (m, n), np.int32))
+                our_calls.append(bound_run(ours, {"xq": xq, "xs": np.full(m, 0.02, np.float32),
+                                                  "xz": rng.integers(0, 256, m, dtype=np.uint8)}, (m, n), np.float32))
+            calls = {"mlas": round_robin(mlas_calls), "ours": round_robin(our_calls)}
             times = {name: [] for name in calls}
-            for call in calls.values():  # warm up; the weights are packed at session creation
-                call()
+            for call in calls.values():  # warm up (every copy); the weights are packed at session creation
+                for _ in range(copies):
+                    call()
             for r in range(rounds):
                 for name in (("mlas", "ours") if r % 2 == 0 else ("ours", "mlas")):
                     time.sleep(0.03)  # the other session's pool threads stop spinning
                     calls[name]()
                     times[name] += time_calls(calls[name], 0.05)
             ops = 2.0 * m * k * n
-            row = {"m": m, "k": k, "n": n, "threads": threads}
+            row = {"m": m, "k": k, "n": n, "threads": threads, "operands": "cold" if cold else "warm"}
             for name, t in times.items():
                 med = float(np.median(t))
                 row[f"{name}_us"] = round(med * 1e6, 2)
@@ -224,13 +234,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-time", action="store_true",
                         help="model run: one thread per backend, timed by the thread's CPU time (steady on a busy "
                              "machine; wall-clock ratios at 2 threads are the targets' figures)")
+    parser.add_argument("--cold", action="store_true",
+                        help=f"kernel: calls go round {COLD_COPIES} copies of each GEMM (own weights, rows, output), "
+                             "so that operands come from L3 or memory as inside a model; sessions do not spin")
     parser.add_argument("--json", default=None, help="write every figure to this file")
     args = parser.parse_args(argv)
     os.environ.setdefault("BORT_INFER_PROGRESS", "0")
     report = {"cpu": cpu_description(), "threads": args.threads, "ghz": args.ghz}
     print(f"CPU: {report['cpu']}; {args.threads} threads", flush=True)
     if args.what in ("kernel", "all"):
-        report["kernel"] = run_kernels(args.rounds, args.threads, args.ghz, rows=args.rows)
+        report["kernel"] = run_kernels(args.rounds, args.threads, args.ghz, rows=args.rows, cold=args.cold)
     if args.what in ("model", "all"):
         report["model"] = run_model(args.model, args.rounds, args.threads, not args.no_openvino, args.cpu_time)
     if args.json:

@@ -33,7 +33,7 @@ import platform
 import numpy as np
 import pytest
 
-from .bound_calls import aligned_array, bound_run
+from .bound_calls import COLD_COPIES, aligned_array, bound_run, no_spinning, round_robin
 from .conftest import THREADS, register_target
 
 os.environ.setdefault("BORT_INFER_PROGRESS", "0")
@@ -43,9 +43,6 @@ KERNEL_ROWS = [1, 8, 128, 1024]
 MODEL_SHAPES = [(1, 128), (8, 128)]
 MODEL_BACKENDS = ["bort-infer-bf16", "bort-infer-fp32", "openvino", "openvino-fp32"]
 AMX_TARGET = 1.5  # bort-infer-bf16 vs openvino (default precision), CPUs with AMX
-# --cold: each backend's calls go round this many copies (own weights, rows and output), so that every call finds
-# its operands outside the cores' L2 caches, as a linear inside a model does after the other ops ran.
-COLD_COPIES = 8
 
 
 def _c():
@@ -80,8 +77,8 @@ def _one_node_session(node, inputs, initializers, threads: int, spinning: bool =
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
-    if not spinning:  # many sessions, one called at a time: idle pools must not spin on the cores
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if not spinning:
+        no_spinning(options)
     options.register_custom_ops_library(_c().__file__)
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
@@ -104,12 +101,6 @@ def kernel_sessions(weight: np.ndarray, threads: int, spinning: bool = True) -> 
     }
 
 
-def _cycling(calls: list):
-    """One call of calls[0], the next of calls[1], and so on round."""
-    turn = iter(range(1 << 62))
-    return lambda: calls[next(turn) % len(calls)]()
-
-
 def run_kernels(threads: int, repeats: int = 30, budget_s: float = 6.0, cpu_time: bool = False,
                 cold: bool = False) -> list[dict]:
     from bort_infer.bench.runner import measure_interleaved
@@ -125,7 +116,7 @@ def run_kernels(threads: int, repeats: int = 30, budget_s: float = 6.0, cpu_time
             xs = [aligned_array(rng.standard_normal((m, k)).astype(np.float32)) for _ in range(copies)]
             for name in sessions[0]:
                 calls = [bound_run(own[name], {"x": x}, (m, n), np.float32) for own, x in zip(sessions, xs)]
-                runs[(f"M{m}", name)] = _cycling(calls)
+                runs[(f"M{m}", name)] = round_robin(calls)
         # One interleaved measurement per weight shape: both backends and every M take turns.
         cells = measure_cpu_time(runs, repeats) if cpu_time else measure_interleaved(runs, 0, 0, repeats,
                                                                                      budget_s=budget_s)

@@ -1,6 +1,8 @@
 """One-node onnxruntime calls timed as a model runs its ops: input rows 64-byte aligned (onnxruntime's arena
 alignment; numpy's own 16- or 32-byte alignment splits every 64-byte row piece over two cache lines) and the output
-written into a bound, preallocated buffer (io_binding) instead of copied into a new numpy array after every call."""
+written into a bound, preallocated buffer (io_binding) instead of copied into a new numpy array after every call.
+With operands cold, as inside a model once the other ops have run: calls that go round several copies of a GEMM
+(own weights, rows and output), in sessions that do not spin between calls."""
 from __future__ import annotations
 
 import numpy as np
@@ -28,3 +30,19 @@ def bound_run(session, feeds: dict, output_shape: tuple, output_dtype):
         session.run_with_iobinding(binding)
         return bound[1]
     return run
+
+
+# --cold: calls go round this many copies of each GEMM, so that every call finds its operands outside the cores'
+# L2 caches (each copy's weights, rows and output are its own), as a linear inside a model does.
+COLD_COPIES = 8
+
+
+def no_spinning(options) -> None:
+    """Session options for many sessions called one at a time: idle pool threads must not spin on the cores."""
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+
+
+def round_robin(calls: list):
+    """A call that runs calls[0], then calls[1] on its next call, and so on round."""
+    turn = iter(range(1 << 62))
+    return lambda: calls[next(turn) % len(calls)]()
