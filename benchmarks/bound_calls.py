@@ -44,5 +44,7 @@ def no_spinning(options) -> None:
 
 def round_robin(calls: list):
     """A call that runs calls[0], then calls[1] on its next call, and so on round."""
+    if len(calls) == 1:
+        return calls[0]
     turn = iter(range(1 << 62))
     return lambda: calls[next(turn) % len(calls)]()

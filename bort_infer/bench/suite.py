@@ -93,9 +93,14 @@ def _build_processes(preload: tuple[str, ...]):
     """A multiprocessing context whose processes are forked from a fresh fork server that has imported
     `preload` (a module that fails to import is skipped), stopped on exit: it starts from this process's
     environment and directory as they are now, and its imports do not sit in memory beside what is measured
-    next. Neither it nor its preload has started a thread a fork could break."""
-    from multiprocessing import forkserver, get_context
+    next. The server only imports: the idle threads a few libraries start then (OpenBLAS's pool, Arrow's
+    allocator thread) are not carried into a fork and are started again there, as in every PyTorch DataLoader
+    worker forked after `import torch`. Where there is no fork server (Windows), each process is spawned."""
+    from multiprocessing import forkserver, get_all_start_methods, get_context
 
+    if "forkserver" not in get_all_start_methods():
+        yield get_context("spawn")
+        return
     server = forkserver._forkserver  # _stop: CPython's own (private) way to end it, used by its tests
     server._stop()  # one left by an earlier call would have that call's environment
     context = get_context("forkserver")
