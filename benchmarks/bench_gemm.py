@@ -39,7 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .bound_calls import COLD_COPIES, aligned_array, bound_run, no_spinning, round_robin
+from .bound_calls import COLD_COPIES, COLD_HELP, aligned_array, bound_run, no_spinning, round_robin
 
 THREADS = int(os.environ.get("BORT_BENCH_THREADS", "2"))
 DOMAIN = "ai.bort_infer"
@@ -234,9 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-time", action="store_true",
                         help="model run: one thread per backend, timed by the thread's CPU time (steady on a busy "
                              "machine; wall-clock ratios at 2 threads are the targets' figures)")
-    parser.add_argument("--cold", action="store_true",
-                        help=f"kernel: calls go round {COLD_COPIES} copies of each GEMM (own weights, rows, output), "
-                             "so that operands come from L3 or memory as inside a model; sessions do not spin")
+    parser.add_argument("--cold", action="store_true", help=COLD_HELP)
     parser.add_argument("--json", default=None, help="write every figure to this file")
     args = parser.parse_args(argv)
     os.environ.setdefault("BORT_INFER_PROGRESS", "0")

@@ -33,7 +33,7 @@ import platform
 import numpy as np
 import pytest
 
-from .bound_calls import COLD_COPIES, aligned_array, bound_run, no_spinning, round_robin
+from .bound_calls import COLD_COPIES, COLD_HELP, aligned_array, bound_run, no_spinning, round_robin
 from .conftest import THREADS, register_target
 
 os.environ.setdefault("BORT_INFER_PROGRESS", "0")
@@ -212,9 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-model", action="store_true")
     parser.add_argument("--cpu-time", action="store_true",
                         help="one thread per backend, each call timed by the process's CPU time")
-    parser.add_argument("--cold", action="store_true",
-                        help=f"kernel: calls go round {COLD_COPIES} copies of each GEMM (own weights, rows, output), "
-                             "so that operands come from L3 or memory as inside a model; sessions do not spin")
+    parser.add_argument("--cold", action="store_true", help=COLD_HELP)
     parser.add_argument("--json", default=None, help="write every figure here")
     args = parser.parse_args(argv)
     threads = 1 if args.cpu_time else args.threads
@@ -264,11 +262,11 @@ def test_kernel(benchmark, threads, backend, m, k, n):
     if (k, n) not in _kernel_sessions:
         weight = np.random.default_rng(0).standard_normal((k, n)).astype(np.float32)
         _kernel_sessions[(k, n)] = kernel_sessions(weight, threads)
-    session = _kernel_sessions[(k, n)][backend]
-    x = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+    x = aligned_array(np.random.default_rng(1).standard_normal((m, k)).astype(np.float32))
+    call = bound_run(_kernel_sessions[(k, n)][backend], {"x": x}, (m, n), np.float32)
     benchmark.group = f"gemm K{k} N{n} M{m}"
     benchmark.extra_info["backend"] = backend
-    benchmark.pedantic(session.run, args=(None, {"x": x}), rounds=30, warmup_rounds=3)
+    benchmark.pedantic(call, rounds=30, warmup_rounds=3)
 
 
 @pytest.mark.parametrize("backend", MODEL_BACKENDS)

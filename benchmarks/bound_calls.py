@@ -35,6 +35,8 @@ def bound_run(session, feeds: dict, output_shape: tuple, output_dtype):
 # --cold: calls go round this many copies of each GEMM, so that every call finds its operands outside the cores'
 # L2 caches (each copy's weights, rows and output are its own), as a linear inside a model does.
 COLD_COPIES = 8
+COLD_HELP = (f"kernel: calls go round {COLD_COPIES} copies of each GEMM (own weights, rows, output), so that operands "
+             "come from L3 or memory as inside a model; sessions do not spin")
 
 
 def no_spinning(options) -> None:
