@@ -2,6 +2,7 @@
 requests in flight (up to drain_seconds), exit 0."""
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import signal
 import socket
@@ -56,11 +57,19 @@ class _DrainingServer(uvicorn.Server):
         cycles = (getattr(connection, "cycle", None) for connection in self.server_state.connections)
         return sum(1 for cycle in cycles if cycle is not None and not cycle.response_complete)
 
+    def _announce_exit(self, sig: int) -> None:
+        in_flight = self.requests_in_flight()
+        print(f"bort-infer serve: {signal.Signals(sig).name}: no new connections; answering the {in_flight} "
+              f"request(s) in flight, then exiting", file=sys.stderr, flush=True)
+
     def _on_signal(self, sig, frame) -> None:
         if not self.should_exit:
-            in_flight = self.requests_in_flight()
-            print(f"bort-infer serve: {signal.Signals(sig).name}: no new connections; answering the {in_flight} "
-                  f"request(s) in flight, then exiting", file=sys.stderr, flush=True)
+            # Counted from the event loop, between its callbacks: a signal handler may run in the middle of one,
+            # after an answer's last bytes are written and before its connection records it as complete.
+            try:
+                asyncio.get_running_loop().call_soon_threadsafe(self._announce_exit, sig)
+            except RuntimeError:  # not serving yet (the model still loading): nothing is in flight
+                self._announce_exit(sig)
         self.handle_exit(sig, frame)
 
 
