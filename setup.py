@@ -34,11 +34,11 @@ BINDINGS = "csrc/python_bindings.cc"
 OPS_ENTRY_POINTS = ["csrc/ort_custom_ops.cc", "csrc/ops_library.cc"]
 KERNELS = sorted(set(glob("csrc/*.cc")) - {BINDINGS, *OPS_ENTRY_POINTS})
 VERSION_SCRIPT = "csrc/libbort_infer_ops.map"
-# Front-end code that runs once per op call (input and shape validation, registration, dispatch) and the bf16 GEMM's
-# packing, task split and scalar reference (its vector paths are in gemm_bf16_*.cc), compiled for size: -O3 on them
-# costs ~90 KB of the ops library and no measurable time.
+# Front-end code that runs once per op call (input and shape validation, registration, dispatch), the GEMMs' task
+# split and scalar references and the bf16 GEMM's packing (their vector paths are in gemm_bf16_*.cc and
+# gemm_int8_*.cc), compiled for size: -O3 on them costs ~90 KB of the ops library and no measurable time.
 SIZE_OPTIMIZED = {"csrc/ort_custom_ops.cc", "csrc/ops_library.cc", "csrc/shape_checks.cc", "csrc/cpu_dispatch.cc",
-                  "csrc/gemm_bf16.cc"}
+                  "csrc/gemm_bf16.cc", "csrc/gemm_int8.cc"}
 
 
 class BuildExt(build_ext):

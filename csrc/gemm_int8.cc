@@ -10,35 +10,6 @@
 namespace bort {
 
 // ---------------------------------------------------------------------------------------------
-// Packing
-
-PackedInt8Weights::PackedInt8Weights(const int8_t* b, int64_t k, int64_t n, int64_t ldb)
-    : k_(k), n_(n), padded_k_((k + kKPad - 1) / kKPad * kKPad) {
-  if (k < 0 || n < 0 || ldb < n) throw std::invalid_argument("PackedInt8Weights: bad shape");
-  packed_.assign(static_cast<size_t>(num_panels() * kPanelWidth * padded_k_), 0);
-  colsum_.assign(static_cast<size_t>(n), 0);
-  if (k == 0 || n == 0) return;  // nothing to pack or sum, however many rows or columns an empty weight claims
-  for (int64_t p = 0; p < num_panels(); ++p) {
-    int8_t* dst = packed_.data() + p * kPanelWidth * padded_k_;
-    const int64_t width = panel_width(p), n0 = panel_begin(p), cols = panel_columns(p);
-    for (int64_t kk = 0; kk < k; ++kk)
-      for (int64_t c = 0; c < cols; ++c) dst[(kk / 4) * width * 4 + c * 4 + kk % 4] = b[kk * ldb + n0 + c];
-  }
-  // Wrapping sums, as the int32 accumulators wrap.
-  std::vector<uint32_t> sums(static_cast<size_t>(n), 0);
-  for (int64_t kk = 0; kk < k; ++kk)
-    for (int64_t c = 0; c < n; ++c) sums[c] += static_cast<uint32_t>(static_cast<int32_t>(b[kk * ldb + c]));
-  for (int64_t c = 0; c < n; ++c) colsum_[c] = static_cast<int32_t>(sums[c]);
-}
-
-int64_t PackedInt8Weights::panel_columns(int64_t p) const { return std::min(kPanelWidth, n_ - panel_begin(p)); }
-
-int8_t PackedInt8Weights::at(int64_t kk, int64_t col) const {
-  const int64_t p = col / kPanelWidth;
-  return panel(p)[(kk / 4) * panel_width(p) * 4 + (col - panel_begin(p)) * 4 + kk % 4];
-}
-
-// ---------------------------------------------------------------------------------------------
 // Paths and operand A
 
 namespace {
@@ -53,6 +24,7 @@ constexpr Int8PathEntry kInt8Paths[] = {
 #if BORT_X86_64
     {Isa::kAmx, Int8Path::kAmx, gemm_int8_block_amx},
     {Isa::kAvx512Vnni, Int8Path::kAvx512Vnni, gemm_int8_block_avx512_vnni},
+    {Isa::kAvx2, Int8Path::kAvx2Maddubs, gemm_int8_block_avx2_maddubs},
     {Isa::kAvx2, Int8Path::kAvx2, gemm_int8_block_avx2},
 #endif
 #if BORT_AARCH64
@@ -63,7 +35,16 @@ constexpr Int8PathEntry kInt8Paths[] = {
 
 }  // namespace
 
-Int8Path int8_path_for(Isa isa) { return select_entry(isa, kInt8Paths).path; }
+Int8Path int8_path_for(Isa isa, const PackedInt8Weights& w) {
+  return select_entry(
+             isa, kInt8Paths,
+             [&](const Int8PathEntry& e) { return e.path != Int8Path::kAvx2Maddubs || w.saturation_free_pairs(); })
+      .path;
+}
+
+Int8Path int8_path_for(Isa isa) {
+  return select_entry(isa, kInt8Paths, [](const Int8PathEntry& e) { return e.path != Int8Path::kAvx2Maddubs; }).path;
+}
 
 const char* int8_path_name(Int8Path path) {
   switch (path) {
@@ -72,6 +53,7 @@ const char* int8_path_name(Int8Path path) {
     case Int8Path::kAmx: return "amx";
     case Int8Path::kAvx512Vnni: return "avx512_vnni";
     case Int8Path::kAvx2: return "avx2";
+    case Int8Path::kAvx2Maddubs: return "avx2_maddubs";
     case Int8Path::kScalar: break;
   }
   return "scalar";
@@ -163,10 +145,14 @@ GemmTaskPlan plan_gemm_tasks(Int8Path path, int64_t m, const PackedInt8Weights& 
   const int64_t panels = w.num_panels();
   const int64_t threads = static_cast<int64_t>(std::max<size_t>(1, concurrency));
   if (m <= 0 || panels <= 0) return plan;
-  // A task below ~4M multiply-adds (~15 us on VNNI) gains less from a second thread than waking it costs (and
-  // on a busy machine the other core may not come at all): tiny GEMMs (one text's CLS row) run as one task.
-  constexpr int64_t kMinMacsPerTask = int64_t{4} << 20;
-  const int64_t by_work = std::max<int64_t>(1, m * w.padded_k() * w.n() / kMinMacsPerTask);
+  // A task below ~15 us (4M multiply-adds on VNNI, 1M on AVX2) gains less from a second thread than waking it costs
+  // (and on a busy machine the other core may not come at all): tiny GEMMs (one text's CLS row) run as one task.
+  // On AVX2 a GEMM of under 4 rows costs what 4 rows do: it streams the weights (1 MB took 45 us on one AMD EPYC
+  // Zen 3 core, at M = 1, and half that on two).
+  const bool avx2 = path == Int8Path::kAvx2 || path == Int8Path::kAvx2Maddubs;
+  const int64_t min_macs_per_task = avx2 ? int64_t{1} << 20 : int64_t{4} << 20;
+  const int64_t costed_rows = avx2 ? std::max<int64_t>(m, 4) : m;
+  const int64_t by_work = std::max<int64_t>(1, costed_rows * w.padded_k() * w.n() / min_macs_per_task);
   constexpr int64_t kMinRowsPerTask = 32;
   if (path == Int8Path::kAmx && finishes_rows && m >= 2 * kMinRowsPerTask) {
     // Row tasks that finish their own rows (in L2) beat panel tasks whose rows are finished after a barrier,
@@ -227,7 +213,7 @@ class CopySink final : public TileSink {
 void gemm_u8s8(Isa isa, const uint8_t* a, int64_t m, int64_t lda, const PackedInt8Weights& w, int32_t* c,
                const ParallelFor& pf) {
   if (m <= 0 || w.n() <= 0) return;
-  const Int8Path path = int8_path_for(isa);
+  const Int8Path path = int8_path_for(isa, w);
   const CopySink sink(c, w.n());
   const GemmTaskPlan plan = plan_gemm_tasks(path, m, w, pf.concurrency());
   const int64_t kp = w.padded_k();

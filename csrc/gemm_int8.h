@@ -4,9 +4,11 @@
 // One packed layout serves every path. B is cut into panels of up to kPanelWidth = 64 columns (the last one
 // narrower, rounded up to 16 with zero columns); inside a panel, k-group g (four consecutive k) holds, per
 // column, its four weights: bytes [g][column][k % 4]. That is the operand order of AVX-512 VNNI vpdpbusd (16
-// columns x 4 k per zmm) and of an AMX-INT8 B tile (16 k-groups x 64 bytes, row stride = panel width x 4); the
-// AVX2 path sign-extends the same bytes to int16 and uses vpmaddwd. K is padded with zeros to a multiple of
-// kKPad = 64 (one AMX tile depth), so every kernel reads whole k-groups and tiles.
+// columns x 4 k per zmm) and of an AMX-INT8 B tile (16 k-groups x 64 bytes, row stride = panel width x 4). AVX2
+// has two paths on it: vpmaddubsw (u8 x s8 pairs into int16, widened by vpmaddwd with ones) where no pair of the
+// weights can saturate that int16 (saturation_free_pairs), else the same bytes sign-extended to int16 and vpmaddwd.
+// K is padded with zeros to a multiple of kKPad = 64 (one AMX tile depth), so every kernel reads whole k-groups
+// and tiles.
 //
 // Blocking: a task owns a block of rows and a range of panels; for each panel (at most 64 x K bytes, kept in
 // L1/L2) it runs the register-blocked micro-kernel over every row tile of its block (AMX: for each L2-sized chunk
@@ -48,6 +50,10 @@ class PackedInt8Weights {
   int64_t panel_width(int64_t p) const { return (panel_columns(p) + 15) / 16 * 16; }
   const int8_t* panel(int64_t p) const { return packed_.data() + p * kPanelWidth * padded_k_; }
   const int32_t* column_sums() const { return colsum_.data(); }
+  // True when no two weights k = 2j, 2j + 1 of a column can take an int16 pair sum of u8 x s8 products past its
+  // range: their positive parts add up to at most 128 and their negative parts to at least -128 (255 x 128 =
+  // 32640). vpmaddubsw is then exact on these weights (the export can quantize them so: quantize_columns).
+  bool saturation_free_pairs() const { return saturation_free_pairs_; }
   // B[k, n] read back from the packed form (for the scalar reference and tests).
   int8_t at(int64_t k, int64_t n) const;
   size_t packed_bytes() const { return packed_.size(); }
@@ -57,6 +63,7 @@ class PackedInt8Weights {
   // num_panels * kPanelWidth * padded_k bytes (a narrow last panel leaves slack); every panel starts on a cache line
   CacheLineVector<int8_t> packed_;
   std::vector<int32_t> colsum_;
+  bool saturation_free_pairs_ = true;
 };
 
 // A finished int32 tile: rows [row0, row0 + rows) x columns [col0, col0 + cols) of C, acc[r * ld + c].
@@ -77,9 +84,13 @@ struct GemmOperandA {
 };
 
 // The path the GEMM uses at `isa`: AMX-INT8 at kAmx, VNNI at kAvx512Vnni/kAvx512Bf16, AVX2 at kAvx2/kAvx512
-// (exact int16 products; AVX-512 without VNNI gains nothing over it); on aarch64 sudot at kNeonI8mm, sdot at
-// kNeonDotprod (activations offset to s8); scalar otherwise (plain NEON has no int8 dot product worth a path).
-enum class Int8Path { kScalar, kAvx2, kAvx512Vnni, kAmx, kNeonDotprod, kNeonI8mm };
+// (AVX-512 without VNNI gains nothing over it): vpmaddubsw on weights whose pairs cannot saturate
+// (kAvx2Maddubs, u8 rows, twice the multiply-adds of an instruction), else exact int16 products (kAvx2); on aarch64
+// sudot at kNeonI8mm, sdot at kNeonDotprod (activations offset to s8); scalar otherwise (plain NEON has no int8 dot
+// product worth a path).
+enum class Int8Path { kScalar, kAvx2, kAvx2Maddubs, kAvx512Vnni, kAmx, kNeonDotprod, kNeonI8mm };
+// The path for `w` at `isa`, and the path for any weights (kAvx2Maddubs only ever for weights that allow it).
+Int8Path int8_path_for(Isa isa, const PackedInt8Weights& w);
 Int8Path int8_path_for(Isa isa);
 const char* int8_path_name(Int8Path path);
 // Bytes per element of the prepared A rows. No path reads past the last row (AMX, which loads whole 16-row
@@ -130,6 +141,8 @@ void gemm_int8_block_scalar(const GemmOperandA& a, const PackedInt8Weights& w, i
                             int64_t row_offset, const TileSink& sink);
 void gemm_int8_block_avx2(const GemmOperandA& a, const PackedInt8Weights& w, int64_t p0, int64_t p1, int64_t row_offset,
                           const TileSink& sink);
+void gemm_int8_block_avx2_maddubs(const GemmOperandA& a, const PackedInt8Weights& w, int64_t p0, int64_t p1,
+                                  int64_t row_offset, const TileSink& sink);
 void gemm_int8_block_avx512_vnni(const GemmOperandA& a, const PackedInt8Weights& w, int64_t p0, int64_t p1,
                                  int64_t row_offset, const TileSink& sink);
 void gemm_int8_block_amx(const GemmOperandA& a, const PackedInt8Weights& w, int64_t p0, int64_t p1, int64_t row_offset,

@@ -106,7 +106,7 @@ void linear_int8(const LinearInt8Input& in, int64_t rows, const PackedInt8Weight
     return;
   }
   const Isa isa = active_isa();
-  const Int8Path path = int8_path_for(isa);
+  const Int8Path path = int8_path_for(isa, w);
   const size_t elem = a_element_bytes(path);
   const bool row_stages = norm.skip != nullptr || requantize;
   const bool copy_a = in.x != nullptr || !a_rows_read_in_place(path, k, kp);  // else the kernels read in.q

@@ -642,17 +642,28 @@ PYBIND11_MODULE(_C, m) {
                       &pack_int8_weights, &unpack_int8_weights, "The weights read back from the packed form.")
       .def_property_readonly("padded_k", &bort::PackedInt8Weights::padded_k)
       .def_property_readonly("packed_bytes", &bort::PackedInt8Weights::packed_bytes)
-      .def_property_readonly("column_sums", [](const bort::PackedInt8Weights& w) {
-        py::array_t<int32_t> out(w.n());
-        std::copy(w.column_sums(), w.column_sums() + w.n(), out.mutable_data());
-        return out;
-      });
+      .def_property_readonly("column_sums",
+                             [](const bort::PackedInt8Weights& w) {
+                               py::array_t<int32_t> out(w.n());
+                               std::copy(w.column_sums(), w.column_sums() + w.n(), out.mutable_data());
+                               return out;
+                             })
+      .def_property_readonly("saturation_free_pairs", &bort::PackedInt8Weights::saturation_free_pairs,
+                             "No two weights k = 2j, 2j + 1 of a column can saturate an int16 pair sum of u8 x s8 "
+                             "products (vpmaddubsw is exact on them).");
   m.def("gemm_u8s8", &gemm_u8s8, py::arg("a"), py::arg("weights"),
         "Exact int32 C [M, N] = a uint8 [M, K] @ weights (PackedInt8Weights), on the active ISA's int8 path "
         "(int32 lanes wrap as onnxruntime's MatMulInteger does).");
   m.def(
-      "int8_gemm_path", [] { return std::string(bort::int8_path_name(bort::int8_path_for(bort::active_isa()))); },
-      "The int8 GEMM path the active ISA uses: scalar, avx2, avx512_vnni or amx.");
+      "int8_gemm_path",
+      [](const bort::PackedInt8Weights* w) {
+        const bort::Isa isa = bort::active_isa();
+        return std::string(
+            bort::int8_path_name(w != nullptr ? bort::int8_path_for(isa, *w) : bort::int8_path_for(isa)));
+      },
+      py::arg("weights") = py::none(),
+      "The int8 GEMM path the active ISA uses for these weights (or for any weights): scalar, avx2, avx2_maddubs "
+      "(weights whose pairs cannot saturate), avx512_vnni, amx, neon_dotprod or neon_i8mm.");
   m.def("linear_int8", &linear_int8, py::arg("x"), py::arg("weights"), py::arg("weight_scale"),
         py::arg("bias") = py::none(), py::arg("activation") = "none", py::arg("skip") = py::none(),
         py::arg("gamma") = py::none(), py::arg("beta") = py::none(), py::arg("skip_scale") = py::none(),

@@ -23,11 +23,13 @@ def same_bits(got, want):
 
 
 class Layer:
-    """A random int8 linear layer [K, N] with per-column scales, bias and LayerNorm parameters."""
+    """A random int8 linear layer [K, N] with per-column scales, bias and LayerNorm parameters; its weights any int8
+    in [-127, 127] (full) or within +-64 (pair-safe: AVX2 runs them on vpmaddubsw)."""
 
-    def __init__(self, k: int, n: int, seed: int):
+    def __init__(self, k: int, n: int, seed: int, weights: str = "full"):
         rng = np.random.default_rng(seed)
-        self.weight = rng.integers(-127, 128, (k, n), dtype=np.int8)
+        bound = 127 if weights == "full" else 64
+        self.weight = rng.integers(-bound, bound + 1, (k, n), dtype=np.int8)
         self.scale = (rng.random(n, dtype=np.float32) * 0.02 + 1e-3).astype(np.float32)
         self.bias = rng.standard_normal(n).astype(np.float32)
         self.gamma = (1 + 0.1 * rng.standard_normal(n)).astype(np.float32)
@@ -74,12 +76,13 @@ def skip_for(rng, kwargs, out_shape):
     return kwargs
 
 
+@pytest.mark.parametrize("weights", ["full", "pair-safe"])
 @pytest.mark.parametrize("level", PATHS)
 @pytest.mark.parametrize("epilogue", list(EPILOGUES))
 @pytest.mark.parametrize("rows,k,n", [(1, 64, 64), (7, 67, 33), (40, 130, 200), (200, 96, 80)])
-def test_linear_equals_the_three_op_chain(level, epilogue, rows, k, n):
+def test_linear_equals_the_three_op_chain(level, epilogue, rows, k, n, weights):
     rng = np.random.default_rng(rows * k + n)
-    layer = Layer(k, n, seed=rows)
+    layer = Layer(k, n, seed=rows, weights=weights)
     x = activations(rng, (rows, k))
     kwargs = skip_for(rng, EPILOGUES[epilogue](layer, x), (rows, n))
     with use_isa(level):
@@ -103,25 +106,26 @@ def test_linear_takes_rows_already_quantized(level, epilogue, k):
 
 @pytest.mark.parametrize("level", PATHS)
 @given(rows=st.integers(0, 70), k=st.integers(0, 200), n=st.integers(1, 150), seed=st.integers(0, 2**31),
-       epilogue=st.sampled_from(list(EPILOGUES)))
+       epilogue=st.sampled_from(list(EPILOGUES)), weights=st.sampled_from(["full", "pair-safe"]))
 @FAST
-def test_linear_equals_the_chain_on_random_shapes(level, rows, k, n, seed, epilogue):
+def test_linear_equals_the_chain_on_random_shapes(level, rows, k, n, seed, epilogue, weights):
     rng = np.random.default_rng(seed)
-    layer = Layer(k, n, seed=seed)
+    layer = Layer(k, n, seed=seed, weights=weights)
     x = activations(rng, (rows, k))
     kwargs = skip_for(rng, EPILOGUES[epilogue](layer, x), (rows, n))
     with use_isa(level):
         same_bits(layer.fused(x, **kwargs), layer.chain(x, **kwargs))
 
 
+@pytest.mark.parametrize("weights", ["full", "pair-safe"])
 @pytest.mark.parametrize("threads", [1, 2, 3])
 @pytest.mark.parametrize("rows", [1, 5, 60, 250, 1030])
 @pytest.mark.parametrize("epilogue", ["bias+gelu", "gelu, requantized only", "skip+layernorm, skip_scale, requantize"])
-def test_linear_task_splits_agree(threads, rows, epilogue):
+def test_linear_task_splits_agree(threads, rows, epilogue, weights):
     # Few rows split column panels (then a row pass finishes them), many rows split rows in chunks (on AMX, rows
     # that a row stage finishes: 1030 rows make tasks of several 32-row-aligned chunks and a ragged last one).
     rng = np.random.default_rng(rows)
-    layer = Layer(128, 320, seed=rows)
+    layer = Layer(128, 320, seed=rows, weights=weights)
     x = activations(rng, (rows, 128))
     kwargs = skip_for(rng, EPILOGUES[epilogue](layer, x), (rows, 320))
     old = C.get_num_threads()

@@ -392,40 +392,43 @@ void check_gemm_int8(Isa isa) {
                           {13, 130, 65}, {33, 256, 64}, {2, 7, 200}, {1, 70000, 16}};  // the last one wraps int32
   for (int i = 0; i < 6; ++i)
     cases.push_back({pick({1, 2, 3, 4, 6, 7, 25}), pick({3, 4, 60, 128, 200}), pick({1, 15, 16, 17, 63, 64, 65, 100})});
-  for (const Case& c : cases) {
-    std::vector<uint8_t> a = randint<uint8_t>(static_cast<size_t>(c.m * c.k), 0, 255);
-    std::vector<int8_t> b = randint<int8_t>(static_cast<size_t>(c.k * c.n), -128, 127);
-    if (c.k >= 70000) {
-      std::fill(a.begin(), a.end(), uint8_t{255});
-      std::fill(b.begin(), b.end(), int8_t{127});
+  // Every case twice: full-range weights, and weights within +-64, whose pairs cannot saturate (AVX2's vpmaddubsw).
+  for (const Case& c : cases)
+    for (const int bound : {128, 64}) {
+      std::vector<uint8_t> a = randint<uint8_t>(static_cast<size_t>(c.m * c.k), 0, 255);
+      std::vector<int8_t> b = randint<int8_t>(static_cast<size_t>(c.k * c.n), -bound, std::min(bound, 127));
+      if (c.k >= 70000) {
+        std::fill(a.begin(), a.end(), uint8_t{255});
+        std::fill(b.begin(), b.end(), static_cast<int8_t>(std::min(bound, 127)));
+      }
+      const bort::PackedInt8Weights w(b.data(), c.k, c.n);
+      const std::string what = std::string("gemm_u8s8 ") + bort::isa_name(isa) + " " +
+                               bort::int8_path_name(bort::int8_path_for(isa, w)) + " " + shape({c.m, c.k, c.n});
+      against_scalar<std::vector<int32_t>>(
+          isa,
+          [&] {
+            std::vector<int32_t> out(static_cast<size_t>(c.m * c.n));
+            bort::gemm_u8s8(bort::active_isa(), a.data(), c.m, c.k, w, out.data(), kThreads);
+            return out;
+          },
+          [&](const std::vector<int32_t>& out, const std::vector<int32_t>& ref) { expect_equal(what, out, ref); });
+      // The fused linear op on the same weights from float rows, with GELU.
+      if (c.k > 1000) continue;
+      std::vector<float> x = randn(static_cast<size_t>(c.m * c.k)), ws = randn(static_cast<size_t>(c.n), 0.01f),
+                         bias = randn(static_cast<size_t>(c.n));
+      against_scalar<std::vector<float>>(
+          isa,
+          [&] {
+            std::vector<float> y(static_cast<size_t>(c.m * c.n));
+            bort::LinearInt8Input in;
+            in.x = x.data();
+            bort::linear_int8(in, c.m, w, ws.data(), bias.data(), bort::Activation::kGelu, {}, y.data(), {}, kThreads);
+            return y;
+          },
+          [&](const std::vector<float>& out, const std::vector<float>& ref) {
+            expect_close(std::string("linear_int8 ") + bort::isa_name(isa) + " " + shape({c.m, c.k, c.n}), out, ref);
+          });
     }
-    const bort::PackedInt8Weights w(b.data(), c.k, c.n);
-    const std::string what = std::string("gemm_u8s8 ") + bort::isa_name(isa) + " " + shape({c.m, c.k, c.n});
-    against_scalar<std::vector<int32_t>>(
-        isa,
-        [&] {
-          std::vector<int32_t> out(static_cast<size_t>(c.m * c.n));
-          bort::gemm_u8s8(bort::active_isa(), a.data(), c.m, c.k, w, out.data(), kThreads);
-          return out;
-        },
-        [&](const std::vector<int32_t>& out, const std::vector<int32_t>& ref) { expect_equal(what, out, ref); });
-    // The fused linear op on the same weights from float rows, with GELU.
-    if (c.k > 1000) continue;
-    std::vector<float> x = randn(static_cast<size_t>(c.m * c.k)), ws = randn(static_cast<size_t>(c.n), 0.01f),
-                       bias = randn(static_cast<size_t>(c.n));
-    against_scalar<std::vector<float>>(
-        isa,
-        [&] {
-          std::vector<float> y(static_cast<size_t>(c.m * c.n));
-          bort::LinearInt8Input in;
-          in.x = x.data();
-          bort::linear_int8(in, c.m, w, ws.data(), bias.data(), bort::Activation::kGelu, {}, y.data(), {}, kThreads);
-          return y;
-        },
-        [&](const std::vector<float>& out, const std::vector<float>& ref) {
-          expect_close(std::string("linear_int8 ") + bort::isa_name(isa) + " " + shape({c.m, c.k, c.n}), out, ref);
-        });
-  }
 }
 
 void check_gemm_bf16(Isa isa) {
