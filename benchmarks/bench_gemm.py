@@ -77,12 +77,22 @@ def _session(model, threads: int, spinning: bool = True):
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def kernel_sessions(k: int, n: int, threads: int, seed: int = 0, spinning: bool = True):
-    """(mlas, ours) one-node sessions for a K x N int8 weight."""
+def kernel_weights(k: int, n: int, rng, weights: str = "full") -> np.ndarray:
+    """A K x N int8 weight: uniform over [-127, 127] (full), or a Gaussian quantized by the export's pair-safe
+    scaling (pair-safe: no two weights k = 2j, 2j + 1 of one sign past 128 together; bort_infer.export.quantize)."""
+    if weights == "full":
+        return rng.integers(-127, 128, (k, n), dtype=np.int8)
+    from bort_infer.export.quantize import quantize_columns
+
+    return quantize_columns(rng.standard_normal((k, n), dtype=np.float32), weights).weight
+
+
+def kernel_sessions(k: int, n: int, threads: int, seed: int = 0, spinning: bool = True, weights: str = "full"):
+    """(mlas, ours) one-node sessions for a K x N int8 weight (kernel_weights)."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(seed)
-    weight = rng.integers(-127, 128, (k, n), dtype=np.int8)
+    weight = kernel_weights(k, n, rng, weights)
     scale = np.full(n, 0.01, np.float32)
     opsets = [helper.make_opsetid("", 17), helper.make_opsetid(DOMAIN, 1)]
 
@@ -112,11 +122,11 @@ def time_calls(fn, seconds: float, max_calls: int = 200) -> list[float]:
 
 
 def run_kernels(rounds: int, threads: int, ghz: float | None, rows=KERNEL_ROWS, shapes=KERNEL_SHAPES,
-                cold: bool = False) -> list[dict]:
+                cold: bool = False, weights: str = "full") -> list[dict]:
     results = []
     copies = COLD_COPIES if cold else 1
     for k, n in shapes:
-        sessions = [kernel_sessions(k, n, threads, seed, spinning=not cold) for seed in range(copies)]
+        sessions = [kernel_sessions(k, n, threads, seed, spinning=not cold, weights=weights) for seed in range(copies)]
         for m in rows:
             rng = np.random.default_rng(m)
             mlas_calls, our_calls = [], []
@@ -136,7 +146,8 @@ def run_kernels(rounds: int, threads: int, ghz: float | None, rows=KERNEL_ROWS, 
                     calls[name]()
                     times[name] += time_calls(calls[name], 0.05)
             ops = 2.0 * m * k * n
-            row = {"m": m, "k": k, "n": n, "threads": threads, "operands": "cold" if cold else "warm"}
+            row = {"m": m, "k": k, "n": n, "threads": threads, "operands": "cold" if cold else "warm",
+                   "weights": weights}
             for name, t in times.items():
                 med = float(np.median(t))
                 row[f"{name}_us"] = round(med * 1e6, 2)
@@ -235,13 +246,17 @@ def main(argv: list[str] | None = None) -> int:
                         help="model run: one thread per backend, timed by the thread's CPU time (steady on a busy "
                              "machine; wall-clock ratios at 2 threads are the targets' figures)")
     parser.add_argument("--cold", action="store_true", help=COLD_HELP)
+    parser.add_argument("--weights", choices=["full", "pair-safe"], default="full",
+                        help="kernel weights: uniform int8 (full) or as a pair-safe int8 export scales them (on "
+                             "AVX2-only CPUs our GEMM then takes vpmaddubsw, and MLAS cannot saturate)")
     parser.add_argument("--json", default=None, help="write every figure to this file")
     args = parser.parse_args(argv)
     os.environ.setdefault("BORT_INFER_PROGRESS", "0")
     report = {"cpu": cpu_description(), "threads": args.threads, "ghz": args.ghz}
     print(f"CPU: {report['cpu']}; {args.threads} threads", flush=True)
     if args.what in ("kernel", "all"):
-        report["kernel"] = run_kernels(args.rounds, args.threads, args.ghz, rows=args.rows, cold=args.cold)
+        report["kernel"] = run_kernels(args.rounds, args.threads, args.ghz, rows=args.rows, cold=args.cold,
+                                       weights=args.weights)
     if args.what in ("model", "all"):
         report["model"] = run_model(args.model, args.rounds, args.threads, not args.no_openvino, args.cpu_time)
     if args.json:

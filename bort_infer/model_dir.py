@@ -25,6 +25,9 @@ READABLE_VERSIONS = (FORMAT_VERSION, HEAD_FORMAT_VERSION)
 PRECISIONS = ("fp32", "int8", "bf16")
 # How an int8 graph on bort-infer's ops runs its linears (bort_infer.export.graph_rewrite emits either).
 INT8_GEMMS = ("ours", "mlas")
+# How an int8 export scales its linears' weights (bort_infer.export.quantize.quantize_columns says what each means);
+# bort_infer.json's fidelity report records it as "int8_weights".
+INT8_WEIGHTS = ("full", "pair-safe")
 EMBEDDING = "embedding"
 SEQUENCE_CLASSIFICATION = "sequence-classification"
 TOKEN_CLASSIFICATION = "token-classification"

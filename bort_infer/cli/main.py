@@ -12,7 +12,7 @@ import signal
 import sys
 
 from .. import __version__
-from ..model_dir import INT8_GEMMS, TASKS
+from ..model_dir import INT8_GEMMS, INT8_WEIGHTS, TASKS
 from ..registry import known_models
 from . import encode, predict, serve
 
@@ -56,6 +56,7 @@ def _export(args: argparse.Namespace) -> int:
                         custom_ops=not args.no_custom_ops,
                         overwrite=args.overwrite, form=args.form, max_drop=args.max_drop,
                         calibration_texts=calibration, ort_format=args.ort_format, gemm=args.gemm,
+                        int8_weights=args.int8_weights,
                         task=args.task, evaluation_inputs=evaluation, min_agreement=args.min_agreement,
                         min_spearman=args.min_spearman)
     ops = ", ".join(meta.custom_ops) or "none"
@@ -137,9 +138,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ort-format", action="store_true",
                    help="also write model.ort, the graph in onnxruntime's ORT format (mobile and minimal builds)")
     p.add_argument("--gemm", choices=list(INT8_GEMMS), default=None,
-                   help="int8: run the linears on bort-infer's GEMM (ours: one LinearInt8 op each) or on onnxruntime's "
-                        "MLAS (QuantizeRows → MatMulInteger → DequantizeRows); same numbers. Default: ours on CPUs "
-                        "with AVX-512 VNNI or AMX, where it measured level or faster; mlas on AVX2-only CPUs")
+                   help="int8: run the linears on bort-infer's GEMM (ours: one LinearInt8 op each, the default) or on "
+                        "onnxruntime's MLAS (QuantizeRows → MatMulInteger → DequantizeRows); the same numbers, but on "
+                        "AVX2-only CPUs MLAS's int16 pair sums can saturate on full-range weights")
+    p.add_argument("--int8-weights", choices=list(INT8_WEIGHTS), default=None,
+                   help="int8: scale each weight column to its largest weight (full) or so that no two neighbouring "
+                        "weights k = 2j, 2j+1 of one sign pass 128 together (pair-safe: the GEMM is exact at twice the "
+                        "speed on AVX2-only CPUs, at a slightly coarser step). Default: pair-safe on AVX2-only CPUs, "
+                        "full elsewhere")
     p.add_argument("--task", choices=TASKS, default=None,
                    help="what to export: default from the checkpoint config's architectures (BertForSequence"
                         "Classification, BertForTokenClassification; anything else: embedding)")

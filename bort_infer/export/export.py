@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import __version__
-from ..model_dir import FORMAT_NAME, METADATA_FILE, ModelMetadata
+from ..model_dir import FORMAT_NAME, INT8_WEIGHTS, METADATA_FILE, ModelMetadata
 from ..options import progress_bar_disabled
 from . import head_gate, heads, hf
 from .graph_rewrite import (
@@ -52,13 +52,21 @@ PARITY_MAX_ABS = 1e-3
 # A head's logits against PyTorch's (the tests hold fp32 to 1e-4; this refuses a broken graph).
 HEAD_PARITY_MAX_ABS = 1e-3
 
-def default_int8_gemm() -> str:
-    """The int8 GEMM an export uses unless told: ours (LinearInt8) where it measured at least level with
-    onnxruntime's MLAS: CPUs with AVX-512 VNNI (AMD Zen 4) or AMX (Intel Xeon; see benchmarks/bench_gemm.py);
-    MLAS on AVX2-only CPUs, until measured there. Both give the same numbers."""
+def default_int8_weights() -> str:
+    """How an int8 export scales its weights unless told (quantize.INT8_WEIGHTS): pair-safe on CPUs whose int8 GEMM
+    is AVX2's (no AVX-512 VNNI, AMX or Arm dot product), where it makes the GEMM exact at twice the speed; full
+    elsewhere, where it would only coarsen the weights."""
     from .. import _C
 
-    return "ours" if _C.best_isa() in ("avx512_vnni", "avx512_bf16", "amx") else "mlas"
+    return "pair-safe" if _C.best_isa() in ("avx2", "avx512") else "full"
+
+
+def default_int8_gemm() -> str:
+    """The int8 GEMM an export uses unless told: ours (LinearInt8) where it measured at least level with
+    onnxruntime's MLAS: CPUs with AVX-512 VNNI (AMD Zen 4) or AMX (Intel Xeon; see benchmarks/bench_gemm.py), and
+    AVX2-only CPUs with pair-safe weights (default_int8_weights; AMD EPYC Zen 3). The two give the same numbers,
+    except on an AVX2-only CPU with full-range weights, where MLAS's int16 pair sums (vpmaddubsw) can saturate."""
+    return "ours"
 
 
 def int8_attention_order() -> tuple[str, ...]:
@@ -141,7 +149,7 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
                  calibration_texts: list[str] | None = None, ort_format: bool = False,
                  gemm: str | None = None, task: str | None = None, evaluation_inputs: list | None = None,
                  min_agreement: float | None = None, min_spearman: float | None = None,
-                 plain_onnx: str | Path | None = None) -> ModelMetadata:
+                 plain_onnx: str | Path | None = None, int8_weights: str | None = None) -> ModelMetadata:
     """Export checkpoint `src` to model directory `out`; returns the metadata written there.
 
     custom_ops: rewrite onto bort-infer's fused kernels (default) or keep onnxruntime's plain graph.
@@ -152,7 +160,9 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
     gate and needs custom ops. ort_format: also write model.ort, the same graph in onnxruntime's ORT format
     (bort_infer.export.ort_format), checked to give the same token states. gemm: how int8 linears run with
     custom ops, "ours" (LinearInt8) or "mlas" (onnxruntime's MatMulInteger between our quantize and dequantize
-    ops); default default_int8_gemm(). Both give the same numbers; bort_infer.json records it as "int8_gemm".
+    ops); default default_int8_gemm(); bort_infer.json records it as "int8_gemm". int8_weights: how the int8
+    linears' weights are scaled, "full" or "pair-safe" (bort_infer.export.quantize.INT8_WEIGHTS); default
+    default_int8_weights().
     task: None (from the checkpoint config's architectures) or one of bort_infer.model_dir.TASKS. A task
     head exports on the packed graph with custom ops, fp32 or int8 (for a head, max_drop is the int8 search's
     aim only). Its int8 gate (bort_infer.export.head_gate) runs on evaluation_inputs (texts, or (text, text)
@@ -177,6 +187,11 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
     if gemm is not None and not (quantize == "int8" and custom_ops):
         raise ValueError("--gemm chooses how int8 linears run on bort-infer's ops: it needs --precision int8 and "
                          "custom ops")
+    if int8_weights is not None and int8_weights not in INT8_WEIGHTS:
+        raise ValueError(f"unknown int8 weights {int8_weights!r}; choose one of {', '.join(INT8_WEIGHTS)}")
+    if int8_weights is not None and not (quantize == "int8" and custom_ops):
+        raise ValueError("--int8-weights chooses how bort-infer's int8 export scales its weights: it needs "
+                         "--precision int8 and custom ops")
     gate = make_gate(max_drop) if quantize == "int8" else None
     if quantize != "int8" and (min_agreement is not None or min_spearman is not None or evaluation_inputs):
         raise ValueError("--min-agreement, --min-spearman and evaluation inputs apply to an int8 export "
@@ -286,12 +301,14 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
                 os.replace(tmp / "model.onnx", fp32_dir / "model.onnx")
             if custom_ops:
                 gemm = gemm or default_int8_gemm()
+                int8_weights = int8_weights or default_int8_weights()
                 # The fp32 side from the fp32 model written above (an encoder's is emit(enc, form); a head's
                 # file has its head too, so its encoder graph is emitted again).
                 fp32_embed = None if spec.is_head else (lambda texts: probe.embed_directory(tmp, texts))
                 model, report = q.quantize_encoder(enc, form, probe.embed, probe.run_packed_graph, calibration_texts,
                                                    gate, gemm=gemm, enforce=not spec.is_head, fp32_embed=fp32_embed,
-                                                   attention_order=int8_attention_order())
+                                                   attention_order=int8_attention_order(),
+                                                   int8_weights=int8_weights)
                 del enc
                 if head_weights is not None:
                     model = heads.attach_head(model, head_weights)

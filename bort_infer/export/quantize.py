@@ -37,6 +37,7 @@ from importlib import resources
 
 import numpy as np
 
+from ..model_dir import INT8_WEIGHTS
 from .graph_rewrite import LINEARS, Encoder, Precision, QuantizedLinear, QuantizedTable, emit
 
 log = logging.getLogger(__name__)
@@ -87,9 +88,26 @@ def builtin_texts() -> tuple[list[str], list[str]]:
 _ROWS_PER_BLOCK = 4096
 
 
-def quantize_columns(weight: np.ndarray) -> QuantizedLinear:
-    """Symmetric int8 per output column of a [K, N] weight."""
-    scale = np.abs(weight).max(axis=0).astype(np.float64) / 127.0
+# How the int8 linears' weights are scaled (model_dir.INT8_WEIGHTS): "full" maps each column's largest |weight| to
+# 127; "pair-safe" also keeps every two weights k = 2j, 2j + 1 of one sign within 128 together, so that no u8 x s8
+# pair sum can leave the int16 of x86's vpmaddubsw (255 x 128 = 32640): the int8 GEMM is then exact at twice the speed
+# on AVX2-only CPUs (csrc/gemm_int8_avx2.cc), and so is onnxruntime's MLAS, which saturates there on full-range
+# weights. The price is a coarser step where a column's two largest neighbours of one sign outweigh its largest
+# weight (all-MiniLM-L6-v2: median 1.27x, at most 2x).
+
+
+def quantize_columns(weight: np.ndarray, int8_weights: str = "full") -> QuantizedLinear:
+    """Symmetric int8 per output column of a [K, N] weight, scaled as `int8_weights` says (INT8_WEIGHTS)."""
+    if int8_weights not in INT8_WEIGHTS:
+        raise ValueError(f"unknown int8 weights {int8_weights!r}; choose one of {', '.join(INT8_WEIGHTS)}")
+    largest = np.abs(weight).max(axis=0).astype(np.float64)
+    if int8_weights == "pair-safe" and weight.shape[0] > 1:
+        # With |w0| / scale + |w1| / scale <= 127 for a pair of one sign, the rounded pair sums to at most 128.
+        pairs = weight[:weight.shape[0] // 2 * 2].astype(np.float64).reshape(-1, 2, weight.shape[1])
+        positive = np.maximum(pairs, 0).sum(axis=1).max(axis=0)
+        negative = np.minimum(pairs, 0).sum(axis=1).min(axis=0)
+        largest = np.maximum(largest, np.maximum(positive, -negative))
+    scale = largest / 127.0
     scale[scale == 0] = 1.0
     out = np.empty(weight.shape, np.int8)
     for r in range(0, weight.shape[0], _ROWS_PER_BLOCK):
@@ -109,8 +127,9 @@ def quantize_rows(table: np.ndarray) -> QuantizedTable:
     return QuantizedTable(out, scale.astype(np.float32))
 
 
-def full_int8(enc: Encoder, keep_fp32: frozenset = frozenset(), attention: str = "bf16") -> Precision:
-    columns = {(i, n): quantize_columns(getattr(layer, n)) for i, layer in enumerate(enc.layers)
+def full_int8(enc: Encoder, keep_fp32: frozenset = frozenset(), attention: str = "bf16",
+              int8_weights: str = "full") -> Precision:
+    columns = {(i, n): quantize_columns(getattr(layer, n), int8_weights) for i, layer in enumerate(enc.layers)
                for n in LINEARS if (i, n) not in keep_fp32}
     return Precision(columns, quantize_rows(enc.word), quantize_rows(enc.position), attention=attention)
 
@@ -220,8 +239,10 @@ def make_gate(max_drop: float | None) -> Gate:
 def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, calibration_texts: list[str] | None,
                      gate: Gate, gemm: str = "ours", enforce: bool = True,
                      fp32_embed: Callable[[list[str]], np.ndarray] | None = None,
-                     attention_order: tuple[str, ...] = ("int8", "bf16")) -> tuple[object, dict]:
-    """The int8 graph of `enc` in `form`, its linears on `gemm` (graph_rewrite.GEMMS), and its fidelity report;
+                     attention_order: tuple[str, ...] = ("int8", "bf16"),
+                     int8_weights: str = "full") -> tuple[object, dict]:
+    """The int8 graph of `enc` in `form`, its linears on `gemm` (graph_rewrite.GEMMS) with weights scaled as
+    `int8_weights` says (INT8_WEIGHTS), and its fidelity report;
     raises ValueError under the gate unless not `enforce` (a task head is gated on its own decisions instead,
     see bort_infer.export.head_gate). fp32_embed(texts): what `embed` gives for the fp32 graph emit(enc, form),
     when the caller can read it from the fp32 model it wrote; otherwise that graph is emitted again here.
@@ -245,7 +266,8 @@ def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, c
         ref, evaluation_ref = fp32_embed(calibration), fp32_embed(builtin_texts()[1])
 
     def score(candidate: Encoder, keep_fp32: frozenset) -> dict:
-        return cosine_stats(embed(emit(candidate, form, full_int8(candidate, keep_fp32), gemm=gemm), calibration), ref)
+        precision = full_int8(candidate, keep_fp32, int8_weights=int8_weights)
+        return cosine_stats(embed(emit(candidate, form, precision, gemm=gemm), calibration), ref)
 
     def meets(stats: dict) -> bool:
         return stats["cosine_mean"] >= aim_mean and stats["cosine_min"] >= aim_min
@@ -280,7 +302,7 @@ def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, c
     tried_attention = {}
     for i, attention in enumerate(attention_order):
         last = i == len(attention_order) - 1
-        model = emit(chosen, form, full_int8(chosen, keep, attention), gemm=gemm)
+        model = emit(chosen, form, full_int8(chosen, keep, attention, int8_weights), gemm=gemm)
         measured = measure_and_gate(model, None, embed, gate, enforce=enforce and last, fp32_vectors=evaluation_ref)
         tried_attention[attention] = {k: round(v, 6) for k, v in measured["evaluation"].items()
                                       if k.startswith("cosine")}
@@ -290,8 +312,10 @@ def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, c
             break
     log.info("int8 export's attention: %s", attention)
     report = {
-        "weights": "int8, one scale per output column (QKV, attention output, FFN); word and position embeddings "
-                   "int8 per row",
+        "weights": "int8, one scale per output column (QKV, attention output, FFN)" + (
+            ", no two weights k = 2j, 2j + 1 of one sign past 128 together" if int8_weights == "pair-safe" else "")
+                   + "; word and position embeddings int8 per row",
+        "int8_weights": int8_weights,
         "activations": "u8 per row (token), range computed at run time (" + (
             "inside LinearInt8" if gemm == "ours" else "QuantizeRows → MatMulInteger") + ")",
         "attention": ATTENTION_DESCRIPTIONS[attention],

@@ -116,6 +116,43 @@ def test_int8_export_records_its_gemm_and_both_gemms_give_the_same_vectors(expor
     np.testing.assert_array_equal(vectors["ours"], vectors["mlas"])  # exact integer GEMMs: the same bits
 
 
+@pytest.mark.parametrize("int8_weights", ["full", "pair-safe"])
+def test_int8_export_scales_its_weights_as_told_and_records_it(exports, int8_weights):
+    import onnx
+    from onnx import numpy_helper
+
+    from bort_infer import _C
+    from bort_infer.export.export import default_int8_weights
+
+    assert json.loads((exports("tiny-bort", quantize="int8") / "bort_infer.json").read_text())["fidelity"][
+        "int8_weights"] == default_int8_weights()
+    directory = exports("tiny-bort", quantize="int8", int8_weights=int8_weights)
+    fidelity = json.loads((directory / "bort_infer.json").read_text())["fidelity"]
+    assert fidelity["int8_weights"] == int8_weights and fidelity["gate"]["passed"]
+    graph = onnx.load(str(directory / "model.onnx")).graph
+    weights = {i.name: numpy_helper.to_array(i) for i in graph.initializer}
+    linear = [weights[n.input[4]] for n in graph.node if n.op_type == "LinearInt8"]
+    assert len(linear) >= 4 * 2  # every layer's linears (the last layer's may run on its CLS rows only)
+    free = {_C.PackedInt8Weights(w).saturation_free_pairs for w in linear}
+    if int8_weights == "pair-safe":
+        assert free == {True}
+    else:  # random-init weights scaled to the full range have pairs past 128
+        assert False in free
+
+
+def test_int8_weights_need_an_int8_export_on_our_ops(checkpoints, tmp_path):
+    from bort_infer.export.export import export_model
+
+    src = str(checkpoints("tiny-bort"))
+    with pytest.raises(ValueError, match="--int8-weights chooses how"):
+        export_model(src, tmp_path / "a", int8_weights="pair-safe")
+    with pytest.raises(ValueError, match="--int8-weights chooses how"):
+        export_model(src, tmp_path / "b", quantize="int8", custom_ops=False, int8_weights="full")
+    with pytest.raises(ValueError, match="unknown int8 weights"):
+        export_model(src, tmp_path / "c", quantize="int8", int8_weights="7bit")
+    assert not any(tmp_path.iterdir())
+
+
 def test_int8_attention_takes_this_cpus_first_choice_when_the_gate_holds_and_the_report_says_so(exports):
     """int8 Q K^T first (vpdpbusd), or bf16 products on AMX CPUs, where both run on tiles."""
     from bort_infer.export.export import int8_attention_order
@@ -193,6 +230,39 @@ def test_weight_quantization_round_trips_within_half_a_step():
     assert np.all(np.abs(lin.weight * lin.scale - w) <= lin.scale * 0.5 + 1e-7)
     table = q.quantize_rows(w)
     assert np.all(np.abs(table.values * table.scale[:, None] - w) <= table.scale[:, None] * 0.5 + 1e-7)
+
+
+def pair_sums(weight: np.ndarray) -> tuple[int, int]:
+    """The largest positive and the smallest negative sum of a pair k = 2j, 2j + 1 of one column, by sign."""
+    pairs = weight[:weight.shape[0] // 2 * 2].astype(np.int64).reshape(-1, 2, weight.shape[1])
+    return int(np.maximum(pairs, 0).sum(axis=1).max()), int(np.minimum(pairs, 0).sum(axis=1).min())
+
+
+@pytest.mark.parametrize("k", [64, 65, 2])
+def test_pair_safe_weights_keep_every_pair_within_128_and_round_within_half_their_step(k):
+    rng = np.random.default_rng(k)
+    w = rng.standard_normal((k, 96)).astype(np.float32)
+    w[0:2, 5] = [3.0, 2.9]  # a pair that dominates its column: its scale grows
+    w[0:2, 6] = [-3.0, -2.9]
+    w[0:2, 7] = [3.0, -2.9]  # opposite signs cannot saturate: the column's largest weight sets its scale
+    w[:, 8] = 0.0
+    full, safe = q.quantize_columns(w), q.quantize_columns(w, "pair-safe")
+    positive, negative = pair_sums(safe.weight)
+    assert positive <= 128 and negative >= -128 and np.abs(safe.weight).max() <= 127
+    assert pair_sums(full.weight)[0] > 128  # the full range would not do
+    assert np.all(np.abs(safe.weight * safe.scale - w) <= safe.scale * 0.5 + 1e-7)
+    assert np.all(safe.scale >= full.scale)
+    assert safe.scale[5] == pytest.approx(5.9 / 127) and safe.scale[6] == pytest.approx(5.9 / 127)
+    assert safe.scale[7] == full.scale[7] == pytest.approx(3.0 / 127)
+    from bort_infer import _C
+
+    assert _C.PackedInt8Weights(safe.weight).saturation_free_pairs
+    assert not _C.PackedInt8Weights(full.weight).saturation_free_pairs
+
+
+def test_int8_weights_must_be_known():
+    with pytest.raises(ValueError, match="unknown int8 weights 'seven-bit'"):
+        q.quantize_columns(np.ones((4, 4), np.float32), "seven-bit")
 
 
 def test_builtin_calibration_and_evaluation_texts_are_disjoint():
