@@ -74,6 +74,8 @@ def test_export_rejects_unusable_options(tmp_path, capsys, checkpoints):
     assert "it needs --precision int8 and custom ops" in capsys.readouterr().err
     assert main(["export", src, str(tmp_path / "e"), "--quantize", "int8", "--no-custom-ops", "--gemm", "ours"]) == 2
     assert "it needs --precision int8 and custom ops" in capsys.readouterr().err
+    assert main(["export", src, str(tmp_path / "f"), "--int8-weights", "pair-safe"]) == 2
+    assert "--int8-weights chooses how" in capsys.readouterr().err
 
 
 def test_ops_config_writes_the_operator_config(exports, tmp_path, capsys):
