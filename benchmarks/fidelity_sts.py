@@ -1,10 +1,12 @@
 """int8 fidelity on real weights, side by side: all-MiniLM-L6-v2 on the STS-B dev sentences.
 
-Compares bort-infer's int8 export (calibrated on STS-B *train* sentences only) with onnxruntime's default
+Compares bort-infer's int8 export (calibrated on STS-B *train* sentences only; its weights scaled to the full range
+and pair-safe) with onnxruntime's default
 dynamic per-channel quantization of the same checkpoint (`bort-infer export --no-custom-ops --quantize
 int8`, i.e. quantize_dynamic(per_channel=True)), both against the fp32 export: cosine of each sentence's
 int8 vector to its fp32 vector (min, p1, mean) and the STS-B dev Spearman of pair cosines against the gold
-scores. Fidelity is a property of the numbers, not of the machine's load, so one run is enough.
+scores. Fidelity is a property of the numbers, not of the machine's load, so one run is enough; but onnxruntime's
+int8 GEMM (MLAS) saturates int16 pair sums on AVX2-only CPUs, so its figures there are its own on that CPU.
 
     python -m benchmarks.fidelity_sts [--json PATH] [--work DIR]
 
@@ -59,7 +61,11 @@ def main(argv: list[str] | None = None) -> int:
     builds = {
         "fp32": dict(),
         "onnxruntime quantize_dynamic per-channel": dict(custom_ops=False, quantize="int8", max_drop=0.5),
-        "bort-infer int8": dict(quantize="int8", calibration_texts=calibration),
+        # Both weight scalings (bort_infer.export.quantize): pair-safe is the default.
+        "bort-infer int8, full-range weights": dict(quantize="int8", calibration_texts=calibration,
+                                                    int8_weights="full"),
+        "bort-infer int8, pair-safe weights": dict(quantize="int8", calibration_texts=calibration,
+                                                   int8_weights="pair-safe"),
     }
     vectors = {}
     for name, kwargs in builds.items():

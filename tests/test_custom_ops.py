@@ -420,13 +420,12 @@ def test_dequantize_rows_op_on_each_isa(isa):
 
 
 def quantize_weight(rng, k, n):
-    """Symmetric per-column int8 weights and their scales, as the exporter makes them on this CPU (pair-safe where
-    MLAS would saturate, so that the MLAS chains these tests compare with are exact)."""
-    from bort_infer.export.export import default_int8_weights
+    """Symmetric per-column int8 weights and their scales, as the exporter makes them (pair-safe: the MLAS chains
+    these tests compare with are then exact on AVX2-only CPUs too)."""
     from bort_infer.export.quantize import quantize_columns
 
     w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
-    q = quantize_columns(w, default_int8_weights())
+    q = quantize_columns(w, "pair-safe")
     return q.weight, q.scale
 
 

@@ -144,8 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--int8-weights", choices=list(INT8_WEIGHTS), default=None,
                    help="int8: scale each weight column to its largest weight (full) or so that no two neighbouring "
                         "weights k = 2j, 2j+1 of one sign pass 128 together (pair-safe: the GEMM is exact at twice the "
-                        "speed on AVX2-only CPUs, at a slightly coarser step). Default: pair-safe on AVX2-only CPUs, "
-                        "full elsewhere")
+                        "speed on AVX2-only CPUs, at a slightly coarser step; the default)")
     p.add_argument("--task", choices=TASKS, default=None,
                    help="what to export: default from the checkpoint config's architectures (BertForSequence"
                         "Classification, BertForTokenClassification; anything else: embedding)")

@@ -52,19 +52,10 @@ PARITY_MAX_ABS = 1e-3
 # A head's logits against PyTorch's (the tests hold fp32 to 1e-4; this refuses a broken graph).
 HEAD_PARITY_MAX_ABS = 1e-3
 
-def default_int8_weights() -> str:
-    """How an int8 export scales its weights unless told (quantize.INT8_WEIGHTS): pair-safe on CPUs whose int8 GEMM
-    is AVX2's (no AVX-512 VNNI, AMX or Arm dot product), where it makes the GEMM exact at twice the speed; full
-    elsewhere, where it would only coarsen the weights."""
-    from .. import _C
-
-    return "pair-safe" if _C.best_isa() in ("avx2", "avx512") else "full"
-
-
 def default_int8_gemm() -> str:
-    """The int8 GEMM an export uses unless told: ours (LinearInt8) where it measured at least level with
-    onnxruntime's MLAS: CPUs with AVX-512 VNNI (AMD Zen 4) or AMX (Intel Xeon; see benchmarks/bench_gemm.py), and
-    AVX2-only CPUs with pair-safe weights (default_int8_weights; AMD EPYC Zen 3). The two give the same numbers,
+    """The int8 GEMM an export uses unless told: ours (LinearInt8), which measured at least level with onnxruntime's
+    MLAS on CPUs with AVX-512 VNNI (AMD Zen 4) or AMX (Intel Xeon; see benchmarks/bench_gemm.py), and on AVX2-only
+    CPUs with pair-safe weights (quantize.DEFAULT_INT8_WEIGHTS; AMD EPYC Zen 3). The two give the same numbers,
     except on an AVX2-only CPU with full-range weights, where MLAS's int16 pair sums (vpmaddubsw) can saturate."""
     return "ours"
 
@@ -161,8 +152,7 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
     (bort_infer.export.ort_format), checked to give the same token states. gemm: how int8 linears run with
     custom ops, "ours" (LinearInt8) or "mlas" (onnxruntime's MatMulInteger between our quantize and dequantize
     ops); default default_int8_gemm(); bort_infer.json records it as "int8_gemm". int8_weights: how the int8
-    linears' weights are scaled, "full" or "pair-safe" (bort_infer.export.quantize.INT8_WEIGHTS); default
-    default_int8_weights().
+    linears' weights are scaled, "pair-safe" (the default, quantize.DEFAULT_INT8_WEIGHTS) or "full".
     task: None (from the checkpoint config's architectures) or one of bort_infer.model_dir.TASKS. A task
     head exports on the packed graph with custom ops, fp32 or int8 (for a head, max_drop is the int8 search's
     aim only). Its int8 gate (bort_infer.export.head_gate) runs on evaluation_inputs (texts, or (text, text)
@@ -301,7 +291,7 @@ def export_model(src: str, out: str | Path, quantize: str | None = None, custom_
                 os.replace(tmp / "model.onnx", fp32_dir / "model.onnx")
             if custom_ops:
                 gemm = gemm or default_int8_gemm()
-                int8_weights = int8_weights or default_int8_weights()
+                int8_weights = int8_weights or q.DEFAULT_INT8_WEIGHTS
                 # The fp32 side from the fp32 model written above (an encoder's is emit(enc, form); a head's
                 # file has its head too, so its encoder graph is emitted again).
                 fp32_embed = None if spec.is_head else (lambda texts: probe.embed_directory(tmp, texts))

@@ -175,10 +175,8 @@ def op_counts(model) -> dict[str, int]:
 def test_int8_linears_run_on_linear_int8_and_equal_the_mlas_graph_bit_for_bit(rewrite_case, encoder, form):
     # Every linear of every layer is one LinearInt8 (the packed form's last layer splits QKV into the query
     # rows' Q and everyone's K | V); MatMulInteger's form computes the same integers, so the same bits come out
-    # (on the weights the exporter writes for this CPU: MLAS saturates on full-range ones on AVX2-only CPUs).
-    from bort_infer.export.export import default_int8_weights
-
-    precision = full_int8(encoder, int8_weights=default_int8_weights())
+    # (on the pair-safe weights the exporter writes: MLAS saturates on full-range ones on AVX2-only CPUs).
+    precision = full_int8(encoder, int8_weights="pair-safe")
     ours, mlas = emit(encoder, form, precision, gemm="ours"), emit(encoder, form, precision, gemm="mlas")
     layers = len(encoder.layers)
     linears = 4 * layers + (1 if form == "packed" else 0)

@@ -122,10 +122,9 @@ def test_int8_export_scales_its_weights_as_told_and_records_it(exports, int8_wei
     from onnx import numpy_helper
 
     from bort_infer import _C
-    from bort_infer.export.export import default_int8_weights
 
     assert json.loads((exports("tiny-bort", quantize="int8") / "bort_infer.json").read_text())["fidelity"][
-        "int8_weights"] == default_int8_weights()
+        "int8_weights"] == q.DEFAULT_INT8_WEIGHTS == "pair-safe"
     directory = exports("tiny-bort", quantize="int8", int8_weights=int8_weights)
     fidelity = json.loads((directory / "bort_infer.json").read_text())["fidelity"]
     assert fidelity["int8_weights"] == int8_weights and fidelity["gate"]["passed"]
