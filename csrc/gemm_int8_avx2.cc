@@ -33,7 +33,8 @@ struct RowBlock {
   TileKernel kernel;
 };
 
-// Named accumulators rather than arrays, so that GCC keeps them all in registers (see the VNNI kernel).
+// Named accumulators rather than arrays, so that GCC keeps them all in registers (see the VNNI kernel): two per
+// row in both kernels.
 #define BORT_AVX2_ROW(r) __m256i lo##r = _mm256_setzero_si256(), hi##r = _mm256_setzero_si256()
 #define BORT_AVX2_STEP(r)                                         \
   if (R > r) {                                                    \
@@ -74,11 +75,9 @@ BORT_AVX2 void int16_tile(const void* rows, int64_t lda, const int8_t* b, int64_
   BORT_AVX2_STORE(3)
 }
 
-#undef BORT_AVX2_ROW
 #undef BORT_AVX2_STEP
 #undef BORT_AVX2_STORE
 
-#define BORT_MADDUBS_ROW(r) __m256i lo##r = _mm256_setzero_si256(), hi##r = _mm256_setzero_si256()
 #define BORT_MADDUBS_STEP(r)                                                                  \
   if (R > r) {                                                                                \
     int32_t quad;                                                                             \
@@ -100,12 +99,12 @@ BORT_AVX2 void maddubs_tile(const void* rows, int64_t lda, const int8_t* b, int6
   static_assert(R >= 1 && R <= 6, "tile shape");
   const auto* a = static_cast<const uint8_t*>(rows);
   const __m256i ones = _mm256_set1_epi16(1);
-  BORT_MADDUBS_ROW(0);
-  BORT_MADDUBS_ROW(1);
-  BORT_MADDUBS_ROW(2);
-  BORT_MADDUBS_ROW(3);
-  BORT_MADDUBS_ROW(4);
-  BORT_MADDUBS_ROW(5);
+  BORT_AVX2_ROW(0);
+  BORT_AVX2_ROW(1);
+  BORT_AVX2_ROW(2);
+  BORT_AVX2_ROW(3);
+  BORT_AVX2_ROW(4);
+  BORT_AVX2_ROW(5);
   for (int64_t g = 0; g < groups; ++g) {
     const int8_t* bg = b + g * group_bytes;
     const __m256i b_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bg));
@@ -125,7 +124,7 @@ BORT_AVX2 void maddubs_tile(const void* rows, int64_t lda, const int8_t* b, int6
   BORT_MADDUBS_STORE(5)
 }
 
-#undef BORT_MADDUBS_ROW
+#undef BORT_AVX2_ROW
 #undef BORT_MADDUBS_STEP
 #undef BORT_MADDUBS_STORE
 
