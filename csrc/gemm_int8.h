@@ -84,10 +84,10 @@ struct GemmOperandA {
 };
 
 // The path the GEMM uses at `isa`: AMX-INT8 at kAmx, VNNI at kAvx512Vnni/kAvx512Bf16, AVX2 at kAvx2/kAvx512
-// (AVX-512 without VNNI gains nothing over it): vpmaddubsw on weights whose pairs cannot saturate
-// (kAvx2Maddubs, u8 rows, twice the multiply-adds of an instruction), else exact int16 products (kAvx2); on aarch64
-// sudot at kNeonI8mm, sdot at kNeonDotprod (activations offset to s8); scalar otherwise (plain NEON has no int8 dot
-// product worth a path).
+// (AVX-512 without VNNI gains nothing over it): vpmaddubsw on weights whose pairs cannot saturate (kAvx2Maddubs,
+// u8 rows, three instructions per 32 multiply-adds), else exact int16 products (kAvx2, four and a sign extension);
+// on aarch64 sudot at kNeonI8mm, sdot at kNeonDotprod (activations offset to s8); scalar otherwise (plain NEON has
+// no int8 dot product worth a path).
 enum class Int8Path { kScalar, kAvx2, kAvx2Maddubs, kAvx512Vnni, kAmx, kNeonDotprod, kNeonI8mm };
 // The path for `w` at `isa`, and the path for any weights (kAvx2Maddubs only ever for weights that allow it).
 Int8Path int8_path_for(Isa isa, const PackedInt8Weights& w);

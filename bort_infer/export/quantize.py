@@ -132,7 +132,7 @@ def quantize_rows(table: np.ndarray) -> QuantizedTable:
 
 
 def full_int8(enc: Encoder, keep_fp32: frozenset = frozenset(), attention: str = "bf16",
-              int8_weights: str = "full") -> Precision:
+              int8_weights: str = DEFAULT_INT8_WEIGHTS) -> Precision:
     columns = {(i, n): quantize_columns(getattr(layer, n), int8_weights) for i, layer in enumerate(enc.layers)
                for n in LINEARS if (i, n) not in keep_fp32}
     return Precision(columns, quantize_rows(enc.word), quantize_rows(enc.position), attention=attention)
@@ -244,7 +244,7 @@ def quantize_encoder(enc: Encoder, form: str, embed: Embedder, run_fp32_graph, c
                      gate: Gate, gemm: str = "ours", enforce: bool = True,
                      fp32_embed: Callable[[list[str]], np.ndarray] | None = None,
                      attention_order: tuple[str, ...] = ("int8", "bf16"),
-                     int8_weights: str = "full") -> tuple[object, dict]:
+                     int8_weights: str = DEFAULT_INT8_WEIGHTS) -> tuple[object, dict]:
     """The int8 graph of `enc` in `form`, its linears on `gemm` (graph_rewrite.GEMMS) with weights scaled as
     `int8_weights` says (INT8_WEIGHTS), and its fidelity report;
     raises ValueError under the gate unless not `enforce` (a task head is gated on its own decisions instead,
