@@ -122,10 +122,12 @@ def test_gemm_extreme_values_do_not_saturate(level):
 
 
 @pytest.mark.parametrize("level", PATHS)
-def test_gemm_is_exact_on_pair_safe_weights_at_their_bound(level):
+@pytest.mark.parametrize("n", [48, 130])
+def test_gemm_is_exact_on_pair_safe_weights_at_their_bound(level, n):
     # Every pair of one sign sums to +-128 and every activation is 255 (or 0): the largest int16 pair sums
-    # vpmaddubsw can meet on pair-safe weights, 32640 and -32640.
-    b = np.empty((256, 48), np.int8)
+    # vpmaddubsw can meet on pair-safe weights, 32640 and -32640. 9 rows are blocks of 6, 2 and 1 on AVX2, where a
+    # single row meets a whole panel (n = 130: two, then a narrow one) in one kernel.
+    b = np.empty((256, n), np.int8)
     b[0::2], b[1::2] = 100, 28
     b[:, 1::3] = np.where(np.arange(256)[:, None] % 2 == 0, -128, 0)
     b[:, 2::3] = np.where(np.arange(256)[:, None] % 2 == 0, -64, -64)
