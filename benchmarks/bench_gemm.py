@@ -240,6 +240,8 @@ def run_model(model: str, rounds: int, threads: int, with_openvino: bool, cpu_ti
 
 
 def main(argv: list[str] | None = None) -> int:
+    from bort_infer.model_dir import INT8_WEIGHTS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["kernel", "model", "all"])
     parser.add_argument("--model", default=os.environ.get("BORT_BENCH_MODEL", "bort"))
@@ -252,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="model run: one thread per backend, timed by the thread's CPU time (steady on a busy "
                              "machine; wall-clock ratios at 2 threads are the targets' figures)")
     parser.add_argument("--cold", action="store_true", help=COLD_HELP)
-    parser.add_argument("--weights", choices=["full", "pair-safe"], default="full",
+    parser.add_argument("--weights", choices=INT8_WEIGHTS, default="full",
                         help="kernel weights: uniform int8 (full) or as a pair-safe int8 export scales them (on "
                              "AVX2-only CPUs our GEMM then takes vpmaddubsw, and MLAS cannot saturate)")
     parser.add_argument("--json", default=None, help="write every figure to this file")

@@ -310,10 +310,10 @@ def test_int8_linear_chain(activation, threads, weights):
     rng = np.random.default_rng(7)
     x = (rng.standard_normal((77, 384)) * 3 + 0.5).astype(np.float32)
     x[5] *= 40  # an outlier row must not cost the other rows their resolution
-    w = rng.standard_normal((384, 200)).astype(np.float32)
-    pairs = np.abs(w).reshape(192, 2, 200).sum(axis=1).max(axis=0)  # a bound on either sign's pair sums
-    ws = ((np.abs(w).max(axis=0) if weights == "full" else pairs) / 127).astype(np.float32)
-    wq = np.clip(np.rint(w / ws), -127, 127).astype(np.int8)
+    from bort_infer.export.quantize import quantize_columns
+
+    quantized = quantize_columns(rng.standard_normal((384, 200)).astype(np.float32), weights)
+    wq, ws = quantized.weight, quantized.scale
     bias = rng.standard_normal(200).astype(np.float32)
     out = int8_linear_session(wq, ws, bias, activation, threads).run(None, {"x": x})[0]
     # Exactly the math of the two kernels around an exact integer GEMM...
