@@ -13,7 +13,8 @@
 // 70-112.
 //
 // Row tiles narrower than the widest block run the largest instantiated block that fits, then the next (the
-// blocks instantiated are few: the ops library has a size budget).
+// blocks instantiated are few: the ops library has a size budget). A single u8 row meets a whole panel at once
+// (maddubs_row), reading it in address order.
 #include <algorithm>
 
 #include "gemm_int8.h"
@@ -135,7 +136,6 @@ BORT_AVX2 void maddubs_tile(const void* rows, int64_t lda, const int8_t* b, int6
   BORT_MADDUBS_STORE(5)
 }
 
-#undef BORT_AVX2_ROW
 #undef BORT_MADDUBS_STEP
 #undef BORT_MADDUBS_STORE
 
@@ -143,7 +143,6 @@ BORT_AVX2 void maddubs_tile(const void* rows, int64_t lda, const int8_t* b, int6
 // prefetchers stream from memory at full speed where a 16-column strip (64 of every 256 bytes) streams at about
 // half (M = 1, weights from L3 or memory, one thread, AMD EPYC Zen 3: 0.36x-0.66x onnxruntime's MLAS by strips,
 // 0.86x-1.07x so).
-#define BORT_ROW_STRIP(s) __m256i lo##s = _mm256_setzero_si256(), hi##s = _mm256_setzero_si256()
 #define BORT_ROW_STEP(s)                             \
   lo##s = maddubs_add(lo##s, av, bg + 64 * s, ones); \
   hi##s = maddubs_add(hi##s, av, bg + 64 * s + 32, ones)
@@ -155,10 +154,10 @@ BORT_AVX2 void maddubs_row(const void* rows, int64_t, const int8_t* b, int64_t g
   static_assert(kPanelWidth == 64, "four 16-column strips");
   const auto* a = static_cast<const uint8_t*>(rows);
   const __m256i ones = _mm256_set1_epi16(1);
-  BORT_ROW_STRIP(0);
-  BORT_ROW_STRIP(1);
-  BORT_ROW_STRIP(2);
-  BORT_ROW_STRIP(3);
+  BORT_AVX2_ROW(0);  // one accumulator pair per 16-column strip here
+  BORT_AVX2_ROW(1);
+  BORT_AVX2_ROW(2);
+  BORT_AVX2_ROW(3);
   for (int64_t g = 0; g < groups; ++g) {
     const int8_t* bg = b + g * group_bytes;
     int32_t quad;
@@ -174,7 +173,7 @@ BORT_AVX2 void maddubs_row(const void* rows, int64_t, const int8_t* b, int64_t g
   BORT_ROW_STORE(2);
   BORT_ROW_STORE(3);
 }
-#undef BORT_ROW_STRIP
+#undef BORT_AVX2_ROW
 #undef BORT_ROW_STEP
 #undef BORT_ROW_STORE
 

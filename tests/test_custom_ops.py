@@ -307,11 +307,11 @@ MLAS_SATURATES = C.int8_gemm_path() == "avx2"
 @pytest.mark.parametrize("activation", ["none", "gelu"])
 @pytest.mark.parametrize("threads", [1, 2])
 def test_int8_linear_chain(activation, threads, weights):
+    from bort_infer.export.quantize import quantize_columns
+
     rng = np.random.default_rng(7)
     x = (rng.standard_normal((77, 384)) * 3 + 0.5).astype(np.float32)
     x[5] *= 40  # an outlier row must not cost the other rows their resolution
-    from bort_infer.export.quantize import quantize_columns
-
     quantized = quantize_columns(rng.standard_normal((384, 200)).astype(np.float32), weights)
     wq, ws = quantized.weight, quantized.scale
     bias = rng.standard_normal(200).astype(np.float32)
