@@ -35,6 +35,12 @@ struct RowBlock {
   TileKernel whole_panel = nullptr;  // the same rows x a whole panel of kPanelWidth columns, if any
 };
 
+// The weights of k group g at b, after asking for the line prefetch + 64 g (if any) to come towards L2.
+BORT_AVX2_INLINE const int8_t* k_group(const int8_t* b, int64_t group_bytes, int64_t g, const int8_t* prefetch) {
+  if (prefetch != nullptr) _mm_prefetch(reinterpret_cast<const char*>(prefetch + 64 * g), _MM_HINT_T1);
+  return b + g * group_bytes;
+}
+
 // Named accumulators rather than arrays, so that GCC keeps them all in registers (see the VNNI kernel): two per
 // row in both kernels.
 #define BORT_AVX2_ROW(r) __m256i lo##r = _mm256_setzero_si256(), hi##r = _mm256_setzero_si256()
@@ -63,8 +69,7 @@ BORT_AVX2 void int16_tile(const void* rows, int64_t lda, const int8_t* b, int64_
   BORT_AVX2_ROW(2);
   BORT_AVX2_ROW(3);
   for (int64_t g = 0; g < groups; ++g) {
-    const int8_t* bg = b + g * group_bytes;
-    if (prefetch != nullptr) _mm_prefetch(reinterpret_cast<const char*>(prefetch + 64 * g), _MM_HINT_T1);
+    const int8_t* bg = k_group(b, group_bytes, g, prefetch);
     const __m256i b_lo = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bg)));
     const __m256i b_hi = _mm256_cvtepi8_epi16(_mm_loadu_si128(reinterpret_cast<const __m128i*>(bg + 16)));
     BORT_AVX2_STEP(0)
@@ -117,8 +122,7 @@ BORT_AVX2 void maddubs_tile(const void* rows, int64_t lda, const int8_t* b, int6
   BORT_AVX2_ROW(4);
   BORT_AVX2_ROW(5);
   for (int64_t g = 0; g < groups; ++g) {
-    const int8_t* bg = b + g * group_bytes;
-    if (prefetch != nullptr) _mm_prefetch(reinterpret_cast<const char*>(prefetch + 64 * g), _MM_HINT_T1);
+    const int8_t* bg = k_group(b, group_bytes, g, prefetch);
     const __m256i b_lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bg));
     const __m256i b_hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(bg + 32));
     BORT_MADDUBS_STEP(0)
